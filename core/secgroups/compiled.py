@@ -1,0 +1,237 @@
+"""The compiled objects the operator publishes and the node agents consume (DESIGN.md §1).
+
+Split as Antrea splits its internal policy, so that one user change writes O(1)
+objects:
+
+* :class:`CompiledGroupSpec` — one per security group in use: its ingress and egress
+  rules, sorted in match order (priority, Deny before Allow, then rule id), remotes
+  reduced to inline CIDRs or references to address sets;
+* :class:`CompiledAddressSetSpec` — one per remote (a security group used as a remote,
+  or an IP address group): its members as collapsed IPv4 and IPv6 CIDRs;
+* :class:`CompiledNodeSpec` — one per node: the managed pods on it, each with its IPs,
+  its ordered group list and its ingress epoch (S-CT-2 clearing, DESIGN.md §4).
+
+They are cluster-scoped custom resources of their own (kinds below), written only
+by the operator. The same models are the output of ``compiling.compile_policy``
+and the input of ``evaluating``, the nft renderer and the CLI.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from secgroups.addresses import IPAddress, IPNetwork
+from secgroups.models import Action, Direction, IPFamily, Protocol
+from secgroups.ports import PortRange
+
+COMPILED_GROUP_KIND = "CompiledSecurityGroup"
+COMPILED_SET_KIND = "CompiledAddressSet"
+COMPILED_NODE_KIND = "CompiledNodePolicy"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel
+    )
+
+
+class RemoteKind(StrEnum):
+    ANY = "Any"
+    CIDR = "CIDR"
+    SET = "Set"
+
+
+class SourceKind(StrEnum):
+    SECURITY_GROUP = "SecurityGroup"
+    IP_ADDRESS_GROUP = "IPAddressGroup"
+
+
+class ObjectKey(_Model):
+    """Namespace and name of a user object (a group, a rule, an address group, a pod)."""
+
+    namespace: str = Field(description="Namespace of the object.")
+    name: str = Field(description="Name of the object.")
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class PortSpan(_Model):
+    """An inclusive destination-port range."""
+
+    lo: int = Field(ge=1, le=65535, description="First port.")
+    hi: int = Field(ge=1, le=65535, description="Last port (equal to lo for one port).")
+
+    @classmethod
+    def of(cls, r: PortRange) -> PortSpan:
+        return cls(lo=r.lo, hi=r.hi)
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.lo <= port <= self.hi
+
+    def __str__(self) -> str:
+        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+
+
+class CompiledRemote(_Model):
+    """A rule's peer after compilation: any address, inline CIDRs, or a named address set."""
+
+    kind: RemoteKind = Field(description="Any, CIDR or Set.")
+    cidrs: tuple[str, ...] = Field(default=(), description="For CIDR: the networks, canonical text.")
+    set: str | None = Field(default=None, description="For Set: the CompiledAddressSet name.")
+
+    def networks(self) -> tuple[IPNetwork, ...]:
+        return tuple(ipaddress.ip_network(c) for c in self.cidrs)
+
+
+class CompiledRule(_Model):
+    """One rule in match order; ``id`` names its origin (``ns/rule`` or a default rule)."""
+
+    id: str = Field(description="Origin of the rule: namespace/name of the SecurityGroupRule.")
+    direction: Direction = Field(description="Ingress or Egress.")
+    action: Action = Field(description="Allow or Deny.")
+    priority: int = Field(ge=1, le=100, description="1-100, smaller first.")
+    family: IPFamily = Field(description="IPv4 or IPv6.")
+    protocol: Protocol = Field(description="TCP, UDP, ICMP, GRE or All.")
+    ports: tuple[PortSpan, ...] = Field(
+        default=(), description="Merged destination port ranges; empty = all ports."
+    )
+    icmp_type: int | None = Field(default=None, ge=0, le=255, description="ICMP type, if any.")
+    icmp_code: int | None = Field(default=None, ge=0, le=255, description="ICMP code, if any.")
+    remote: CompiledRemote = Field(description="The peer the rule matches.")
+    description: str = Field(default="", description="The user's description of the rule.")
+
+    def sort_key(self) -> tuple[int, int, str]:
+        """S-X-1: priority first, Deny before Allow at equal priority, then id for determinism."""
+        return (self.priority, 0 if self.action is Action.DENY else 1, self.id)
+
+
+class CompiledGroupSpec(_Model):
+    """A security group's rules, sorted in match order, per direction."""
+
+    group: ObjectKey = Field(description="The SecurityGroup this was compiled from.")
+    synthesized: bool = Field(
+        default=False,
+        description="True for a namespace default group compiled before its object exists.",
+    )
+    ingress: tuple[CompiledRule, ...] = Field(default=(), description="Ingress rules in match order.")
+    egress: tuple[CompiledRule, ...] = Field(default=(), description="Egress rules in match order.")
+
+    def rules(self, direction: Direction) -> tuple[CompiledRule, ...]:
+        return self.ingress if direction is Direction.INGRESS else self.egress
+
+
+class CompiledAddressSetSpec(_Model):
+    """Members of a remote: the pod IPs of a security group or the entries of an IP address group."""
+
+    source_kind: SourceKind = Field(description="SecurityGroup or IPAddressGroup.")
+    source: ObjectKey = Field(description="The object the members come from.")
+    ipv4: tuple[str, ...] = Field(default=(), description="IPv4 members as collapsed CIDRs.")
+    ipv6: tuple[str, ...] = Field(default=(), description="IPv6 members as collapsed CIDRs.")
+
+    def networks(self, family: IPFamily) -> tuple[IPNetwork, ...]:
+        items = self.ipv4 if family is IPFamily.IPV4 else self.ipv6
+        return tuple(ipaddress.ip_network(c) for c in items)
+
+    def contains(self, ip: IPAddress) -> bool:
+        family = IPFamily.IPV4 if ip.version == 4 else IPFamily.IPV6
+        return any(ip in n for n in self.networks(family))
+
+
+class CompiledPod(_Model):
+    """A managed pod on a node: its IPs, groups in sequence order, and ingress epoch."""
+
+    namespace: str = Field(description="Pod namespace.")
+    name: str = Field(description="Pod name.")
+    uid: str = Field(description="Pod UID (epochs are stamped per UID, so a new pod never reuses one).")
+    ips: tuple[str, ...] = Field(description="The pod's IPs (status.podIPs), IPv4 and/or IPv6.")
+    groups: tuple[str, ...] = Field(
+        description="CompiledSecurityGroup names in the pod's sequence order (S-X-1)."
+    )
+    epoch: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Ingress epoch: raised when the pod's inbound connections must be re-checked (S-CT-2)."
+        ),
+    )
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey(namespace=self.namespace, name=self.name)
+
+
+class CompiledNodeSpec(_Model):
+    """Everything one node's agent needs to find: its pods, and the groups and sets they use."""
+
+    node: str = Field(description="Node name.")
+    pods: tuple[CompiledPod, ...] = Field(default=(), description="Managed pods, sorted by namespace/name.")
+    groups: tuple[str, ...] = Field(default=(), description="CompiledSecurityGroup names used here, sorted.")
+    sets: tuple[str, ...] = Field(default=(), description="CompiledAddressSet names used here, sorted.")
+
+
+class CompiledPolicy(_Model):
+    """The whole compiled state of a cluster, keyed by object name: the compiler's output."""
+
+    groups: dict[str, CompiledGroupSpec] = Field(default_factory=dict)
+    sets: dict[str, CompiledAddressSetSpec] = Field(default_factory=dict)
+    nodes: dict[str, CompiledNodeSpec] = Field(default_factory=dict)
+
+    def for_node(self, node: str) -> CompiledPolicy:
+        """The slice one agent sees: its node object and the groups and sets it references."""
+        spec = self.nodes.get(node, CompiledNodeSpec(node=node))
+        return CompiledPolicy(
+            groups={g: self.groups[g] for g in spec.groups},
+            sets={s: self.sets[s] for s in spec.sets},
+            nodes={node: spec},
+        )
+
+
+# Object envelopes, as stored on the API server (cluster-scoped).
+
+
+class CompiledMeta(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, alias_generator=to_camel)
+
+    name: str
+    generation: int | None = None
+    resource_version: str | None = None
+
+
+class CompiledSecurityGroup(_Model):
+    api_version: Literal["secgroups.dev/v1alpha1"] = "secgroups.dev/v1alpha1"
+    kind: Literal["CompiledSecurityGroup"] = "CompiledSecurityGroup"
+    metadata: CompiledMeta
+    spec: CompiledGroupSpec
+
+
+class CompiledAddressSet(_Model):
+    api_version: Literal["secgroups.dev/v1alpha1"] = "secgroups.dev/v1alpha1"
+    kind: Literal["CompiledAddressSet"] = "CompiledAddressSet"
+    metadata: CompiledMeta
+    spec: CompiledAddressSetSpec
+
+
+class NodeAgentStatus(_Model):
+    """What the node agent last applied, reported on its CompiledNodePolicy."""
+
+    applied_generation: int | None = Field(default=None, description="metadata.generation applied.")
+    applied_at: str | None = Field(default=None, description="When it was applied (RFC 3339).")
+    pods: int = Field(default=0, description="Managed pods programmed on the node.")
+    rules: int = Field(default=0, description="nftables rules in the table.")
+    set_elements: int = Field(default=0, description="Elements in the address sets.")
+    error: str | None = Field(default=None, description="Why the last sync failed, if it did.")
+    reason: str | None = Field(default=None, description="CamelCase reason of the error.")
+
+
+class CompiledNodePolicy(_Model):
+    api_version: Literal["secgroups.dev/v1alpha1"] = "secgroups.dev/v1alpha1"
+    kind: Literal["CompiledNodePolicy"] = "CompiledNodePolicy"
+    metadata: CompiledMeta
+    spec: CompiledNodeSpec
+    status: NodeAgentStatus | None = None

@@ -1,0 +1,127 @@
+"""Cluster facts: the compiler's whole input, as plain frozen data.
+
+The operator builds them from its watch caches, the CLI from manifest files or a
+live cluster, tests from literals. Pods and Namespaces are reduced to the slim
+facts the policy depends on (DESIGN.md §2): labels, node, IPs, the groups
+annotation, hostNetwork and phase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from secgroups.models import (
+    GROUPS_ANNOTATION,
+    IPAddressGroup,
+    SecurityGroup,
+    SecurityGroupRule,
+    parse_resource,
+)
+
+
+class _Fact(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NamespaceFacts(_Fact):
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class PodFacts(_Fact):
+    namespace: str
+    name: str
+    uid: str = ""
+    node: str | None = None
+    ips: tuple[str, ...] = ()
+    labels: dict[str, str] = Field(default_factory=dict)
+    groups_annotation: str | None = None
+    host_network: bool = False
+    phase: str = "Running"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def effective_uid(self) -> str:
+        """The UID, or namespace/name for pods read from files (they have none)."""
+        return self.uid or f"{self.namespace}/{self.name}"
+
+    def annotated_groups(self) -> tuple[str, ...]:
+        """Group names from the annotation, in the order written (blanks and repeats dropped)."""
+        if not self.groups_annotation:
+            return ()
+        out: list[str] = []
+        for item in self.groups_annotation.split(","):
+            name = item.strip()
+            if name and name not in out:
+                out.append(name)
+        return tuple(out)
+
+    @classmethod
+    def from_manifest(cls, doc: Mapping[str, Any]) -> PodFacts:
+        """Slim facts of a v1 Pod object (as returned by the API server or read from YAML)."""
+        meta = doc.get("metadata") or {}
+        spec = doc.get("spec") or {}
+        status = doc.get("status") or {}
+        ips = tuple(p["ip"] for p in status.get("podIPs") or () if p.get("ip"))
+        if not ips and status.get("podIP"):
+            ips = (status["podIP"],)
+        return cls(
+            namespace=meta.get("namespace") or "default",
+            name=meta["name"],
+            uid=meta.get("uid") or "",
+            node=spec.get("nodeName"),
+            ips=ips,
+            labels=dict(meta.get("labels") or {}),
+            groups_annotation=(meta.get("annotations") or {}).get(GROUPS_ANNOTATION),
+            host_network=bool(spec.get("hostNetwork", False)),
+            phase=status.get("phase") or "Running",
+        )
+
+
+class ClusterFacts(_Fact):
+    """Everything the policy of a cluster depends on."""
+
+    namespaces: tuple[NamespaceFacts, ...] = ()
+    pods: tuple[PodFacts, ...] = ()
+    groups: tuple[SecurityGroup, ...] = ()
+    rules: tuple[SecurityGroupRule, ...] = ()
+    address_groups: tuple[IPAddressGroup, ...] = ()
+
+    @classmethod
+    def from_manifests(cls, docs: Iterable[Mapping[str, Any]]) -> ClusterFacts:
+        """Facts from Kubernetes objects: Namespaces, Pods and our three kinds; others ignored."""
+        namespaces: list[NamespaceFacts] = []
+        pods: list[PodFacts] = []
+        groups: list[SecurityGroup] = []
+        rules: list[SecurityGroupRule] = []
+        address_groups: list[IPAddressGroup] = []
+        for doc in docs:
+            kind = doc.get("kind")
+            if kind == "Namespace" and doc.get("apiVersion") == "v1":
+                meta = doc.get("metadata") or {}
+                namespaces.append(
+                    NamespaceFacts(name=meta["name"], labels=dict(meta.get("labels") or {}))
+                )
+            elif kind == "Pod" and doc.get("apiVersion") == "v1":
+                pods.append(PodFacts.from_manifest(doc))
+            elif kind in ("SecurityGroup", "SecurityGroupRule", "IPAddressGroup"):
+                resource = parse_resource(dict(doc))
+                if isinstance(resource, SecurityGroup):
+                    groups.append(resource)
+                elif isinstance(resource, SecurityGroupRule):
+                    rules.append(resource)
+                else:
+                    address_groups.append(resource)
+        return cls(
+            namespaces=tuple(namespaces),
+            pods=tuple(pods),
+            groups=tuple(groups),
+            rules=tuple(rules),
+            address_groups=tuple(address_groups),
+        )

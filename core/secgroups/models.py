@@ -1,0 +1,547 @@
+"""The user-facing resources: SecurityGroup, SecurityGroupRule and IPAddressGroup.
+
+API group ``secgroups.dev``, version ``v1alpha1``, all namespaced (DESIGN.md §2).
+These frozen pydantic models are the one copy of the schema: the CRDs in
+``crds/`` are generated from them (``crdgen``), their ``x-kubernetes-validations``
+(CEL) rules live beside the Python validators that enforce the same thing with
+the same message, and every shell (operator, agent, CLI) parses input with them.
+
+Neighbours: ``ports`` (S-M-3 port grammar), ``addresses`` (IP/CIDR/range
+parsing), ``compiled`` (what the operator publishes), ``facts`` (the compiler's
+input, built from these models plus Pods and Namespaces).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from secgroups import addresses, ports
+
+GROUP = "secgroups.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Pod annotation naming the pod's groups in sequence order (DESIGN.md §2).
+GROUPS_ANNOTATION = "secgroups.dev/security-groups"
+# Namespace label that puts a namespace's pods under enforcement (Helm value).
+ENFORCE_LABEL = "secgroups.dev/enforce"
+DEFAULT_GROUP_NAME = "default"
+
+# DNS-1123 label (namespaces, group names used in annotations) and subdomain.
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+
+# Messages shared by the Python validators and the CEL rules.
+MSG_PORTS_PROTOCOL = "ports are allowed only when protocol is TCP or UDP"
+MSG_ICMP_PROTOCOL = "icmp type/code are allowed only when protocol is ICMP"
+MSG_REMOTE_ONE = "remote must set exactly one of cidr, securityGroup or ipAddressGroup"
+MSG_CIDR_SYNTAX = "remote.cidr must be an IP address or a CIDR (e.g. 192.0.2.0/24, 2001:db8::/32)"
+MSG_CIDR_FAMILY = "remote.cidr must be of the rule's ipFamily (IPv4 rules take IPv4, IPv6 rules IPv6)"
+MSG_GROUP_NAME = "security group names must be DNS labels (lower case, digits, '-', at most 63)"
+MSG_ADDRESS_SYNTAX = (
+    "each address must be an IP (192.0.2.1), a CIDR (192.0.2.0/24) or a range "
+    "(192.0.2.1-192.0.2.9)"
+)
+MSG_ADDRESS_FAMILY = "every address must be of the group's ipFamily"
+MSG_ADDRESS_DUPLICATE = "addresses must not repeat"
+
+# CEL fragments. `fam` is 4 or 6 for an address string known to be valid.
+
+
+def _cel_address_ok(a: str) -> str:
+    """CEL: the string variable ``a`` is an IP, a CIDR or a range of two IPs."""
+    return (
+        f"isIP({a}) || isCIDR({a}) || ({a}.split('-').size() == 2 && "
+        f"isIP({a}.split('-')[0]) && isIP({a}.split('-')[1]))"
+    )
+
+
+def _cel_address_family(a: str) -> str:
+    """CEL: 4 or 6, the family of the valid address string ``a``."""
+    return (
+        f"(isIP({a}) ? ip({a}).family() : (isCIDR({a}) ? cidr({a}).ip().family() : "
+        f"ip({a}.split('-')[0]).family()))"
+    )
+
+
+def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+class _Model(BaseModel):
+    """Base for spec models: frozen, unknown fields rejected, camelCase on the wire."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        populate_by_name=True,
+        alias_generator=to_camel,
+        use_enum_values=False,
+    )
+
+
+class Direction(StrEnum):
+    """Ingress: traffic to the group's pods (remote = source). Egress: from them (remote = destination)."""
+
+    INGRESS = "Ingress"
+    EGRESS = "Egress"
+
+
+class Action(StrEnum):
+    ALLOW = "Allow"
+    DENY = "Deny"
+
+
+class IPFamily(StrEnum):
+    IPV4 = "IPv4"
+    IPV6 = "IPv6"
+
+    @property
+    def version(self) -> Literal[4, 6]:
+        return 4 if self is IPFamily.IPV4 else 6
+
+
+class Protocol(StrEnum):
+    """S-M-2 protocols. ICMP means ICMPv6 in IPv6 rules."""
+
+    TCP = "TCP"
+    UDP = "UDP"
+    ICMP = "ICMP"
+    GRE = "GRE"
+    ALL = "All"
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+class ObjectMeta(BaseModel):
+    """The slice of Kubernetes ObjectMeta the product reads; other fields are ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, alias_generator=to_camel)
+
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    resource_version: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class LabelSelectorRequirement(_Model):
+    key: str = Field(description="The label key the selector applies to.", max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="How the key relates to the values: In, NotIn, Exists or DoesNotExist."
+    )
+    values: tuple[str, ...] = Field(
+        default=(),
+        description="Values for In and NotIn; must be empty for Exists and DoesNotExist.",
+        max_length=64,
+    )
+
+    @model_validator(mode="after")
+    def _values_fit_operator(self) -> LabelSelectorRequirement:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError("values must be non-empty for operators In and NotIn")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError("values must be empty for operators Exists and DoesNotExist")
+        return self
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.operator in ['In', 'NotIn'] ? size(self.values) > 0 : size(self.values) == 0",
+                    "values must be non-empty for operators In and NotIn and empty for "
+                    "Exists and DoesNotExist",
+                )
+            ]
+        }
+    )
+
+
+class LabelSelector(_Model):
+    """A Kubernetes label selector; an empty selector selects every pod of the namespace."""
+
+    match_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels a pod must carry, all of them."
+    )
+    match_expressions: tuple[LabelSelectorRequirement, ...] = Field(
+        default=(), description="Requirements a pod's labels must meet, all of them.", max_length=32
+    )
+
+
+# ----------------------------------------------------------------------------- status
+
+
+class Condition(BaseModel):
+    """metav1.Condition."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    type: str = Field(description="Condition type, e.g. Ready.", max_length=316)
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="Machine-readable CamelCase reason.", max_length=1024)
+    message: str = Field(default="", description="Human-readable detail.", max_length=32768)
+    last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation the condition was set for."
+    )
+
+
+class GroupStatus(BaseModel):
+    """Status the operator reports on a SecurityGroup."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    observed_generation: int | None = Field(default=None, description="Last generation the operator handled.")
+    conditions: tuple[Condition, ...] = Field(default=(), description="Ready and QuotaExceeded conditions.")
+    member_count: int | None = Field(default=None, description="Number of managed pods in the group.")
+    rule_count: int | None = Field(default=None, description="Number of rules attached to the group.")
+    quota: dict[str, int] = Field(
+        default_factory=dict,
+        description=(
+            "S-L-1 quota usage per direction and IP type (e.g. ingressIPv4): rules with a remote "
+            "group, a remote address group or inconsecutive ports; the limit is 120 each."
+        ),
+    )
+
+
+class ObjectStatus(BaseModel):
+    """Status the operator reports on rules and address groups."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    observed_generation: int | None = Field(default=None, description="Last generation the operator handled.")
+    conditions: tuple[Condition, ...] = Field(default=(), description="Ready condition and why not.")
+
+
+# ----------------------------------------------------------------------------- SecurityGroup
+
+
+class SecurityGroupSpec(_Model):
+    description: str = Field(default="", description="Free text shown by kubectl.", max_length=255)
+    sequence: int = Field(
+        default=100,
+        ge=1,
+        le=10000,
+        description=(
+            "Order of this group among the groups that select a pod through podSelector "
+            "(lower first, then by name). Groups named in the pod annotation "
+            "secgroups.dev/security-groups come first, in the order written there."
+        ),
+    )
+    pod_selector: LabelSelector | None = Field(
+        default=None,
+        description=(
+            "Pods of this namespace that join the group. Absent: only pods that name the group in "
+            "their secgroups.dev/security-groups annotation. Empty ({}): every pod of the namespace."
+        ),
+    )
+
+
+class SecurityGroup(_Model):
+    """A named set of rules whose member pods share ingress and egress policy (S-M-1)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.metadata.name.size() <= 63 && "
+                    f"self.metadata.name.matches('{DNS_LABEL_PATTERN}')",
+                    MSG_GROUP_NAME,
+                )
+            ]
+        }
+    )
+
+    api_version: Literal["secgroups.dev/v1alpha1"] = API_VERSION
+    kind: Literal["SecurityGroup"] = "SecurityGroup"
+    metadata: ObjectMeta
+    spec: SecurityGroupSpec = Field(default_factory=SecurityGroupSpec)
+    status: GroupStatus | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _name_is_label(cls, meta: ObjectMeta) -> ObjectMeta:
+        if len(meta.name) > 63 or not _match(DNS_LABEL_PATTERN, meta.name):
+            raise ValueError(MSG_GROUP_NAME)
+        return meta
+
+
+# ----------------------------------------------------------------------------- SecurityGroupRule
+
+
+class ObjectRef(_Model):
+    """A reference to a SecurityGroup or IPAddressGroup by name, in the rule's namespace unless given."""
+
+    name: str = Field(
+        description="Name of the referenced object.",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+    )
+    namespace: str | None = Field(
+        default=None,
+        description="Namespace of the referenced object; defaults to the rule's own namespace.",
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+    )
+
+
+class Remote(_Model):
+    """The peer of a rule: the source of ingress traffic, the destination of egress traffic (S-M-4)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "(has(self.cidr) ? 1 : 0) + (has(self.securityGroup) ? 1 : 0) + "
+                    "(has(self.ipAddressGroup) ? 1 : 0) == 1",
+                    MSG_REMOTE_ONE,
+                )
+            ]
+        }
+    )
+
+    cidr: str | None = Field(
+        default=None,
+        description="An IP address or CIDR of the rule's ipFamily, e.g. 203.0.113.0/24.",
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-validations": [_cel("isIP(self) || isCIDR(self)", MSG_CIDR_SYNTAX)]
+        },
+    )
+    security_group: ObjectRef | None = Field(
+        default=None,
+        description=(
+            "A security group: the IPs of all its member pods, updated live. May be the rule's own "
+            "group (members talk to each other, S-M-5)."
+        ),
+    )
+    ip_address_group: ObjectRef | None = Field(
+        default=None, description="An IPAddressGroup: its IPs, CIDRs and ranges, updated live."
+    )
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr_syntax(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                addresses.parse_network(value)
+            except ValueError:
+                raise ValueError(MSG_CIDR_SYNTAX) from None
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Remote:
+        if sum(x is not None for x in (self.cidr, self.security_group, self.ip_address_group)) != 1:
+            raise ValueError(MSG_REMOTE_ONE)
+        return self
+
+
+class ICMPMatch(_Model):
+    type: int = Field(ge=0, le=255, description="ICMP (or ICMPv6 in IPv6 rules) type, e.g. 8 = echo request.")
+    code: int | None = Field(default=None, ge=0, le=255, description="ICMP code; absent = any code.")
+
+
+class SecurityGroupRuleSpec(_Model):
+    """One allow/deny rule of a security group (S-M-2)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("!has(self.ports) || self.protocol in ['TCP', 'UDP']", MSG_PORTS_PROTOCOL, ".ports"),
+                _cel("!has(self.icmp) || self.protocol == 'ICMP'", MSG_ICMP_PROTOCOL, ".icmp"),
+                _cel(
+                    "!has(self.remote) || !has(self.remote.cidr) || "
+                    "!(isIP(self.remote.cidr) || isCIDR(self.remote.cidr)) || "
+                    "(isIP(self.remote.cidr) ? ip(self.remote.cidr).family() : "
+                    "cidr(self.remote.cidr).ip().family()) == (self.ipFamily == 'IPv6' ? 6 : 4)",
+                    MSG_CIDR_FAMILY,
+                    ".remote.cidr",
+                ),
+            ]
+        }
+    )
+
+    security_group: str = Field(
+        description="Name of the SecurityGroup (same namespace) this rule belongs to.",
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+    )
+    direction: Direction = Field(description="Ingress (to the group's pods) or Egress (from them).")
+    action: Action = Field(default=Action.ALLOW, description="Allow or Deny; at equal priority Deny wins.")
+    priority: int = Field(
+        default=1, ge=1, le=100, description="1 (matched first) to 100 (matched last)."
+    )
+    ip_family: IPFamily = Field(default=IPFamily.IPV4, description="IPv4 or IPv6 (the rule's type).")
+    protocol: Protocol = Field(description="TCP, UDP, ICMP (ICMPv6 for IPv6 rules), GRE or All.")
+    ports: str | None = Field(
+        default=None,
+        description=(
+            "Destination ports, TCP and UDP only: 22, 80-82, 22,25,27 or 22-24,25; service names "
+            "such as ssh, http, https, mysql, postgresql, redis are accepted and stored as numbers "
+            "once compiled. Absent = all ports."
+        ),
+        max_length=ports.PORTS_MAX_LENGTH,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(f"self.matches('{ports.PORTS_PATTERN}')", ports.MSG_SYNTAX),
+                _cel(
+                    f"!self.matches('{ports.PORTS_PATTERN}') || self.split(',').all(t, "
+                    "!t.matches('^[0-9]') || t.split('-').all(n, int(n) >= 1 && int(n) <= 65535))",
+                    ports.MSG_BOUNDS,
+                ),
+                _cel(
+                    f"!self.matches('{ports.PORTS_PATTERN}') || self.split(',').all(t, "
+                    "!t.matches('^[0-9]+-[0-9]+$') || "
+                    "int(t.split('-')[0]) <= int(t.split('-')[1]))",
+                    ports.MSG_ORDER,
+                ),
+                _cel(
+                    f"!self.matches('{ports.PORTS_PATTERN}') || self.split(',').all(t, "
+                    "t.matches('^[0-9]') || t in ["
+                    + ", ".join(f"'{n}'" for n in sorted(ports.NAMED_PORTS))
+                    + "])",
+                    ports.MSG_NAME,
+                ),
+            ]
+        },
+    )
+    icmp: ICMPMatch | None = Field(default=None, description="ICMP type and code, protocol ICMP only.")
+    remote: Remote | None = Field(
+        default=None,
+        description="Source (ingress) or destination (egress). Absent = any address of the ipFamily.",
+    )
+    description: str = Field(default="", description="Free text.", max_length=255)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports_syntax(cls, value: str | None) -> str | None:
+        return None if value is None else ports.validate_ports(value)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> SecurityGroupRuleSpec:
+        if self.ports is not None and self.protocol not in (Protocol.TCP, Protocol.UDP):
+            raise ValueError(MSG_PORTS_PROTOCOL)
+        if self.icmp is not None and self.protocol is not Protocol.ICMP:
+            raise ValueError(MSG_ICMP_PROTOCOL)
+        if self.remote is not None and self.remote.cidr is not None:
+            if addresses.parse_network(self.remote.cidr).version != self.ip_family.version:
+                raise ValueError(MSG_CIDR_FAMILY)
+        return self
+
+    def port_ranges(self) -> tuple[ports.PortRange, ...]:
+        """The merged destination port ranges; empty = all ports."""
+        return () if self.ports is None else ports.parse_ports(self.ports)
+
+
+class SecurityGroupRule(_Model):
+    """A rule object attached to a SecurityGroup of its namespace by spec.securityGroup."""
+
+    api_version: Literal["secgroups.dev/v1alpha1"] = API_VERSION
+    kind: Literal["SecurityGroupRule"] = "SecurityGroupRule"
+    metadata: ObjectMeta
+    spec: SecurityGroupRuleSpec
+    status: ObjectStatus | None = None
+
+
+# ----------------------------------------------------------------------------- IPAddressGroup
+
+
+class IPAddressGroupSpec(_Model):
+    """A named list of addresses used as a rule remote; edits apply live (S-M-4)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    f"self.addresses.all(a, !({_cel_address_ok('a')}) || "
+                    f"{_cel_address_family('a')} == (self.ipFamily == 'IPv6' ? 6 : 4))",
+                    MSG_ADDRESS_FAMILY,
+                    ".addresses",
+                ),
+            ]
+        }
+    )
+
+    description: str = Field(default="", description="Free text.", max_length=255)
+    ip_family: IPFamily = Field(default=IPFamily.IPV4, description="IPv4 or IPv6; every address must match.")
+    addresses: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "IPs (192.0.2.1), CIDRs (192.0.2.0/24) or ranges (192.0.2.1-192.0.2.9), all of the "
+            "group's ipFamily."
+        ),
+        max_length=5000,
+        json_schema_extra={
+            "x-kubernetes-list-type": "set",
+            "items": {
+                "type": "string",
+                "maxLength": 90,
+                "x-kubernetes-validations": [_cel(_cel_address_ok("self"), MSG_ADDRESS_SYNTAX)],
+            },
+        },
+    )
+
+    @field_validator("addresses")
+    @classmethod
+    def _each_address(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            try:
+                addresses.parse_entry(value)
+            except ValueError:
+                raise ValueError(f"{MSG_ADDRESS_SYNTAX} (got {value!r})") from None
+        if len(set(values)) != len(values):
+            raise ValueError(MSG_ADDRESS_DUPLICATE)
+        return values
+
+    @model_validator(mode="after")
+    def _one_family(self) -> IPAddressGroupSpec:
+        for value in self.addresses:
+            if addresses.parse_entry(value).version != self.ip_family.version:
+                raise ValueError(f"{MSG_ADDRESS_FAMILY} (got {value!r})")
+        return self
+
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The addresses as collapsed, sorted networks (ranges split into CIDRs)."""
+        return addresses.collapse(nw for a in self.addresses for nw in addresses.parse_entry(a).networks())
+
+
+class IPAddressGroup(_Model):
+    api_version: Literal["secgroups.dev/v1alpha1"] = API_VERSION
+    kind: Literal["IPAddressGroup"] = "IPAddressGroup"
+    metadata: ObjectMeta
+    spec: IPAddressGroupSpec = Field(default_factory=IPAddressGroupSpec)
+    status: ObjectStatus | None = None
+
+
+Resource = SecurityGroup | SecurityGroupRule | IPAddressGroup
+RESOURCE_KINDS: dict[str, type[SecurityGroup] | type[SecurityGroupRule] | type[IPAddressGroup]] = {
+    "SecurityGroup": SecurityGroup,
+    "SecurityGroupRule": SecurityGroupRule,
+    "IPAddressGroup": IPAddressGroup,
+}
+
+
+def parse_resource(doc: dict[str, Any]) -> Resource:
+    """Parse one manifest of our API group; raise ValueError (pydantic's) if invalid."""
+    kind = doc.get("kind")
+    if doc.get("apiVersion") != API_VERSION or kind not in RESOURCE_KINDS:
+        raise ValueError(f"not a {API_VERSION} SecurityGroup, SecurityGroupRule or IPAddressGroup: {kind}")
+    return RESOURCE_KINDS[kind].model_validate(doc)
+
+
+def _match(pattern: str, value: str) -> bool:
+    return re.fullmatch(pattern.strip("^$"), value) is not None

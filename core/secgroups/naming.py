@@ -1,0 +1,42 @@
+"""Deterministic names: readable text plus a short hash when the text must be cut.
+
+Compiled object names are DNS subdomains (at most 253 characters). A namespace
+never contains a dot, so ``<prefix>.<namespace>.<name>`` is unique; when that is
+too long it is cut and a hash of the full text is appended. nftables names use the
+same idea with a tighter budget (see the renderer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+MAX_OBJECT_NAME = 253
+
+
+def short_hash(text: str, length: int = 8) -> str:
+    """A stable hex digest prefix of ``text`` (blake2b: fast, not a security boundary)."""
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()[:length]
+
+
+def bounded(text: str, limit: int, sep: str = "-") -> str:
+    """``text`` if it fits ``limit``, else its head plus ``sep`` plus a hash of all of it."""
+    if len(text) <= limit:
+        return text
+    digest = short_hash(text)
+    head = text[: limit - len(digest) - len(sep)].rstrip(".-_")
+    return f"{head}{sep}{digest}"
+
+
+def compiled_group_name(namespace: str, name: str) -> str:
+    """CompiledSecurityGroup name of the group ``namespace/name``."""
+    return bounded(f"sg.{namespace}.{name}", MAX_OBJECT_NAME)
+
+
+def sg_set_name(namespace: str, name: str) -> str:
+    """CompiledAddressSet name of the members of security group ``namespace/name``."""
+    return bounded(f"sg.{namespace}.{name}", MAX_OBJECT_NAME)
+
+
+def ipag_set_name(namespace: str, name: str) -> str:
+    """CompiledAddressSet name of IP address group ``namespace/name``."""
+    return bounded(f"ipag.{namespace}.{name}", MAX_OBJECT_NAME)
