@@ -1,0 +1,109 @@
+"""Which pods are managed, and which groups each managed pod is in, in sequence order.
+
+DESIGN.md §2: only pods in namespaces labelled ``secgroups.dev/enforce=true`` are
+managed; hostNetwork pods never are, nor finished ones (their IPs may be reused).
+A pod's groups are, in order: the groups named in its
+``secgroups.dev/security-groups`` annotation, as written; then the groups of its
+namespace whose podSelector selects it, by ``spec.sequence`` then name; and if
+that leaves none, its namespace's default group (S-D-1).
+
+Used by the compiler, the clearing planner and the CLI, so all three agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from secgroups import selectors
+from secgroups.facts import ClusterFacts, PodFacts
+from secgroups.models import DEFAULT_GROUP_NAME, ENFORCE_LABEL, SecurityGroup
+
+GroupKey = tuple[str, str]  # (namespace, name)
+PodKey = tuple[str, str]  # (namespace, name)
+
+FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which namespaces are enforced: those whose label ``key`` equals ``value``."""
+
+    key: str = ENFORCE_LABEL
+    value: str = "true"
+
+
+@dataclass(frozen=True)
+class Memberships:
+    """The managed pods and their ordered groups, plus notes on names that did not resolve."""
+
+    pods: Mapping[PodKey, PodFacts]
+    groups_of: Mapping[PodKey, tuple[GroupKey, ...]]
+    unknown_annotated: Mapping[PodKey, tuple[str, ...]] = field(default_factory=dict)
+
+    def members(self) -> dict[GroupKey, tuple[PodKey, ...]]:
+        """Group → its member pods, sorted."""
+        out: dict[GroupKey, list[PodKey]] = {}
+        for pod, groups in self.groups_of.items():
+            for g in groups:
+                out.setdefault(g, []).append(pod)
+        return {g: tuple(sorted(p)) for g, p in sorted(out.items())}
+
+
+def group_index(facts: ClusterFacts) -> dict[GroupKey, SecurityGroup]:
+    return {(g.metadata.namespace or "default", g.metadata.name): g for g in facts.groups}
+
+
+def is_managed(pod: PodFacts, enforced_namespaces: frozenset[str]) -> bool:
+    return (
+        pod.namespace in enforced_namespaces
+        and not pod.host_network
+        and pod.phase not in FINISHED_PHASES
+    )
+
+
+def enforced_namespaces(facts: ClusterFacts, scope: Scope) -> frozenset[str]:
+    return frozenset(n.name for n in facts.namespaces if n.labels.get(scope.key) == scope.value)
+
+
+def resolve(facts: ClusterFacts, scope: Scope | None = None) -> Memberships:
+    """Compute every managed pod's group sequence (DESIGN.md §2, S-M-1, S-D-1)."""
+    enforced = enforced_namespaces(facts, scope or Scope())
+    groups = group_index(facts)
+    selecting: dict[str, list[SecurityGroup]] = {}
+    for (ns, _), g in sorted(groups.items()):
+        if g.spec.pod_selector is not None:
+            selecting.setdefault(ns, []).append(g)
+    for ns_groups in selecting.values():
+        ns_groups.sort(key=lambda g: (g.spec.sequence, g.metadata.name))
+
+    pods: dict[PodKey, PodFacts] = {}
+    groups_of: dict[PodKey, tuple[GroupKey, ...]] = {}
+    unknown: dict[PodKey, tuple[str, ...]] = {}
+    for pod in sorted(facts.pods, key=lambda p: p.key):
+        if not is_managed(pod, enforced):
+            continue
+        order: list[GroupKey] = []
+        missing: list[str] = []
+        for name in pod.annotated_groups():
+            key = (pod.namespace, name)
+            if key in groups or name == DEFAULT_GROUP_NAME:  # the default group always exists
+                order.append(key)
+            else:
+                missing.append(name)
+        for g in selecting.get(pod.namespace, ()):
+            key = (pod.namespace, g.metadata.name)
+            selector = g.spec.pod_selector
+            if (
+                key not in order
+                and selector is not None
+                and selectors.matches(selector, pod.labels)
+            ):
+                order.append(key)
+        if not order:
+            order.append((pod.namespace, DEFAULT_GROUP_NAME))
+        pods[pod.key] = pod
+        groups_of[pod.key] = tuple(order)
+        if missing:
+            unknown[pod.key] = tuple(missing)
+    return Memberships(pods=pods, groups_of=groups_of, unknown_annotated=unknown)

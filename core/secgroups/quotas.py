@@ -1,0 +1,151 @@
+"""Quota accounting (S-L-1..3), with the reason for every count.
+
+* S-L-1 — per group, per direction, per IP type: at most 120 rules that have a remote
+  security group, a remote IP address group, or inconsecutive ports (a list such as
+  ``22,25,27``); a rule with several of these counts once.
+* S-L-2 — at most 6,000 member pods per group.
+* S-L-3 — more than 5 groups on one pod is allowed but warned about.
+
+Pure: the operator reports the result in status (and a webhook can reject on it),
+the CLI's ``lint`` prints it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from secgroups.facts import ClusterFacts
+from secgroups.membership import GroupKey, PodKey, Scope, resolve
+from secgroups.models import Direction, IPFamily, SecurityGroupRule
+from secgroups.ports import is_inconsecutive
+
+RULE_QUOTA = 120
+MEMBER_LIMIT = 6000
+GROUPS_PER_POD_ADVISED = 5
+NEAR_FRACTION = 0.8
+
+
+def quota_reasons(rule: SecurityGroupRule) -> tuple[str, ...]:
+    """Why a rule counts against S-L-1 (empty if it does not count)."""
+    out: list[str] = []
+    remote = rule.spec.remote
+    if remote is not None and remote.security_group is not None:
+        out.append("remote security group")
+    if remote is not None and remote.ip_address_group is not None:
+        out.append("remote IP address group")
+    if rule.spec.ports is not None and is_inconsecutive(rule.spec.ports):
+        out.append("inconsecutive ports")
+    return tuple(out)
+
+
+def quota_key(direction: Direction, family: IPFamily) -> str:
+    """Status key, e.g. ``ingressIPv4``."""
+    return f"{direction.value.lower()}{family.value}"
+
+
+@dataclass(frozen=True)
+class GroupUsage:
+    group: GroupKey
+    members: int
+    # quota_key → [(rule name, reasons)]
+    counted: Mapping[str, tuple[tuple[str, tuple[str, ...]], ...]] = field(default_factory=dict)
+
+    def count(self, key: str) -> int:
+        return len(self.counted.get(key, ()))
+
+    def usage(self) -> dict[str, int]:
+        return {quota_key(d, f): self.count(quota_key(d, f)) for d in Direction for f in IPFamily}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A quota violation (error) or warning, with the rule number of the spec it is about."""
+
+    requirement: str  # S-L-1, S-L-2 or S-L-3
+    severity: str  # "error" or "warning"
+    subject: str  # "ns/group" or "ns/pod"
+    message: str
+
+
+@dataclass(frozen=True)
+class QuotaReport:
+    groups: Mapping[GroupKey, GroupUsage]
+    groups_per_pod: Mapping[PodKey, int]
+    findings: tuple[Finding, ...]
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == "error")
+
+
+def account(facts: ClusterFacts, scope: Scope | None = None) -> QuotaReport:
+    """Count S-L-1..3 for every group and managed pod."""
+    ms = resolve(facts, scope or Scope())
+    members = ms.members()
+    counted: dict[GroupKey, dict[str, list[tuple[str, tuple[str, ...]]]]] = {}
+    for rule in sorted(facts.rules, key=lambda r: (r.metadata.namespace or "", r.metadata.name)):
+        reasons = quota_reasons(rule)
+        if not reasons:
+            continue
+        group = (rule.metadata.namespace or "default", rule.spec.security_group)
+        key = quota_key(rule.spec.direction, rule.spec.ip_family)
+        counted.setdefault(group, {}).setdefault(key, []).append((rule.metadata.name, reasons))
+    all_groups = sorted(
+        {(g.metadata.namespace or "default", g.metadata.name) for g in facts.groups}
+        | set(members)
+        | set(counted)
+    )
+    usage = {
+        g: GroupUsage(
+            group=g,
+            members=len(members.get(g, ())),
+            counted={k: tuple(v) for k, v in sorted(counted.get(g, {}).items())},
+        )
+        for g in all_groups
+    }
+    findings: list[Finding] = []
+    for g, u in usage.items():
+        subject = f"{g[0]}/{g[1]}"
+        for key, n in u.usage().items():
+            if n > RULE_QUOTA:
+                findings.append(
+                    Finding(
+                        "S-L-1",
+                        "error",
+                        subject,
+                        f"{n} {key} rules with a remote group, a remote address group or "
+                        f"inconsecutive ports; the limit is {RULE_QUOTA}",
+                    )
+                )
+            elif n >= RULE_QUOTA * NEAR_FRACTION:
+                findings.append(
+                    Finding(
+                        "S-L-1", "warning", subject, f"{n} of {RULE_QUOTA} {key} quota rules used"
+                    )
+                )
+        if u.members > MEMBER_LIMIT:
+            findings.append(
+                Finding(
+                    "S-L-2",
+                    "error",
+                    subject,
+                    f"{u.members} member pods; the limit is {MEMBER_LIMIT}",
+                )
+            )
+        elif u.members >= MEMBER_LIMIT * NEAR_FRACTION:
+            findings.append(
+                Finding("S-L-2", "warning", subject, f"{u.members} of {MEMBER_LIMIT} members")
+            )
+    per_pod = {p: len(g) for p, g in ms.groups_of.items()}
+    for pod, n in per_pod.items():
+        if n > GROUPS_PER_POD_ADVISED:
+            findings.append(
+                Finding(
+                    "S-L-3",
+                    "warning",
+                    f"{pod[0]}/{pod[1]}",
+                    f"in {n} security groups; at most {GROUPS_PER_POD_ADVISED} are advised",
+                )
+            )
+    return QuotaReport(groups=usage, groups_per_pod=per_pod, findings=tuple(findings))
