@@ -44,7 +44,7 @@ class AddressEntry:
         return self.first.version
 
     def networks(self) -> tuple[IPNetwork, ...]:
-        return tuple(ipaddress.summarize_address_range(self.first, self.last))  # type: ignore[arg-type]
+        return tuple(ipaddress.summarize_address_range(self.first, self.last))
 
 
 def parse_entry(text: str) -> AddressEntry:

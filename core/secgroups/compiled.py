@@ -82,7 +82,9 @@ class CompiledRemote(_Model):
     """A rule's peer after compilation: any address, inline CIDRs, or a named address set."""
 
     kind: RemoteKind = Field(description="Any, CIDR or Set.")
-    cidrs: tuple[str, ...] = Field(default=(), description="For CIDR: the networks, canonical text.")
+    cidrs: tuple[str, ...] = Field(
+        default=(), description="For CIDR: the networks, canonical text."
+    )
     set: str | None = Field(default=None, description="For Set: the CompiledAddressSet name.")
 
     def networks(self) -> tuple[IPNetwork, ...]:
@@ -119,7 +121,9 @@ class CompiledGroupSpec(_Model):
         default=False,
         description="True for a namespace default group compiled before its object exists.",
     )
-    ingress: tuple[CompiledRule, ...] = Field(default=(), description="Ingress rules in match order.")
+    ingress: tuple[CompiledRule, ...] = Field(
+        default=(), description="Ingress rules in match order."
+    )
     egress: tuple[CompiledRule, ...] = Field(default=(), description="Egress rules in match order.")
 
     def rules(self, direction: Direction) -> tuple[CompiledRule, ...]:
@@ -127,7 +131,7 @@ class CompiledGroupSpec(_Model):
 
 
 class CompiledAddressSetSpec(_Model):
-    """Members of a remote: the pod IPs of a security group or the entries of an IP address group."""
+    """Members of a remote: a security group's pod IPs or an IP address group's entries."""
 
     source_kind: SourceKind = Field(description="SecurityGroup or IPAddressGroup.")
     source: ObjectKey = Field(description="The object the members come from.")
@@ -148,7 +152,9 @@ class CompiledPod(_Model):
 
     namespace: str = Field(description="Pod namespace.")
     name: str = Field(description="Pod name.")
-    uid: str = Field(description="Pod UID (epochs are stamped per UID, so a new pod never reuses one).")
+    uid: str = Field(
+        description="Pod UID (epochs are stamped per UID, so a new pod never reuses one)."
+    )
     ips: tuple[str, ...] = Field(description="The pod's IPs (status.podIPs), IPv4 and/or IPv6.")
     groups: tuple[str, ...] = Field(
         description="CompiledSecurityGroup names in the pod's sequence order (S-X-1)."
@@ -170,9 +176,15 @@ class CompiledNodeSpec(_Model):
     """Everything one node's agent needs to find: its pods, and the groups and sets they use."""
 
     node: str = Field(description="Node name.")
-    pods: tuple[CompiledPod, ...] = Field(default=(), description="Managed pods, sorted by namespace/name.")
-    groups: tuple[str, ...] = Field(default=(), description="CompiledSecurityGroup names used here, sorted.")
-    sets: tuple[str, ...] = Field(default=(), description="CompiledAddressSet names used here, sorted.")
+    pods: tuple[CompiledPod, ...] = Field(
+        default=(), description="Managed pods, sorted by namespace/name."
+    )
+    groups: tuple[str, ...] = Field(
+        default=(), description="CompiledSecurityGroup names used here, sorted."
+    )
+    sets: tuple[str, ...] = Field(
+        default=(), description="CompiledAddressSet names used here, sorted."
+    )
 
 
 class CompiledPolicy(_Model):
@@ -196,7 +208,9 @@ class CompiledPolicy(_Model):
 
 
 class CompiledMeta(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, alias_generator=to_camel)
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, alias_generator=to_camel
+    )
 
     name: str
     generation: int | None = None

@@ -88,6 +88,7 @@ class ClusterFacts(_Fact):
     """Everything the policy of a cluster depends on."""
 
     namespaces: tuple[NamespaceFacts, ...] = ()
+    nodes: tuple[str, ...] = ()
     pods: tuple[PodFacts, ...] = ()
     groups: tuple[SecurityGroup, ...] = ()
     rules: tuple[SecurityGroupRule, ...] = ()
@@ -97,6 +98,7 @@ class ClusterFacts(_Fact):
     def from_manifests(cls, docs: Iterable[Mapping[str, Any]]) -> ClusterFacts:
         """Facts from Kubernetes objects: Namespaces, Pods and our three kinds; others ignored."""
         namespaces: list[NamespaceFacts] = []
+        nodes: list[str] = []
         pods: list[PodFacts] = []
         groups: list[SecurityGroup] = []
         rules: list[SecurityGroupRule] = []
@@ -108,6 +110,8 @@ class ClusterFacts(_Fact):
                 namespaces.append(
                     NamespaceFacts(name=meta["name"], labels=dict(meta.get("labels") or {}))
                 )
+            elif kind == "Node" and doc.get("apiVersion") == "v1":
+                nodes.append((doc.get("metadata") or {})["name"])
             elif kind == "Pod" and doc.get("apiVersion") == "v1":
                 pods.append(PodFacts.from_manifest(doc))
             elif kind in ("SecurityGroup", "SecurityGroupRule", "IPAddressGroup"):
@@ -120,6 +124,7 @@ class ClusterFacts(_Fact):
                     address_groups.append(resource)
         return cls(
             namespaces=tuple(namespaces),
+            nodes=tuple(nodes),
             pods=tuple(pods),
             groups=tuple(groups),
             rules=tuple(rules),

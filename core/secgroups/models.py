@@ -20,8 +20,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
-from secgroups import addresses, ports
+from secgroups import addresses
+from secgroups import ports as portspec
 
 GROUP = "secgroups.dev"
 VERSION = "v1alpha1"
@@ -35,20 +37,19 @@ DEFAULT_GROUP_NAME = "default"
 
 # DNS-1123 label (namespaces, group names used in annotations) and subdomain.
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN_PATTERN = (
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 # Messages shared by the Python validators and the CEL rules.
 MSG_PORTS_PROTOCOL = "ports are allowed only when protocol is TCP or UDP"
 MSG_ICMP_PROTOCOL = "icmp type/code are allowed only when protocol is ICMP"
 MSG_REMOTE_ONE = "remote must set exactly one of cidr, securityGroup or ipAddressGroup"
 MSG_CIDR_SYNTAX = "remote.cidr must be an IP address or a CIDR (e.g. 192.0.2.0/24, 2001:db8::/32)"
-MSG_CIDR_FAMILY = "remote.cidr must be of the rule's ipFamily (IPv4 rules take IPv4, IPv6 rules IPv6)"
+MSG_CIDR_FAMILY = (
+    "remote.cidr must be of the rule's ipFamily (IPv4 rules take IPv4, IPv6 rules IPv6)"
+)
 MSG_GROUP_NAME = "security group names must be DNS labels (lower case, digits, '-', at most 63)"
 MSG_ADDRESS_SYNTAX = (
-    "each address must be an IP (192.0.2.1), a CIDR (192.0.2.0/24) or a range "
-    "(192.0.2.1-192.0.2.9)"
+    "each address must be an IP (192.0.2.1), a CIDR (192.0.2.0/24) or a range (192.0.2.1-192.0.2.9)"
 )
 MSG_ADDRESS_FAMILY = "every address must be of the group's ipFamily"
 MSG_ADDRESS_DUPLICATE = "addresses must not repeat"
@@ -72,8 +73,8 @@ def _cel_address_family(a: str) -> str:
     )
 
 
-def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
-    out = {"rule": rule, "message": message}
+def _cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    out: JsonDict = {"rule": rule, "message": message}
     if field_path:
         out["fieldPath"] = field_path
     return out
@@ -92,7 +93,7 @@ class _Model(BaseModel):
 
 
 class Direction(StrEnum):
-    """Ingress: traffic to the group's pods (remote = source). Egress: from them (remote = destination)."""
+    """Ingress: traffic to the group's pods (remote = source). Egress: from them (remote = dest)."""
 
     INGRESS = "Ingress"
     EGRESS = "Egress"
@@ -128,7 +129,9 @@ class Protocol(StrEnum):
 class ObjectMeta(BaseModel):
     """The slice of Kubernetes ObjectMeta the product reads; other fields are ignored."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, alias_generator=to_camel)
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, alias_generator=to_camel
+    )
 
     name: str
     namespace: str | None = None
@@ -162,7 +165,8 @@ class LabelSelectorRequirement(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
-                    "self.operator in ['In', 'NotIn'] ? size(self.values) > 0 : size(self.values) == 0",
+                    "self.operator in ['In', 'NotIn'] ? size(self.values) > 0 "
+                    ": size(self.values) == 0",
                     "values must be non-empty for operators In and NotIn and empty for "
                     "Exists and DoesNotExist",
                 )
@@ -188,7 +192,9 @@ class LabelSelector(_Model):
 class Condition(BaseModel):
     """metav1.Condition."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel
+    )
 
     type: str = Field(description="Condition type, e.g. Ready.", max_length=316)
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
@@ -203,12 +209,22 @@ class Condition(BaseModel):
 class GroupStatus(BaseModel):
     """Status the operator reports on a SecurityGroup."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel
+    )
 
-    observed_generation: int | None = Field(default=None, description="Last generation the operator handled.")
-    conditions: tuple[Condition, ...] = Field(default=(), description="Ready and QuotaExceeded conditions.")
-    member_count: int | None = Field(default=None, description="Number of managed pods in the group.")
-    rule_count: int | None = Field(default=None, description="Number of rules attached to the group.")
+    observed_generation: int | None = Field(
+        default=None, description="Last generation the operator handled."
+    )
+    conditions: tuple[Condition, ...] = Field(
+        default=(), description="Ready and QuotaExceeded conditions."
+    )
+    member_count: int | None = Field(
+        default=None, description="Number of managed pods in the group."
+    )
+    rule_count: int | None = Field(
+        default=None, description="Number of rules attached to the group."
+    )
     quota: dict[str, int] = Field(
         default_factory=dict,
         description=(
@@ -221,10 +237,16 @@ class GroupStatus(BaseModel):
 class ObjectStatus(BaseModel):
     """Status the operator reports on rules and address groups."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel
+    )
 
-    observed_generation: int | None = Field(default=None, description="Last generation the operator handled.")
-    conditions: tuple[Condition, ...] = Field(default=(), description="Ready condition and why not.")
+    observed_generation: int | None = Field(
+        default=None, description="Last generation the operator handled."
+    )
+    conditions: tuple[Condition, ...] = Field(
+        default=(), description="Ready condition and why not."
+    )
 
 
 # ----------------------------------------------------------------------------- SecurityGroup
@@ -246,7 +268,8 @@ class SecurityGroupSpec(_Model):
         default=None,
         description=(
             "Pods of this namespace that join the group. Absent: only pods that name the group in "
-            "their secgroups.dev/security-groups annotation. Empty ({}): every pod of the namespace."
+            "their secgroups.dev/security-groups annotation. Empty ({}): every pod of the "
+            "namespace."
         ),
     )
 
@@ -266,7 +289,7 @@ class SecurityGroup(_Model):
         }
     )
 
-    api_version: Literal["secgroups.dev/v1alpha1"] = API_VERSION
+    api_version: Literal["secgroups.dev/v1alpha1"] = "secgroups.dev/v1alpha1"
     kind: Literal["SecurityGroup"] = "SecurityGroup"
     metadata: ObjectMeta
     spec: SecurityGroupSpec = Field(default_factory=SecurityGroupSpec)
@@ -284,7 +307,7 @@ class SecurityGroup(_Model):
 
 
 class ObjectRef(_Model):
-    """A reference to a SecurityGroup or IPAddressGroup by name, in the rule's namespace unless given."""
+    """A SecurityGroup or IPAddressGroup by name; in the rule's namespace unless given."""
 
     name: str = Field(
         description="Name of the referenced object.",
@@ -300,7 +323,7 @@ class ObjectRef(_Model):
 
 
 class Remote(_Model):
-    """The peer of a rule: the source of ingress traffic, the destination of egress traffic (S-M-4)."""
+    """The peer of a rule: source of ingress traffic, destination of egress traffic (S-M-4)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -351,8 +374,12 @@ class Remote(_Model):
 
 
 class ICMPMatch(_Model):
-    type: int = Field(ge=0, le=255, description="ICMP (or ICMPv6 in IPv6 rules) type, e.g. 8 = echo request.")
-    code: int | None = Field(default=None, ge=0, le=255, description="ICMP code; absent = any code.")
+    type: int = Field(
+        ge=0, le=255, description="ICMP (or ICMPv6 in IPv6 rules) type, e.g. 8 = echo request."
+    )
+    code: int | None = Field(
+        default=None, ge=0, le=255, description="ICMP code; absent = any code."
+    )
 
 
 class SecurityGroupRuleSpec(_Model):
@@ -361,7 +388,11 @@ class SecurityGroupRuleSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel("!has(self.ports) || self.protocol in ['TCP', 'UDP']", MSG_PORTS_PROTOCOL, ".ports"),
+                _cel(
+                    "!has(self.ports) || self.protocol in ['TCP', 'UDP']",
+                    MSG_PORTS_PROTOCOL,
+                    ".ports",
+                ),
                 _cel("!has(self.icmp) || self.protocol == 'ICMP'", MSG_ICMP_PROTOCOL, ".icmp"),
                 _cel(
                     "!has(self.remote) || !has(self.remote.cidr) || "
@@ -381,11 +412,15 @@ class SecurityGroupRuleSpec(_Model):
         pattern=DNS_LABEL_PATTERN,
     )
     direction: Direction = Field(description="Ingress (to the group's pods) or Egress (from them).")
-    action: Action = Field(default=Action.ALLOW, description="Allow or Deny; at equal priority Deny wins.")
+    action: Action = Field(
+        default=Action.ALLOW, description="Allow or Deny; at equal priority Deny wins."
+    )
     priority: int = Field(
         default=1, ge=1, le=100, description="1 (matched first) to 100 (matched last)."
     )
-    ip_family: IPFamily = Field(default=IPFamily.IPV4, description="IPv4 or IPv6 (the rule's type).")
+    ip_family: IPFamily = Field(
+        default=IPFamily.IPV4, description="IPv4 or IPv6 (the rule's type)."
+    )
     protocol: Protocol = Field(description="TCP, UDP, ICMP (ICMPv6 for IPv6 rules), GRE or All.")
     ports: str | None = Field(
         default=None,
@@ -394,42 +429,46 @@ class SecurityGroupRuleSpec(_Model):
             "such as ssh, http, https, mysql, postgresql, redis are accepted and stored as numbers "
             "once compiled. Absent = all ports."
         ),
-        max_length=ports.PORTS_MAX_LENGTH,
+        max_length=portspec.PORTS_MAX_LENGTH,
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel(f"self.matches('{ports.PORTS_PATTERN}')", ports.MSG_SYNTAX),
+                _cel(f"self.matches('{portspec.PORTS_PATTERN}')", portspec.MSG_SYNTAX),
                 _cel(
-                    f"!self.matches('{ports.PORTS_PATTERN}') || self.split(',').all(t, "
+                    f"!self.matches('{portspec.PORTS_PATTERN}') || self.split(',').all(t, "
                     "!t.matches('^[0-9]') || t.split('-').all(n, int(n) >= 1 && int(n) <= 65535))",
-                    ports.MSG_BOUNDS,
+                    portspec.MSG_BOUNDS,
                 ),
                 _cel(
-                    f"!self.matches('{ports.PORTS_PATTERN}') || self.split(',').all(t, "
+                    f"!self.matches('{portspec.PORTS_PATTERN}') || self.split(',').all(t, "
                     "!t.matches('^[0-9]+-[0-9]+$') || "
                     "int(t.split('-')[0]) <= int(t.split('-')[1]))",
-                    ports.MSG_ORDER,
+                    portspec.MSG_ORDER,
                 ),
                 _cel(
-                    f"!self.matches('{ports.PORTS_PATTERN}') || self.split(',').all(t, "
+                    f"!self.matches('{portspec.PORTS_PATTERN}') || self.split(',').all(t, "
                     "t.matches('^[0-9]') || t in ["
-                    + ", ".join(f"'{n}'" for n in sorted(ports.NAMED_PORTS))
+                    + ", ".join(f"'{n}'" for n in sorted(portspec.NAMED_PORTS))
                     + "])",
-                    ports.MSG_NAME,
+                    portspec.MSG_NAME,
                 ),
             ]
         },
     )
-    icmp: ICMPMatch | None = Field(default=None, description="ICMP type and code, protocol ICMP only.")
+    icmp: ICMPMatch | None = Field(
+        default=None, description="ICMP type and code, protocol ICMP only."
+    )
     remote: Remote | None = Field(
         default=None,
-        description="Source (ingress) or destination (egress). Absent = any address of the ipFamily.",
+        description=(
+            "Source (ingress) or destination (egress). Absent = any address of the ipFamily."
+        ),
     )
     description: str = Field(default="", description="Free text.", max_length=255)
 
     @field_validator("ports")
     @classmethod
     def _ports_syntax(cls, value: str | None) -> str | None:
-        return None if value is None else ports.validate_ports(value)
+        return None if value is None else portspec.validate_ports(value)
 
     @model_validator(mode="after")
     def _cross_field(self) -> SecurityGroupRuleSpec:
@@ -437,20 +476,20 @@ class SecurityGroupRuleSpec(_Model):
             raise ValueError(MSG_PORTS_PROTOCOL)
         if self.icmp is not None and self.protocol is not Protocol.ICMP:
             raise ValueError(MSG_ICMP_PROTOCOL)
-        if self.remote is not None and self.remote.cidr is not None:
-            if addresses.parse_network(self.remote.cidr).version != self.ip_family.version:
-                raise ValueError(MSG_CIDR_FAMILY)
+        cidr = self.remote.cidr if self.remote is not None else None
+        if cidr is not None and addresses.parse_network(cidr).version != self.ip_family.version:
+            raise ValueError(MSG_CIDR_FAMILY)
         return self
 
-    def port_ranges(self) -> tuple[ports.PortRange, ...]:
+    def port_ranges(self) -> tuple[portspec.PortRange, ...]:
         """The merged destination port ranges; empty = all ports."""
-        return () if self.ports is None else ports.parse_ports(self.ports)
+        return () if self.ports is None else portspec.parse_ports(self.ports)
 
 
 class SecurityGroupRule(_Model):
     """A rule object attached to a SecurityGroup of its namespace by spec.securityGroup."""
 
-    api_version: Literal["secgroups.dev/v1alpha1"] = API_VERSION
+    api_version: Literal["secgroups.dev/v1alpha1"] = "secgroups.dev/v1alpha1"
     kind: Literal["SecurityGroupRule"] = "SecurityGroupRule"
     metadata: ObjectMeta
     spec: SecurityGroupRuleSpec
@@ -477,7 +516,9 @@ class IPAddressGroupSpec(_Model):
     )
 
     description: str = Field(default="", description="Free text.", max_length=255)
-    ip_family: IPFamily = Field(default=IPFamily.IPV4, description="IPv4 or IPv6; every address must match.")
+    ip_family: IPFamily = Field(
+        default=IPFamily.IPV4, description="IPv4 or IPv6; every address must match."
+    )
     addresses: tuple[str, ...] = Field(
         default=(),
         description=(
@@ -516,11 +557,13 @@ class IPAddressGroupSpec(_Model):
 
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """The addresses as collapsed, sorted networks (ranges split into CIDRs)."""
-        return addresses.collapse(nw for a in self.addresses for nw in addresses.parse_entry(a).networks())
+        return addresses.collapse(
+            nw for a in self.addresses for nw in addresses.parse_entry(a).networks()
+        )
 
 
 class IPAddressGroup(_Model):
-    api_version: Literal["secgroups.dev/v1alpha1"] = API_VERSION
+    api_version: Literal["secgroups.dev/v1alpha1"] = "secgroups.dev/v1alpha1"
     kind: Literal["IPAddressGroup"] = "IPAddressGroup"
     metadata: ObjectMeta
     spec: IPAddressGroupSpec = Field(default_factory=IPAddressGroupSpec)
@@ -539,7 +582,9 @@ def parse_resource(doc: dict[str, Any]) -> Resource:
     """Parse one manifest of our API group; raise ValueError (pydantic's) if invalid."""
     kind = doc.get("kind")
     if doc.get("apiVersion") != API_VERSION or kind not in RESOURCE_KINDS:
-        raise ValueError(f"not a {API_VERSION} SecurityGroup, SecurityGroupRule or IPAddressGroup: {kind}")
+        raise ValueError(
+            f"not a {API_VERSION} SecurityGroup, SecurityGroupRule or IPAddressGroup: {kind}"
+        )
     return RESOURCE_KINDS[kind].model_validate(doc)
 
 
