@@ -185,6 +185,14 @@ class CompiledNodeSpec(_Model):
     sets: tuple[str, ...] = Field(
         default=(), description="CompiledAddressSet names used here, sorted."
     )
+    requires: dict[str, int] = Field(
+        default_factory=dict,
+        description=(
+            "Minimum metadata.generation of referenced objects ('group/<name>' or 'set/<name>') "
+            "the agent must have seen before applying this object, so that an epoch raised for "
+            "a rule or member change is never applied before that change itself (DESIGN.md §4)."
+        ),
+    )
 
 
 class CompiledPolicy(_Model):
