@@ -2,11 +2,11 @@
 
 Topology (addresses in ``docs/lab.md``, section "Network")::
 
-    <prefix>-ul: bridge br0 (secgroups_lab.underlay) ── 100.64.254.0/24, fd64:5ec:fe::/64
+    <prefix>-ul: bridge br0 (secgroups_lab.underlay) ── 100.64.254.0/24, fd64:5ec:0:fe::/64
        │                  │                     │
     <prefix>-n1 eth0   <prefix>-n2 eth0     <prefix>-ext eth0 (.200) + 100.64.250.0/24 on lo
        │ ksg<hash> (100.64.1.1/32, fe80::1)     (the "outside": any address of its prefixes)
-    <prefix>-p-<hash> eth0 100.64.1.2/32, fd64:5ec:1::2/128, default via the host veth
+    <prefix>-p-<hash> eth0 100.64.1.2/32, fd64:5ec:0:1::2/128, default via the host veth
 
 * A **node** is a netns with IPv4/IPv6 forwarding, an underlay veth ``eth0`` and routes to
   the other nodes' pod CIDRs (via their underlay address) and to the outside prefixes. No
@@ -47,12 +47,12 @@ from secgroups_lab.probes import ProbeClient, ProbeDaemon, start_daemon, stop_da
 from secgroups_lab.probewire import DEFAULT_PORTS
 
 UNDERLAY_V4 = ipaddress.IPv4Network("100.64.254.0/24")
-UNDERLAY_V6 = ipaddress.IPv6Network("fd64:5ec:fe::/64")
-OUTSIDE_INDEX = 200  # the outside host's underlay host number (100.64.254.200, fd64:5ec:fe::c8)
+UNDERLAY_V6 = ipaddress.IPv6Network("fd64:5ec:0:fe::/64")
+OUTSIDE_INDEX = 200  # the outside host's underlay host number (100.64.254.200, fd64:5ec:0:fe::c8)
 OUTSIDE_V4 = ipaddress.IPv4Network("100.64.250.0/24")
-OUTSIDE_V6 = ipaddress.IPv6Network("fd64:5ec:fa::/64")
+OUTSIDE_V6 = ipaddress.IPv6Network("fd64:5ec:0:fa::/64")
 OUTSIDE_ADDR_V4 = "100.64.250.10"
-OUTSIDE_ADDR_V6 = "fd64:5ec:fa::10"
+OUTSIDE_ADDR_V6 = "fd64:5ec:0:fa::a"
 GATEWAY_V6 = "fe80::1"
 MAX_NODE_INDEX = 249  # 100.64.250-255 are the outside, the underlay and the API /30s
 DEFAULT_RUN_ROOT = Path("/run/kube-secgroups-lab")
@@ -133,6 +133,19 @@ def ip_batch(commands: Sequence[str], *, netns: str | None = None, timeout: floa
     run(cmd, input_text="\n".join(commands) + "\n", timeout=timeout)
 
 
+def check_lab_network(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    """Raise ValueError unless ``net`` lies inside the lab supernets (100.64.0.0/10 and the
+    ULA fd64:5ec::/48, which the root netns blackholes). Note: ``fd64:5ec:1::/64`` is NOT
+    inside the /48; lab subnets are ``fd64:5ec:0:<subnet>::/64``."""
+    if isinstance(net, ipaddress.IPv6Network):
+        inside = net.subnet_of(ipaddress.IPv6Network(underlay.LAB_V6_SUPERNET))
+    else:
+        inside = net.subnet_of(ipaddress.IPv4Network(underlay.LAB_V4_SUPERNET))
+    if not inside:
+        sup = underlay.LAB_V6_SUPERNET if net.version == 6 else underlay.LAB_V4_SUPERNET
+        raise ValueError(f"{net} is not inside the lab supernet {sup}")
+
+
 def pod_hash(namespace: str, name: str) -> str:
     return hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:8]
 
@@ -160,6 +173,22 @@ def _netns_processes(names: Iterable[str]) -> list[int]:
         if link.startswith("net:[") and int(link[5:-1]) in inodes:
             pids.append(int(entry.name))
     return pids
+
+
+def netns_unavailable() -> str | None:
+    """Why lab network namespaces cannot be made here (a one-line reason), or None."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    for tool in ("ip", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed"
+    name = f"ksgcheck{os.getpid()}"
+    try:
+        run(["ip", "netns", "add", name], timeout=10.0)
+    except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+        return f"`ip netns add` does not work here: {exc}"
+    run(["ip", "netns", "del", name], check=False, timeout=10.0)
+    return None
 
 
 # ------------------------------------------------------------------------ topology data
@@ -218,7 +247,7 @@ class PodNet:
 @dataclass(frozen=True)
 class OutsideHost:
     """The outside: one netns on the underlay that owns all of 100.64.250.0/24 and
-    fd64:5ec:fa::/64 (local routes, so every address there answers); ``ipv4``/``ipv6``
+    fd64:5ec:0:fa::/64 (local routes, so every address there answers); ``ipv4``/``ipv6``
     are its canonical addresses and the source of its own probes."""
 
     netns: str
@@ -481,7 +510,7 @@ class Lab:
         pod_cidr_v6: str | None = None,
     ) -> NodeNet:
         """Add node ``index`` (default: the next free one). Its pod CIDRs default to
-        ``100.64.<i>.0/24`` and ``fd64:5ec:<i in hex>::/64``; pass the Node's
+        ``100.64.<i>.0/24`` and ``fd64:5ec:0:<i in hex>::/64``; pass the Node's
         ``spec.podCIDRs`` when a real control plane assigns them."""
         with self._lock:
             self.up()
@@ -490,9 +519,9 @@ class Lab:
             if not 1 <= index <= MAX_NODE_INDEX or index in self.nodes:
                 raise LabNetworkError(f"node index {index} is taken or out of 1..{MAX_NODE_INDEX}")
             c4 = ipaddress.IPv4Network(pod_cidr_v4 or f"100.64.{index}.0/24")
-            c6 = ipaddress.IPv6Network(pod_cidr_v6 or f"fd64:5ec:{index:x}::/64")
-            for c in (c4, c6):
-                underlay.check_lab_address(str(c))
+            c6 = ipaddress.IPv6Network(pod_cidr_v6 or f"fd64:5ec:0:{index:x}::/64")
+            check_lab_network(c4)
+            check_lab_network(c6)
             node = NodeNet(
                 index=index,
                 netns=self.node_netns(index),

@@ -112,6 +112,9 @@ class TcpChannel(Channel):
 
     def start(self) -> None:
         assert self.writer is not None
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:  # one small message each way: never wait for Nagle
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = self.writer.get_extra_info("peername")
         local = self.writer.get_extra_info("sockname")
         self.peer = (normalize_ip(peer[0]), int(peer[1]))
