@@ -1,0 +1,62 @@
+# kube-secgroups — the two commands:
+#   sudo make demo     the product end to end in the local lab (3 nodes), then `sudo make demo-down`
+#   make test          every test tier this machine can run (netns/cluster tiers need root)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help dev demo demo-down test lint typecheck contracts unit netns cluster binaries crds bench clean
+
+help:
+	@sed -n '2,4p' Makefile
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+dev: $(STAMP)
+
+binaries:
+	@hack/build-binaries.sh
+
+demo: $(STAMP) binaries
+	@$(VENV)/bin/secgroups-lab demo up
+
+demo-down: $(STAMP)
+	@$(VENV)/bin/secgroups-lab demo down
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy core operator/secgroups_operator node-agent/secgroups_agent cli/secgroups_cli lab/secgroups_lab
+
+contracts: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+crds: $(STAMP)
+	$(PY) -m secgroups.crdgen --write crds/
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+netns: $(STAMP)
+	$(PY) -m pytest tests/netns -q
+
+cluster: $(STAMP)
+	$(PY) -m pytest tests/cluster -q
+
+# The README's test command; .ci/run calls exactly this.
+test: lint typecheck contracts
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/compile.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
