@@ -103,7 +103,7 @@ def node_spec(cluster: FakeCluster, node: str) -> CompiledNodeSpec:
 
 
 def test_first_round_publishes_groups_sets_and_nodes(world: Any) -> None:
-    store, cluster, rec = world
+    _, cluster, rec = world
     run(rec.reconcile_once())
     kinds = sorted({k for k, _, _ in cluster.objects})
     assert kinds == [
