@@ -265,3 +265,20 @@ def test_cli_up_then_down_removes_an_orphaned_control_plane(
     assert down.returncode == 0, down.stderr
     assert leftovers(prefix, workdir, state["slot"]) == []
     assert control_plane.client.status("/readyz") == 200
+
+
+def test_failed_start_reports_the_log_and_leaves_nothing(
+    control_plane: controlplane.ControlPlane,
+    lab_binaries: binaries.Binaries,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    prefix = f"{control_plane.prefix}4"
+    broken = controlplane.ControlPlane(
+        prefix, bins=lab_binaries, apiserver_args=["--no-such-flag"], ready_timeout=60
+    )
+    with pytest.raises(controlplane.ControlPlaneError, match="kube-apiserver"):
+        broken.start()
+    err = capfd.readouterr().err
+    assert "last lines of" in err
+    assert "unknown flag: --no-such-flag" in err
+    assert leftovers(prefix, broken.workdir, broken.addresses.slot) == []
