@@ -611,9 +611,8 @@ class Daemon:
     async def flow_check(self, req: dict[str, Any]) -> dict[str, Any]:
         flow = self.flows.get(str(req["id"]))
         timeout = float(req.get("timeout", 2.0))
-        start = time.perf_counter()
         if flow is None:
-            return _fail(f"no flow {req['id']}", start)
+            raise ValueError(f"no flow {req['id']} (closed, or opened by another daemon)")
         if flow.channel is None:
             gre = self.gre[family_of(flow.dst)]
             src = flow.src
@@ -654,7 +653,7 @@ class Daemon:
     def flow_close(self, req: dict[str, Any]) -> dict[str, Any]:
         flow = self.flows.pop(str(req["id"]), None)
         if flow is None:
-            return {"ok": False, "reason": f"no flow {req['id']}"}
+            raise ValueError(f"no flow {req['id']} (closed, or opened by another daemon)")
         if flow.channel is not None:
             flow.channel.close()
         log.info("flow %s closed", flow.id)

@@ -1,0 +1,34 @@
+"""Fixtures of the dataplane tier: a small lab network (see ``secgroups_lab.network``).
+
+The lab is shared by the tests of a session; a test that adds pods deletes them again.
+Skipping (not root, no ``ip netns``) is decided by each module with
+``secgroups_lab.network.netns_unavailable()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from secgroups_lab.network import Lab, PodNet, cleanup_leftovers
+
+PREFIX = "ksgnet"
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """2 nodes x 2 pods (``default/a1``, ``default/a2`` on node 1, ``default/b1``,
+    ``default/b2`` on node 2) plus the outside host."""
+    cleanup_leftovers(PREFIX)
+    with Lab(PREFIX, nodes=2) as lab:
+        lab.add_pods(
+            [(1, "default", "a1"), (1, "default", "a2"), (2, "default", "b1"), (2, "default", "b2")]
+        )
+        yield lab
+
+
+@pytest.fixture
+def pods(lab: Lab) -> dict[str, PodNet]:
+    """The fixture pods by name: ``a1``, ``a2`` (node 1), ``b1``, ``b2`` (node 2)."""
+    return {p.name: p for p in lab.pods.values() if p.namespace == "default"}
