@@ -6,9 +6,12 @@ are sources, columns destinations; ``.`` allowed, ``X`` denied, ``-`` not probed
 itself), and in the diff grid ``!`` where observed differs from expected::
 
     == tcp/80 IPv4: 1 mismatch ==
-                   expected     observed     diff
-                   1 2 3 4      1 2 3 4      1 2 3 4
-    1 default/a    - . . .      - . X .      - . ! .
+                  expected   observed   diff
+                  1 2 3 4    1 2 3 4    1 2 3 4
+    1 default/a   - . X .    - . . .    - . ! .
+    2 default/b   . - X .    . - X .    . - . .
+    3 other/c     . . - .    . . - .    . . - .
+    columns: 1=default/a, 2=default/b, 3=other/c, 4=outside
 """
 
 from __future__ import annotations
@@ -125,7 +128,10 @@ class MatrixResult:
             if only_mismatching and not bad:
                 continue
             blocks.append(self._grid(ci, case, bad))
-        tail = [f"{self.probes} probes in {self.elapsed:.2f} s; {len(self.mismatches)} mismatches"]
+        n = len(self.mismatches)
+        tail = [
+            f"{self.probes} probes in {self.elapsed:.2f} s; {n} mismatch{'es' if n != 1 else ''}"
+        ]
         tail += [f"  {m}" for m in self.mismatches]
         return "\n\n".join([*blocks, "\n".join(tail)])
 
@@ -134,7 +140,7 @@ class MatrixResult:
         width = len(str(cols))
         row_labels = [f"{i + 1:>{width}} {s}" for i, s in enumerate(self.sources)]
         label_w = max([len(r) for r in row_labels] + [1])
-        grid_w = cols * (width + 1)
+        grid_w = max(cols * (width + 1) - 1, len("expected"))
         header = " ".join(f"{j + 1:>{width}}" for j in range(cols))
 
         def cell(si: int, di: int, kind: str) -> str:
