@@ -282,3 +282,16 @@ def test_failed_start_reports_the_log_and_leaves_nothing(
     assert "last lines of" in err
     assert "unknown flag: --no-such-flag" in err
     assert leftovers(prefix, broken.workdir, broken.addresses.slot) == []
+
+
+def test_repository_crds_are_established(
+    control_plane: controlplane.ControlPlane, crds_installed: list[str]
+) -> None:
+    """Every CRD in crds/ is accepted by a real API server (schema, CEL cost budget)."""
+    assert crds_installed
+    for name in crds_installed:
+        crd = control_plane.client.get_json(
+            f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+        )
+        conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+        assert conditions.get("Established") == "True", (name, conditions)
