@@ -125,12 +125,20 @@ def set_sysctls(netns: str, values: Mapping[str, str], *, timeout: float = 10.0)
         raise LabNetworkError(f"sysctls in {netns}: {errors[0]}") from errors[0]
 
 
-def ip_batch(commands: Sequence[str], *, netns: str | None = None, timeout: float = 30.0) -> None:
-    """Run ``ip [-n netns] -batch -`` with one command per line (one process for all)."""
+def ip_batch(
+    commands: Sequence[str],
+    *,
+    netns: str | None = None,
+    timeout: float = 30.0,
+    check: bool = True,
+) -> None:
+    """Run ``ip [-n netns] -batch -`` with one command per line (one process for all).
+    With ``check=False`` every line is tried (``-force``) and failures are ignored."""
     if not commands:
         return
-    cmd = ["ip", *(["-n", netns] if netns else []), "-batch", "-"]
-    run(cmd, input_text="\n".join(commands) + "\n", timeout=timeout)
+    force = [] if check else ["-force"]
+    cmd = ["ip", *(["-n", netns] if netns else []), *force, "-batch", "-"]
+    run(cmd, input_text="\n".join(commands) + "\n", timeout=timeout, check=check)
 
 
 def check_lab_network(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
@@ -348,6 +356,8 @@ class Lab:
         self._slots: dict[str, _PodSlot] = {}
         self._daemons: dict[str, ProbeDaemon] = {}  # by netns
         self._netns: list[str] = []  # created by us, in creation order
+        # Netns that get routes to every node's pod CIDRs: netns -> (IPv4, IPv6) source.
+        self._route_peers: dict[str, tuple[str | None, str | None]] = {}
         self._underlay_created = False
         self._made_run_dir = False
         self._is_up = False
@@ -422,6 +432,12 @@ class Lab:
             # Anything else still running in our netns (started by a test) would keep the
             # netns alive after the unmount.
             self._kill(_netns_processes(self._netns), timeout)
+            for peer in [p for p in self._route_peers if p not in self._netns]:
+                for node in self.nodes.values():
+                    if underlay.netns_exists(peer):
+                        dels = [f"route del {node.pod_cidr_v4}", f"route del {node.pod_cidr_v6}"]
+                        ip_batch(dels, netns=peer, check=False)
+            self._route_peers.clear()
             pods = [n for n in self._netns if f"{self.prefix}-p-" in n]
             rest = [n for n in reversed(self._netns) if n not in pods]
             _detach_underlay(self.prefix, rest)
@@ -486,20 +502,43 @@ class Lab:
             control_socket=self._sock("ext"),
             log=self._log("ext"),
         )
-        for node in self.nodes.values():
-            self._route_outside_to(node)
+        # Outside → pods, sourced from the outside's canonical addresses.
+        self.route_pods_from(ns, src_v4=OUTSIDE_ADDR_V4, src_v6=OUTSIDE_ADDR_V6)
         if self.probes_enabled:
             self._start_daemons([("outside", ns, "ext")])
 
-    def _route_outside_to(self, node: NodeNet) -> None:
-        """Outside → node's pods, sourced from the outside's canonical addresses."""
+    def route_pods_from(
+        self, netns: str, *, src_v4: str | None = None, src_v6: str | None = None
+    ) -> None:
+        """Give ``netns`` (plugged into the underlay, e.g. a control plane's) routes to every
+        node's pod CIDRs via the node, now and for nodes added later; removed again by
+        :meth:`teardown`. ``src_*`` pin the source address of its traffic to pods."""
+        with self._lock:
+            self._route_peers[netns] = (src_v4, src_v6)
+            for node in self.nodes.values():
+                self._route_node_from(netns, node)
+
+    def _route_node_from(self, netns: str, node: NodeNet) -> None:
+        s4, s6 = self._route_peers[netns]
         ip_batch(
             [
-                f"route replace {node.pod_cidr_v4} via {node.underlay_v4} src {OUTSIDE_ADDR_V4}",
-                f"route replace {node.pod_cidr_v6} via {node.underlay_v6} src {OUTSIDE_ADDR_V6}",
+                f"route replace {node.pod_cidr_v4} via {node.underlay_v4}"
+                + (f" src {s4}" if s4 else ""),
+                f"route replace {node.pod_cidr_v6} via {node.underlay_v6}"
+                + (f" src {s6}" if s6 else ""),
             ],
-            netns=self.outside_netns,
+            netns=netns,
         )
+
+    def _unroute_node(self, node: NodeNet) -> None:
+        """Remove the routes other hosts have to ``node``'s pod CIDRs."""
+        dels = [f"route del {node.pod_cidr_v4}", f"route del {node.pod_cidr_v6}"]
+        for other in self.nodes.values():
+            if other.index != node.index:
+                ip_batch(dels, netns=other.netns, check=False)
+        for peer in self._route_peers:
+            if underlay.netns_exists(peer):
+                ip_batch(dels, netns=peer, check=False)
 
     # -------------------------------------------------------------- nodes
     def add_node(
@@ -559,8 +598,8 @@ class Lab:
                 )
             ip_batch(cmds, netns=node.netns)
             self.nodes[index] = node
-            if self.outside is not None:
-                self._route_outside_to(node)
+            for peer in self._route_peers:
+                self._route_node_from(peer, node)
             return node
 
     def delete_node(self, index: int) -> None:
@@ -572,14 +611,11 @@ class Lab:
             if host is not None:
                 stop_daemons([self._daemons.pop(node.netns)])
             self._kill(_netns_processes([node.netns]), 5.0)
+            self._unroute_node(node)
+            _detach_underlay(self.prefix, [node.netns])
             ip_batch([f"netns del {node.netns}"])
             self._netns.remove(node.netns)
             del self.nodes[index]
-            dels = [f"route del {node.pod_cidr_v4}", f"route del {node.pod_cidr_v6}"]
-            for other in self.nodes.values():
-                ip_batch(dels, netns=other.netns)
-            if self.outside is not None:
-                ip_batch(dels, netns=self.outside.netns)
 
     def node(self, index: int) -> NodeNet:
         return self.nodes[index]

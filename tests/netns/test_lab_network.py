@@ -12,6 +12,7 @@ import ipaddress
 import json
 import re
 import socket
+import sys
 import time
 
 import pytest
@@ -233,3 +234,46 @@ def test_probe_latency_is_reported(lab: Lab, pods: dict[str, PodNet]) -> None:
     res = ProbeClient(pods["a1"]).probe("icmp", pods["b2"].ipv6, timeout=PROBE_TIMEOUT)
     assert res.ok and 0 < res.latency_ms <= (time.monotonic() - t0) * 1000 + 1
     assert res.peer == pods["b2"].ipv6
+
+
+_TCP_ECHO_CHECK = (
+    "import socket,sys\n"
+    "s=socket.create_connection((sys.argv[1],80),timeout=2)\n"
+    "s.sendall(b'Q abc\\n'); assert s.recv(100)==b'R abc\\n'\n"
+)
+
+
+def _tcp_ok(netns: str, addr: str) -> bool:
+    proc = run_in(netns, [sys.executable, "-c", _TCP_ECHO_CHECK, addr], check=False, timeout=10)
+    return proc.returncode == 0
+
+
+def test_nodes_come_and_go_and_route_peers_follow(lab: Lab, pods: dict[str, PodNet]) -> None:
+    """A netns on the underlay (like a control plane) gets routes to every node's pods, also
+    to nodes added later; a deleted node takes its pods and everyone's routes to it along."""
+    peer = f"{lab.prefix}-peer"
+    underlay.create_netns(peer)
+    try:
+        underlay.attach(lab.prefix, peer, "eth0", ["100.64.254.250/24", "fd64:5ec:0:fe::fa/64"])
+        lab.route_pods_from(peer)
+        for addr in pods["b1"].ips:
+            assert _tcp_ok(peer, addr), addr
+        node = lab.add_node(pod_cidr_v4="100.64.33.0/24", pod_cidr_v6="fd64:5ec:0:33::/64")
+        assert node.index == 3 and node.gateway_v4 == "100.64.33.1"
+        pod = lab.add_pod(3, "late", "p")
+        assert pod.ips == ("100.64.33.2", "fd64:5ec:0:33::2")
+        for addr in pod.ips:
+            assert _tcp_ok(peer, addr), addr
+        result = run_matrix(
+            [pods["a1"], pods["b2"], pod], cases(ports=(80,)), timeout=PROBE_TIMEOUT
+        )
+        result.assert_matches()
+        lab.delete_node(3)
+        assert pod.key not in lab.pods and not underlay.netns_exists(node.netns)
+        for ns in (peer, lab.node_netns(1), lab.node_netns(2)):
+            routes = run_in(ns, ["ip", "route", "show", "100.64.33.0/24"]).stdout
+            assert routes.strip() == "", (ns, routes)
+        assert ProbeClient(pods["a1"]).probe("tcp", pods["b1"].ipv4, 80, timeout=PROBE_TIMEOUT).ok
+    finally:
+        underlay.detach(peer, "eth0")
+        underlay.delete_netns(peer)
