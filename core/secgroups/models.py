@@ -53,23 +53,67 @@ MSG_ADDRESS_SYNTAX = (
 )
 MSG_ADDRESS_FAMILY = "every address must be of the group's ipFamily"
 MSG_ADDRESS_DUPLICATE = "addresses must not repeat"
+MSG_SELECTOR_VALUES_NEEDED = "values must be non-empty for operators In and NotIn"
+MSG_SELECTOR_VALUES_FORBIDDEN = "values must be empty for operators Exists and DoesNotExist"
 
-# CEL fragments. `fam` is 4 or 6 for an address string known to be valid.
+# CEL fragments, shared by several rules below (crdgen copies the rules into crds/).
+
+
+def _cel_le_search(lo: str, hi: str, a: int, b: int, bits: int) -> str:
+    """CEL: IP ``lo`` <= IP ``hi`` (same family, ``bits`` long), by binary search on prefixes.
+
+    The Kubernetes IP library cannot order addresses, and CRD CEL cannot afford to
+    expand IPv6 text (no ``cel.bind``; splitting and joining strings defeats the cost
+    estimator). Instead: find the longest prefix both share with ``cidr(lo/p).containsIP(hi)``
+    (monotone in p), then lo <= hi iff they are equal or lo has a 0 at the first bit that
+    differs. Invariant: the longest shared prefix lies in [a, b]. The search is a tree of
+    ternaries, so one evaluation (and the estimated cost) follows a single path of about
+    log2(bits) checks; the rule text is long but generated.
+    """
+    if a == b:
+        if a == bits:
+            return "true"
+        # Bit a of lo is 0 iff lo's /a+1 block holds the network address of its /a block.
+        return f"cidr({lo} + '/{a + 1}').containsIP(cidr({lo} + '/{a}').masked().ip())"
+    m = (a + b + 1) // 2
+    shares = f"cidr({lo} + '/{m}').containsIP({hi})"
+    upper = _cel_le_search(lo, hi, m, b, bits)
+    lower = _cel_le_search(lo, hi, a, m - 1, bits)
+    return f"({shares} ? {upper} : {lower})"
 
 
 def _cel_address_ok(a: str) -> str:
-    """CEL: the string variable ``a`` is an IP, a CIDR or a range of two IPs."""
+    """CEL: ``a`` is an IP, a CIDR or a range ``lo-hi`` of one family with lo <= hi.
+
+    Mirrors ``addresses.parse_entry``. ``[v].all(x, ...)`` binds ``x`` to the string ``v``
+    so that splitting ``a`` is paid for once in the cost estimate.
+    """
+    ordered = (
+        f"(ip(lo).family() == 4 ? {_cel_le_search('lo', 'hi', 0, 32, 32)} : "
+        f"{_cel_le_search('lo', 'hi', 0, 128, 128)})"
+    )
     return (
-        f"isIP({a}) || isCIDR({a}) || ({a}.split('-').size() == 2 && "
-        f"isIP({a}.split('-')[0]) && isIP({a}.split('-')[1]))"
+        f"isIP({a}) || isCIDR({a}) || ({a}.split('-', 3).size() == 2 && "
+        f"[{a}.split('-', 3)[0]].all(lo, [{a}.split('-', 3)[1]].all(hi, "
+        f"isIP(lo) && isIP(hi) && ip(lo).family() == ip(hi).family() && {ordered})))"
     )
 
 
-def _cel_address_family(a: str) -> str:
-    """CEL: 4 or 6, the family of the valid address string ``a``."""
+# CEL: 4 or 6, the version of the object's spec.ipFamily (defaulted before CEL runs).
+_CEL_SELF_FAMILY = "(self.ipFamily == 'IPv6' ? 6 : 4)"
+
+
+def _cel_address_family_is(a: str, family: str) -> str:
+    """CEL: the address string ``a`` is of ``family`` (4 or 6), or too broken to tell.
+
+    Broken entries pass here: the item rule reports them with MSG_ADDRESS_SYNTAX. A range
+    counts as the family of its first address (the item rule rejects mixed ranges).
+    """
+    first = f"{a}.split('-', 2)[0]"
     return (
-        f"(isIP({a}) ? ip({a}).family() : (isCIDR({a}) ? cidr({a}).ip().family() : "
-        f"ip({a}.split('-')[0]).family()))"
+        f"(isIP({a}) ? ip({a}).family() == {family} : (isCIDR({a}) ? "
+        f"cidr({a}).ip().family() == {family} : "
+        f"(!isIP({first}) || ip({first}).family() == {family})))"
     )
 
 
@@ -156,20 +200,24 @@ class LabelSelectorRequirement(_Model):
     @model_validator(mode="after")
     def _values_fit_operator(self) -> LabelSelectorRequirement:
         if self.operator in ("In", "NotIn") and not self.values:
-            raise ValueError("values must be non-empty for operators In and NotIn")
+            raise ValueError(MSG_SELECTOR_VALUES_NEEDED)
         if self.operator in ("Exists", "DoesNotExist") and self.values:
-            raise ValueError("values must be empty for operators Exists and DoesNotExist")
+            raise ValueError(MSG_SELECTOR_VALUES_FORBIDDEN)
         return self
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
-                    "self.operator in ['In', 'NotIn'] ? size(self.values) > 0 "
-                    ": size(self.values) == 0",
-                    "values must be non-empty for operators In and NotIn and empty for "
-                    "Exists and DoesNotExist",
-                )
+                    "!(self.operator in ['In', 'NotIn']) || size(self.values) > 0",
+                    MSG_SELECTOR_VALUES_NEEDED,
+                    ".values",
+                ),
+                _cel(
+                    "self.operator in ['In', 'NotIn'] || size(self.values) == 0",
+                    MSG_SELECTOR_VALUES_FORBIDDEN,
+                    ".values",
+                ),
             ]
         }
     )
@@ -187,6 +235,14 @@ class LabelSelector(_Model):
 
 
 # ----------------------------------------------------------------------------- status
+
+
+# metav1.Condition lists are maps keyed by type (as in every built-in API): server-side
+# apply merges one condition without clobbering the others.
+_CONDITIONS_LIST: JsonDict = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
 
 
 class Condition(BaseModel):
@@ -217,7 +273,9 @@ class GroupStatus(BaseModel):
         default=None, description="Last generation the operator handled."
     )
     conditions: tuple[Condition, ...] = Field(
-        default=(), description="Ready and QuotaExceeded conditions."
+        default=(),
+        description="Ready and QuotaExceeded conditions.",
+        json_schema_extra=_CONDITIONS_LIST,
     )
     member_count: int | None = Field(
         default=None, description="Number of managed pods in the group."
@@ -245,7 +303,7 @@ class ObjectStatus(BaseModel):
         default=None, description="Last generation the operator handled."
     )
     conditions: tuple[Condition, ...] = Field(
-        default=(), description="Ready condition and why not."
+        default=(), description="Ready condition and why not.", json_schema_extra=_CONDITIONS_LIST
     )
 
 
@@ -253,6 +311,8 @@ class ObjectStatus(BaseModel):
 
 
 class SecurityGroupSpec(_Model):
+    """What the group is and which pods join it by label; its rules are SecurityGroupRules."""
+
     description: str = Field(default="", description="Free text shown by kubectl.", max_length=255)
     sequence: int = Field(
         default=100,
@@ -506,8 +566,7 @@ class IPAddressGroupSpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
-                    f"self.addresses.all(a, !({_cel_address_ok('a')}) || "
-                    f"{_cel_address_family('a')} == (self.ipFamily == 'IPv6' ? 6 : 4))",
+                    f"self.addresses.all(a, {_cel_address_family_is('a', _CEL_SELF_FAMILY)})",
                     MSG_ADDRESS_FAMILY,
                     ".addresses",
                 ),
