@@ -227,6 +227,8 @@ class DgramChannel(Channel):
                 self._packet(data, anc, addr)
             except OSError as exc:
                 log.warning("%s: cannot answer %s: %s", self.kind, addr, exc)
+            except (ValueError, IndexError) as exc:  # a truncated or foreign packet
+                log.warning("%s: ignored a malformed packet from %s: %s", self.kind, addr, exc)
 
     def _packet(self, data: bytes, anc: list[tuple[int, int, bytes]], addr: Any) -> None:
         d = self.daemon

@@ -19,9 +19,9 @@ import pytest
 
 from secgroups_lab import underlay
 from secgroups_lab._cmd import in_netns, run
-from secgroups_lab.matrix import Address, cases, run_matrix
+from secgroups_lab.matrix import Address, Case, Target, cases, run_matrix
 from secgroups_lab.network import Lab, PodNet, netns_unavailable, run_in
-from secgroups_lab.probes import ProbeClient
+from secgroups_lab.probes import Endpoint, ProbeClient
 
 _why = netns_unavailable()
 if _why:
@@ -277,3 +277,34 @@ def test_nodes_come_and_go_and_route_peers_follow(lab: Lab, pods: dict[str, PodN
     finally:
         underlay.detach(peer, "eth0")
         underlay.delete_netns(peer)
+
+
+def test_matrix_observes_drops_and_rejects(lab: Lab, pods: dict[str, PodNet]) -> None:
+    """With a (test-only, stateless) nft table in node 2 that drops packets to b1 and rejects
+    packets to b2, the matrix sees exactly those cells denied; the rest stays allowed."""
+    b1, b2 = pods["b1"], pods["b2"]
+    table = (
+        "table inet labdeny {\n  chain labfwd {\n"
+        "    type filter hook forward priority 0; policy accept;\n"
+        f"    ip daddr {b1.ipv4} drop\n    ip6 daddr {b1.ipv6} drop\n"
+        f"    ip daddr {b2.ipv4} reject\n    ip6 daddr {b2.ipv6} reject\n  }}\n}}\n"
+    )
+    n2 = lab.node_netns(2)
+    run(in_netns(n2, ["nft", "-f", "-"]), input_text=table)
+    try:
+        eps = [pods["a1"], pods["a2"], b1, b2]
+
+        def expected(src: Endpoint, dst: Target, _case: Case) -> bool:
+            # Stateless: the answers to b1's and b2's own probes are stopped too.
+            return not {src.label, dst.label} & {b1.label, b2.label}
+
+        result = run_matrix(eps, cases(ports=(80,)), expected, timeout=1.0)
+        print(result.render())
+        result.assert_matches()
+        tcp4 = result.cases.index(Case("tcp", 80, 4))
+        a1, col_b1, col_b2 = 0, eps.index(b1), eps.index(b2)
+        assert result.observed[(a1, col_b1, tcp4)].reason.startswith("timeout")
+        # reject answers TCP with a RST: refused at once.
+        assert result.observed[(a1, col_b2, tcp4)].reason == "refused"
+    finally:
+        run_in(n2, ["nft", "delete", "table", "inet", "labdeny"], check=False)
