@@ -287,6 +287,9 @@ def test_matrix_observes_drops_and_rejects(lab: Lab, pods: dict[str, PodNet]) ->
         "table inet labdeny {\n  chain labfwd {\n"
         "    type filter hook forward priority 0; policy accept;\n"
         f"    ip daddr {b1.ipv4} drop\n    ip6 daddr {b1.ipv6} drop\n"
+        # A TCP reset, not an ICMP error: ICMP errors are rate-limited per destination.
+        f"    ip daddr {b2.ipv4} meta l4proto tcp reject with tcp reset\n"
+        f"    ip6 daddr {b2.ipv6} meta l4proto tcp reject with tcp reset\n"
         f"    ip daddr {b2.ipv4} reject\n    ip6 daddr {b2.ipv6} reject\n  }}\n}}\n"
     )
     n2 = lab.node_netns(2)
@@ -304,7 +307,7 @@ def test_matrix_observes_drops_and_rejects(lab: Lab, pods: dict[str, PodNet]) ->
         tcp4 = result.cases.index(Case("tcp", 80, 4))
         a1, col_b1, col_b2 = 0, eps.index(b1), eps.index(b2)
         assert result.observed[(a1, col_b1, tcp4)].reason.startswith("timeout")
-        # reject answers TCP with a RST: refused at once.
+        # The TCP reset: refused at once.
         assert result.observed[(a1, col_b2, tcp4)].reason == "refused"
     finally:
         run_in(n2, ["nft", "delete", "table", "inet", "labdeny"], check=False)
