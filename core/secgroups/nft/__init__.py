@@ -1,0 +1,13 @@
+"""nftables for kube-secgroups: typed objects, the renderer, transactions and a packet tracer.
+
+Pure like the rest of the core (no subprocess, no netlink): the node agent runs
+the text these modules produce. Modules:
+
+* ``statements`` / ``objects`` — typed rule parts and table objects, one serialiser each;
+* ``names`` / ``epochs`` — object names and ``ct mark`` epoch stamps;
+* ``rendering`` — ``render(policy, node, pod_interfaces, options) -> Ruleset``;
+* ``transactions`` — ``full_transaction`` / ``diff_transaction`` (nft -f text);
+* ``reading`` / ``tracing`` — parse our text back; run packets through it.
+
+See ``docs/nftables.md`` for the layout.
+"""

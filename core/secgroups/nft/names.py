@@ -1,0 +1,82 @@
+"""Names of the nft objects the renderer makes: readable text plus a short hash.
+
+Role: one place that decides how a compiled group, address set, port list or group
+list is called in ``table inet secgroups``. Names are ``<prefix>_<readable>_<hash>``
+(plus ``_in``/``_eg`` or ``_4``/``_6``): the readable part is the object's
+namespace/name squeezed to ``[a-z0-9_]`` and cut to :data:`READABLE`; the hash (of
+the full identity, never of the squeezed text) keeps names unique, so two objects
+whose readable parts collide still differ. Everything stays within
+:data:`statements.NAME_PATTERN` (64 characters; the kernel allows 256).
+
+Neighbours: ``secgroups.naming`` (``short_hash``), ``rendering`` (the only caller).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from secgroups.models import Direction
+from secgroups.naming import short_hash
+from secgroups.nft.statements import Family, L4Proto, check_name
+from secgroups.ports import PortRange
+
+READABLE = 24
+
+# Static objects (dataplane.md §2.3). `ingress`/`egress` are nft keywords (netdev
+# hooks), so the shared policy chains are `pod_ingress`/`pod_egress`.
+POD_IFACES = "pod_ifaces"
+POD_EGRESS = "pod_egress"
+POD_INGRESS = "pod_ingress"
+ND_FROM_POD = "nd_from_pod"
+CT_TIMEOUTS = "ct_timeouts"
+PRE_ANTISPOOF = "pre_antispoof"
+EGRESS_FWD = "egress_fwd"
+EGRESS_INPUT = "egress_input"
+INGRESS_FWD = "ingress_fwd"
+INGRESS_OUTPUT = "ingress_output"
+
+
+def fam(base: str, family: Family) -> str:
+    """The IPv4 or IPv6 twin of a family-neutral name: ``pods`` → ``pods4`` / ``pods6``."""
+    return f"{base}{family}"
+
+
+def _squeeze(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:READABLE].rstrip("_") or "x"
+
+
+def _direction(direction: Direction) -> str:
+    return "in" if direction is Direction.INGRESS else "eg"
+
+
+def group_chain(group: str, namespace: str, name: str, direction: Direction) -> str:
+    """``g_<ns>_<name>_<hash>_in|eg``: the shared chain of one group's rules in one direction."""
+    return check_name(
+        f"g_{_squeeze(f'{namespace}_{name}')}_{short_hash(group)}_{_direction(direction)}"
+    )
+
+
+def group_list_chain(groups: Sequence[str], readable: Sequence[str], direction: Direction) -> str:
+    """``gl_<names>_<hash>_in|eg``: jumps to each group of an ordered list, then drops."""
+    digest = short_hash("\n".join(groups))
+    return check_name(f"gl_{_squeeze('_'.join(readable))}_{digest}_{_direction(direction)}")
+
+
+def address_set(set_key: str, namespace: str, name: str, is_group: bool, family: Family) -> str:
+    """``rg_…_4`` (members of a remote security group) or ``ag_…_4`` (an IP address group)."""
+    prefix = "rg" if is_group else "ag"
+    return check_name(f"{prefix}_{_squeeze(f'{namespace}_{name}')}_{short_hash(set_key)}_{family}")
+
+
+def port_set(ranges: Sequence[PortRange]) -> str:
+    """``ps_22_25_27_<hash>``: a deduplicated list of destination ports and ranges."""
+    text = ",".join(str(r) for r in ranges)
+    readable = _squeeze("_".join(str(r).replace("-", "to") for r in ranges))
+    return check_name(f"ps_{readable}_{short_hash(text)}")
+
+
+def ct_timeout(protocol: L4Proto, family: Family, policy: Sequence[tuple[str, int]]) -> str:
+    """``tcp4_<hash of the policy>``: content-addressed, since nft cannot update one in place."""
+    text = ",".join(f"{k}={v}" for k, v in policy)
+    return check_name(f"{protocol}{family}_{short_hash(text)}")
