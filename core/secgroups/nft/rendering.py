@@ -1,0 +1,505 @@
+"""Render one node's compiled policy into the desired nftables :class:`Ruleset`.
+
+Role: the pure function between the compiled objects (``secgroups.compiled``) and
+the node agent, which turns the result into an nft transaction
+(``transactions``) and runs it. The layout is dataplane.md §2, as documented in
+``docs/nftables.md``:
+
+* one table ``inet secgroups``; static base chains; per-pod state only in set and
+  map elements, so a pod that comes or goes changes elements, not rules;
+* anti-spoofing in ``prerouting`` at ``raw`` (before conntrack), by
+  ``{interface . source IP}`` pairs from ``pod_interfaces``;
+* policy gates by pod **IP** (``pods4``/``pods6``), not by interface, so a pod is
+  enforced as soon as its IP is in the node object, whatever the CNI;
+* one chain per group and direction (``g_…_in``/``g_…_eg``), shared by all pods of
+  the group, rules in compiled order with terminal verdicts (S-X-1: first match
+  wins; a chain that matches nothing returns); one chain per distinct ordered
+  group list (``gl_…``) that jumps to each group and ends in ``drop`` (S-X-2);
+* egress (``filter + 10``) and ingress (``filter + 20``) as separate base chains on
+  ``forward``, so same-node pod→pod traffic is checked by both (dataplane.md M7);
+* stateful (S-X-3) with the epoch stamp of DESIGN.md §4 for S-CT-2 and the TCP
+  non-SYN guard; ``ct timeout`` objects for S-CT-3 on new pod flows.
+
+Neighbours: ``names`` (object names), ``epochs`` (mark values), ``statements`` and
+``objects`` (what is built), ``tracing`` (runs packets through the result).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from secgroups.compiled import (
+    CompiledAddressSetSpec,
+    CompiledGroupSpec,
+    CompiledNodeSpec,
+    CompiledPod,
+    CompiledPolicy,
+    CompiledRule,
+    RemoteKind,
+    SourceKind,
+)
+from secgroups.models import Action, Direction, IPFamily, Protocol
+from secgroups.naming import bounded
+from secgroups.nft import names
+from secgroups.nft.epochs import epoch_mark
+from secgroups.nft.names import fam
+from secgroups.nft.objects import (
+    BaseSpec,
+    Chain,
+    CtTimeout,
+    DataType,
+    Element,
+    Hook,
+    Ifname,
+    Map,
+    Mark,
+    Priority,
+    Ruleset,
+    Set,
+    Table,
+    TableObject,
+    element,
+)
+from secgroups.nft.statements import (
+    ACCEPT,
+    DROP,
+    RETURN,
+    AddrField,
+    AddrMatch,
+    Counter,
+    CtDir,
+    CtDirectionMatch,
+    CtMarkSetFromMap,
+    CtState,
+    CtStateMatch,
+    CtTimeoutSet,
+    DaddrMarkInSet,
+    Family,
+    HopLimit,
+    IcmpMatch,
+    Icmpv6TypeIn,
+    Iface,
+    IfaceInSet,
+    IfaceSaddrInSet,
+    L4Proto,
+    MetaL4proto,
+    MetaNfproto,
+    Part,
+    PortMatch,
+    Rule,
+    SetRef,
+    TcpNotSyn,
+    VmapLookup,
+    goto,
+    jump,
+)
+from secgroups.ports import PortRange, merge_ranges
+
+FAMILIES: tuple[Family, Family] = (4, 6)
+
+# S-CT-3. "FIN-WAIT 30 s" is read as the whole closing phase (dataplane.md §3.1).
+TCP_TIMEOUTS: tuple[tuple[str, int], ...] = (
+    ("established", 600),
+    ("fin_wait", 30),
+    ("close_wait", 30),
+    ("last_ack", 30),
+    ("time_wait", 30),
+)
+UDP_TIMEOUTS: tuple[tuple[str, int], ...] = (("unreplied", 30), ("replied", 180))
+
+# A remote security group's members go into a hash set of single addresses; the
+# compiled set holds them collapsed into CIDRs, which we expand back. Pod IPs are
+# at most 6,000 per group (S-L-2); this bound only guards against a wrong input.
+MAX_HASH_SET_ADDRESSES = 1 << 16
+
+ND_FROM_POD_LINK = ("nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit")
+MLD_FROM_POD = ("mld-listener-report", "mld-listener-done", "mld2-listener-report")
+ND_FROM_NODE = (
+    "mld-listener-query",
+    "nd-router-advert",
+    "nd-neighbor-solicit",
+    "nd-neighbor-advert",
+    "nd-redirect",
+)
+
+
+class RenderError(ValueError):
+    """The compiled input cannot be rendered (a missing group or set, duplicate pod IPs, …)."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Node-level knobs of the ruleset (Helm values of the agent)."""
+
+    allow_node_to_pod: bool = True  # kubelet probes etc.; k8s says pods cannot block their node
+    tcp_timeouts: tuple[tuple[str, int], ...] = TCP_TIMEOUTS
+    udp_timeouts: tuple[tuple[str, int], ...] = UDP_TIMEOUTS
+    counters: bool = False  # a `counter` on every compiled rule (per-rule hit statistics)
+    table: Table = field(default_factory=Table)
+
+
+@dataclass
+class _Context:
+    """What rendering the group rules discovers: the address-set twins and port sets used."""
+
+    policy: CompiledPolicy
+    counters: bool
+    address_sets: dict[tuple[str, Family], str] = field(default_factory=dict)
+    port_sets: dict[tuple[PortRange, ...], str] = field(default_factory=dict)
+
+    def address_set(self, key: str, family: Family) -> str | None:
+        """The nft set of one family of compiled set ``key``; None if the set is missing."""
+        spec = self.policy.sets.get(key)
+        if spec is None:
+            return None
+        is_group = spec.source_kind is SourceKind.SECURITY_GROUP
+        name = names.address_set(key, spec.source.namespace, spec.source.name, is_group, family)
+        self.address_sets[(key, family)] = name
+        return name
+
+    def port_set(self, ranges: tuple[PortRange, ...]) -> str:
+        return self.port_sets.setdefault(ranges, names.port_set(ranges))
+
+
+def render(
+    policy: CompiledPolicy,
+    node: str,
+    pod_interfaces: Mapping[str, str],
+    options: RenderOptions | None = None,
+) -> Ruleset:
+    """The whole desired ``table inet secgroups`` of ``node``.
+
+    ``policy`` may be the cluster policy or its node slice (``for_node``); only the
+    groups of the node's pods and the sets their rules use are rendered.
+    ``pod_interfaces`` maps a pod IP to its host-side interface; pods whose IP is
+    missing there are still enforced (the gates match IPs) but not anti-spoofed.
+    References that cannot be resolved are rendered as absent, as the evaluator
+    judges them: a missing group is skipped in its pods' group lists, a rule whose
+    remote set is missing matches nothing (and is left out), a CIDR of the other
+    family never matches. Two pods with one IP: the later in (namespace, name)
+    order owns it, as in the evaluator. Raises :class:`RenderError` only for input
+    nft cannot hold (a malformed IP or interface name, an oversized member set).
+    """
+    opts = options or RenderOptions()
+    spec = policy.nodes.get(node) or CompiledNodeSpec(node=node)
+    ctx = _Context(policy=policy, counters=opts.counters)
+    objects: list[TableObject] = []
+
+    pods = sorted(spec.pods, key=lambda p: (p.namespace, p.name))
+    used_groups = sorted({g for pod in pods for g in pod.groups if g in policy.groups})
+    group_chain: dict[tuple[str, Direction], str] = {}
+    for key in used_groups:
+        group = policy.groups[key]
+        for chain in _group_chains(key, group, ctx):
+            objects.append(chain)
+        for direction in Direction:
+            group_chain[(key, direction)] = _group_chain_name(key, group, direction)
+
+    objects.extend(_address_sets(ctx))
+    objects.extend(
+        Set(
+            name,
+            (DataType.INET_SERVICE,),
+            interval=True,
+            elements=tuple(element(r) for r in ranges),
+        )
+        for ranges, name in ctx.port_sets.items()
+    )
+    objects.extend(_pod_objects(policy, pods, pod_interfaces, group_chain))
+    objects.extend(_static_objects(opts))
+    return Ruleset.of(opts.table, objects)
+
+
+# ----------------------------------------------------------------------------- groups
+
+
+def _group_chain_name(key: str, group: CompiledGroupSpec, direction: Direction) -> str:
+    return names.group_chain(key, group.group.namespace, group.group.name, direction)
+
+
+def _group_chains(key: str, group: CompiledGroupSpec, ctx: _Context) -> list[Chain]:
+    chains = []
+    for direction in Direction:
+        rules: list[Rule] = []
+        for rule in group.rules(direction):  # compiled match order, kept exactly (S-X-1)
+            if rule.direction is not direction:
+                raise RenderError(f"rule {rule.id} of {key} is listed under {direction}")
+            rules.extend(_compiled_rule(rule, ctx))
+        chains.append(Chain(_group_chain_name(key, group, direction), tuple(rules)))
+    return chains
+
+
+def _compiled_rule(rule: CompiledRule, ctx: _Context) -> list[Rule]:
+    """One compiled rule as nft rules (one per inline CIDR), all with the same terminal verdict."""
+    family: Family = rule.family.version
+    field_ = AddrField.SADDR if rule.direction is Direction.INGRESS else AddrField.DADDR
+    remote = rule.remote
+    addrs: list[Part]
+    if remote.kind is RemoteKind.ANY:
+        addrs = [MetaNfproto(family)]
+    elif remote.kind is RemoteKind.CIDR:
+        nets = [n for n in remote.networks() if n.version == family]
+        addrs = [AddrMatch(family, field_, n) for n in nets]  # none: the rule matches nothing
+    else:
+        name = None if remote.set is None else ctx.address_set(remote.set, family)
+        addrs = [] if name is None else [AddrMatch(family, field_, SetRef(name))]
+
+    proto = _protocol_parts(rule, family, ctx)
+    tail: list[Part] = [Counter()] if ctx.counters else []
+    if rule.action is Action.DENY:
+        tail.append(DROP)
+    elif rule.direction is Direction.INGRESS:
+        tail += [CtMarkSetFromMap(family, SetRef(fam("in_epoch", family))), ACCEPT]
+    else:
+        tail.append(ACCEPT)
+    comment = bounded(
+        "".join(c if c.isprintable() and c not in '"\\' else "_" for c in rule.id), 128
+    )
+    return [Rule((addr, *proto, *tail), comment or None) for addr in addrs]
+
+
+def _protocol_parts(rule: CompiledRule, family: Family, ctx: _Context) -> list[Part]:
+    if rule.ports and rule.protocol not in (Protocol.TCP, Protocol.UDP):
+        raise RenderError(f"rule {rule.id}: ports on protocol {rule.protocol}")
+    if rule.protocol in (Protocol.TCP, Protocol.UDP):
+        l4 = L4Proto.TCP if rule.protocol is Protocol.TCP else L4Proto.UDP
+        ranges = merge_ranges(PortRange(s.lo, s.hi) for s in rule.ports)
+        if not ranges:
+            return [MetaL4proto(l4)]
+        if len(ranges) == 1:
+            return [PortMatch(l4, ranges[0])]
+        return [PortMatch(l4, SetRef(ctx.port_set(ranges)))]  # named: no anonymous sets (M1)
+    if rule.protocol is Protocol.ICMP:
+        if rule.icmp_type is None and rule.icmp_code is None:
+            return [MetaL4proto(L4Proto.ICMP if family == 4 else L4Proto.ICMPV6)]
+        return [IcmpMatch(family, rule.icmp_type, rule.icmp_code)]
+    if rule.protocol is Protocol.GRE:
+        return [MetaL4proto(L4Proto.GRE)]
+    return []
+
+
+def _address_sets(ctx: _Context) -> Iterable[Set]:
+    for (key, family), name in sorted(ctx.address_sets.items()):
+        spec = ctx.policy.sets[key]
+        dtype = DataType.IPV4_ADDR if family == 4 else DataType.IPV6_ADDR
+        nets = spec.networks(spec_family(family))
+        if spec.source_kind is SourceKind.SECURITY_GROUP:
+            yield Set(name, (dtype,), elements=tuple(_hosts(key, spec, nets)))
+        else:
+            yield Set(name, (dtype,), interval=True, elements=tuple(element(n) for n in nets))
+
+
+def spec_family(family: Family) -> IPFamily:
+    """The compiled models' family enum for an nft family number."""
+    return IPFamily.IPV4 if family == 4 else IPFamily.IPV6
+
+
+def _hosts(
+    key: str,
+    spec: CompiledAddressSetSpec,
+    nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> Iterable[Element]:
+    total = 0
+    for net in nets:
+        total += net.num_addresses
+        if total > MAX_HASH_SET_ADDRESSES:
+            raise RenderError(
+                f"address set {key} ({spec.source}) expands beyond {MAX_HASH_SET_ADDRESSES} IPs"
+            )
+        if net.prefixlen == net.max_prefixlen:
+            yield element(net.network_address)
+        else:
+            yield from (element(ip) for ip in net)
+
+
+# ----------------------------------------------------------------------------- pods
+
+
+def _pod_objects(
+    policy: CompiledPolicy,
+    pods: list[CompiledPod],
+    pod_interfaces: Mapping[str, str],
+    group_chain: Mapping[tuple[str, Direction], str],
+) -> Iterable[TableObject]:
+    try:
+        ifaces = {ipaddress.ip_address(ip): name for ip, name in pod_interfaces.items()}
+    except ValueError as exc:
+        raise RenderError(f"pod_interfaces: {exc}") from None
+    el: dict[str, list[Element]] = {}
+    owner: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, CompiledPod] = {}
+    lists: dict[tuple[str, ...], tuple[str, str]] = {}
+    chains: list[Chain] = []
+    pod_ifaces: set[str] = set()
+
+    for pod in pods:
+        for text in pod.ips:
+            try:
+                owner[ipaddress.ip_address(text)] = pod
+            except ValueError:
+                raise RenderError(f"pod {pod.namespace}/{pod.name}: bad IP {text!r}") from None
+
+    for ip, pod in sorted(owner.items(), key=lambda item: (item[0].version, int(item[0]))):
+        groups = tuple(g for g in pod.groups if g in policy.groups)
+        if groups not in lists:
+            readable = [policy.groups[g].group.name for g in groups] or ["none"]
+            gl = {d: names.group_list_chain(groups, readable, d) for d in Direction}
+            lists[groups] = (gl[Direction.INGRESS], gl[Direction.EGRESS])
+            for d in Direction:
+                jumps = [Rule((jump(group_chain[(g, d)]),)) for g in groups]
+                chains.append(Chain(gl[d], (*jumps, Rule((DROP,), "no rule matched (S-X-2)"))))
+        gl_in, gl_eg = lists[groups]
+        mark = Mark(epoch_mark(pod.uid, pod.epoch))
+        f: Family = 4 if ip.version == 4 else 6
+        el.setdefault(fam("pods", f), []).append(element(ip))
+        el.setdefault(fam("eg_disp", f), []).append(element(ip, value=goto(gl_eg)))
+        el.setdefault(fam("in_disp", f), []).append(element(ip, value=goto(gl_in)))
+        el.setdefault(fam("in_epoch", f), []).append(element(ip, value=mark))
+        el.setdefault(fam("in_valid", f), []).append(element(ip, mark))
+        iface = ifaces.get(ip)
+        if iface is not None:
+            try:
+                ifname = Ifname(iface)
+            except ValueError as exc:
+                raise RenderError(f"pod {pod.namespace}/{pod.name}: {exc}") from None
+            pod_ifaces.add(iface)
+            el.setdefault(fam("pod_src", f), []).append(element(ifname, ip))
+
+    yield from chains
+    yield Set(
+        names.POD_IFACES, (DataType.IFNAME,), elements=tuple(element(Ifname(i)) for i in pod_ifaces)
+    )
+    for f in FAMILIES:
+        addr = DataType.IPV4_ADDR if f == 4 else DataType.IPV6_ADDR
+        yield Set(fam("pods", f), (addr,), elements=tuple(el.get(fam("pods", f), ())))
+        yield Set(
+            fam("pod_src", f),
+            (DataType.IFNAME, addr),
+            elements=tuple(el.get(fam("pod_src", f), ())),
+        )
+        for disp in ("eg_disp", "in_disp"):
+            yield Map(fam(disp, f), (addr,), DataType.VERDICT, tuple(el.get(fam(disp, f), ())))
+        yield Map(fam("in_epoch", f), (addr,), DataType.MARK, tuple(el.get(fam("in_epoch", f), ())))
+        yield Set(
+            fam("in_valid", f),
+            (addr, DataType.MARK),
+            elements=tuple(el.get(fam("in_valid", f), ())),
+        )
+
+
+# ----------------------------------------------------------------------------- static part
+
+
+def _rule(*parts: Part, comment: str | None = None) -> Rule:
+    return Rule(parts, comment)
+
+
+def _state(*states: CtState, negate: bool = False) -> CtStateMatch:
+    return CtStateMatch(frozenset(states), negate)
+
+
+def _base(name: str, hook: Hook, priority: Priority, rules: Iterable[Rule]) -> Chain:
+    return Chain(name, tuple(rules), BaseSpec(hook, priority))
+
+
+def _static_objects(opts: RenderOptions) -> Iterable[TableObject]:
+    """Base chains, the shared per-path chains and the ct timeout objects (dataplane.md §2.5)."""
+    timeouts = {
+        (proto, f): CtTimeout(names.ct_timeout(proto, f, policy), proto, f, policy)
+        for proto, policy in ((L4Proto.TCP, opts.tcp_timeouts), (L4Proto.UDP, opts.udp_timeouts))
+        for f in FAMILIES
+    }
+    yield from timeouts.values()
+    pods = {f: SetRef(fam("pods", f)) for f in FAMILIES}
+    ip4, ip6 = AddrField.SADDR, AddrField.DADDR
+    new_non_syn = _rule(
+        _state(CtState.NEW), TcpNotSyn(), DROP, comment="no TCP mid-stream pickup (S-CT-2)"
+    )
+
+    yield Chain(
+        names.CT_TIMEOUTS,
+        tuple(
+            _rule(MetaNfproto(f), MetaL4proto(proto), CtTimeoutSet(obj.name))
+            for (proto, f), obj in timeouts.items()
+        ),
+    )
+    yield _base(
+        names.PRE_ANTISPOOF,
+        Hook.PREROUTING,
+        Priority("raw"),  # before conntrack (-200): spoofed packets never create entries
+        [
+            _rule(IfaceInSet(Iface.IIF, SetRef(names.POD_IFACES), negate=True), RETURN),
+            *(_rule(IfaceSaddrInSet(f, SetRef(fam("pod_src", f))), RETURN) for f in FAMILIES),
+            _rule(AddrMatch(6, ip4, ipaddress.ip_network("::/128")), jump(names.ND_FROM_POD)),
+            _rule(AddrMatch(6, ip4, ipaddress.ip_network("fe80::/10")), jump(names.ND_FROM_POD)),
+            _rule(Counter(), DROP, comment="spoofed source address"),
+        ],
+    )
+    yield Chain(
+        names.ND_FROM_POD,  # link-local / unspecified sources: ND and MLD only, never RA/redirect
+        (
+            _rule(Icmpv6TypeIn(ND_FROM_POD_LINK), HopLimit(255), ACCEPT),
+            _rule(Icmpv6TypeIn(MLD_FROM_POD), ACCEPT),
+            _rule(DROP),
+        ),
+    )
+    gate_eg = [_rule(AddrMatch(f, ip4, pods[f]), goto(names.POD_EGRESS)) for f in FAMILIES]
+    gate_in = [_rule(AddrMatch(f, ip6, pods[f]), goto(names.POD_INGRESS)) for f in FAMILIES]
+    yield _base(names.EGRESS_FWD, Hook.FORWARD, Priority("filter", 10), gate_eg)
+    yield _base(
+        names.EGRESS_INPUT,
+        Hook.INPUT,
+        Priority("filter", 10),
+        [
+            # ND/MLD to the node are untracked (dataplane.md §2.6) and must pass first.
+            _rule(
+                AddrMatch(6, ip4, pods[6]), Icmpv6TypeIn(ND_FROM_POD_LINK + MLD_FROM_POD), ACCEPT
+            ),
+            *gate_eg,
+        ],
+    )
+    yield Chain(
+        names.POD_EGRESS,
+        (
+            _rule(_state(CtState.ESTABLISHED, CtState.RELATED), ACCEPT),  # S-CT-1, S-X-3
+            _rule(_state(CtState.INVALID), DROP),
+            new_non_syn,
+            _rule(_state(CtState.NEW), jump(names.CT_TIMEOUTS)),
+            *(_rule(VmapLookup(f, ip4, SetRef(fam("eg_disp", f)))) for f in FAMILIES),
+            _rule(DROP),
+        ),
+    )
+    yield _base(names.INGRESS_FWD, Hook.FORWARD, Priority("filter", 20), gate_in)
+    if opts.allow_node_to_pod:
+        node_to_pod = [
+            _rule(AddrMatch(f, ip6, pods[f]), ACCEPT, comment="node to local pod allowed")
+            for f in FAMILIES
+        ]
+    else:
+        node_to_pod = [
+            _rule(AddrMatch(6, ip6, pods[6]), Icmpv6TypeIn(ND_FROM_NODE), ACCEPT),
+            *gate_in,
+        ]
+    yield _base(names.INGRESS_OUTPUT, Hook.OUTPUT, Priority("filter", 20), node_to_pod)
+    yield Chain(
+        names.POD_INGRESS,
+        (
+            _rule(_state(CtState.RELATED), ACCEPT),  # ICMP errors of known flows (S-X-3)
+            _rule(_state(CtState.ESTABLISHED), CtDirectionMatch(CtDir.REPLY), ACCEPT),
+            *(
+                _rule(
+                    _state(CtState.ESTABLISHED),
+                    DaddrMarkInSet(f, SetRef(fam("in_valid", f))),
+                    ACCEPT,
+                )
+                for f in FAMILIES
+            ),
+            _rule(_state(CtState.INVALID), DROP),
+            new_non_syn,
+            _rule(_state(CtState.NEW), jump(names.CT_TIMEOUTS)),
+            # NEW, or established with a stale epoch: (re-)check against the pod's rules.
+            *(_rule(VmapLookup(f, ip6, SetRef(fam("in_disp", f)))) for f in FAMILIES),
+            _rule(DROP),
+        ),
+    )
