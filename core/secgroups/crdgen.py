@@ -354,6 +354,12 @@ def resource_schema(model: type[BaseModel]) -> dict[str, Any]:
     if not root["required"]:
         del root["required"]
     schema = structural(root, defs, "")
+    spec_field = model.model_fields.get("spec")
+    if spec_field is not None and spec_field.default_factory is not None:
+        # pydantic leaves factories out of the JSON schema. `default: {}` makes the API
+        # server store the spec's own defaults (sequence 100, ...) when a manifest has no
+        # spec, as parsing it with the model would.
+        schema["properties"]["spec"]["default"] = {}
     schema["properties"] = {
         "apiVersion": {"type": "string", "description": API_VERSION_DESCRIPTION},
         "kind": {"type": "string", "description": KIND_DESCRIPTION},

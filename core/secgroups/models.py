@@ -566,6 +566,9 @@ class IPAddressGroupSpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
+                    # has(): the API server checks `default: {}` of spec against this rule
+                    # without applying the nested defaults first.
+                    "!has(self.addresses) || "
                     f"self.addresses.all(a, {_cel_address_family_is('a', _CEL_SELF_FAMILY)})",
                     MSG_ADDRESS_FAMILY,
                     ".addresses",

@@ -155,6 +155,9 @@ def test_defaults_are_stored(control_plane: ControlPlane, created: str) -> None:
     assert "ports" not in rule and "remote" not in rule
     group = kubectl_json(control_plane, "get", "sg", "sg-a", "-n", created)["spec"]
     assert group["sequence"] == 100
+    # A group written without any spec still gets one, with its defaults.
+    bare = kubectl_json(control_plane, "get", "sg", "default", "-n", created)["spec"]
+    assert bare == {"description": "", "sequence": 100}
 
 
 def test_stored_objects_parse_with_the_models(control_plane: ControlPlane, created: str) -> None:

@@ -128,7 +128,11 @@ def test_envelope_is_owned_by_the_api_server(resource: crdgen.Resource) -> None:
 def test_rules_require_a_spec_and_groups_default_it() -> None:
     by_kind = {r.kind: schema_of(r) for r in crdgen.RESOURCES}
     assert by_kind["SecurityGroupRule"]["required"] == ["spec"]
-    assert "required" not in by_kind["SecurityGroup"]
+    assert "default" not in by_kind["SecurityGroupRule"]["properties"]["spec"]
+    for kind in ("SecurityGroup", "IPAddressGroup"):
+        assert "required" not in by_kind[kind]
+        # so that the API server stores the spec's defaults, as the model would parse them
+        assert by_kind[kind]["properties"]["spec"]["default"] == {}
 
 
 def test_optional_fields_are_not_required_and_defaults_survive() -> None:
