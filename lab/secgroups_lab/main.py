@@ -1,6 +1,8 @@
 """``secgroups-lab``: the lab's command line.
 
 Subcommands:
+  up / down           the whole lab: control plane, nodes, simulated kubelet, operator, agents
+  demo up / demo down the README demo: the lab plus examples/ and the live connectivity matrix
   binaries            build (if missing) and print the pinned binaries
   cp-up / cp-down     start / remove the control plane (etcd, kube-apiserver, kcm)
   cp-status           show the control plane's state
@@ -29,9 +31,62 @@ def cmd_binaries(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from secgroups_lab.cluster import LabCluster, LabError
+
+    try:
+        LabCluster(
+            prefix=args.prefix,
+            nodes=args.nodes,
+            operator=not args.no_operator,
+            agents=not args.no_agents,
+        ).up()
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from secgroups_lab.cluster import LabCluster
+
+    LabCluster(prefix=args.prefix).down()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from secgroups_lab import demo
+    from secgroups_lab.cluster import LabError
+
+    try:
+        if args.action == "up":
+            return demo.up(args.prefix, args.nodes)
+        return demo.down(args.prefix)
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="secgroups-lab", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+
+    lab_up = sub.add_parser("up", help="start the whole lab and leave it running")
+    lab_up.add_argument("--prefix", default="ksg", help="name prefix (default %(default)s)")
+    lab_up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    lab_up.add_argument("--no-operator", action="store_true", help="do not start the operator")
+    lab_up.add_argument("--no-agents", action="store_true", help="do not start node agents")
+    lab_up.set_defaults(func=cmd_up)
+
+    lab_down = sub.add_parser("down", help="stop the whole lab and remove what it made")
+    lab_down.add_argument("--prefix", default="ksg", help="name prefix (default %(default)s)")
+    lab_down.set_defaults(func=cmd_down)
+
+    dm = sub.add_parser("demo", help="the README demo (Sg-A/Sg-B) with a live matrix")
+    dm.add_argument("action", choices=("up", "down"))
+    dm.add_argument("--prefix", default="ksg", help="name prefix (default %(default)s)")
+    dm.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    dm.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("binaries", help="build (if missing) and print the pinned binaries")
     b.add_argument("components", nargs="*", help=f"any of {', '.join(binaries.COMPONENTS)}")

@@ -101,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # one line per HTTP request / handler run is noise at scale
+        for name in ("httpx", "httpx2", "kopf.objects", "kopf.activities.authentication"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     asyncio.run(run(args))
     return 0
 
