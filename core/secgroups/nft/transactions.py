@@ -70,9 +70,9 @@ class Inventory:
         timeouts: set[str] = set()
         for item in doc.get("nftables", ()):
             (kind, obj), *_ = item.items()
-            if not isinstance(obj, dict) or obj.get("table") != tbl.name:
+            if kind not in ("chain", "set", "map", "ct timeout") or not isinstance(obj, dict):
                 continue
-            if obj.get("family") != tbl.family:
+            if obj.get("table") != tbl.name or obj.get("family") != tbl.family:
                 continue
             name = obj["name"]
             if kind == "chain":

@@ -1,0 +1,225 @@
+"""Transaction text: full replace and incremental diff (the real kernel check is in tests/netns)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from tests import nftcases as nc
+
+from secgroups.compiled import CompiledPolicy
+from secgroups.nft.objects import Ruleset
+from secgroups.nft.rendering import RenderOptions, render
+from secgroups.nft.transactions import Inventory, diff_transaction, full_transaction
+
+S = nc.web_and_db()
+
+
+def _rs(policy: CompiledPolicy | None = None, options: RenderOptions | None = None) -> Ruleset:
+    return render(policy or S.policy, nc.NODE, S.pod_interfaces, options)
+
+
+def _with_pods(pods: list[nc.CompiledPod]) -> CompiledPolicy:
+    spec = S.policy.nodes[nc.NODE].model_copy(update={"pods": tuple(pods)})
+    return S.policy.model_copy(update={"nodes": {nc.NODE: spec}})
+
+
+def _commands(text: str) -> list[str]:
+    """Top-level commands (a block counts as one `table …` command)."""
+    return [line for line in text.splitlines() if line and not line.startswith(("\t", "}"))]
+
+
+def test_full_transaction_replaces_without_deleting_the_table() -> None:
+    text = full_transaction(_rs())
+    cmds = _commands(text)
+    assert cmds[:3] == [
+        "add table inet secgroups",
+        "flush table inet secgroups",
+        "table inet secgroups {",
+    ]
+    assert "delete table" not in text and "delete ct timeout" not in text
+    flushed = [c.split()[1:] for c in cmds if c.startswith("flush ") and "table" not in c]
+    assert {name for _, _, _, name in flushed} == {s.name for s in _rs().sets}
+    assert text.endswith(_rs().text())  # the whole table after the preamble
+
+
+def test_full_transaction_with_an_inventory_deletes_stale_and_redeclared_objects() -> None:
+    present = Inventory(
+        chains={"g_old_in": ("chain",), "egress_fwd": ("base", "filter", "forward", 99, "accept")},
+        sets={
+            "rg_old_4": ("set", ("ipv4_addr",), False),
+            "pods4": ("set", ("ipv4_addr",), True),
+            "in_disp4": ("map", ("ipv4_addr",), "verdict", False),
+        },
+        ct_timeouts=frozenset({"tcp4_old"}),
+    )
+    cmds = _commands(full_transaction(_rs(), present))
+    assert cmds[2:5] == [
+        "flush map inet secgroups in_disp4",
+        "flush set inet secgroups pods4",
+        "flush set inet secgroups rg_old_4",
+    ]
+    assert "delete chain inet secgroups egress_fwd" in cmds  # priority changed: re-created
+    assert "delete chain inet secgroups g_old_in" in cmds
+    assert "delete set inet secgroups pods4" in cmds  # became an interval set somewhere: re-created
+    assert "delete set inet secgroups rg_old_4" in cmds
+    assert "delete map inet secgroups in_disp4" not in cmds  # same declaration: kept, flushed
+    assert not any("tcp4_old" in c for c in cmds)  # live flows may use it
+
+
+def test_inventory_from_nft_json() -> None:
+    doc = {
+        "nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "secgroups", "handle": 1}},
+            {
+                "ct timeout": {
+                    "family": "inet",
+                    "name": "tcp4_x",
+                    "table": "secgroups",
+                    "protocol": "tcp",
+                }
+            },
+            {
+                "set": {
+                    "family": "inet",
+                    "name": "pod_src4",
+                    "table": "secgroups",
+                    "type": ["ifname", "ipv4_addr"],
+                }
+            },
+            {
+                "set": {
+                    "family": "inet",
+                    "name": "ps_a",
+                    "table": "secgroups",
+                    "type": "inet_service",
+                    "flags": ["interval"],
+                }
+            },
+            {
+                "map": {
+                    "family": "inet",
+                    "name": "in_epoch4",
+                    "table": "secgroups",
+                    "type": "ipv4_addr",
+                    "map": "mark",
+                }
+            },
+            {
+                "chain": {
+                    "family": "inet",
+                    "table": "secgroups",
+                    "name": "egress_fwd",
+                    "type": "filter",
+                    "hook": "forward",
+                    "prio": 10,
+                    "policy": "accept",
+                }
+            },
+            {"chain": {"family": "inet", "table": "secgroups", "name": "g_x_in"}},
+            {"chain": {"family": "inet", "table": "other", "name": "not_ours"}},
+            {"rule": {"family": "inet", "table": "secgroups", "chain": "g_x_in", "expr": []}},
+        ]
+    }
+    inv = Inventory.from_json(doc)
+    rs = _rs()
+    assert inv.chains["egress_fwd"] == rs.chain("egress_fwd").decl()
+    assert inv.chains == {"egress_fwd": inv.chains["egress_fwd"], "g_x_in": ("chain",)}
+    assert inv.sets["pod_src4"] == rs.set("pod_src4").decl()
+    assert inv.sets["in_epoch4"] == rs.set("in_epoch4").decl()
+    assert inv.sets["ps_a"] == ("set", ("inet_service",), True)
+    assert inv.ct_timeouts == {"tcp4_x"}
+
+
+def test_nothing_changed_is_the_empty_transaction() -> None:
+    assert diff_transaction(_rs(), _rs()) == ""
+
+
+def test_a_new_pod_of_an_existing_group_list_is_element_adds_only() -> None:
+    """dataplane.md §2.1: per-pod state lives in elements; no rule is rewritten."""
+    old_pods = list(S.policy.nodes[nc.NODE].pods)
+    new = _with_pods(
+        [
+            *old_pods,
+            nc.pod(
+                "shop", "web-3", ("100.64.1.9",), [nc.naming.compiled_group_name("shop", "web")]
+            ),
+        ]
+    )
+    text = diff_transaction(
+        _rs(), render(new, nc.NODE, {**S.pod_interfaces, "100.64.1.9": "veth-web-3"})
+    )
+    assert "flush" not in text and "delete" not in text and "\tchain " not in text
+    assert "100.64.1.9 : goto gl_web_" in text and '"veth-web-3" . 100.64.1.9' in text
+
+
+def test_an_epoch_bump_swaps_two_elements_per_ip() -> None:
+    """S-CT-2: the pod's new epoch, in_epoch and in_valid swapped in one transaction."""
+    pods = [
+        p.model_copy(update={"epoch": p.epoch + 1}) if p.name == "db-1" else p
+        for p in S.policy.nodes[nc.NODE].pods
+    ]
+    text = diff_transaction(_rs(), _rs(_with_pods(pods)))
+    cmds = _commands(text)
+    assert cmds[0] == "delete element inet secgroups in_epoch4 { 100.64.1.4 }"
+    assert cmds[1].startswith("delete element inet secgroups in_valid4 { 100.64.1.4 . 0x")
+    assert cmds[2] == "table inet secgroups {" and len(cmds) == 3
+    assert text.count("100.64.1.4") == 4
+
+
+def test_a_rule_change_flushes_and_refills_one_chain() -> None:
+    key = nc.naming.compiled_group_name("shop", "db")
+    db = S.policy.groups[key]
+    changed = db.model_copy(update={"ingress": db.ingress[:1]})
+    new = S.policy.model_copy(update={"groups": {**S.policy.groups, key: changed}})
+    text = diff_transaction(_rs(), _rs(new))
+    cmds = _commands(text)
+    assert cmds[0].startswith("flush chain inet secgroups g_shop_db_") and cmds[0].endswith("_in")
+    assert cmds[1] == "table inet secgroups {" and len(cmds) == 2
+    assert 'comment "shop/pg-from-web"' in text and "gre-office" not in text
+
+
+def test_removals_come_after_the_references_are_gone() -> None:
+    """A removed group: its map elements go first, its chains and sets last."""
+    pods = [p for p in S.policy.nodes[nc.NODE].pods if p.name != "db-1"]
+    text = diff_transaction(_rs(), _rs(_with_pods(pods)))
+    cmds = _commands(text)
+    first_delete_chain = next(i for i, c in enumerate(cmds) if c.startswith("delete chain"))
+    assert all(c.startswith("delete ") for c in cmds[first_delete_chain:])
+    element_deletes = [i for i, c in enumerate(cmds) if c.startswith("delete element")]
+    assert max(element_deletes) < first_delete_chain
+    assert any(
+        c.startswith("delete set inet secgroups rg_shop_web_") for c in cmds
+    )  # only db used it
+    flushed = {c.split()[-1] for c in cmds if c.startswith("flush chain")}
+    deleted = {c.split()[-1] for c in cmds if c.startswith("delete chain")}
+    assert deleted <= flushed
+
+
+def test_ct_timeout_objects_are_never_deleted() -> None:
+    """Deleting one would strip the timeouts of live flows (nf_ct_untimeout)."""
+    longer = RenderOptions(tcp_timeouts=(("established", 900),))
+    text = diff_transaction(_rs(), _rs(options=longer))
+    assert "delete ct timeout" not in text
+    assert "established: 900" in text
+    assert text.count("ct timeout set") == 4  # the ct_timeouts chain is refilled
+
+
+def test_a_redeclared_set_is_deleted_after_its_users_are_flushed() -> None:
+    old = _rs()
+    name = next(s.name for s in old.sets if s.name.startswith("ag_shop_blocked_"))
+    changed = dataclasses.replace(old.set(name), interval=False, elements=())  # type: ignore[type-var]
+    new = Ruleset.of(old.table, [changed if o.name == name else o for o in old.objects])
+    cmds = _commands(diff_transaction(old, new))
+    flush = next(
+        i for i, c in enumerate(cmds) if c.startswith("flush chain") and "g_shop_web_" in c
+    )
+    delete = cmds.index(f"delete set inet secgroups {name}")
+    assert flush < delete < cmds.index("table inet secgroups {")
+
+
+def test_tables_must_match() -> None:
+    other = dataclasses.replace(_rs(), table=nc.RenderOptions().table.__class__(name="other"))
+    with pytest.raises(ValueError):
+        diff_transaction(_rs(), other)
