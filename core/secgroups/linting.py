@@ -226,7 +226,9 @@ def _unused_findings(view: PolicyView) -> list[Finding]:
         ns = rule.metadata.namespace or "default"
         remote = rule.spec.remote
         if remote is not None and remote.security_group is not None:
-            used_groups.add((remote.security_group.namespace or ns, remote.security_group.name))
+            ref = (remote.security_group.namespace or ns, remote.security_group.name)
+            if ref != (ns, rule.spec.security_group):  # naming itself does not make it used
+                used_groups.add(ref)
         if remote is not None and remote.ip_address_group is not None:
             used_ipags.add((remote.ip_address_group.namespace or ns, remote.ip_address_group.name))
     out: list[Finding] = []

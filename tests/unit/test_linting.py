@@ -95,6 +95,8 @@ def test_shadowed_rules_are_warned_with_the_covering_rule() -> None:
 def test_unused_groups_and_address_groups() -> None:
     out = codes(
         sg("lonely"),
+        rule("lonely-self", "lonely", direction="Ingress", protocol="All",
+             remote={"securityGroup": {"name": "lonely"}}),
         sg("remote-only"),
         sg("g"),
         used(),
