@@ -120,7 +120,9 @@ def parse_ports(text: str) -> tuple[PortRange, ...]:
     >>> parse_ports("22-24,25,ssh")
     (PortRange(lo=22, hi=25),)
     """
-    if len(text) > PORTS_MAX_LENGTH or not _PORTS_RE.match(text):
+    # fullmatch, not match: Python's ``$`` also matches before a trailing newline, which
+    # CEL's RE2 does not, so ``"22\n"`` would pass here and fail on the API server.
+    if len(text) > PORTS_MAX_LENGTH or not _PORTS_RE.fullmatch(text):
         raise PortSyntaxError(MSG_SYNTAX)
     return merge_ranges(_parse_item(item) for item in text.split(","))
 
