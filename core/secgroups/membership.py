@@ -12,7 +12,7 @@ Used by the compiler, the clearing planner and the CLI, so all three agree.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from secgroups import selectors
@@ -54,7 +54,7 @@ def group_index(facts: ClusterFacts) -> dict[GroupKey, SecurityGroup]:
     return {(g.metadata.namespace or "default", g.metadata.name): g for g in facts.groups}
 
 
-def is_managed(pod: PodFacts, enforced_namespaces: frozenset[str]) -> bool:
+def is_managed(pod: PodFacts, enforced_namespaces: Container[str]) -> bool:
     return (
         pod.namespace in enforced_namespaces
         and not pod.host_network
@@ -66,16 +66,50 @@ def enforced_namespaces(facts: ClusterFacts, scope: Scope) -> frozenset[str]:
     return frozenset(n.name for n in facts.namespaces if n.labels.get(scope.key) == scope.value)
 
 
+def selecting_groups(groups: Iterable[SecurityGroup]) -> list[SecurityGroup]:
+    """The groups (of one namespace) that have a podSelector, in sequence order, then name."""
+    return sorted(
+        (g for g in groups if g.spec.pod_selector is not None),
+        key=lambda g: (g.spec.sequence, g.metadata.name),
+    )
+
+
+def sequence_of(
+    pod: PodFacts,
+    groups: Container[GroupKey],
+    selecting: Iterable[SecurityGroup],
+) -> tuple[tuple[GroupKey, ...], tuple[str, ...]]:
+    """A managed pod's groups in sequence order, and the annotated names that do not exist.
+
+    ``groups`` holds the keys of every existing group; ``selecting`` is
+    :func:`selecting_groups` of the pod's namespace.
+    """
+    order: list[GroupKey] = []
+    missing: list[str] = []
+    for name in pod.annotated_groups():
+        key = (pod.namespace, name)
+        if key in groups or name == DEFAULT_GROUP_NAME:  # the default group always exists
+            order.append(key)
+        else:
+            missing.append(name)
+    for g in selecting:
+        key = (pod.namespace, g.metadata.name)
+        selector = g.spec.pod_selector
+        if key not in order and selector is not None and selectors.matches(selector, pod.labels):
+            order.append(key)
+    if not order:
+        order.append((pod.namespace, DEFAULT_GROUP_NAME))
+    return tuple(order), tuple(missing)
+
+
 def resolve(facts: ClusterFacts, scope: Scope | None = None) -> Memberships:
     """Compute every managed pod's group sequence (DESIGN.md §2, S-M-1, S-D-1)."""
     enforced = enforced_namespaces(facts, scope or Scope())
     groups = group_index(facts)
-    selecting: dict[str, list[SecurityGroup]] = {}
-    for (ns, _), g in sorted(groups.items()):
-        if g.spec.pod_selector is not None:
-            selecting.setdefault(ns, []).append(g)
-    for ns_groups in selecting.values():
-        ns_groups.sort(key=lambda g: (g.spec.sequence, g.metadata.name))
+    by_namespace: dict[str, list[SecurityGroup]] = {}
+    for (ns, _), g in groups.items():
+        by_namespace.setdefault(ns, []).append(g)
+    selecting = {ns: selecting_groups(gs) for ns, gs in by_namespace.items()}
 
     pods: dict[PodKey, PodFacts] = {}
     groups_of: dict[PodKey, tuple[GroupKey, ...]] = {}
@@ -83,27 +117,9 @@ def resolve(facts: ClusterFacts, scope: Scope | None = None) -> Memberships:
     for pod in sorted(facts.pods, key=lambda p: p.key):
         if not is_managed(pod, enforced):
             continue
-        order: list[GroupKey] = []
-        missing: list[str] = []
-        for name in pod.annotated_groups():
-            key = (pod.namespace, name)
-            if key in groups or name == DEFAULT_GROUP_NAME:  # the default group always exists
-                order.append(key)
-            else:
-                missing.append(name)
-        for g in selecting.get(pod.namespace, ()):
-            key = (pod.namespace, g.metadata.name)
-            selector = g.spec.pod_selector
-            if (
-                key not in order
-                and selector is not None
-                and selectors.matches(selector, pod.labels)
-            ):
-                order.append(key)
-        if not order:
-            order.append((pod.namespace, DEFAULT_GROUP_NAME))
+        order, missing = sequence_of(pod, groups, selecting.get(pod.namespace, ()))
         pods[pod.key] = pod
-        groups_of[pod.key] = tuple(order)
+        groups_of[pod.key] = order
         if missing:
-            unknown[pod.key] = tuple(missing)
+            unknown[pod.key] = missing
     return Memberships(pods=pods, groups_of=groups_of, unknown_annotated=unknown)
