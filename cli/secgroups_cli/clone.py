@@ -28,6 +28,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "clone",
         parents=parents,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="copy a security group and its rules under a new name, with no members",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )

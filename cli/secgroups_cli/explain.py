@@ -32,6 +32,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "explain",
         parents=parents,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="a pod's groups and effective rules, in match order, with where they come from",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )

@@ -24,6 +24,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "lint",
         parents=parents,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="risky, shadowed, unused or broken rules and groups; quota usage (exit 1 for CI)",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )

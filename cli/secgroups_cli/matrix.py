@@ -72,6 +72,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "matrix",
         parents=parents,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="expected connectivity between pods (rows: from, columns: to), one grid per port",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )

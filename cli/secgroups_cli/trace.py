@@ -34,6 +34,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "trace",
         parents=parents,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="the verdict for one new connection, and the rules that decide it",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
