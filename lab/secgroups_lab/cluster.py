@@ -52,8 +52,11 @@ class LabCluster:
     operator: bool = True
     agents: bool = True
     progress: Callable[[str], None] = field(default_factory=Progress)
+    # A control plane that is already running (tests share one per session); when None,
+    # up() starts one and down() stops it.
     cp: ControlPlane | None = None
     daemons: dict[str, Daemon] = field(default_factory=dict)
+    _own_cp: bool = False
 
     # ------------------------------------------------------------------ paths
     @property
@@ -99,8 +102,10 @@ class LabCluster:
 
     def up(self) -> LabCluster:
         t0 = time.monotonic()
-        self.cp = ControlPlane(self.prefix, progress=self.progress)
-        self.cp.start()
+        if self.cp is None:
+            self.cp = ControlPlane(self.prefix, progress=self.progress)
+            self._own_cp = True
+            self.cp.start()
         t = time.monotonic()
         self.cp.apply_manifests(sorted(CRDS.glob("*.yaml")))
         self.progress(f"CRDs installed ({time.monotonic() - t:.1f} s)")
@@ -223,11 +228,11 @@ class LabCluster:
         terminate([d for d in order if d.name == "sim-kubelet"], grace=20.0)
         self.daemons.clear()
         network.cleanup_leftovers(self.prefix)
-        cp = self.cp or ControlPlane(self.prefix, progress=self.progress)
-        cp.stop()
         with contextlib.suppress(FileNotFoundError):
             self.lab_file.unlink()
-        underlay.remove_underlay(self.prefix)
+        if self.cp is None or self._own_cp:
+            (self.cp or ControlPlane(self.prefix, progress=self.progress)).stop()
+            underlay.remove_underlay(self.prefix)
         self.progress(f"lab {self.prefix} down ({time.monotonic() - t0:.1f} s)")
 
     # ------------------------------------------------------------------ helpers

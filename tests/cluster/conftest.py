@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from secgroups_lab import binaries, controlplane
+from secgroups_lab.cluster import LabCluster
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS_DIR = REPO / "crds"
@@ -89,3 +90,17 @@ def crds_installed(control_plane: controlplane.ControlPlane) -> list[str]:
     if not files:
         pytest.skip(f"no CRDs in {CRDS_DIR} yet")
     return control_plane.apply_manifests(files)
+
+
+@pytest.fixture(scope="session")
+def lab_cluster(
+    control_plane: controlplane.ControlPlane, crds_installed: list[str]
+) -> Iterator[LabCluster]:
+    """The whole lab on the session's control plane: 3 nodes served by the simulated
+    kubelet, the operator, and a node agent in every node netns."""
+    lab = LabCluster(prefix=TEST_PREFIX, nodes=3, cp=control_plane)
+    lab.up()
+    try:
+        yield lab
+    finally:
+        lab.down()

@@ -1,0 +1,176 @@
+"""The operator against the real API server: pods from the simulated kubelet, groups and
+rules as custom objects, compiled objects and statuses read back (DESIGN.md §1, §4)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from secgroups.compiled import CompiledNodeSpec
+from secgroups_lab.cluster import LabCluster
+from tests.cluster.kube import apply, get, pods_yaml, wait_until
+
+pytestmark = pytest.mark.cluster
+
+NS = "op-e2e"
+
+GROUPS = f"""
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {NS}, labels: {{secgroups.dev/enforce: "true"}}}}
+---
+apiVersion: secgroups.dev/v1alpha1
+kind: SecurityGroup
+metadata: {{name: web, namespace: {NS}}}
+spec: {{podSelector: {{matchLabels: {{app: web}}}}}}
+---
+apiVersion: secgroups.dev/v1alpha1
+kind: SecurityGroup
+metadata: {{name: db, namespace: {NS}}}
+---
+apiVersion: secgroups.dev/v1alpha1
+kind: SecurityGroupRule
+metadata: {{name: db-from-web, namespace: {NS}}}
+spec: {{securityGroup: db, direction: Ingress, protocol: TCP, ports: postgresql,
+        remote: {{securityGroup: {{name: web}}}}}}
+---
+apiVersion: secgroups.dev/v1alpha1
+kind: SecurityGroupRule
+metadata: {{name: web-out, namespace: {NS}}}
+spec: {{securityGroup: web, direction: Egress, protocol: All}}
+"""
+
+
+def node_spec(lab: LabCluster, node: str) -> CompiledNodeSpec | None:
+    out = lab.kubectl("get", "compilednodepolicy", node, "-o", "json", check=False)
+    if not out.strip():
+        return None  # not published yet
+    return CompiledNodeSpec.model_validate(json.loads(out)["spec"])
+
+
+def pod_entry(lab: LabCluster, node: str, name: str) -> Any:
+    spec = node_spec(lab, node)
+    return (
+        next((p for p in spec.pods if (p.namespace, p.name) == (NS, name)), None) if spec else None
+    )
+
+
+@pytest.fixture(scope="module")
+def scenario(lab_cluster: LabCluster) -> LabCluster:
+    n1, n2, n3 = lab_cluster.node_names()
+    apply(lab_cluster, GROUPS)
+    apply(
+        lab_cluster,
+        pods_yaml(
+            NS,
+            [
+                ("w1", n1, {"app": "web"}, None),
+                ("d1", n2, {}, "db"),
+                ("x1", n3, {}, None),
+            ],
+        ),
+    )
+    wait_until("d1 published on its node", lambda: pod_entry(lab_cluster, n2, "d1"), 60)
+    return lab_cluster
+
+
+def test_pods_are_published_on_their_nodes_with_their_groups(scenario: LabCluster) -> None:
+    n1, n2, _ = scenario.node_names()
+    d1 = pod_entry(scenario, n2, "d1")
+    assert d1.groups == (f"sg.{NS}.db",)
+    pod = get(scenario, "pod", "-n", NS, "d1")
+    assert set(d1.ips) == {p["ip"] for p in pod["status"]["podIPs"]}
+    w1 = wait_until("w1 published", lambda: pod_entry(scenario, n1, "w1"))
+    assert w1.groups == (f"sg.{NS}.web",)
+
+
+def test_remote_group_members_are_an_address_set(scenario: LabCluster) -> None:
+    """S-M-4: a group used as a remote is the set of its members' IPs, both families."""
+    w1 = get(scenario, "pod", "-n", NS, "w1")
+    want = sorted(f"{p['ip']}/{32 if '.' in p['ip'] else 128}" for p in w1["status"]["podIPs"])
+    spec = get(scenario, "compiledaddressset", f"sg.{NS}.web")["spec"]
+    assert sorted([*spec.get("ipv4", []), *spec.get("ipv6", [])]) == want
+
+
+def test_default_group_is_created_for_a_pod_without_groups(scenario: LabCluster) -> None:
+    """S-D-1: x1 names no group and no selector picks it: the namespace default group."""
+    sg = wait_until(
+        "default group created", lambda: get(scenario, "securitygroups", "-n", NS)["items"]
+    )
+    assert "default" in {g["metadata"]["name"] for g in sg}
+    rules = {r["metadata"]["name"] for r in get(scenario, "sgr", "-n", NS)["items"]}
+    assert {
+        "default-ingress-ipv4",
+        "default-ingress-ipv6",
+        "default-egress-ipv4",
+        "default-egress-ipv6",
+    } <= rules
+    _, _, n3 = scenario.node_names()
+    x1 = wait_until("x1 published", lambda: pod_entry(scenario, n3, "x1"))
+    assert x1.groups == (f"sg.{NS}.default",)
+
+
+def test_group_status_reports_members_and_quota(scenario: LabCluster) -> None:
+    def status() -> Any:
+        st = get(scenario, "sg", "-n", NS, "db").get("status") or {}
+        return st if st.get("memberCount") == 1 else None
+
+    st = wait_until("db status", status)
+    assert st["ruleCount"] == 1
+    assert st["quota"]["ingressIPv4"] == 1  # remote group → counts against S-L-1
+    assert st["conditions"][0]["type"] == "Ready"
+    assert st["conditions"][0]["status"] == "True"
+
+
+def test_missing_remote_is_reported_on_the_rule(scenario: LabCluster) -> None:
+    apply(
+        scenario,
+        f"""
+apiVersion: secgroups.dev/v1alpha1
+kind: SecurityGroupRule
+metadata: {{name: db-from-office, namespace: {NS}}}
+spec: {{securityGroup: db, direction: Ingress, protocol: TCP, ports: "22",
+        remote: {{ipAddressGroup: {{name: office}}}}}}
+""",
+    )
+
+    def condition() -> Any:
+        conds = (get(scenario, "sgr", "-n", NS, "db-from-office").get("status") or {}).get(
+            "conditions"
+        ) or []
+        return conds[0] if conds and conds[0]["status"] == "False" else None
+
+    cond = wait_until("RemoteNotFound", condition)
+    assert cond["reason"] == "RemoteNotFound"
+    assert "office" in cond["message"]
+    scenario.kubectl("delete", "sgr", "-n", NS, "db-from-office")
+
+
+def test_inbound_allow_deleted_raises_epoch_after_the_rule_change(scenario: LabCluster) -> None:
+    """S-CT-2 row 4 through the operator: d1's epoch goes up, and its node object requires
+    the group generation that no longer has the rule (DESIGN.md §4)."""
+    _, n2, _ = scenario.node_names()
+    before = pod_entry(scenario, n2, "d1").epoch
+    scenario.kubectl("delete", "sgr", "-n", NS, "db-from-web")
+    after = wait_until(
+        "epoch raised", lambda: (e := pod_entry(scenario, n2, "d1")) and e.epoch > before and e
+    )
+    spec = node_spec(scenario, n2)
+    group = get(scenario, "compiledsecuritygroup", f"sg.{NS}.db")
+    assert group["spec"].get("ingress", []) == []
+    assert spec is not None
+    assert spec.requires[f"group/sg.{NS}.db"] >= group["metadata"]["generation"]
+    assert after.epoch == before + 1
+
+
+def test_relabelled_pod_moves_between_groups_live(scenario: LabCluster) -> None:
+    """DESIGN.md §2: membership changes apply to running pods."""
+    n1, _, _ = scenario.node_names()
+    scenario.kubectl("label", "pod", "-n", NS, "w1", "app=other", "--overwrite")
+    moved = wait_until(
+        "w1 in the default group",
+        lambda: (e := pod_entry(scenario, n1, "w1")) and e.groups == (f"sg.{NS}.default",) and e,
+    )
+    assert moved.epoch >= 1  # S-CT-2 row 1 (added to default) re-checks it
