@@ -7,10 +7,10 @@ import json
 from typing import Any
 
 import pytest
+from tests.cluster.kube import apply, get, pods_yaml, wait_until
 
 from secgroups.compiled import CompiledNodeSpec
 from secgroups_lab.cluster import LabCluster
-from tests.cluster.kube import apply, get, pods_yaml, wait_until
 
 pytestmark = pytest.mark.cluster
 
