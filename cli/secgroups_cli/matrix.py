@@ -137,22 +137,15 @@ def grid(app: App, spec: PortSpec, pool: list[Peer]) -> dict[str, Any]:
     for src in pool:
         row = ""
         for dst in pool:
-            rule: str | None = None
-            why: str | None = None
-            if src.ip == dst.ip:
-                allowed, why = True, "self (loopback, never filtered)"
+            packet = Packet.make(str(src.ip), str(dst.ip), spec.proto, spec.port, spec.icmp_type)
+            trace = view.trace(packet)
+            d = trace.deciding
+            allowed = trace.allowed
+            rule = d.rule.id if d is not None and d.rule is not None else None
+            if d is None:
+                why: str | None = "self (loopback)" if src.ip == dst.ip else "not filtered"
             else:
-                packet = Packet.make(
-                    str(src.ip), str(dst.ip), spec.proto, spec.port, spec.icmp_type
-                )
-                trace = view.trace(packet)
-                d = trace.deciding
-                allowed = trace.allowed
-                rule = d.rule.id if d is not None and d.rule is not None else None
-                if d is None:
-                    why = "not filtered"
-                elif d.rule is None:
-                    why = "default deny"
+                why = "default deny" if d.rule is None else None
             row += "." if allowed else "X"
             cells.append(
                 {"from": src.label, "to": dst.label, "allowed": allowed, "rule": rule, "note": why}

@@ -181,6 +181,8 @@ def summary(trace: Trace) -> str:
     """One line: what decided (e.g. ``rule demo/b01 of group demo/sg-b (ingress of demo/b1)``)."""
     d = trace.deciding
     if d is None:
+        if trace.packet.src == trace.packet.dst:
+            return trace.egress.note
         return "neither end is a managed pod: not filtered"
     side = f"{'egress' if d.direction is Direction.EGRESS else 'ingress'} of {d.pod}"
     if d.rule is None:

@@ -486,7 +486,20 @@ class PolicyView:
 
     # -- trace
     def trace(self, packet: Packet) -> Trace:
-        """The evaluator's verdict for ``packet``, with the groups each side looked at."""
+        """The evaluator's verdict for ``packet``, with the groups each side looked at.
+
+        A packet to the sender's own address never leaves the pod (loopback), so it is
+        allowed without a check on either side.
+        """
+        if packet.src == packet.dst:
+            note = "same address: loopback inside the pod, never filtered"
+            pod = self.pods_by_ip.get(packet.src)
+            return Trace(
+                packet,
+                Verdict(True, None, None),
+                SideTrace(Direction.EGRESS, packet.src, pod, None, (), note),
+                SideTrace(Direction.INGRESS, packet.dst, pod, None, (), note),
+            )
         verdict = self.evaluator.evaluate(packet)
         return Trace(
             packet,

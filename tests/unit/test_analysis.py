@@ -137,6 +137,14 @@ def test_trace_outside_and_unmanaged_ends_are_not_filtered(view: PolicyView) -> 
     assert t.ingress.verdict.rule.id == "demo/b03"
 
 
+def test_traffic_to_the_own_address_is_never_filtered(view: PolicyView) -> None:
+    # b1's groups do not allow sg-b to itself; the packet never leaves the pod anyway.
+    t = view.trace(Packet.make("10.0.0.2", "10.0.0.2", "tcp", 9))
+    assert t.allowed and t.deciding is None
+    assert t.ingress.pod == ("demo", "b1")
+    assert t.ingress.note == "same address: loopback inside the pod, never filtered"
+
+
 def test_pods_without_a_node_are_evaluated_on_a_pseudo_node() -> None:
     facts = ClusterFacts.from_manifests(
         [ns("demo"), pod("x", "10.0.0.1", node=None), pod("y", "10.0.0.2", node=None)]

@@ -29,6 +29,13 @@ CASES = [
 ]
 
 
+def test_a_pod_to_itself_is_not_filtered() -> None:
+    r = offline("trace", "--from", "pod/c1", "--to", "pod/c1", "--proto", "tcp", "--port", "1")
+    assert r.code == 0
+    assert "verdict: ALLOWED: neither end is a managed pod: not filtered" not in r.out
+    assert "same address: loopback inside the pod, never filtered" in r.out
+
+
 @pytest.mark.parametrize(
     ("src", "dst", "proto", "code", "rule", "side"),
     [pytest.param(*c, id=f"{c[0]}-{c[1]}-{'-'.join(c[2])}") for c in CASES],
