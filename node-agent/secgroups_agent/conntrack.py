@@ -1,0 +1,170 @@
+"""The conntrack port: forget the flows of deleted pods' IPs (after a successful commit).
+
+DESIGN.md §4 and notes/dataplane.md §3.2: when a pod goes away, its IPs may be reused,
+so the entries whose original source or reply source is one of its IPs are deleted
+(the pod was either the originator or the responder; ``orig-dst`` would miss Service
+traffic, whose original destination is the VIP — Calico felix PR #1500 made the same
+choice). The TCP non-SYN guard in the ruleset makes deletion flip-safe. Optionally a
+tombstone mark can be flushed in one kernel-side pass (§3.4 C).
+
+The sync loop calls this only after the nft transaction that removed the pod committed,
+so no new entry for the IP can be accepted by a stale rule afterwards.
+
+:class:`NetlinkConntrack` uses pyroute2's ``NFCTSocket`` with kernel-side filters only
+(§3.5 pitfalls, each handled here):
+
+* one socket per family — IPv6 needs ``NFCTSocket(nfgen_family=AF_INET6)`` (pyroute2 #701);
+* ``CTA_FILTER`` tuple filters (kernel ≥ 5.8) for orig-src and reply-src, two dumps per
+  IP, never a full-table dump parsed in Python;
+* deletion by the entry's own tuple *and zone* (``Conntrack.delete`` drops the zone);
+* the tuple is rebuilt from the raw attributes, because ``NFCTAttrTuple.from_netlink``
+  keeps ports only for TCP/UDP, so GRE/SCTP entries could not be deleted by tuple;
+* ``flush(mark=None)`` would flush the whole table: :meth:`flush_mark` refuses that.
+
+:class:`FakeConntrack` records calls for unit tests.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class ConntrackPort(Protocol):
+    """Deletes conntrack entries in the current network namespace."""
+
+    def delete_ips(self, ips: Iterable[str]) -> int:
+        """Delete every entry with orig-src or reply-src in ``ips``; return how many."""
+        ...
+
+    def flush_mark(self, mark: int, mask: int = 0xFFFFFFFF) -> None:
+        """Delete every entry with ``ct mark & mask == mark`` (one kernel-side pass)."""
+        ...
+
+
+class ConntrackError(RuntimeError):
+    reason = "ConntrackFailed"
+
+
+def _family(ip: str) -> int:
+    return socket.AF_INET if ipaddress.ip_address(ip).version == 4 else socket.AF_INET6
+
+
+def _key(nla: Any) -> tuple[Any, ...]:
+    """A hashable identity of a parsed tuple attribute (to deduplicate the two dumps)."""
+    ip = nla.get_attr("CTA_TUPLE_IP")
+    proto = nla.get_attr("CTA_TUPLE_PROTO")
+    return (
+        tuple(sorted((str(k), str(v)) for k, v in ip["attrs"])) if ip is not None else (),
+        tuple(sorted((str(k), str(v)) for k, v in proto["attrs"])) if proto is not None else (),
+    )
+
+
+def _tuple_from_raw(family: int, nla: Any) -> Any:
+    """An ``NFCTAttrTuple`` with every address, protocol, port/key and ICMP field present."""
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    ip = nla.get_attr("CTA_TUPLE_IP")
+    proto = nla.get_attr("CTA_TUPLE_PROTO")
+    v = "V4" if family == socket.AF_INET else "V6"
+    icmp = "ICMP" if family == socket.AF_INET else "ICMPV6"
+    return NFCTAttrTuple(
+        family=family,
+        saddr=ip.get_attr(f"CTA_IP_{v}_SRC"),
+        daddr=ip.get_attr(f"CTA_IP_{v}_DST"),
+        proto=proto.get_attr("CTA_PROTO_NUM"),
+        # GRE keys, SCTP/DCCP ports travel in the same attributes as TCP/UDP ports.
+        sport=proto.get_attr("CTA_PROTO_SRC_PORT"),
+        dport=proto.get_attr("CTA_PROTO_DST_PORT"),
+        icmp_id=proto.get_attr(f"CTA_PROTO_{icmp}_ID"),
+        icmp_type=proto.get_attr(f"CTA_PROTO_{icmp}_TYPE"),
+        icmp_code=proto.get_attr(f"CTA_PROTO_{icmp}_CODE"),
+    )
+
+
+class NetlinkConntrack:
+    """pyroute2 NFCTSocket, one per family, opened per call (calls are rare: pod deletes)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def delete_ips(self, ips: Iterable[str]) -> int:
+        from pyroute2.netlink.exceptions import NetlinkError
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple, NFCTSocket
+
+        by_family: dict[int, list[str]] = {}
+        for ip in ips:
+            by_family.setdefault(_family(ip), []).append(str(ipaddress.ip_address(ip)))
+        deleted = 0
+        with self._lock:
+            for family, addrs in sorted(by_family.items()):
+                sock = NFCTSocket(nfgen_family=family)
+                try:
+                    for addr in addrs:
+                        found: dict[tuple[Any, ...], tuple[Any, int | None]] = {}
+                        for filt in ("tuple_orig", "tuple_reply"):
+                            kwargs = {filt: NFCTAttrTuple(family=family, saddr=addr)}
+                            for msg in sock.dump(**kwargs):
+                                orig = msg.get_attr("CTA_TUPLE_ORIG")
+                                if orig is not None:
+                                    found[_key(orig)] = (orig, msg.get_attr("CTA_ZONE"))
+                        for orig, zone in found.values():
+                            args: dict[str, Any] = {"tuple_orig": _tuple_from_raw(family, orig)}
+                            if zone:
+                                args["zone"] = zone
+                            try:
+                                sock.entry("del", **args)
+                                deleted += 1
+                            except NetlinkError as exc:
+                                if exc.code != errno.ENOENT:  # gone already: fine
+                                    raise ConntrackError(
+                                        f"deleting a conntrack entry of {addr}: {exc}"
+                                    ) from exc
+                except NetlinkError as exc:
+                    raise ConntrackError(f"conntrack dump failed: {exc}") from exc
+                finally:
+                    sock.close()
+        return deleted
+
+    def flush_mark(self, mark: int, mask: int = 0xFFFFFFFF) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
+
+        if not mark or not mask:
+            # NFCTSocket.flush() without a mark flushes the whole table.
+            raise ValueError("refusing a conntrack flush without a non-zero mark and mask")
+        with self._lock:
+            sock = NFCTSocket(nfgen_family=socket.AF_UNSPEC)
+            try:
+                sock.flush(mark=mark, mark_mask=mask)
+            except NetlinkError as exc:
+                raise ConntrackError(f"conntrack flush by mark {mark:#x} failed: {exc}") from exc
+            finally:
+                sock.close()
+
+
+@dataclass
+class FakeConntrack:
+    """Records what was asked; ``entries`` maps IPs to how many entries they have."""
+
+    entries: dict[str, int] = field(default_factory=dict)
+    deleted_ips: list[str] = field(default_factory=list)
+    flushed_marks: list[int] = field(default_factory=list)
+    fail_next: list[Exception] = field(default_factory=list)
+
+    def delete_ips(self, ips: Iterable[str]) -> int:
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        n = 0
+        for ip in ips:
+            self.deleted_ips.append(ip)
+            n += self.entries.pop(ip, 0)
+        return n
+
+    def flush_mark(self, mark: int, mask: int = 0xFFFFFFFF) -> None:
+        self.flushed_marks.append(mark)
