@@ -1,0 +1,731 @@
+"""Compute the next nft transaction from the node's inputs: per-object caches and element deltas.
+
+This is the "compute" half of a sync (:mod:`secgroups_agent.syncing` does the I/O).
+Re-rendering a whole node on every change costs seconds of Python at 120k set
+elements, so the desired table is kept as parts, each recomputed only when its own
+inputs change:
+
+* the **static** part (base chains, shared chains, ct timeouts) — once;
+* one part per **group** (its two chains, its port sets, which set twins it uses) —
+  when its spec or the identity of a set it references changes;
+* one part per **pod** (its group-list chains, its elements of the pod sets and maps) —
+  when the pod, its groups' identities or its interfaces change;
+* the **elements** of each address-set twin (one per compiled set and family), kept per
+  compiled CIDR, so that a member change touches only that member's elements.
+
+The committed :class:`TableState` holds the *structure* (every object, with pod sets
+and address sets as empty declarations) and, per set, its elements. A plan compares
+the new structure with the old one object by object (unchanged parts are the same
+objects) and the elements set by set, and emits ONE transaction with the renderer's
+``diff_transaction`` applied to two small rulesets: the old and new versions of the
+changed objects, the removed and added elements, and empty declarations of what they
+reference. A full plan is ``full_transaction`` of the whole table.
+
+The renderer (``secgroups.nft.rendering``) has one public entry point, ``render``, so
+the parts come from rendering small synthetic policies (a node with one pod; a group
+whose only pod has no IP; a probe group whose rules reference one set) and picking
+objects by the names ``secgroups.nft.names`` gives them. Address-set elements are
+built here with ``objects.element`` (the renderer's rule: a security group's members
+are single addresses, an IP address group's are networks). Unit tests check that the
+assembled table is byte-identical to ``render`` of the whole node, after any sequence
+of incremental plans. docs/agent.md lists the renderer entry points this module
+would rather call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from secgroups.compiled import (
+    CompiledAddressSetSpec,
+    CompiledGroupSpec,
+    CompiledNodeSpec,
+    CompiledPod,
+    CompiledPolicy,
+    CompiledRemote,
+    CompiledRule,
+    ObjectKey,
+    RemoteKind,
+    SourceKind,
+)
+from secgroups.models import Action, Direction, IPFamily, Protocol
+from secgroups.nft import names
+from secgroups.nft.objects import (
+    Chain,
+    CtTimeout,
+    Element,
+    Map,
+    Ruleset,
+    Set,
+    TableObject,
+    element,
+    skeleton,
+)
+from secgroups.nft.rendering import MAX_HASH_SET_ADDRESSES, RenderError, RenderOptions, render
+from secgroups.nft.statements import Family, RefKind
+from secgroups.nft.transactions import Inventory, diff_transaction, full_transaction
+from secgroups_agent.sources import Snapshot
+
+FAMILIES: tuple[Family, Family] = (4, 6)
+Key = tuple[RefKind, str]
+# Synthetic objects used to call the renderer on one part (never rendered into the table).
+_PROBE_NS = "secgroups-agent"
+_PROBE_GROUP = "agent:probe-group"
+_PROBE_POD = CompiledPod(
+    namespace=_PROBE_NS, name="probe", uid="agent-probe", ips=(), groups=(_PROBE_GROUP,)
+)
+
+
+def key_of(obj: TableObject) -> Key:
+    if isinstance(obj, CtTimeout):
+        return (RefKind.CT_TIMEOUT, obj.name)
+    if isinstance(obj, Set | Map):
+        return (RefKind.SET, obj.name)
+    return (RefKind.CHAIN, obj.name)
+
+
+# --------------------------------------------------------------------------- parts
+@dataclass(frozen=True)
+class StaticPart:
+    objects: tuple[TableObject, ...]  # chains and ct timeouts that do not depend on the policy
+    containers: Mapping[str, Set | Map]  # the pod sets and maps, empty
+    names: frozenset[str]  # every object name of an empty node's table
+
+
+@dataclass(frozen=True)
+class TwinRef:
+    """One family of one compiled address set, as a group's rules use it."""
+
+    key: str
+    family: Family
+    name: str
+
+
+@dataclass(frozen=True)
+class GroupPart:
+    chains: tuple[Chain, ...]
+    port_sets: tuple[Set, ...]
+    twins: tuple[TwinRef, ...]
+
+
+@dataclass(frozen=True)
+class PodPart:
+    """A pod's (or, as a fallback, all pods') group-list chains and container elements."""
+
+    chains: tuple[Chain, ...]
+    elements: Mapping[str, tuple[Element, ...]]  # container name -> elements
+
+
+def _cidrs(spec: CompiledAddressSetSpec, f: Family) -> tuple[str, ...]:
+    return spec.ipv4 if f == 4 else spec.ipv6
+
+
+def _set_identity(spec: CompiledAddressSetSpec) -> tuple[SourceKind, ObjectKey]:
+    """What a set's name and declaration depend on (not its members)."""
+    return (spec.source_kind, spec.source)
+
+
+def twin_name(key: str, spec: CompiledAddressSetSpec, f: Family) -> str:
+    is_group = spec.source_kind is SourceKind.SECURITY_GROUP
+    return names.address_set(key, spec.source.namespace, spec.source.name, is_group, f)
+
+
+def cidr_elements(spec: CompiledAddressSetSpec, cidr: str) -> tuple[Element, ...]:
+    """The nft elements one member CIDR of ``spec`` becomes in its twin of that family.
+
+    Mirrors the renderer (``rendering._address_sets``): a security group's twin is a
+    hash set of single addresses, an IP address group's an interval set of networks.
+    Built here because the renderer has no per-element entry point; a unit test keeps
+    the two in step.
+    """
+    if spec.source_kind is not SourceKind.SECURITY_GROUP:
+        return (element(ipaddress.ip_network(cidr)),)
+    if cidr.endswith(("/32", "/128")) or "/" not in cidr:  # the common case, parsed cheaply
+        return (element(ipaddress.ip_address(cidr.partition("/")[0])),)
+    net = ipaddress.ip_network(cidr)
+    if net.num_addresses > MAX_HASH_SET_ADDRESSES:
+        raise RenderError(f"address set member {cidr} of {spec.source} is too large")
+    return tuple(element(ip) for ip in net)
+
+
+class PartRenderer:
+    """Per-object entry points, composed from ``render`` on synthetic policies."""
+
+    def __init__(self, node: str, options: RenderOptions) -> None:
+        self.node = node
+        self.options = options
+        self._static: StaticPart | None = None
+
+    def _render(
+        self,
+        *,
+        pods: tuple[CompiledPod, ...],
+        groups: Mapping[str, CompiledGroupSpec],
+        sets: Mapping[str, CompiledAddressSetSpec],
+        interfaces: Mapping[str, str] | None = None,
+    ) -> Ruleset:
+        policy = CompiledPolicy(
+            groups=dict(groups),
+            sets=dict(sets),
+            nodes={self.node: CompiledNodeSpec(node=self.node, pods=pods)},
+        )
+        return render(policy, self.node, interfaces or {}, self.options)
+
+    def static(self) -> StaticPart:
+        if self._static is None:
+            empty = self._render(pods=(), groups={}, sets={})
+            self._static = StaticPart(
+                objects=(*empty.ct_timeouts, *empty.chains),
+                containers={s.name: s for s in empty.sets},
+                names=frozenset(o.name for o in empty.objects),
+            )
+        return self._static
+
+    def group(
+        self, key: str, spec: CompiledGroupSpec, sets: Mapping[str, CompiledAddressSetSpec]
+    ) -> GroupPart:
+        """``key``'s chains and port sets, and the set twins its rules use."""
+        hollow = {
+            s: sets[s].model_copy(update={"ipv4": (), "ipv6": ()})
+            for s in used_sets(spec)
+            if s in sets
+        }
+        pod = _PROBE_POD.model_copy(update={"groups": (key,)})
+        rs = self._render(pods=(pod,), groups={key: spec}, sets=hollow)
+        chain_names = {
+            names.group_chain(key, spec.group.namespace, spec.group.name, d) for d in Direction
+        }
+        twins = {twin_name(s, hollow[s], f): (s, f) for s in hollow for f in FAMILIES}
+        static = self.static().names
+        port_sets: list[Set] = []
+        refs: list[TwinRef] = []
+        for obj in rs.sets:
+            if obj.name in static:
+                continue
+            if obj.name in twins:
+                s, f = twins[obj.name]
+                refs.append(TwinRef(s, f, obj.name))
+            elif isinstance(obj, Set):
+                port_sets.append(obj)
+        chains = tuple(c for c in rs.chains if c.name in chain_names)
+        return GroupPart(chains, tuple(port_sets), tuple(refs))
+
+    def twin_skeletons(self, key: str, spec: CompiledAddressSetSpec) -> dict[Family, Set]:
+        """The declarations (no elements) of both families of a compiled address set."""
+        hollow = spec.model_copy(update={"ipv4": (), "ipv6": ()})
+        rules = tuple(
+            CompiledRule(
+                id=f"{_PROBE_NS}/probe-{f.value}",
+                direction=Direction.INGRESS,
+                action=Action.ALLOW,
+                priority=1,
+                family=f,
+                protocol=Protocol.ALL,
+                remote=CompiledRemote(kind=RemoteKind.SET, set=key),
+            )
+            for f in IPFamily
+        )
+        probe = CompiledGroupSpec(group=ObjectKey(namespace=_PROBE_NS, name="probe"), ingress=rules)
+        rs = self._render(pods=(_PROBE_POD,), groups={_PROBE_GROUP: probe}, sets={key: hollow})
+        out: dict[Family, Set] = {}
+        for f in FAMILIES:
+            obj = rs.set(twin_name(key, spec, f))
+            if not isinstance(obj, Set):
+                raise TypeError(f"address set {obj.name} rendered as a map")
+            out[f] = obj
+        return out
+
+    def pods(
+        self,
+        pods: tuple[CompiledPod, ...],
+        groups: Mapping[str, CompiledGroupSpec],
+        interfaces: Mapping[str, str],
+    ) -> PodPart:
+        """The group-list chains and container elements of ``pods`` (one pod, or all)."""
+        used = {g for p in pods for g in p.groups if g in groups}
+        bare = {
+            g: CompiledGroupSpec(group=groups[g].group, synthesized=groups[g].synthesized)
+            for g in used
+        }
+        ips = {ip for p in pods for ip in p.ips}
+        mine = {ip: name for ip, name in interfaces.items() if ip in ips}
+        rs = self._render(pods=pods, groups=bare, sets={}, interfaces=mine)
+        static = self.static()
+        group_chains = {
+            names.group_chain(g, spec.group.namespace, spec.group.name, d)
+            for g, spec in bare.items()
+            for d in Direction
+        }
+        elements = {s.name: s.elements for s in rs.sets if s.name in static.containers}
+        chains = tuple(
+            c for c in rs.chains if c.name not in static.names and c.name not in group_chains
+        )
+        return PodPart(chains, elements)
+
+
+def used_sets(spec: CompiledGroupSpec) -> list[str]:
+    return sorted(
+        {
+            r.remote.set
+            for r in (*spec.ingress, *spec.egress)
+            if r.remote.kind is RemoteKind.SET and r.remote.set is not None
+        }
+    )
+
+
+# --------------------------------------------------------------------------- state
+@dataclass(frozen=True)
+class TwinMembers:
+    """What one address-set twin holds: elements per compiled member CIDR."""
+
+    ref: TwinRef
+    cidrs: tuple[str, ...]
+    by_cidr: Mapping[str, tuple[Element, ...]]
+    count: int
+
+    def elements(self) -> Iterable[Element]:
+        for els in self.by_cidr.values():
+            yield from els
+
+
+@dataclass(frozen=True)
+class TableState:
+    """What our table holds once a plan is committed.
+
+    ``objects`` is the structure: every object of the table, pod sets and address sets
+    as empty declarations; their elements are in ``containers`` and ``twins``.
+    """
+
+    objects: Mapping[Key, TableObject]
+    containers: Mapping[str, Mapping[tuple[object, ...], Element]]
+    twins: Mapping[str, TwinMembers]
+    pod_ips: Mapping[str, str]  # canonical pod IP -> pod UID
+    pods: int
+    generation: int | None
+
+    @property
+    def chains(self) -> list[Chain]:
+        return [o for o in self.objects.values() if isinstance(o, Chain)]
+
+    @property
+    def sets(self) -> list[Set | Map]:
+        return [o for o in self.objects.values() if isinstance(o, Set | Map)]
+
+    @property
+    def ct_timeouts(self) -> list[CtTimeout]:
+        return [o for o in self.objects.values() if isinstance(o, CtTimeout)]
+
+    @property
+    def rules(self) -> int:
+        return sum(len(c.rules) for c in self.chains)
+
+    def set_sizes(self) -> dict[str, int]:
+        sizes = {s.name: len(s.elements) for s in self.sets}
+        sizes.update({name: len(els) for name, els in self.containers.items()})
+        sizes.update({name: t.count for name, t in self.twins.items()})
+        return sizes
+
+    @property
+    def set_elements(self) -> int:
+        return sum(self.set_sizes().values())
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One transaction and the state it leads to. ``text`` is empty when nothing changes."""
+
+    kind: Literal["full", "incremental"]
+    text: str
+    state: TableState
+    removed_ips: frozenset[str]  # pod IPs whose pod went away (conntrack cleanup after commit)
+    changed: tuple[str, ...]  # what changed, for logs
+
+    @property
+    def noop(self) -> bool:
+        return not self.text
+
+
+def _same(a: object, b: object) -> bool:
+    return a is b or a == b
+
+
+@dataclass
+class _Caches:
+    groups: dict[str, tuple[CompiledGroupSpec, tuple[tuple[str, object], ...], GroupPart]] = field(
+        default_factory=dict
+    )
+    pods: dict[tuple[str, str], tuple[CompiledPod, tuple[object, ...], PodPart]] = field(
+        default_factory=dict
+    )
+    skeletons: dict[tuple[str, tuple[SourceKind, ObjectKey]], dict[Family, Set]] = field(
+        default_factory=dict
+    )
+    full_twins: dict[str, tuple[Mapping[str, tuple[Element, ...]], Set]] = field(
+        default_factory=dict
+    )
+    pod_ips: tuple[CompiledNodeSpec, dict[str, str]] | None = None
+    pod_section: (
+        tuple[
+            CompiledNodeSpec,
+            tuple[tuple[str, CompiledGroupSpec], ...],
+            dict[str, str],
+            list[Chain],
+            dict[str, dict[tuple[object, ...], Element]],
+        ]
+        | None
+    ) = None
+
+
+class Planner:
+    """Turns snapshots into plans; remembers the committed state and the part caches."""
+
+    def __init__(self, node: str, options: RenderOptions | None = None) -> None:
+        self.node = node
+        self.options = options or RenderOptions()
+        self.parts = PartRenderer(node, self.options)
+        self.applied: TableState | None = None  # None: the kernel's table is unknown
+        self.last_committed: TableState | None = None  # kept across forget()
+        self._cache = _Caches()
+
+    # ------------------------------------------------------------- lifecycle
+    def commit(self, plan: Plan) -> None:
+        """``plan`` was applied: its state is now the kernel's."""
+        self.applied = self.last_committed = plan.state
+
+    def forget(self) -> None:
+        """The kernel's table is unknown (a failed or unconfirmed apply): plan in full next."""
+        self.applied = None
+
+    # ------------------------------------------------------------- parts, cached
+    def _group_part(
+        self, key: str, spec: CompiledGroupSpec, sets: Mapping[str, CompiledAddressSetSpec]
+    ) -> GroupPart:
+        hit = self._cache.groups.get(key)
+        same = hit is not None and _same(hit[0], spec)
+        used = [d[0] for d in hit[1]] if hit is not None and same else used_sets(spec)
+        deps: tuple[tuple[str, object], ...] = tuple(
+            (s, _set_identity(sets[s]) if s in sets else None) for s in used
+        )
+        if hit is not None and same and hit[1] == deps:
+            return hit[2]
+        part = self.parts.group(key, spec, sets)
+        self._cache.groups[key] = (spec, deps, part)
+        return part
+
+    def _pod_part(
+        self,
+        pod: CompiledPod,
+        groups: Mapping[str, CompiledGroupSpec],
+        interfaces: Mapping[str, str],
+    ) -> PodPart:
+        sig = (
+            tuple(
+                (g, groups[g].group, groups[g].synthesized) if g in groups else g
+                for g in pod.groups
+            ),
+            tuple(interfaces.get(ip) for ip in pod.ips),
+        )
+        hit = self._cache.pods.get((pod.namespace, pod.name))
+        if hit is not None and _same(hit[0], pod) and hit[1] == sig:
+            return hit[2]
+        part = self.parts.pods((pod,), groups, interfaces)
+        self._cache.pods[(pod.namespace, pod.name)] = (pod, sig, part)
+        return part
+
+    def _skeleton(self, key: str, spec: CompiledAddressSetSpec, f: Family) -> Set:
+        ident = (key, _set_identity(spec))
+        twins = self._cache.skeletons.get(ident)
+        if twins is None:
+            twins = self.parts.twin_skeletons(key, spec)
+            self._cache.skeletons[ident] = twins
+        return twins[f]
+
+    def _pod_ips(self, node: CompiledNodeSpec) -> dict[str, str]:
+        """Canonical pod IP -> UID; like the renderer, the later pod in (ns, name) order wins."""
+        hit = self._cache.pod_ips
+        if hit is not None and hit[0] is node:
+            return hit[1]
+        out: dict[str, str] = {}
+        for pod in sorted(node.pods, key=lambda p: (p.namespace, p.name)):
+            for ip in pod.ips:
+                try:
+                    out[str(ipaddress.ip_address(ip))] = pod.uid
+                except ValueError:
+                    continue
+        self._cache.pod_ips = (node, out)
+        return out
+
+    # ------------------------------------------------------------- the desired table
+    def _pod_section(
+        self, snap: Snapshot, interfaces: Mapping[str, str]
+    ) -> tuple[list[Chain], dict[str, dict[tuple[object, ...], Element]]]:
+        """Group-list chains and container elements of all pods (cached on its inputs)."""
+        node = snap.node
+        groups = tuple(snap.groups.items())
+        hit = self._cache.pod_section
+        if (
+            hit is not None
+            and hit[0] is node
+            and len(hit[1]) == len(groups)
+            and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(hit[1], groups, strict=True))
+            and hit[2] == interfaces
+        ):
+            return hit[3], hit[4]
+        claimed: dict[str, int] = {}
+        for pod in node.pods:
+            for ip in pod.ips:
+                claimed[ip] = claimed.get(ip, 0) + 1
+        pods = sorted(node.pods, key=lambda p: (p.namespace, p.name))
+        if any(n > 1 for n in claimed.values()):
+            # Two pods claim one IP: only a render of all pods resolves the owner.
+            pod_parts = [self.parts.pods(tuple(pods), snap.groups, interfaces)]
+        else:
+            pod_parts = [self._pod_part(p, snap.groups, interfaces) for p in pods]
+            alive = {(p.namespace, p.name) for p in pods}
+            for gone_pod in set(self._cache.pods) - alive:
+                del self._cache.pods[gone_pod]
+        chains: dict[str, Chain] = {}
+        containers: dict[str, dict[tuple[object, ...], Element]] = {
+            n: {} for n in self.parts.static().containers
+        }
+        for part in pod_parts:
+            for chain in part.chains:
+                chains[chain.name] = chain
+            for name, els in part.elements.items():
+                box = containers[name]
+                for el in els:
+                    box[el.key] = el
+        out = list(chains.values())
+        self._cache.pod_section = (node, groups, dict(interfaces), out, containers)
+        return out, containers
+
+    def _desired(
+        self, snap: Snapshot, interfaces: Mapping[str, str]
+    ) -> tuple[
+        dict[Key, TableObject], dict[str, dict[tuple[object, ...], Element]], dict[str, TwinRef]
+    ]:
+        """The structure, the container elements and the twins used."""
+        static = self.parts.static()
+        node = snap.node
+        used = sorted({g for pod in node.pods for g in pod.groups if g in snap.groups})
+        group_parts = [self._group_part(g, snap.groups[g], snap.sets) for g in used]
+        for gone in set(self._cache.groups) - set(used):
+            del self._cache.groups[gone]
+
+        pod_chains, containers = self._pod_section(snap, interfaces)
+        objects: dict[Key, TableObject] = {key_of(o): o for o in static.objects}
+        for name, empty in static.containers.items():
+            objects[(RefKind.SET, name)] = empty
+        for chain in pod_chains:
+            objects[(RefKind.CHAIN, chain.name)] = chain
+        refs: dict[str, TwinRef] = {}
+        for gpart in group_parts:
+            for chain in gpart.chains:
+                objects[(RefKind.CHAIN, chain.name)] = chain
+            for ps in gpart.port_sets:
+                objects[(RefKind.SET, ps.name)] = ps
+            for ref in gpart.twins:
+                refs[ref.name] = ref
+        for name, ref in refs.items():
+            objects[(RefKind.SET, name)] = self._skeleton(ref.key, snap.sets[ref.key], ref.family)
+        return objects, containers, refs
+
+    def _members(
+        self, ref: TwinRef, spec: CompiledAddressSetSpec, was: TwinMembers | None
+    ) -> tuple[TwinMembers, list[Element], list[Element]]:
+        """The twin's new members and the elements to delete and to add."""
+        cidrs = _cidrs(spec, ref.family)
+        if was is not None and (was.cidrs is cidrs or was.cidrs == cidrs):
+            return (
+                (was if was.cidrs is cidrs else TwinMembers(ref, cidrs, was.by_cidr, was.count)),
+                [],
+                [],
+            )
+        before = was.by_cidr if was is not None else {}
+        after_keys = set(cidrs)
+        removed = sorted(before.keys() - after_keys)
+        added = sorted(after_keys - before.keys())
+        by_cidr = dict(before)
+        gone: list[Element] = []
+        came: list[Element] = []
+        for c in removed:
+            gone.extend(by_cidr.pop(c))
+        for c in added:
+            els = cidr_elements(spec, c)
+            by_cidr[c] = els
+            came.extend(els)
+        if removed and added:  # an address can move between a removed and an added CIDR
+            gone_set, came_set = set(gone), set(came)
+            gone, came = (
+                [e for e in gone if e not in came_set],
+                [e for e in came if e not in gone_set],
+            )
+        count = (was.count if was is not None else 0) - len(gone) + len(came)
+        if count > MAX_HASH_SET_ADDRESSES:
+            raise RenderError(f"address set {ref.key} has {count} elements in {ref.name}")
+        return TwinMembers(ref, cidrs, by_cidr, count), gone, came
+
+    def _full_twin(self, name: str, skel: Set, members: TwinMembers) -> Set:
+        hit = self._cache.full_twins.get(name)
+        if hit is not None and hit[0] is members.by_cidr and hit[1].decl() == skel.decl():
+            return hit[1]
+        full = skel.with_elements(members.elements())
+        self._cache.full_twins[name] = (members.by_cidr, full)
+        return full
+
+    # ------------------------------------------------------------- plans
+    def plan(
+        self,
+        snap: Snapshot,
+        interfaces: Mapping[str, str],
+        *,
+        full: bool = False,
+        inventory: Inventory | None = None,
+    ) -> Plan:
+        """The transaction from the committed state (from anything, when ``full``).
+
+        Raises the renderer's ``RenderError`` (a ValueError) for input nft cannot hold.
+        """
+        old = self.applied
+        objects, boxes, refs = self._desired(snap, interfaces)
+        containers: dict[str, Mapping[tuple[object, ...], Element]] = dict(boxes)
+        pod_ips = self._pod_ips(snap.node)
+        # Against the last commit, even after a failure: a pod deleted while the table's
+        # state was unknown still gets its conntrack entries cleaned after the full resync.
+        last = self.last_committed
+        removed = frozenset(
+            ip for ip, uid in (last.pod_ips.items() if last else ()) if pod_ips.get(ip) != uid
+        )
+        redeclared = old is not None and any(
+            k in old.objects and old.objects[k] is not o and old.objects[k].decl() != o.decl()
+            for k, o in objects.items()
+        )
+        if full or old is None or redeclared:
+            return self._full(snap, objects, containers, refs, pod_ips, removed, inventory)
+
+        changed: list[str] = []
+        old_mini: dict[Key, TableObject] = {}
+        new_mini: dict[Key, TableObject] = {}
+        for k, obj in objects.items():
+            was = old.objects.get(k)
+            if was is None:
+                new_mini[k] = obj
+            elif was is not obj and was != obj:
+                old_mini[k], new_mini[k] = was, obj
+        for k, was in old.objects.items():
+            if k not in objects:
+                old_mini[k] = was
+        if old_mini or new_mini:
+            changed.append(f"objects:{len(set(old_mini) | set(new_mini))}")
+
+        # Pod set and map elements.
+        for name, box in containers.items():
+            before = old.containers.get(name, {})
+            if before is box or before == box:
+                containers[name] = before  # keep the committed object: cheaper next time
+                continue
+            gone = [el for k, el in before.items() if box.get(k) != el]
+            came = [el for k, el in box.items() if before.get(k) != el]
+            k = (RefKind.SET, name)
+            obj = objects[k]
+            assert isinstance(obj, Set | Map)
+            old_mini[k] = obj.with_elements(gone)
+            new_mini[k] = obj.with_elements(came)
+            changed.append(name)
+
+        # Address-set members.
+        twins: dict[str, TwinMembers] = {}
+        for name, ref in sorted(refs.items()):
+            k = (RefKind.SET, name)
+            skel = objects[k]
+            assert isinstance(skel, Set)
+            held = old.twins.get(name) if k in old.objects else None
+            members, gone_els, came_els = self._members(ref, snap.sets[ref.key], held)
+            twins[name] = members
+            if held is None:  # a new set: declared and filled in one go
+                new_mini[k] = skel.with_elements(came_els)
+                changed.append(f"+{name}")
+            elif gone_els or came_els:
+                old_mini[k] = skel.with_elements(gone_els)
+                new_mini[k] = skel.with_elements(came_els)
+                changed.append(name)
+
+        state = TableState(
+            objects, containers, twins, pod_ips, len(snap.node.pods), snap.generation
+        )
+        if not old_mini and not new_mini:
+            return Plan("incremental", "", state, removed, ())
+        table = self.options.table
+        small_old, small_new = _closed(old_mini, new_mini, old.objects, objects)
+        text = diff_transaction(Ruleset.of(table, small_old), Ruleset.of(table, small_new))
+        return Plan("incremental", text, state, removed, tuple(changed))
+
+    def _full(
+        self,
+        snap: Snapshot,
+        objects: dict[Key, TableObject],
+        containers: dict[str, Mapping[tuple[object, ...], Element]],
+        refs: dict[str, TwinRef],
+        pod_ips: dict[str, str],
+        removed: frozenset[str],
+        inventory: Inventory | None,
+    ) -> Plan:
+        old = self.last_committed
+        twins: dict[str, TwinMembers] = {}
+        filled: dict[Key, TableObject] = dict(objects)
+        for name, box in containers.items():
+            k = (RefKind.SET, name)
+            obj = objects[k]
+            assert isinstance(obj, Set | Map)
+            filled[k] = obj.with_elements(box.values()) if box else obj
+        for name, ref in sorted(refs.items()):
+            k = (RefKind.SET, name)
+            skel = objects[k]
+            assert isinstance(skel, Set)
+            was = old.twins.get(name) if old is not None else None
+            if was is not None and was.ref != ref:
+                was = None
+            members, _, _ = self._members(ref, snap.sets[ref.key], was)
+            twins[name] = members
+            filled[k] = self._full_twin(name, skel, members)
+        for gone in set(self._cache.full_twins) - set(refs):
+            del self._cache.full_twins[gone]
+        text = full_transaction(Ruleset.of(self.options.table, filled.values()), inventory)
+        state = TableState(
+            objects, containers, twins, pod_ips, len(snap.node.pods), snap.generation
+        )
+        return Plan("full", text, state, removed, ("full",))
+
+    def full_ruleset(self, state: TableState) -> Ruleset:
+        """The whole table of a state, with every element (for tests and diagnostics)."""
+        filled: dict[Key, TableObject] = dict(state.objects)
+        for name, box in state.containers.items():
+            obj = filled[(RefKind.SET, name)]
+            assert isinstance(obj, Set | Map)
+            filled[(RefKind.SET, name)] = obj.with_elements(box.values())
+        for name, members in state.twins.items():
+            obj = filled[(RefKind.SET, name)]
+            assert isinstance(obj, Set)
+            filled[(RefKind.SET, name)] = obj.with_elements(members.elements())
+        return Ruleset.of(self.options.table, filled.values())
+
+
+def _closed(
+    old: dict[Key, TableObject],
+    new: dict[Key, TableObject],
+    old_all: Mapping[Key, TableObject],
+    new_all: Mapping[Key, TableObject],
+) -> tuple[list[TableObject], list[TableObject]]:
+    """Both small rulesets, closed under references: every object one of them references
+    and does not hold is added to each side that has it, as an empty declaration, so
+    that the two declarations are equal and diff to nothing."""
+    wanted = {(r.kind, r.name) for obj in (*old.values(), *new.values()) for r in obj.refs()}
+    for k in wanted:
+        if k not in old and k in old_all:
+            old[k] = skeleton(old_all[k])
+        if k not in new and k in new_all:
+            new[k] = skeleton(new_all[k])
+    return list(old.values()), list(new.values())

@@ -1,0 +1,410 @@
+"""The level-triggered sync loop: inputs changed → one atomic transaction → conntrack → status.
+
+Any event (a watch event, a policy file change, a route change) only calls
+:meth:`SyncLoop.changed`, which marks the loop dirty. The loop then runs ONE sync that
+reads the current inputs (never the events), so a burst of events coalesces into one
+sync, and a sync started late still applies the latest state. Syncs are rate-limited
+by a token bucket (``burst`` syncs at once, then one per ``min_interval``).
+
+A sync:
+
+1. takes the source's :class:`~secgroups_agent.sources.Snapshot` (none until the
+   initial lists completed: then nothing is applied and readiness stays false);
+2. resolves pod interfaces from routes (:mod:`~secgroups_agent.interfaces`);
+3. **computes** a :class:`~secgroups_agent.planning.Plan` (in a worker thread) —
+   incremental against the committed state, or full: at start, after any failure,
+   every ``resync_period`` and when drift was detected;
+4. **emits** it: one ``nft -f`` transaction (:mod:`~secgroups_agent.nftables`); on
+   failure the committed state is forgotten, the next sync is a full resync, retried
+   with exponential backoff;
+5. after the commit only, deletes the conntrack entries of pod IPs that went away
+   (:mod:`~secgroups_agent.conntrack`); failed deletions are retried;
+6. reports status (:mod:`~secgroups_agent.status`) and metrics.
+
+Between syncs, every ``drift_period`` seconds, :class:`~secgroups_agent.drift.DriftChecker`
+compares the table with the committed state; drift triggers a full resync.
+The loop beats :class:`~secgroups_agent.server.Health` at least every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from secgroups.compiled import NodeAgentStatus
+from secgroups.nft.rendering import RenderError
+from secgroups.nft.transactions import Inventory
+from secgroups_agent import logs
+from secgroups_agent.conntrack import ConntrackPort
+from secgroups_agent.drift import DriftChecker
+from secgroups_agent.interfaces import InterfaceResolver
+from secgroups_agent.metrics import Metrics
+from secgroups_agent.nftables import NftBackend, NftError
+from secgroups_agent.planning import Plan, Planner, TableState
+from secgroups_agent.server import Health
+from secgroups_agent.sources import Snapshot, Source
+from secgroups_agent.status import StatusReporter
+
+log = logs.get("sync")
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    resync_period: float = 300.0  # full resync at least this often (seconds)
+    drift_period: float = 10.0  # drift check this often, between syncs
+    min_interval: float = 0.05  # token bucket: one sync per interval after the burst
+    burst: int = 5
+    retry_backoff: tuple[float, float] = (0.5, 30.0)  # after a failed apply: first, max
+    nft_timeout: float = 30.0
+    heartbeat: float = 1.0
+
+
+class TokenBucket:
+    """``burst`` tokens, one more every ``interval`` seconds (kube-proxy's BoundedFrequencyRunner
+    idea): isolated changes sync at once, sustained churn at most 1/interval per second."""
+
+    def __init__(self, interval: float, burst: int, now: float) -> None:
+        self.interval = interval
+        self.burst = max(1, burst)
+        self.tokens = float(self.burst)
+        self.stamp = now
+
+    def take(self, now: float) -> float:
+        """0.0 if a token was taken; else seconds until one is available."""
+        if self.interval <= 0:
+            return 0.0
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) / self.interval)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) * self.interval
+
+
+@dataclass
+class SyncResult:
+    """What the last sync did (for tests and logs)."""
+
+    outcome: str  # applied, noop, not-ready, render-failed, nft-failed
+    kind: str = ""
+    plan: Plan | None = None
+    error: str | None = None
+
+
+class SyncLoop:
+    def __init__(
+        self,
+        *,
+        source: Source,
+        planner: Planner,
+        nft: NftBackend,
+        conntrack: ConntrackPort,
+        interfaces: InterfaceResolver,
+        reporter: StatusReporter,
+        metrics: Metrics,
+        health: Health,
+        config: SyncConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.source = source
+        self.planner = planner
+        self.nft = nft
+        self.conntrack = conntrack
+        self.interfaces = interfaces
+        self.reporter = reporter
+        self.metrics = metrics
+        self.health = health
+        self.config = config or SyncConfig()
+        self.clock = clock
+        self.wall = wall
+        self.drift = DriftChecker(
+            nft, family=planner.options.table.family, table=planner.options.table.name
+        )
+        self._event = asyncio.Event()
+        self._dirty = False
+        self._dirty_since: float | None = None
+        self._need_full = True
+        self._failures = 0
+        self._retry_at = 0.0
+        now = clock()
+        self._bucket = TokenBucket(self.config.min_interval, self.config.burst, now)
+        self._last_full = now
+        self._next_drift = now + self.config.drift_period
+        self._pending_ct: set[str] = set()
+        self._ct_error: str | None = None
+        self._ct_failures = 0
+        self._applied_at: float | None = None
+        self._last_error: tuple[str, str] | None = None
+        self.results: list[SyncResult] = []  # the last few, newest last
+        self.syncs = 0
+
+    # ------------------------------------------------------------- events
+    def changed(self) -> None:
+        """Inputs changed: sync soon (call from the loop's thread)."""
+        if not self._dirty:
+            self._dirty = True
+            self._dirty_since = self.clock()
+        self._event.set()
+
+    def request_full(self) -> None:
+        self._need_full = True
+        self.changed()
+
+    # ------------------------------------------------------------- loop
+    async def run(self) -> None:
+        """Sync whenever dirty, check drift and resync on timers; never returns."""
+        while True:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not stop enforcement updates: log, resync later
+                log.exception("sync loop step failed; full resync after backoff")
+                self.metrics.sync_errors.labels("Internal").inc()
+                self.planner.forget()
+                self._need_full = True
+                self._failures += 1
+                first, most = self.config.retry_backoff
+                self._retry_at = self.clock() + min(first * 2 ** (self._failures - 1), most)
+                self._dirty = True
+                await asyncio.sleep(0.01)
+
+    async def _step(self) -> None:
+        """One wake-up: a timer action or a sync, or wait for the next event."""
+        cfg = self.config
+        self.health.beat()
+        now = self.clock()
+        applied = self.planner.applied
+        if (
+            applied is not None
+            and not self._need_full
+            and now - self._last_full >= cfg.resync_period
+        ):
+            log.info("periodic full resync")
+            self.request_full()
+        if applied is not None and now >= self._next_drift and not self._dirty:
+            await self._check_drift(applied)
+            self._next_drift = self.clock() + cfg.drift_period
+            return
+        timeout = cfg.heartbeat
+        if self._dirty:
+            if now < self._retry_at:
+                timeout = min(timeout, self._retry_at - now)
+            else:
+                wait = self._bucket.take(now)
+                if wait == 0.0:
+                    await self.sync_once()
+                    return
+                timeout = min(timeout, wait)
+        elif self._pending_ct:
+            if now >= self._retry_at:
+                await self._conntrack_cleanup(frozenset())
+                self._report()
+                return
+            timeout = min(timeout, self._retry_at - now)
+        if applied is not None:
+            timeout = min(timeout, max(0.0, self._next_drift - now))
+        self._event.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), max(timeout, 0.001))
+
+    def _record(self, result: SyncResult) -> SyncResult:
+        self.results = [*self.results[-9:], result]
+        return result
+
+    async def sync_once(self) -> SyncResult:
+        """One sync from the current inputs (the loop calls it; tests may too)."""
+        self.syncs += 1
+        started = self.clock()
+        since = self._dirty_since if self._dirty_since is not None else started
+        self._dirty, self._dirty_since = False, None
+        snap = self.source.snapshot()
+        if snap is None:
+            problem = self.source.problem()
+            reason, message = (
+                (problem.reason, problem.message) if problem else ("NotReady", "source not ready")
+            )
+            if not self.health.ready:
+                self.health.not_ready_reason = message
+            self._last_error = (reason, message)
+            self._report()
+            return self._record(SyncResult("not-ready", error=message))
+        ips = [ip for pod in snap.node.pods for ip in pod.ips]
+        interfaces = await asyncio.to_thread(self.interfaces.resolve, ips)
+        full = self._need_full or self.planner.applied is None
+        inventory = await asyncio.to_thread(self._inventory) if full else None
+        try:
+            plan = await asyncio.to_thread(
+                self.planner.plan, snap, interfaces, full=full, inventory=inventory
+            )
+        except (RenderError, ValueError, KeyError) as exc:
+            self.metrics.sync_errors.labels("RenderFailed").inc()
+            self._last_error = ("RenderFailed", str(exc))
+            log.error("cannot render the node's policy", extra=logs.fields(error=str(exc)))
+            self._report()
+            return self._record(SyncResult("render-failed", error=str(exc)))
+        if not plan.noop:
+            try:
+                await asyncio.to_thread(self.nft.apply, plan.text, timeout=self.config.nft_timeout)
+            except NftError as exc:
+                return self._record(self._apply_failed(plan, exc))
+        self.planner.commit(plan)
+        self._committed(plan, started, since)
+        await self._conntrack_cleanup(plan.removed_ips)
+        self._report(snap)
+        return self._record(SyncResult("noop" if plan.noop else "applied", plan.kind, plan))
+
+    def _inventory(self) -> Inventory | None:
+        """The table's current declarations, so a full resync can delete strays."""
+        table = self.planner.options.table
+        try:
+            doc = self.nft.list_json(f"table {table}", terse=True, timeout=self.config.nft_timeout)
+        except NftError as exc:
+            log.warning(
+                "cannot list the table before a full resync", extra=logs.fields(error=str(exc))
+            )
+            return None
+        return None if doc is None else Inventory.from_json(doc, table)
+
+    def _apply_failed(self, plan: Plan, exc: NftError) -> SyncResult:
+        cfg = self.config
+        self.planner.forget()
+        self._need_full = True
+        self._failures += 1
+        delay = min(cfg.retry_backoff[0] * 2 ** (self._failures - 1), cfg.retry_backoff[1])
+        self._retry_at = self.clock() + delay
+        self._dirty, self._dirty_since = True, self._dirty_since or self.clock()
+        self.metrics.sync_errors.labels(exc.reason).inc()
+        self._last_error = (exc.reason, exc.message)
+        log.error(
+            "nft transaction failed; next sync is a full resync",
+            extra=logs.fields(
+                kind=plan.kind,
+                reason=exc.reason,
+                error=exc.message,
+                detail=exc.detail,
+                retry_in=delay,
+                backend=self.nft.name,
+            ),
+        )
+        self._report()
+        return SyncResult("nft-failed", plan.kind, plan, exc.message)
+
+    def _committed(self, plan: Plan, started: float, since: float) -> None:
+        now = self.clock()
+        m = self.metrics
+        if plan.kind == "full":
+            self._need_full = False
+            self._last_full = now
+            self.drift.invalidate()
+            # Hundreds of thousands of long-lived cached objects: keep them out of the
+            # cyclic GC's full collections, which otherwise cost tens of ms at random
+            # points of the hot path (measured: member-change p99 13 ms -> 2 ms).
+            gc.collect()
+            gc.freeze()
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_error = None
+        state = plan.state
+        if not plan.noop:
+            m.sync_duration.labels(plan.kind).observe(now - started)
+            m.change_latency.observe(now - since)
+            m.syncs.labels(plan.kind).inc()
+            self._applied_at = self.wall()
+            log.info(
+                "applied",
+                extra=logs.fields(
+                    kind=plan.kind,
+                    ms=round((now - started) * 1000, 3),
+                    changed=list(plan.changed),
+                    generation=state.generation,
+                    pods=state.pods,
+                    bytes=len(plan.text),
+                ),
+            )
+        elif self._applied_at is None:
+            self._applied_at = self.wall()
+        m.last_success.set(self.wall())
+        m.rules.set(state.rules)
+        m.pods.set(state.pods)
+        m.set_sizes(state.set_sizes())
+        m.ready.set(1)
+        self.health.ready = True
+
+    async def _conntrack_cleanup(self, removed: frozenset[str]) -> None:
+        applied = self.planner.applied
+        in_use = set(applied.pod_ips) if applied is not None else set()
+        # IPs removed now are cleaned even if a new pod took them over in the same commit
+        # (the old pod's flows must not survive); older leftovers only while unused.
+        todo = set(removed) | {ip for ip in self._pending_ct if ip not in in_use}
+        self._pending_ct = set()
+        if not todo:
+            self._ct_error = None
+            return
+        try:
+            n = await asyncio.to_thread(self.conntrack.delete_ips, sorted(todo))
+        except Exception as exc:
+            self._pending_ct = todo
+            self._ct_error = str(exc)
+            self._ct_failures += 1
+            self.metrics.conntrack_errors.inc()
+            first, most = self.config.retry_backoff
+            self._retry_at = self.clock() + min(first * 2 ** (self._ct_failures - 1), most)
+            log.warning(
+                "conntrack cleanup failed; will retry",
+                extra=logs.fields(ips=sorted(todo), error=str(exc)),
+            )
+            return
+        self._ct_error = None
+        self._ct_failures = 0
+        self.metrics.conntrack_deleted.inc(n)
+        log.info("conntrack entries deleted", extra=logs.fields(ips=sorted(todo), entries=n))
+
+    async def _check_drift(self, expected: TableState) -> None:
+        try:
+            problems = await asyncio.to_thread(
+                self.drift.check, expected, timeout=self.config.nft_timeout
+            )
+        except NftError as exc:
+            log.warning("drift check failed", extra=logs.fields(error=exc.message))
+            return
+        if problems and self.planner.applied is expected:
+            self.metrics.drift.inc()
+            log.warning(
+                "our table was changed by someone else; full resync",
+                extra=logs.fields(differences=problems[:20]),
+            )
+            self.request_full()
+
+    # ------------------------------------------------------------- status
+    def status(self, snap: Snapshot | None = None) -> NodeAgentStatus:
+        state = self.planner.last_committed
+        reason, error = (None, None)
+        if self._last_error is not None:
+            reason, error = self._last_error
+        elif self._ct_error is not None:
+            reason, error = "ConntrackFailed", self._ct_error
+        elif snap is not None and snap.missing:
+            reason, error = (
+                "MissingReferences",
+                "not found (rendered as absent): " + ", ".join(snap.missing),
+            )
+        body: dict[str, Any] = {"error": error, "reason": reason}
+        if state is not None:
+            body.update(
+                applied_generation=state.generation,
+                applied_at=logs.rfc3339(self._applied_at) if self._applied_at else None,
+                pods=state.pods,
+                rules=state.rules,
+                set_elements=state.set_elements,
+            )
+        return NodeAgentStatus(**body)
+
+    def _report(self, snap: Snapshot | None = None) -> None:
+        self.reporter.update(self.status(snap))
