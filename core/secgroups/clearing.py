@@ -14,10 +14,21 @@ S-CT-2, row by row (old facts → new facts; "pods of X" = its members before or
 6. entries of an IP address group changed → for each group A with an inbound rule
    using it: all pods of A.
 
-Two readings the table leaves open, decided here and documented in
-docs/semantics.md: group B in rows 1–2 may be A itself (a group that denies or allows
-its own members, S-M-5); and a pod whose group *order* changes with the same groups
-(S-X-1) is re-checked, since the order can change its verdicts.
+Readings the table leaves open, decided here and documented in docs/semantics.md:
+
+* group B in rows 1–2 may be A itself (a group that denies or allows its own
+  members, S-M-5);
+* a pod whose group *order* changes with the same groups (S-X-1) is re-checked,
+  since the order can change its verdicts;
+* rules are compared as the compiler sees them (``compiling.compile_rule``): ports
+  after merging (``22,23`` = ``22-23``), CIDRs with host bits cleared, references with
+  the namespace filled in — rewriting a rule the same way is no change;
+* a group's rules are its *effective* rules: a namespace's ``default`` group without
+  an object has the synthesized S-D-1 rules, so creating its object replaces them
+  (its inbound Allow is deleted: row 4) and deleting it brings them back; rules
+  attached to a group that does not exist have no effect and are not counted;
+* a member pod whose IPs change (it gets its first IP, or another one) counts as
+  added (the group's address set gains the new IPs) and, if it lost an IP, removed.
 
 The operator turns the plan into new ingress epochs (DESIGN.md §4); the node agent
 never needs to know why.
@@ -29,11 +40,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from secgroups.compiled import CompiledRule, SourceKind
+from secgroups.compiling import compile_rule, default_rules, rule_group
 from secgroups.facts import ClusterFacts
-from secgroups.membership import GroupKey, PodKey, Scope, resolve
-from secgroups.models import Action, Direction, SecurityGroupRule
+from secgroups.membership import GroupKey, Memberships, PodKey, Scope, group_index, resolve
+from secgroups.models import DEFAULT_GROUP_NAME, Action, Direction
 
-RuleKey = tuple[str, str]
 _Recheck = Callable[[GroupKey, str], None]
 
 
@@ -51,49 +63,72 @@ class ClearingPlan:
         return bool(self.reasons)
 
 
-def _rules(facts: ClusterFacts) -> dict[RuleKey, SecurityGroupRule]:
-    return {(r.metadata.namespace or "default", r.metadata.name): r for r in facts.rules}
+@dataclass(frozen=True)
+class _Rule:
+    """An effective rule of a group, as the compiler sees it."""
+
+    group: GroupKey
+    rule: CompiledRule
+    remote_group: GroupKey | None
+    remote_ipag: GroupKey | None
+
+    @property
+    def id(self) -> str:
+        return self.rule.id
+
+    @property
+    def inbound(self) -> bool:
+        return self.rule.direction is Direction.INGRESS
+
+    def identity(self) -> tuple[object, ...]:
+        """A change of these makes a modification a deletion plus an addition."""
+        return (self.group, self.rule.direction, self.rule.family)
+
+    def match_fields(self) -> tuple[object, ...]:
+        """What row 5 compares: priority, action, protocol, ports, ICMP and remote."""
+        r = self.rule
+        return (r.priority, r.action, r.protocol, r.ports, r.icmp_type, r.icmp_code, r.remote)
 
 
-def _group_of(rule: SecurityGroupRule) -> GroupKey:
-    return (rule.metadata.namespace or "default", rule.spec.security_group)
+def _effective_rules(facts: ClusterFacts, ms: Memberships) -> dict[str, _Rule]:
+    """Rule id → effective rule, for groups that exist or are synthesized (see docstring)."""
+    groups = group_index(facts)
+    out: dict[str, _Rule] = {}
+    for rule in facts.rules:
+        gkey = rule_group(rule)
+        if gkey not in groups:
+            continue
+        crule, source = compile_rule(rule)
+        remote_group = remote_ipag = None
+        if source is not None:
+            kind, key = source
+            if kind is SourceKind.SECURITY_GROUP:
+                remote_group = key
+            else:
+                remote_ipag = key
+        out[crule.id] = _Rule(gkey, crule, remote_group, remote_ipag)
+    for gkey in {g for gs in ms.groups_of.values() for g in gs}:
+        if gkey[1] == DEFAULT_GROUP_NAME and gkey not in groups:
+            for crule in default_rules(gkey[0]):
+                remote = gkey if crule.remote.set is not None else None
+                out[crule.id] = _Rule(gkey, crule, remote, None)
+    return out
 
 
-def _remote_group(rule: SecurityGroupRule) -> GroupKey | None:
-    remote = rule.spec.remote
-    if remote is None or remote.security_group is None:
-        return None
-    ns = rule.metadata.namespace or "default"
-    return (remote.security_group.namespace or ns, remote.security_group.name)
-
-
-def _remote_ipag(rule: SecurityGroupRule) -> GroupKey | None:
-    remote = rule.spec.remote
-    if remote is None or remote.ip_address_group is None:
-        return None
-    ns = rule.metadata.namespace or "default"
-    return (remote.ip_address_group.namespace or ns, remote.ip_address_group.name)
-
-
-def _match_fields(rule: SecurityGroupRule) -> tuple[object, ...]:
-    """What row 5 compares: priority, action, protocol, ports, ICMP and remote."""
-    s = rule.spec
-    remote = s.remote.model_dump() if s.remote is not None else None
-    icmp = s.icmp.model_dump() if s.icmp is not None else None
-    return (s.priority, s.action, s.protocol, s.port_ranges(), icmp, repr(remote))
-
-
-def _identity(rule: SecurityGroupRule) -> tuple[object, ...]:
-    """A change of these makes a modification a deletion plus an addition."""
-    s = rule.spec
-    return (_group_of(rule), s.direction, s.ip_family)
+def _member_ips(ms: Memberships) -> dict[GroupKey, dict[PodKey, frozenset[str]]]:
+    out: dict[GroupKey, dict[PodKey, frozenset[str]]] = defaultdict(dict)
+    for pod, groups in ms.groups_of.items():
+        ips = frozenset(ms.pods[pod].ips)
+        for g in groups:
+            out[g][pod] = ips
+    return out
 
 
 def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = None) -> ClearingPlan:
     """The S-CT-2 plan for the change from ``old`` to ``new`` (see the module docstring)."""
     scope = scope or Scope()
     old_ms, new_ms = resolve(old, scope), resolve(new, scope)
-    old_members, new_members = old_ms.members(), new_ms.members()
+    old_members, new_members = _member_ips(old_ms), _member_ips(new_ms)
     reasons: dict[PodKey, list[str]] = defaultdict(list)
 
     def pods_of(group: GroupKey) -> Iterable[PodKey]:
@@ -103,32 +138,33 @@ def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = No
         for pod in pods_of(group):
             reasons[pod].append(why)
 
-    old_rules, new_rules = _rules(old), _rules(new)
-    inbound_now = [r for r in new_rules.values() if r.spec.direction is Direction.INGRESS]
+    old_rules, new_rules = _effective_rules(old, old_ms), _effective_rules(new, new_ms)
+    inbound_now = sorted((r for r in new_rules.values() if r.inbound), key=lambda r: r.id)
 
-    # Rows 1 and 2: membership.
+    # Rows 1 and 2: membership, by the addresses each member brings to the group.
     for group in sorted(set(old_members) | set(new_members)):
-        before, after = set(old_members.get(group, ())), set(new_members.get(group, ()))
-        added, removed = after - before, before - after
+        before, after = old_members.get(group, {}), new_members.get(group, {})
+        added = {p for p, ips in after.items() if p not in before or ips - before[p]}
+        removed = {p for p, ips in before.items() if p not in after or ips - after[p]}
         label = f"{group[0]}/{group[1]}"
         for pod in sorted(added):
             reasons[pod].append(f"S-CT-2 row 1: added to security group {label}")
         if added:
             for rule in inbound_now:
-                if rule.spec.action is Action.DENY and _remote_group(rule) == group:
+                if rule.rule.action is Action.DENY and rule.remote_group == group:
                     recheck_group(
-                        _group_of(rule),
+                        rule.group,
                         f"S-CT-2 row 1: {label} gained members and inbound Deny rule "
-                        f"{rule.metadata.name} names it",
+                        f"{rule.id} names it",
                     )
         if removed:
             recheck_group(group, f"S-CT-2 row 2: pods removed from security group {label}")
             for rule in inbound_now:
-                if rule.spec.action is Action.ALLOW and _remote_group(rule) == group:
+                if rule.rule.action is Action.ALLOW and rule.remote_group == group:
                     recheck_group(
-                        _group_of(rule),
+                        rule.group,
                         f"S-CT-2 row 2: {label} lost members and inbound Allow rule "
-                        f"{rule.metadata.name} names it",
+                        f"{rule.id} names it",
                     )
 
     # Extension: same groups, new order (S-X-1 makes order matter).
@@ -142,22 +178,17 @@ def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = No
             reasons[pod].append("group sequence changed (S-X-1)")
 
     # Rows 3, 4 and 5: rules.
-    for key in sorted(set(old_rules) | set(new_rules)):
-        o, n = old_rules.get(key), new_rules.get(key)
-        if o is not None and n is not None and _identity(o) != _identity(n):
+    for rid in sorted(set(old_rules) | set(new_rules)):
+        o, n = old_rules.get(rid), new_rules.get(rid)
+        if o is not None and n is not None and o.identity() != n.identity():
             _rule_deleted(o, recheck_group)
             _rule_added(n, recheck_group)
         elif o is None and n is not None:
             _rule_added(n, recheck_group)
         elif n is None and o is not None:
             _rule_deleted(o, recheck_group)
-        elif (
-            o is not None
-            and n is not None
-            and n.spec.direction is Direction.INGRESS
-            and _match_fields(o) != _match_fields(n)
-        ):
-            recheck_group(_group_of(n), f"S-CT-2 row 5: inbound rule {key[0]}/{key[1]} modified")
+        elif o is not None and n is not None and n.inbound and o.match_fields() != n.match_fields():
+            recheck_group(n.group, f"S-CT-2 row 5: inbound rule {rid} modified")
 
     # Row 6: address group entries.
     old_ipags = {
@@ -172,9 +203,9 @@ def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = No
         if o_nets == n_nets:
             continue
         users = {
-            _group_of(r)
+            r.group
             for r in (*old_rules.values(), *new_rules.values())
-            if r.spec.direction is Direction.INGRESS and _remote_ipag(r) == key
+            if r.inbound and r.remote_ipag == key
         }
         for group in sorted(users):
             recheck_group(
@@ -188,21 +219,14 @@ def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = No
     )
 
 
-def _rule_added(rule: SecurityGroupRule, recheck: _Recheck) -> None:
-    if rule.spec.action is Action.DENY:
-        recheck(
-            _group_of(rule),
-            f"S-CT-2 row 3: Deny rule {rule.metadata.namespace}/{rule.metadata.name} added",
-        )
+def _rule_added(rule: _Rule, recheck: _Recheck) -> None:
+    if rule.rule.action is Action.DENY:
+        recheck(rule.group, f"S-CT-2 row 3: Deny rule {rule.id} added")
 
 
-def _rule_deleted(rule: SecurityGroupRule, recheck: _Recheck) -> None:
-    if rule.spec.direction is Direction.INGRESS and rule.spec.action is Action.ALLOW:
-        recheck(
-            _group_of(rule),
-            f"S-CT-2 row 4: inbound Allow rule {rule.metadata.namespace}/{rule.metadata.name} "
-            "deleted",
-        )
+def _rule_deleted(rule: _Rule, recheck: _Recheck) -> None:
+    if rule.inbound and rule.rule.action is Action.ALLOW:
+        recheck(rule.group, f"S-CT-2 row 4: inbound Allow rule {rule.id} deleted")
 
 
 def bump_epochs(epochs: Mapping[PodKey, int], plan: ClearingPlan) -> dict[PodKey, int]:
