@@ -1,0 +1,191 @@
+"""The incremental compiler, event by event: which compiled objects each event rewrites.
+
+The random-sequence property (tests/unit/test_properties.py) proves the result equals
+the full compiler; these cases pin down that an event reaches only what it must
+(DESIGN.md §1: one change writes O(1) objects).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.corecases import facts, ipag, ns, pod, rule, sg
+
+from secgroups.compiling import compile_policy
+from secgroups.incremental import Changes, Delete, IncrementalCompiler, Kind, Node, SetEpochs
+
+BASE: tuple[Any, ...] = (
+    ns(),
+    sg("web", selector={"app": "web"}),
+    sg("db"),
+    ipag("office", "192.0.2.0/28"),
+    pod("w1", "10.0.0.1", labels={"app": "web"}, node="n1"),
+    pod("w2", "10.0.0.2", labels={"app": "web"}, node="n2"),
+    pod("d1", "10.0.1.1", groups="db", node="n1"),
+    rule("db-from-web", "db", protocol="TCP", ports="5432", remote_sg="web"),
+    rule("web-office", "web", remote_ipag="office"),
+)
+
+
+def _compiler(*extra: Any) -> IncrementalCompiler:
+    return IncrementalCompiler(facts(*BASE, *extra, nodes=("n1", "n2")))
+
+
+def _names(changes: Changes) -> dict[str, list[str]]:
+    return {
+        "groups": sorted(changes.groups),
+        "sets": sorted(changes.sets),
+        "nodes": sorted(changes.nodes),
+    }
+
+
+def _check(inc: IncrementalCompiler) -> None:
+    assert inc.policy == compile_policy(inc.facts(), inc.options).policy
+
+
+def test_initial_state_equals_the_full_compile() -> None:
+    inc = _compiler()
+    full = compile_policy(facts(*BASE, nodes=("n1", "n2")))
+    assert inc.policy.model_dump_json() == full.policy.model_dump_json()
+    assert inc.problems() == full.problems
+    assert inc.memberships() == full.memberships
+
+
+def test_rule_with_a_cidr_rewrites_only_its_group() -> None:
+    inc = _compiler()
+    changes = inc.upsert(rule("ssh", "web", protocol="TCP", ports="22", cidr="198.51.100.0/24"))
+    assert _names(changes) == {"groups": ["sg.demo.web"], "sets": [], "nodes": []}
+    assert [r.id for r in inc.policy.groups["sg.demo.web"].ingress] == [
+        "demo/ssh",
+        "demo/web-office",
+    ]
+    _check(inc)
+
+
+def test_rule_with_a_new_remote_adds_the_set_and_tells_the_nodes() -> None:
+    inc = _compiler()
+    changes = inc.upsert(rule("to-db", "web", "Egress", remote_sg="db"))
+    assert _names(changes) == {
+        "groups": ["sg.demo.web"],
+        "sets": ["sg.demo.db"],
+        "nodes": ["n1", "n2"],
+    }
+    assert changes.sets["sg.demo.db"] is not None
+    assert changes.sets["sg.demo.db"].ipv4 == ("10.0.1.1/32",)
+    _check(inc)
+
+
+def test_deleting_the_last_user_of_a_set_deletes_the_set() -> None:
+    inc = _compiler()
+    changes = inc.delete(Kind.SECURITY_GROUP_RULE, "web-office", "demo")
+    assert changes.sets == {"ipag.demo.office": None}
+    assert changes.groups.keys() == {"sg.demo.web"}
+    assert sorted(changes.nodes) == ["n1", "n2"], "nodes stop watching the set"
+    _check(inc)
+
+
+def test_new_pod_rewrites_its_node_and_the_sets_it_joins() -> None:
+    inc = _compiler()
+    changes = inc.upsert(pod("w3", "10.0.0.3", labels={"app": "web"}, node="n2"))
+    assert _names(changes) == {"groups": [], "sets": ["sg.demo.web"], "nodes": ["n2"]}
+    assert changes.sets["sg.demo.web"] is not None
+    assert changes.sets["sg.demo.web"].ipv4 == ("10.0.0.1/32", "10.0.0.2/31")
+    _check(inc)
+
+
+def test_last_member_leaving_deletes_the_group() -> None:
+    inc = _compiler()
+    changes = inc.delete(Kind.POD, "d1", "demo")
+    assert changes.groups == {"sg.demo.db": None}
+    assert changes.nodes.keys() == {"n1"}
+    _check(inc)
+
+
+def test_address_group_edit_rewrites_only_its_set() -> None:
+    inc = _compiler()
+    changes = inc.upsert(ipag("office", "192.0.2.0/28", "198.51.100.1"))
+    assert _names(changes) == {"groups": [], "sets": ["ipag.demo.office"], "nodes": []}
+    _check(inc)
+
+
+def test_unused_address_group_changes_nothing() -> None:
+    inc = _compiler()
+    assert not inc.upsert(ipag("partners", "203.0.113.0/24"))
+
+
+def test_same_object_again_changes_nothing() -> None:
+    inc = _compiler()
+    assert not inc.upsert(pod("w1", "10.0.0.1", labels={"app": "web"}, node="n1"))
+    assert not inc.upsert(rule("web-office", "web", remote_ipag="office"))
+    assert not inc.upsert(sg("web", selector={"app": "web"}))
+
+
+def test_selector_change_moves_pods_between_groups() -> None:
+    inc = _compiler()
+    changes = inc.upsert(sg("web", selector={"app": "none"}))
+    assert changes.groups == {
+        "sg.demo.web": None,
+        "sg.demo.default": changes.groups["sg.demo.default"],
+    }
+    assert changes.groups["sg.demo.default"] is not None
+    assert changes.groups["sg.demo.default"].synthesized
+    _check(inc)
+
+
+def test_namespace_leaving_enforcement_removes_its_objects() -> None:
+    inc = _compiler()
+    changes = inc.upsert(ns(enforced=False))
+    assert all(v is None for v in (*changes.groups.values(), *changes.sets.values()))
+    assert inc.policy.groups == {} and inc.policy.sets == {}
+    assert [n.pods for n in inc.policy.nodes.values()] == [(), ()]
+    _check(inc)
+
+
+def test_epochs_rewrite_only_the_node_of_the_pod() -> None:
+    inc = _compiler()
+    changes = inc.set_epochs({("demo", "d1"): 3})
+    assert _names(changes) == {"groups": [], "sets": [], "nodes": ["n1"]}
+    assert {p.name: p.epoch for p in inc.policy.nodes["n1"].pods} == {"d1": 3, "w1": 0}
+    assert inc.options.epochs == {("demo", "d1"): 3}
+
+
+def test_nodes_come_and_go() -> None:
+    inc = _compiler()
+    assert _names(inc.upsert(Node("n3")))["nodes"] == ["n3"]
+    assert inc.delete(Kind.NODE, "n3").nodes == {"n3": None}
+    changes = inc.delete(Kind.NODE, "n1")
+    assert changes.nodes == {}, "a node with managed pods keeps its object"
+    _check(inc)
+
+
+def test_group_created_after_the_pods_that_name_it() -> None:
+    inc = _compiler(pod("late", "10.0.2.1", groups="cache", node="n2"))
+    assert [p.reason for p in inc.problems()] == ["UnknownGroup"]
+    inc.upsert(sg("cache"))
+    assert inc.problems() == ()
+    assert next(p for p in inc.policy.nodes["n2"].pods if p.name == "late").groups == (
+        "sg.demo.cache",
+    )
+    _check(inc)
+
+
+def test_default_group_object_replaces_the_synthesized_one() -> None:
+    inc = _compiler(pod("plain", "10.0.3.1", node="n1"))
+    assert inc.policy.groups["sg.demo.default"].synthesized
+    changes = inc.upsert(sg("default"))
+    spec = changes.groups["sg.demo.default"]
+    assert spec is not None and not spec.synthesized and spec.ingress == ()
+    _check(inc)
+
+
+def test_apply_all_flushes_once_and_merge_folds_changes() -> None:
+    inc = _compiler()
+    changes = inc.apply_all(
+        [Delete(Kind.POD, "w1", "demo"), Delete(Kind.POD, "w2", "demo"), SetEpochs({})]
+    )
+    assert changes.groups["sg.demo.web"] is None
+    total = Changes()
+    total.merge(changes)
+    total.merge(Changes(nodes={"n9": None}))
+    assert len(total) == len(changes) + 1
+    _check(inc)
