@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-import nftcases as nc
+from tests import nftcases as nc
 
 from secgroups import naming
 from secgroups.compiled import CompiledAddressSetSpec, CompiledPolicy, CompiledRule
@@ -54,7 +54,9 @@ def big_node(
                             priority=prio)
                 )  # fmt: skip
             elif kind == 2:
-                rs.append(nc.rule(rid, nc.IN, "UDP", [53], nc.ANY, priority=prio, family=IPFamily.IPV6))
+                rs.append(
+                    nc.rule(rid, nc.IN, "UDP", [53], nc.ANY, priority=prio, family=IPFamily.IPV6)
+                )
             elif kind == 3:
                 remote = nc.ref(set_items[(g * 3 + r) % sets][0]) if sets else nc.ANY
                 rs.append(nc.rule(rid, nc.EG, "TCP", [5432 + r], remote, priority=prio))

@@ -135,8 +135,7 @@ class StaticSource:
 
     async def run(self, changed: Changed) -> None:
         self._changed = changed
-        if self.current is not None:
-            changed()
+        changed()  # whatever was set before the loop listened
         await self._stop.wait()
 
     def set(self, snapshot: Snapshot | None, problem: SourceProblem | None = None) -> None:

@@ -1,0 +1,271 @@
+"""Where the agent's inputs come from: the policy file and the per-name Kubernetes watches."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from tests import nftcases as nc
+
+from secgroups.compiled import (
+    COMPILED_GROUP_KIND,
+    COMPILED_NODE_KIND,
+    COMPILED_SET_KIND,
+    CompiledPolicy,
+)
+from secgroups_agent.sources import (
+    FakeKubeApi,
+    FileSource,
+    KubeSource,
+    parse_policy_document,
+    slice_policy,
+)
+
+NODE = nc.NODE
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 60.0))
+
+
+async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def _policy() -> CompiledPolicy:
+    return nc.web_and_db().policy
+
+
+def _dump(policy: CompiledPolicy) -> dict[str, Any]:
+    return policy.model_dump(by_alias=True, mode="json")
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- file
+def test_policy_documents_json_yaml_and_envelope() -> None:
+    policy = _policy()
+    assert parse_policy_document(json.dumps(_dump(policy))) == (policy, None)
+    assert parse_policy_document(yaml.safe_dump(_dump(policy))) == (policy, None)
+    envelope = json.dumps({"generation": 9, "policy": _dump(policy)})
+    assert parse_policy_document(envelope) == (policy, 9)
+
+
+def test_slice_takes_the_node_and_what_it_references() -> None:
+    policy = _policy()
+    other = nc.policy([], [], [nc.pod("x", "y", ["100.64.5.5"], [])], node="n2")
+    both = CompiledPolicy(
+        groups=policy.groups, sets=policy.sets, nodes={**policy.nodes, **other.nodes}
+    )
+    snap = slice_policy(both, NODE, 3)
+    assert snap.node == policy.nodes[NODE]
+    assert set(snap.groups) == set(policy.groups) and set(snap.sets) == set(policy.sets)
+    assert snap.generation == 3 and snap.missing == ()
+    assert snap.policy() == policy.for_node(NODE)
+    empty = slice_policy(both, "n9")
+    assert empty.node.pods == () and empty.groups == {}
+    dangling = CompiledPolicy(groups={}, sets={}, nodes=policy.nodes)
+    assert slice_policy(dangling, NODE).missing == tuple(
+        sorted([f"group/{g}" for g in policy.groups] + [f"set/{s}" for s in policy.sets])
+    )
+
+
+def test_file_source_reads_reloads_and_rejects(tmp_path: Path) -> None:
+    path = tmp_path / "policy.json"
+    src = FileSource(path, NODE)
+    assert not src.poll() and src.snapshot() is None
+    problem = src.problem()
+    assert problem is not None and problem.reason == "WaitingForInitialList"
+    policy = _policy()
+    _write(path, json.dumps({"generation": 1, "policy": _dump(policy)}))
+    assert src.poll()
+    snap = src.snapshot()
+    assert snap is not None and snap.generation == 1 and src.problem() is None
+    assert not src.poll()  # unchanged file: nothing to do
+    _write(path, "{not json")
+    assert src.poll()
+    problem = src.problem()
+    assert problem is not None and problem.reason == "SourceInvalid"
+    assert src.snapshot() is snap  # the last good input stays
+    _write(path, yaml.safe_dump(_dump(policy)))  # a bare dump: generation = load count
+    assert src.poll()
+    again = src.snapshot()
+    assert again is not None and again.generation == 2 and again.node == snap.node
+    path.unlink()
+    assert src.poll()
+    problem = src.problem()
+    assert problem is not None and problem.reason == "SourceMissing"
+
+
+def test_file_source_task_notifies_on_change(tmp_path: Path) -> None:
+    async def body() -> None:
+        path = tmp_path / "p.json"
+        src = FileSource(path, NODE, interval=0.01)
+        calls: list[int] = []
+        task = asyncio.create_task(src.run(lambda: calls.append(1)))
+        try:
+            _write(path, json.dumps({"generation": 5, "policy": _dump(_policy())}))
+            await wait_until(lambda: src.snapshot() is not None and bool(calls), "a load")
+            snap = src.snapshot()
+            assert snap is not None and snap.generation == 5
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())
+
+
+# ----------------------------------------------------------------------------- kube
+def _load(api: FakeKubeApi, policy: CompiledPolicy, node_generation: int = 1) -> None:
+    for key, g in policy.groups.items():
+        api.put(COMPILED_GROUP_KIND, key, g.model_dump(by_alias=True, mode="json"))
+    for key, s in policy.sets.items():
+        api.put(COMPILED_SET_KIND, key, s.model_dump(by_alias=True, mode="json"))
+    node = policy.nodes[NODE].model_dump(by_alias=True, mode="json")
+    api.put(COMPILED_NODE_KIND, NODE, node, generation=node_generation)
+
+
+def test_kube_source_watches_only_its_node_and_the_referenced_names() -> None:
+    async def body() -> None:
+        policy = _policy()
+        api = FakeKubeApi()
+        _load(api, policy)
+        api.put(COMPILED_GROUP_KIND, "sg.other.unused", {"group": {"namespace": "o", "name": "u"}})
+        api.put(COMPILED_NODE_KIND, "n2", {"node": "n2"})
+        src = KubeSource(api, NODE)
+        task = asyncio.create_task(src.run(lambda: None))
+        try:
+            await wait_until(lambda: src.snapshot() is not None, "ready")
+            wanted = {(COMPILED_NODE_KIND, NODE)}
+            wanted |= {(COMPILED_GROUP_KIND, g) for g in policy.groups}
+            wanted |= {(COMPILED_SET_KIND, s) for s in policy.sets}
+            await wait_until(lambda: set(api.watching) == wanted, "exactly the wanted watches")
+            assert set(api.lists) == wanted
+            snap = src.snapshot()
+            assert snap is not None and snap.policy() == policy.for_node(NODE)
+
+            # The node stops referencing the db group and set: their watches stop.
+            node = policy.nodes[NODE]
+            db = min(policy.groups)
+            pods = tuple(
+                p.model_copy(update={"groups": tuple(g for g in p.groups if g != db)})
+                for p in node.pods
+            )
+            sets = tuple(s for s in node.sets if not s.startswith("sg.shop.db"))
+            fewer = node.model_copy(
+                update={
+                    "pods": pods,
+                    "groups": tuple(g for g in node.groups if g != db),
+                    "sets": sets,
+                }
+            )
+            api.put(COMPILED_NODE_KIND, NODE, fewer.model_dump(by_alias=True, mode="json"), 2)
+            gone = {(COMPILED_GROUP_KIND, db), (COMPILED_SET_KIND, "sg.shop.db")}
+            await wait_until(lambda: set(api.watching) == wanted - gone, "watches stopped")
+            snap = src.snapshot()
+            assert snap is not None and snap.generation == 2 and db not in snap.groups
+
+            # A member change arrives through the set's own watch.
+            web = next(k for k in policy.sets if k.startswith("sg.shop.web"))
+            spec = policy.sets[web].model_copy(update={"ipv4": ("100.64.9.9/32",)})
+            api.put(COMPILED_SET_KIND, web, spec.model_dump(by_alias=True, mode="json"), 2)
+            await wait_until(
+                lambda: (
+                    (s := src.snapshot()) is not None and s.sets[web].ipv4 == ("100.64.9.9/32",)
+                ),
+                "the member change",
+            )
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert api.watching == {}
+
+    run(body())
+
+
+def test_kube_source_waits_for_the_generations_the_node_requires() -> None:
+    async def body() -> None:
+        policy = _policy()
+        api = FakeKubeApi()
+        _load(api, policy)
+        src = KubeSource(api, NODE)
+        task = asyncio.create_task(src.run(lambda: None))
+        try:
+            await wait_until(lambda: src.snapshot() is not None, "ready")
+            web = next(k for k in policy.sets if k.startswith("sg.shop.web"))
+            node = policy.nodes[NODE].model_copy(update={"requires": {f"set/{web}": 3}})
+            api.put(COMPILED_NODE_KIND, NODE, node.model_dump(by_alias=True, mode="json"), 2)
+            await wait_until(lambda: src.snapshot() is None, "waiting for the set")
+            problem = src.problem()
+            assert problem is not None and problem.reason == "WaitingForReferences"
+            assert f"set/{web} generation 3" in problem.message
+            spec = policy.sets[web].model_copy(update={"ipv4": ()})
+            api.put(COMPILED_SET_KIND, web, spec.model_dump(by_alias=True, mode="json"), 3)
+            await wait_until(lambda: src.snapshot() is not None, "ready again")
+            snap = src.snapshot()
+            assert snap is not None and snap.generation == 2 and snap.sets[web].ipv4 == ()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())
+
+
+def test_kube_source_missing_node_object_means_no_pods_and_relists_after_errors() -> None:
+    async def body() -> None:
+        api = FakeKubeApi()
+        api.fail_watch.add((COMPILED_NODE_KIND, NODE))
+        src = KubeSource(api, NODE, backoff=(0.01, 0.05))
+        task = asyncio.create_task(src.run(lambda: None))
+        try:
+            await wait_until(lambda: src.snapshot() is not None, "ready")
+            snap = src.snapshot()
+            assert snap is not None and snap.node.pods == () and snap.generation is None
+            await wait_until(lambda: api.lists.count((COMPILED_NODE_KIND, NODE)) >= 2, "relist")
+            _load(api, _policy(), node_generation=6)
+            await wait_until(
+                lambda: (s := src.snapshot()) is not None and s.generation == 6, "the node object"
+            )
+            api.delete(COMPILED_NODE_KIND, NODE)
+            await wait_until(
+                lambda: (s := src.snapshot()) is not None and s.node.pods == (), "deletion"
+            )
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())
+
+
+def test_an_invalid_node_object_is_reported() -> None:
+    async def body() -> None:
+        api = FakeKubeApi()
+        api.put(COMPILED_NODE_KIND, NODE, {"node": NODE, "pods": "not a list"})
+        src = KubeSource(api, NODE)
+        task = asyncio.create_task(src.run(lambda: None))
+        try:
+            await wait_until(
+                lambda: (p := src.problem()) is not None and p.reason == "SourceInvalid",
+                "the problem",
+            )
+            assert src.snapshot() is None
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())

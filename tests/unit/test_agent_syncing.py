@@ -1,0 +1,370 @@
+"""The agent's sync loop with fakes: when it syncs, what it applies, what it reports.
+
+The kernel is ``tests/nftmodel.py`` behind a :class:`FakeNft`, so drift and failures
+are real table states; sources, conntrack, interfaces and status are the fakes of
+their ports. Every wait has a deadline; nothing asserts on elapsed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from tests import nftcases as nc
+from tests.nftmodel import ModelError, NftModel
+
+from secgroups.compiled import (
+    COMPILED_GROUP_KIND,
+    COMPILED_NODE_KIND,
+    COMPILED_SET_KIND,
+    CompiledPolicy,
+)
+from secgroups_agent.conntrack import FakeConntrack
+from secgroups_agent.interfaces import FakeInterfaces
+from secgroups_agent.metrics import Metrics
+from secgroups_agent.nftables import FakeNft, NftError, NftWorkerCrashedError
+from secgroups_agent.planning import Planner
+from secgroups_agent.server import Health
+from secgroups_agent.sources import (
+    FakeKubeApi,
+    KubeSource,
+    Snapshot,
+    Source,
+    StaticSource,
+    slice_policy,
+)
+from secgroups_agent.status import FakeStatus, StatusReporter
+from secgroups_agent.syncing import SyncConfig, SyncLoop, TokenBucket
+
+NODE = nc.NODE
+DEADLINE = 10.0
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 60.0))
+
+
+async def wait_until(cond: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def kernel_nft(model: NftModel) -> FakeNft:
+    def apply(_: FakeNft, text: str) -> None:
+        try:
+            model.apply(text)
+        except ModelError as exc:
+            raise NftError(f"Error: {exc}") from exc
+
+    return FakeNft(on_apply=apply, lister=model.listing)
+
+
+@dataclass
+class Rig:
+    """A sync loop wired to fakes, running as a task."""
+
+    source: Source
+    config: SyncConfig = field(
+        default_factory=lambda: SyncConfig(
+            drift_period=3600.0, min_interval=0.0, retry_backoff=(0.01, 0.05)
+        )
+    )
+    model: NftModel = field(default_factory=NftModel)
+    conntrack: FakeConntrack = field(default_factory=FakeConntrack)
+    interfaces: FakeInterfaces = field(default_factory=FakeInterfaces)
+    status: FakeStatus = field(default_factory=FakeStatus)
+    health: Health = field(default_factory=Health)
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def __post_init__(self) -> None:
+        self.nft = kernel_nft(self.model)
+        self.loop = SyncLoop(
+            source=self.source,
+            planner=Planner(NODE),
+            nft=self.nft,
+            conntrack=self.conntrack,
+            interfaces=self.interfaces,
+            reporter=StatusReporter(self.status, min_interval=0.0),
+            metrics=self.metrics,
+            health=self.health,
+            config=self.config,
+        )
+
+    async def __aenter__(self) -> Rig:
+        self.tasks = [
+            asyncio.create_task(self.source.run(self.loop.changed)),
+            asyncio.create_task(self.loop.run()),
+            asyncio.create_task(self.loop.reporter.run()),
+        ]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    @property
+    def applied(self) -> list[str]:
+        return self.nft.applied
+
+    async def until_applied(self, n: int) -> None:
+        await wait_until(lambda: len(self.applied) >= n, f"{n} transactions")
+
+    async def until_status(self, cond: Callable[[Any], bool], what: str) -> None:
+        await wait_until(lambda: self.status.last is not None and cond(self.status.last), what)
+
+
+def _snap(policy: CompiledPolicy, generation: int = 1) -> Snapshot:
+    return slice_policy(policy, NODE, generation)
+
+
+def _policy() -> tuple[CompiledPolicy, dict[str, str]]:
+    s = nc.web_and_db()
+    return s.policy, dict(s.pod_interfaces)
+
+
+def _without_pod(policy: CompiledPolicy, name: str) -> CompiledPolicy:
+    node = policy.nodes[NODE]
+    pods = tuple(p for p in node.pods if p.name != name)
+    return policy.model_copy(update={"nodes": {NODE: node.model_copy(update={"pods": pods})}})
+
+
+# ----------------------------------------------------------------------------- tests
+def test_token_bucket_allows_a_burst_then_one_per_interval() -> None:
+    b = TokenBucket(0.1, 2, now=0.0)
+    assert b.take(0.0) == 0.0
+    assert b.take(0.0) == 0.0
+    assert 0.09 < b.take(0.0) <= 0.1
+    assert b.take(0.1) == 0.0
+    assert TokenBucket(0.0, 1, now=0.0).take(0.0) == 0.0
+
+
+def test_no_sync_before_the_source_is_ready() -> None:
+    async def body() -> None:
+        policy, ifaces = _policy()
+        src = StaticSource()
+        async with Rig(src, interfaces=FakeInterfaces(ifaces)) as rig:
+            src.set(None)  # a change notification while not ready
+            await rig.until_status(lambda s: s.reason == "NotReady", "a not-ready status")
+            assert rig.applied == [] and not rig.health.ready
+            src.set(_snap(policy))
+            await rig.until_applied(1)
+            assert rig.applied[0].startswith("add table inet secgroups\nflush table")
+            await rig.until_status(lambda s: s.applied_generation == 1, "status of generation 1")
+            assert rig.health.ready
+
+    run(body())
+
+
+def test_kube_source_never_syncs_before_the_initial_lists_complete() -> None:
+    async def body() -> None:
+        policy, ifaces = _policy()
+        api = FakeKubeApi(gate=asyncio.Event())
+        node = policy.nodes[NODE]
+        for key, spec in policy.groups.items():
+            api.put(COMPILED_GROUP_KIND, key, spec.model_dump(by_alias=True, mode="json"))
+        for key, sspec in policy.sets.items():
+            api.put(COMPILED_SET_KIND, key, sspec.model_dump(by_alias=True, mode="json"))
+        api.put(COMPILED_NODE_KIND, NODE, node.model_dump(by_alias=True, mode="json"), generation=4)
+        src = KubeSource(api, NODE)
+        async with Rig(src, interfaces=FakeInterfaces(ifaces)) as rig:
+            await asyncio.sleep(0.05)
+            assert rig.applied == [] and rig.loop.syncs == 0
+            assert api.gate is not None
+            api.gate.set()
+            await rig.until_applied(1)
+            await rig.until_status(lambda s: s.applied_generation == 4, "generation 4 applied")
+            text = rig.model.text()
+            assert "rg_shop_web_" in text and "100.64.1.2" in text
+
+    run(body())
+
+
+def test_a_burst_of_changes_coalesces_into_one_sync() -> None:
+    async def body() -> None:
+        policy, ifaces = _policy()
+        src = StaticSource(_snap(policy))
+        async with Rig(src, interfaces=FakeInterfaces(ifaces)) as rig:
+            await rig.until_applied(1)
+            gate = threading.Event()
+            rig.nft.gate = gate  # the kernel is slow: the next apply blocks
+            src.set(_snap(_without_pod(policy, "web-1"), 2))
+            await wait_until(lambda: rig.nft.attempts == 2, "the second apply to start")
+            final = _without_pod(_without_pod(policy, "web-1"), "web-2")
+            for gen in range(3, 53):  # 50 events while the apply is blocked
+                src.set(_snap(final if gen == 52 else policy, gen))
+            gate.set()
+            await rig.until_status(lambda s: s.applied_generation == 52, "generation 52")
+            assert rig.nft.attempts == 3  # initial, blocked one, ONE for the whole burst
+            assert sorted(rig.model.sets["pods4"].elements) == ["100.64.1.4"]
+
+    run(body())
+
+
+def test_a_failed_apply_is_retried_as_a_full_resync_with_the_error_in_status() -> None:
+    async def body() -> None:
+        policy, ifaces = _policy()
+        src = StaticSource(_snap(policy))
+        async with Rig(src, interfaces=FakeInterfaces(ifaces)) as rig:
+            await rig.until_applied(1)
+            rig.nft.fail_next.append(NftError("Error: Could not process rule: No such file"))
+            src.set(_snap(_without_pod(policy, "web-1"), 2))
+            await rig.until_status(lambda s: s.reason == "NftApplyFailed", "the error")
+            status = rig.status.last
+            assert status is not None
+            assert status.error == "Error: Could not process rule: No such file"
+            assert status.applied_generation == 1  # what is still in the kernel
+            await rig.until_status(lambda s: s.applied_generation == 2, "the retry")
+            assert rig.applied[-1].startswith("add table inet secgroups\nflush table")
+            assert rig.status.last is not None and rig.status.last.error is None
+            assert rig.metrics.sync_errors.labels("NftApplyFailed")._value.get() == 1
+
+    run(body())
+
+
+def test_a_worker_crash_leads_to_a_full_resync() -> None:
+    async def body() -> None:
+        policy, ifaces = _policy()
+        src = StaticSource(_snap(policy))
+        async with Rig(src, interfaces=FakeInterfaces(ifaces)) as rig:
+            await rig.until_applied(1)
+            rig.nft.fail_next.append(NftWorkerCrashedError("the libnftables worker died"))
+            src.set(_snap(policy, 2))
+            web = next(k for k in policy.sets if k.startswith("sg.shop.web"))
+            src.set(_snap(_members(policy, web, ["100.64.7.7/32"]), 3))
+            await rig.until_status(lambda s: s.applied_generation == 3, "recovery")
+            assert rig.applied[-1].startswith("add table inet secgroups\nflush table")
+            assert "100.64.7.7" in rig.model.text()
+
+    run(body())
+
+
+def _members(policy: CompiledPolicy, key: str, extra: list[str]) -> CompiledPolicy:
+    spec = policy.sets[key]
+    new = spec.model_copy(update={"ipv4": (*spec.ipv4, *extra)})
+    return policy.model_copy(update={"sets": {**policy.sets, key: new}})
+
+
+def test_drift_is_repaired_by_a_full_resync() -> None:
+    async def body() -> None:
+        policy, ifaces = _policy()
+        src = StaticSource(_snap(policy))
+        cfg = SyncConfig(drift_period=0.02, min_interval=0.0, retry_backoff=(0.01, 0.05))
+        async with Rig(src, config=cfg, interfaces=FakeInterfaces(ifaces)) as rig:
+            await rig.until_applied(1)
+            await wait_until(lambda: rig.loop.drift.checks >= 3, "a few clean drift checks")
+            assert len(rig.applied) == 1
+            good = rig.model.text()
+            rig.model.apply("flush table inet secgroups\n")  # someone flushed our rules
+            await rig.until_applied(2)
+            assert rig.applied[1].startswith("add table inet secgroups\nflush table")
+            assert rig.model.text() == good
+            # Elements removed by hand are found too (the pod maps are checked every time).
+            rig.model.apply("delete element inet secgroups pods4 { 100.64.1.2 }\n")
+            await rig.until_applied(3)
+            assert rig.model.text() == good
+            assert rig.metrics.drift._value.get() == 2
+
+    run(body())
+
+
+def test_conntrack_is_cleaned_only_after_a_successful_apply() -> None:
+    async def body() -> None:
+        policy, ifaces = _policy()
+        src = StaticSource(_snap(policy))
+        async with Rig(src, interfaces=FakeInterfaces(ifaces)) as rig:
+            await rig.until_applied(1)
+            assert rig.conntrack.deleted_ips == []
+            rig.nft.fail_next.append(NftError("Error: boom"))
+            src.set(_snap(_without_pod(policy, "web-1"), 2))
+            await rig.until_status(lambda s: s.reason == "NftApplyFailed", "the failure")
+            assert rig.conntrack.deleted_ips == []  # the pod's rules may still be in the kernel
+            await rig.until_status(lambda s: s.applied_generation == 2, "the full resync")
+            assert sorted(rig.conntrack.deleted_ips) == sorted(nc.WEB1)
+
+    run(body())
+
+
+def test_a_failed_conntrack_cleanup_is_retried() -> None:
+    async def body() -> None:
+        policy, ifaces = _policy()
+        src = StaticSource(_snap(policy))
+        async with Rig(src, interfaces=FakeInterfaces(ifaces)) as rig:
+            await rig.until_applied(1)
+            rig.conntrack.fail_next.append(RuntimeError("netlink said no"))
+            src.set(_snap(_without_pod(policy, "web-2"), 2))
+            await rig.until_status(lambda s: s.reason == "ConntrackFailed", "the failure")
+            await rig.until_status(lambda s: s.reason is None, "the retry")
+            assert sorted(rig.conntrack.deleted_ips) == sorted(nc.WEB2)
+            assert len(rig.applied) == 2  # the retry did not touch nft
+
+    run(body())
+
+
+def test_status_reports_what_is_in_the_kernel() -> None:
+    async def body() -> None:
+        policy, ifaces = _policy()
+        src = StaticSource(_snap(policy, 7))
+        async with Rig(src, interfaces=FakeInterfaces(ifaces)) as rig:
+            await rig.until_status(lambda s: s.applied_generation == 7, "generation 7")
+            s = rig.status.last
+            assert s is not None
+            assert s.pods == 3
+            assert s.rules == sum(len(c.rules) for c in rig.model.chains.values())
+            assert s.set_elements == sum(len(x.elements) for x in rig.model.sets.values())
+            assert s.applied_at is not None and s.applied_at.endswith("Z")
+            assert (s.error, s.reason) == (None, None)
+            # A referenced set that does not exist is rendered as absent and reported.
+            missing = CompiledPolicy(
+                groups=policy.groups,
+                sets={k: v for k, v in policy.sets.items() if not k.startswith("ipag.")},
+                nodes=policy.nodes,
+            )
+            src.set(_snap(missing, 8))
+            await rig.until_status(lambda s: s.reason == "MissingReferences", "missing refs")
+            assert rig.status.last is not None and "set/ipag.shop.blocked" in (
+                rig.status.last.error or ""
+            )
+
+    run(body())
+
+
+def test_metrics_after_a_sync() -> None:
+    async def body() -> None:
+        policy, ifaces = _policy()
+        src = StaticSource(_snap(policy))
+        async with Rig(src, interfaces=FakeInterfaces(ifaces)) as rig:
+            await rig.until_applied(1)
+            await wait_until(lambda: rig.health.ready, "ready")
+            text = rig.metrics.render().decode()
+            assert 'secgroups_agent_sync_duration_seconds_count{kind="full"} 1.0' in text
+            assert "secgroups_agent_last_successful_sync_timestamp_seconds" in text
+            assert 'secgroups_agent_set_elements{set="pods4"} 3.0' in text
+            assert "secgroups_agent_ready 1.0" in text
+
+    run(body())
+
+
+def test_a_render_error_is_reported_and_nothing_is_applied() -> None:
+    async def body() -> None:
+        policy, _ = _policy()
+        src = StaticSource(_snap(policy))
+        async with Rig(
+            src, interfaces=FakeInterfaces({"100.64.1.2": "bad name with spaces"})
+        ) as rig:
+            await rig.until_status(lambda s: s.reason == "RenderFailed", "render error")
+            assert rig.applied == []
+
+    run(body())
+
+
+def _unused(x: Awaitable[object]) -> None:  # keep the import of Awaitable meaningful for mypy
+    del x
