@@ -23,7 +23,8 @@ Pure: no I/O; the operator feeds it from its watches and writes what it returns.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+import bisect
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -58,8 +59,8 @@ from secgroups.membership import (
     GroupKey,
     Memberships,
     PodKey,
+    Selection,
     is_managed,
-    selecting_groups,
     sequence_of,
 )
 from secgroups.models import (
@@ -161,7 +162,7 @@ class IncrementalCompiler:
         # --- indexes over the inputs
         self._pods_in_ns: dict[str, set[PodKey]] = defaultdict(set)
         self._groups_in_ns: dict[str, dict[str, SecurityGroup]] = defaultdict(dict)
-        self._selecting: dict[str, list[SecurityGroup]] = {}
+        self._selection: dict[str, Selection] = {}
         self._enforced: set[str] = set()
         self._rules_of: dict[GroupKey, dict[RuleKey, tuple[CompiledRule, SetSource | None]]] = (
             defaultdict(dict)
@@ -179,15 +180,18 @@ class IncrementalCompiler:
         self._out_sets: dict[str, CompiledAddressSetSpec] = {}
         self._pod_place: dict[PodKey, tuple[str, CompiledPod]] = {}  # node, compiled pod
         self._node_pods: dict[str, dict[PodKey, CompiledPod]] = defaultdict(dict)
-        self._node_groups: dict[str, Counter[str]] = defaultdict(Counter)
-        self._node_sets: dict[str, Counter[str]] = defaultdict(Counter)
+        self._node_groups: dict[str, _SortedCounts] = defaultdict(_SortedCounts)
+        self._node_sets: dict[str, _SortedCounts] = defaultdict(_SortedCounts)
         self._group_nodes: dict[str, set[str]] = defaultdict(set)
         self._out_nodes: dict[str, CompiledNodeSpec] = {}
         # --- dirty marks, cleared by _flush
         self._dirty_pods: set[PodKey] = set()
         self._dirty_groups: set[GroupKey] = set()
         self._dirty_sets: set[str] = set()
-        self._dirty_nodes: set[str] = set()
+        self._dirty_nodes: set[str] = set()  # its object may change; and in particular:
+        self._dirty_node_pods: set[str] = set()  # its pod list changed
+        self._dirty_node_groups: set[str] = set()  # the groups its pods use changed
+        self._dirty_node_sets: set[str] = set()  # the sets those groups use changed
         if facts is not None:
             self._load(facts)
 
@@ -363,14 +367,14 @@ class IncrementalCompiler:
             group.spec.pod_selector,
             group.spec.sequence,
         ):
-            self._selecting[key[0]] = selecting_groups(self._groups_in_ns[key[0]].values())
+            self._selection[key[0]] = Selection(key[0], self._groups_in_ns[key[0]].values())
             self._dirty_pods.update(self._pods_in_ns.get(key[0], ()))
 
     def _drop_group(self, key: GroupKey) -> None:
         if self._groups.pop(key, None) is None:
             return
         del self._groups_in_ns[key[0]][key[1]]
-        self._selecting[key[0]] = selecting_groups(self._groups_in_ns[key[0]].values())
+        self._selection[key[0]] = Selection(key[0], self._groups_in_ns[key[0]].values())
         self._dirty_groups.add(key)
         self._dirty_pods.update(self._pods_in_ns.get(key[0], ()))
 
@@ -419,6 +423,9 @@ class IncrementalCompiler:
         for node in sorted(self._dirty_nodes):
             self._refresh_node(node, changes)
         self._dirty_nodes.clear()
+        self._dirty_node_pods.clear()
+        self._dirty_node_groups.clear()
+        self._dirty_node_sets.clear()
         return changes
 
     def _refresh_pod(self, key: PodKey) -> None:
@@ -431,9 +438,9 @@ class IncrementalCompiler:
         cpod: CompiledPod | None = None
         self._unknown.pop(key, None)
         if pod is not None and is_managed(pod, self._enforced):
-            new_groups, missing = sequence_of(
-                pod, self._groups, self._selecting.get(pod.namespace, ())
-            )
+            where = self._selection.get(pod.namespace)
+            selected = where.selected(pod.labels) if where is not None else ()
+            new_groups, missing = sequence_of(pod, self._groups, selected)
             new_ips = pod.ips
             if missing:
                 self._unknown[key] = missing
@@ -470,31 +477,28 @@ class IncrementalCompiler:
             del self._node_pods[old_node][key]
             self._count_groups(old_node, old_cpod.groups, -1)
             self._dirty_nodes.add(old_node)
+            self._dirty_node_pods.add(old_node)
             del self._pod_place[key]
         if cpod is not None and node is not None:
             self._node_pods[node][key] = cpod
             self._count_groups(node, cpod.groups, +1)
             self._dirty_nodes.add(node)
+            self._dirty_node_pods.add(node)
             self._pod_place[key] = (node, cpod)
 
     def _count_groups(self, node: str, groups: Iterable[str], delta: int) -> None:
-        counts = self._node_groups[node]
+        node_groups, node_sets = self._node_groups[node], self._node_sets[node]
         for g in groups:
-            counts[g] += delta
-            if delta > 0 and counts[g] == 1:  # the group appears on the node
+            if delta > 0 and node_groups.add((g,)):  # the group appears on the node
                 self._group_nodes[g].add(node)
-                self._node_sets[node].update(self._group_sets.get(g, ()))
-            elif counts[g] == 0:  # the group leaves the node
-                del counts[g]
+                self._dirty_node_groups.add(node)
+                if node_sets.add(self._group_sets.get(g, ())):
+                    self._dirty_node_sets.add(node)
+            elif delta < 0 and node_groups.remove((g,)):  # the group leaves the node
                 self._group_nodes[g].discard(node)
-                self._node_sets[node].subtract(self._group_sets.get(g, ()))
-                self._drop_zeros(self._node_sets[node], self._group_sets.get(g, ()))
-
-    @staticmethod
-    def _drop_zeros(counter: Counter[str], keys: Iterable[str]) -> None:
-        for k in keys:
-            if counter.get(k, 0) <= 0:
-                counter.pop(k, None)
+                self._dirty_node_groups.add(node)
+                if node_sets.remove(self._group_sets.get(g, ())):
+                    self._dirty_node_sets.add(node)
 
     def _refresh_group(self, key: GroupKey, changes: Changes) -> None:
         """Recompile one group if it is in use (has members); delete it if not."""
@@ -529,11 +533,10 @@ class IncrementalCompiler:
             self._set_users[s].add(gname)
             self._dirty_sets.add(s)
         for node in self._group_nodes.get(gname, ()):
-            counts = self._node_sets[node]
-            counts.subtract(old_sets - new_sets)
-            counts.update(new_sets - old_sets)
-            self._drop_zeros(counts, old_sets - new_sets)
-            self._dirty_nodes.add(node)
+            node_sets = self._node_sets[node]
+            if node_sets.remove(old_sets - new_sets) | node_sets.add(new_sets - old_sets):
+                self._dirty_nodes.add(node)
+                self._dirty_node_sets.add(node)
 
     def _refresh_set(self, name: str, changes: Changes) -> None:
         old = self._out_sets.get(name)
@@ -565,22 +568,58 @@ class IncrementalCompiler:
                 del self._out_nodes[node]
                 changes.nodes[node] = None
             return
-        ordered = (
-            old.pods
-            if old is not None and pods is not None and _same_pods(old.pods, pods)
-            else tuple(v for _, v in sorted((pods or {}).items()))
-        )
-        spec = CompiledNodeSpec(
-            node=node,
-            pods=ordered,
-            groups=tuple(sorted(self._node_groups.get(node, ()))),
-            sets=tuple(sorted(self._node_sets.get(node, ()))),
-        )
+        # Re-sort only what moved: a rule change that adds a remote touches every node
+        # of the group, but only their set lists (hundreds of names, a hundred pods).
+        if old is None or node in self._dirty_node_pods:
+            ordered = tuple(v for _, v in sorted((pods or {}).items()))
+        else:
+            ordered = old.pods
+        if old is None or node in self._dirty_node_groups:
+            group_names = tuple(self._node_groups[node].names)
+        else:
+            group_names = old.groups
+        if old is None or node in self._dirty_node_sets:
+            set_names = tuple(self._node_sets[node].names)
+        else:
+            set_names = old.sets
+        spec = CompiledNodeSpec(node=node, pods=ordered, groups=group_names, sets=set_names)
         if spec != old:
             self._out_nodes[node] = spec
             changes.nodes[node] = spec
 
 
-def _same_pods(current: tuple[CompiledPod, ...], pods: Mapping[PodKey, CompiledPod]) -> bool:
-    """True when the node's pod list is unchanged (skips re-sorting when only sets moved)."""
-    return len(current) == len(pods) and all(pods.get((p.namespace, p.name)) is p for p in current)
+class _SortedCounts:
+    """A multiset of names that keeps its distinct names sorted: a node's groups or sets.
+
+    ``add`` and ``remove`` say whether the distinct names changed; ``names`` is always
+    sorted (bisect on insert and delete), so a node object never re-sorts hundreds of
+    set names when one rule adds a remote.
+    """
+
+    __slots__ = ("counts", "names")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def add(self, items: Iterable[str]) -> bool:
+        changed = False
+        for item in items:
+            n = self.counts.get(item, 0)
+            self.counts[item] = n + 1
+            if n == 0:
+                bisect.insort(self.names, item)
+                changed = True
+        return changed
+
+    def remove(self, items: Iterable[str]) -> bool:
+        changed = False
+        for item in items:
+            n = self.counts[item] - 1
+            if n:
+                self.counts[item] = n
+            else:
+                del self.counts[item]
+                del self.names[bisect.bisect_left(self.names, item)]
+                changed = True
+        return changed

@@ -74,15 +74,41 @@ def selecting_groups(groups: Iterable[SecurityGroup]) -> list[SecurityGroup]:
     )
 
 
+class Selection:
+    """The groups of one namespace that have a podSelector, and whom they select.
+
+    Pods of a namespace carry few distinct label sets (those of their Deployments),
+    so the selected groups are memoised per label set: 10,000 pods in 50 namespaces
+    of 10 selecting groups each need ~1,000 selector matches instead of 100,000.
+    """
+
+    def __init__(self, namespace: str, groups: Iterable[SecurityGroup]) -> None:
+        self.namespace = namespace
+        self.groups = selecting_groups(groups)
+        self._memo: dict[frozenset[tuple[str, str]], tuple[GroupKey, ...]] = {}
+
+    def selected(self, labels: Mapping[str, str]) -> tuple[GroupKey, ...]:
+        """Keys of the groups whose podSelector selects ``labels``, in sequence order."""
+        key = frozenset(labels.items())
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = tuple(
+                (self.namespace, g.metadata.name)
+                for g in self.groups
+                if g.spec.pod_selector is not None
+                and selectors.matches(g.spec.pod_selector, labels)
+            )
+            self._memo[key] = hit
+        return hit
+
+
 def sequence_of(
-    pod: PodFacts,
-    groups: Container[GroupKey],
-    selecting: Iterable[SecurityGroup],
+    pod: PodFacts, groups: Container[GroupKey], selected: Iterable[GroupKey]
 ) -> tuple[tuple[GroupKey, ...], tuple[str, ...]]:
     """A managed pod's groups in sequence order, and the annotated names that do not exist.
 
-    ``groups`` holds the keys of every existing group; ``selecting`` is
-    :func:`selecting_groups` of the pod's namespace.
+    ``groups`` holds the keys of every existing group; ``selected`` the groups of the
+    pod's namespace that select it, in sequence order (:meth:`Selection.selected`).
     """
     order: list[GroupKey] = []
     missing: list[str] = []
@@ -92,11 +118,7 @@ def sequence_of(
             order.append(key)
         else:
             missing.append(name)
-    for g in selecting:
-        key = (pod.namespace, g.metadata.name)
-        selector = g.spec.pod_selector
-        if key not in order and selector is not None and selectors.matches(selector, pod.labels):
-            order.append(key)
+    order.extend(key for key in selected if key not in order)
     if not order:
         order.append((pod.namespace, DEFAULT_GROUP_NAME))
     return tuple(order), tuple(missing)
@@ -109,7 +131,7 @@ def resolve(facts: ClusterFacts, scope: Scope | None = None) -> Memberships:
     by_namespace: dict[str, list[SecurityGroup]] = {}
     for (ns, _), g in groups.items():
         by_namespace.setdefault(ns, []).append(g)
-    selecting = {ns: selecting_groups(gs) for ns, gs in by_namespace.items()}
+    selection = {ns: Selection(ns, gs) for ns, gs in by_namespace.items()}
 
     pods: dict[PodKey, PodFacts] = {}
     groups_of: dict[PodKey, tuple[GroupKey, ...]] = {}
@@ -117,7 +139,9 @@ def resolve(facts: ClusterFacts, scope: Scope | None = None) -> Memberships:
     for pod in sorted(facts.pods, key=lambda p: p.key):
         if not is_managed(pod, enforced):
             continue
-        order, missing = sequence_of(pod, groups, selecting.get(pod.namespace, ()))
+        where = selection.get(pod.namespace)
+        selected = where.selected(pod.labels) if where is not None else ()
+        order, missing = sequence_of(pod, groups, selected)
         pods[pod.key] = pod
         groups_of[pod.key] = order
         if missing:
