@@ -26,12 +26,14 @@ Neighbours: ``names`` (object names), ``epochs`` (mark values), ``statements`` a
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from secgroups.compiled import (
-    CompiledAddressSetSpec,
     CompiledGroupSpec,
     CompiledNodeSpec,
     CompiledPod,
@@ -40,7 +42,7 @@ from secgroups.compiled import (
     RemoteKind,
     SourceKind,
 )
-from secgroups.models import Action, Direction, IPFamily, Protocol
+from secgroups.models import Action, Direction, Protocol
 from secgroups.naming import bounded
 from secgroups.nft import names
 from secgroups.nft.epochs import epoch_mark
@@ -182,7 +184,28 @@ def render(
     order owns it, as in the evaluator. Raises :class:`RenderError` only for input
     nft cannot hold (a malformed IP or interface name, an oversized member set).
     """
-    opts = options or RenderOptions()
+    with _gc_paused():
+        return _render(policy, node, pod_interfaces, options or RenderOptions())
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC: a cold render allocates ~10 objects per set member and no
+    cycles, and the collections it triggers walked the heap for ~1/3 of the time
+    (bench/nft_render.py). Reference counting frees everything as usual. Same idea
+    as ``compiling.gc_paused``."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _render(
+    policy: CompiledPolicy, node: str, pod_interfaces: Mapping[str, str], opts: RenderOptions
+) -> Ruleset:
     spec = policy.nodes.get(node) or CompiledNodeSpec(node=node)
     ctx = _Context(policy=policy, counters=opts.counters)
     objects: list[TableObject] = []
@@ -283,35 +306,59 @@ def _protocol_parts(rule: CompiledRule, family: Family, ctx: _Context) -> list[P
 def _address_sets(ctx: _Context) -> Iterable[Set]:
     for (key, family), name in sorted(ctx.address_sets.items()):
         spec = ctx.policy.sets[key]
-        dtype = DataType.IPV4_ADDR if family == 4 else DataType.IPV6_ADDR
-        nets = spec.networks(spec_family(family))
-        if spec.source_kind is SourceKind.SECURITY_GROUP:
-            yield Set(name, (dtype,), elements=tuple(_hosts(key, spec, nets)))
-        else:
-            yield Set(name, (dtype,), interval=True, elements=tuple(element(n) for n in nets))
+        cidrs = spec.ipv4 if family == 4 else spec.ipv6
+        try:
+            yield _address_set(name, family, spec.source_kind is SourceKind.SECURITY_GROUP, cidrs)
+        except ValueError as exc:
+            raise RenderError(f"address set {key} ({spec.source}): {exc}") from None
 
 
-def spec_family(family: Family) -> IPFamily:
-    """The compiled models' family enum for an nft family number."""
-    return IPFamily.IPV4 if family == 4 else IPFamily.IPV6
+@functools.lru_cache(maxsize=256)
+def _address_set(name: str, family: Family, is_group: bool, cidrs: tuple[str, ...]) -> Set:
+    """One nft address set. Memoised: the sets are the bulk of a node's ruleset (120k of
+    its 121k elements in notes/dataplane.md's realistic node) and rarely change between
+    two renders, so an agent's re-render costs a hash of each member list, not a rebuild."""
+    dtype = DataType.IPV4_ADDR if family == 4 else DataType.IPV6_ADDR
+    if is_group:
+        return Set(name, (dtype,), elements=tuple(element(ip) for ip in _hosts(cidrs, family)))
+    nets = [ipaddress.ip_network(c) for c in cidrs]
+    return Set(name, (dtype,), interval=True, elements=tuple(element(n) for n in nets))
 
 
 def _hosts(
-    key: str,
-    spec: CompiledAddressSetSpec,
-    nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
-) -> Iterable[Element]:
-    total = 0
-    for net in nets:
-        total += net.num_addresses
-        if total > MAX_HASH_SET_ADDRESSES:
-            raise RenderError(
-                f"address set {key} ({spec.source}) expands beyond {MAX_HASH_SET_ADDRESSES} IPs"
-            )
-        if net.prefixlen == net.max_prefixlen:
-            yield element(net.network_address)
+    cidrs: Iterable[str], family: Family
+) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Every address of ``cidrs`` (member IPs, collapsed by the compiler), in order.
+
+    IPv4 is parsed by hand: ``ipaddress.ip_network`` costs tens of µs per call, and a
+    node may hold 20 sets of 6,000 members (notes/dataplane.md §6 M3).
+    """
+    out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    bits = 32 if family == 4 else 128
+    make = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+    for cidr in cidrs:
+        addr, _, plen = cidr.partition("/")
+        length = int(plen) if plen else bits
+        if family == 4:
+            a, b, c, d = map(int, addr.split("."))
+            if not (0 <= a <= 255 and 0 <= b <= 255 and 0 <= c <= 255 and 0 <= d <= 255):
+                raise ValueError(f"bad IPv4 address in {cidr!r}")
+            base = a << 24 | b << 16 | c << 8 | d
         else:
-            yield from (element(ip) for ip in net)
+            base = int(ipaddress.IPv6Address(addr))
+        if not 0 <= length <= bits:
+            raise ValueError(f"bad prefix length in {cidr!r}")
+        if length == bits:
+            out.append(make(base))
+            continue
+        size = 1 << (bits - length)
+        if len(out) + size > MAX_HASH_SET_ADDRESSES:
+            raise ValueError(f"expands beyond {MAX_HASH_SET_ADDRESSES} IPs")
+        base &= ~(size - 1)
+        out.extend([make(base + i) for i in range(size)])
+    if len(out) > MAX_HASH_SET_ADDRESSES:
+        raise ValueError(f"expands beyond {MAX_HASH_SET_ADDRESSES} IPs")
+    return out
 
 
 # ----------------------------------------------------------------------------- pods

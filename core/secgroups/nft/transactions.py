@@ -134,8 +134,8 @@ def _index(ruleset: Ruleset) -> dict[Key, TableObject]:
 
 def _element_delta(old: Set | Map, new: Set | Map) -> tuple[list[Element], list[Element]]:
     """(to delete, to add). A map element whose value changed is deleted and re-added."""
-    before = {el.key: el for el in old.elements}
-    after = {el.key: el for el in new.elements}
+    before = {el.key_text(): el for el in old.elements}
+    after = {el.key_text(): el for el in new.elements}
     gone = [el for k, el in before.items() if after.get(k) != el]
     came = [el for k, el in after.items() if before.get(k) != el]
     return gone, came
@@ -153,8 +153,6 @@ def diff_transaction(old: Ruleset, new: Ruleset) -> str:
     """
     if old.table != new.table:
         raise ValueError(f"cannot diff table {old.table} into {new.table}")
-    if old == new:
-        return ""
     t = new.table
     before, after = _index(old), _index(new)
     redeclared = {k for k in before.keys() & after.keys() if before[k].decl() != after[k].decl()}
