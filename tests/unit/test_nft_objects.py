@@ -8,21 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from secgroups.nft.elements import DataType, Ifname, Mark, element
 from secgroups.nft.epochs import MARK_TOMBSTONE, MARK_UNSTAMPED, epoch_mark
 from secgroups.nft.objects import (
     BaseSpec,
     Chain,
     CtTimeout,
-    DataType,
     Hook,
-    Ifname,
     Map,
-    Mark,
     Priority,
     Ruleset,
     Set,
     Table,
-    element,
 )
 from secgroups.nft.statements import (
     ACCEPT,

@@ -3,9 +3,11 @@
 Pure like the rest of the core (no subprocess, no netlink): the node agent runs
 the text these modules produce. Modules:
 
-* ``statements`` / ``objects`` — typed rule parts and table objects, one serialiser each;
+* ``statements`` / ``elements`` / ``objects`` — typed rule parts, set elements and
+  table objects (``Ruleset``), one serialiser each;
 * ``names`` / ``epochs`` — object names and ``ct mark`` epoch stamps;
-* ``rendering`` — ``render(policy, node, pod_interfaces, options) -> Ruleset``;
+* ``rendering`` (+ ``basechains``, the static part) —
+  ``render(policy, node, pod_interfaces, options) -> Ruleset``;
 * ``transactions`` — ``full_transaction`` / ``diff_transaction`` (nft -f text);
 * ``reading`` / ``tracing`` — parse our text back; run packets through it.
 

@@ -20,8 +20,9 @@ the node agent, which turns the result into an nft transaction
 * stateful (S-X-3) with the epoch stamp of DESIGN.md §4 for S-CT-2 and the TCP
   non-SYN guard; ``ct timeout`` objects for S-CT-3 on new pod flows.
 
-Neighbours: ``names`` (object names), ``epochs`` (mark values), ``statements`` and
-``objects`` (what is built), ``tracing`` (runs packets through the result).
+Neighbours: ``basechains`` (the static part), ``names`` (object names), ``epochs``
+(mark values), ``statements``, ``elements`` and ``objects`` (what is built),
+``transactions`` (what the agent applies), ``tracing`` (runs packets through it).
 """
 
 from __future__ import annotations
@@ -45,46 +46,27 @@ from secgroups.compiled import (
 from secgroups.models import Action, Direction, Protocol
 from secgroups.naming import bounded
 from secgroups.nft import names
+from secgroups.nft.basechains import FAMILIES, static_objects
+from secgroups.nft.elements import DataType, Element, Ifname, Mark, element
 from secgroups.nft.epochs import epoch_mark
 from secgroups.nft.names import fam
 from secgroups.nft.objects import (
-    BaseSpec,
     Chain,
-    CtTimeout,
-    DataType,
-    Element,
-    Hook,
-    Ifname,
     Map,
-    Mark,
-    Priority,
     Ruleset,
     Set,
     Table,
     TableObject,
-    element,
 )
 from secgroups.nft.statements import (
     ACCEPT,
     DROP,
-    RETURN,
     AddrField,
     AddrMatch,
     Counter,
-    CtDir,
-    CtDirectionMatch,
     CtMarkSetFromMap,
-    CtState,
-    CtStateMatch,
-    CtTimeoutSet,
-    DaddrMarkInSet,
     Family,
-    HopLimit,
     IcmpMatch,
-    Icmpv6TypeIn,
-    Iface,
-    IfaceInSet,
-    IfaceSaddrInSet,
     L4Proto,
     MetaL4proto,
     MetaNfproto,
@@ -92,14 +74,10 @@ from secgroups.nft.statements import (
     PortMatch,
     Rule,
     SetRef,
-    TcpNotSyn,
-    VmapLookup,
     goto,
     jump,
 )
 from secgroups.ports import PortRange, merge_ranges
-
-FAMILIES: tuple[Family, Family] = (4, 6)
 
 # S-CT-3. "FIN-WAIT 30 s" is read as the whole closing phase (dataplane.md §3.1).
 TCP_TIMEOUTS: tuple[tuple[str, int], ...] = (
@@ -115,16 +93,6 @@ UDP_TIMEOUTS: tuple[tuple[str, int], ...] = (("unreplied", 30), ("replied", 180)
 # compiled set holds them collapsed into CIDRs, which we expand back. Pod IPs are
 # at most 6,000 per group (S-L-2); this bound only guards against a wrong input.
 MAX_HASH_SET_ADDRESSES = 1 << 16
-
-ND_FROM_POD_LINK = ("nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit")
-MLD_FROM_POD = ("mld-listener-report", "mld-listener-done", "mld2-listener-report")
-ND_FROM_NODE = (
-    "mld-listener-query",
-    "nd-router-advert",
-    "nd-neighbor-solicit",
-    "nd-neighbor-advert",
-    "nd-redirect",
-)
 
 
 class RenderError(ValueError):
@@ -188,6 +156,11 @@ def render(
         return _render(policy, node, pod_interfaces, options or RenderOptions())
 
 
+def clear_cache() -> None:
+    """Forget the memoised address sets (benchmarks of a cold render; tests)."""
+    _address_set.cache_clear()
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic GC: a cold render allocates ~10 objects per set member and no
@@ -231,7 +204,7 @@ def _render(
         for ranges, name in ctx.port_sets.items()
     )
     objects.extend(_pod_objects(policy, pods, pod_interfaces, group_chain))
-    objects.extend(_static_objects(opts))
+    objects.extend(static_objects(opts.allow_node_to_pod, opts.tcp_timeouts, opts.udp_timeouts))
     return Ruleset.of(opts.table, objects)
 
 
@@ -433,120 +406,3 @@ def _pod_objects(
             (addr, DataType.MARK),
             elements=tuple(el.get(fam("in_valid", f), ())),
         )
-
-
-# ----------------------------------------------------------------------------- static part
-
-
-def _rule(*parts: Part, comment: str | None = None) -> Rule:
-    return Rule(parts, comment)
-
-
-def _state(*states: CtState, negate: bool = False) -> CtStateMatch:
-    return CtStateMatch(frozenset(states), negate)
-
-
-def _base(name: str, hook: Hook, priority: Priority, rules: Iterable[Rule]) -> Chain:
-    return Chain(name, tuple(rules), BaseSpec(hook, priority))
-
-
-def _static_objects(opts: RenderOptions) -> Iterable[TableObject]:
-    """Base chains, the shared per-path chains and the ct timeout objects (dataplane.md §2.5)."""
-    timeouts = {
-        (proto, f): CtTimeout(names.ct_timeout(proto, f, policy), proto, f, policy)
-        for proto, policy in ((L4Proto.TCP, opts.tcp_timeouts), (L4Proto.UDP, opts.udp_timeouts))
-        for f in FAMILIES
-    }
-    yield from timeouts.values()
-    pods = {f: SetRef(fam("pods", f)) for f in FAMILIES}
-    ip4, ip6 = AddrField.SADDR, AddrField.DADDR
-    new_non_syn = _rule(
-        _state(CtState.NEW), TcpNotSyn(), DROP, comment="no TCP mid-stream pickup (S-CT-2)"
-    )
-
-    yield Chain(
-        names.CT_TIMEOUTS,
-        tuple(
-            _rule(MetaNfproto(f), MetaL4proto(proto), CtTimeoutSet(obj.name))
-            for (proto, f), obj in timeouts.items()
-        ),
-    )
-    yield _base(
-        names.PRE_ANTISPOOF,
-        Hook.PREROUTING,
-        Priority("raw"),  # before conntrack (-200): spoofed packets never create entries
-        [
-            _rule(IfaceInSet(Iface.IIF, SetRef(names.POD_IFACES), negate=True), RETURN),
-            *(_rule(IfaceSaddrInSet(f, SetRef(fam("pod_src", f))), RETURN) for f in FAMILIES),
-            _rule(AddrMatch(6, ip4, ipaddress.ip_network("::/128")), jump(names.ND_FROM_POD)),
-            _rule(AddrMatch(6, ip4, ipaddress.ip_network("fe80::/10")), jump(names.ND_FROM_POD)),
-            _rule(Counter(), DROP, comment="spoofed source address"),
-        ],
-    )
-    yield Chain(
-        names.ND_FROM_POD,  # link-local / unspecified sources: ND and MLD only, never RA/redirect
-        (
-            _rule(Icmpv6TypeIn(ND_FROM_POD_LINK), HopLimit(255), ACCEPT),
-            _rule(Icmpv6TypeIn(MLD_FROM_POD), ACCEPT),
-            _rule(DROP),
-        ),
-    )
-    gate_eg = [_rule(AddrMatch(f, ip4, pods[f]), goto(names.POD_EGRESS)) for f in FAMILIES]
-    gate_in = [_rule(AddrMatch(f, ip6, pods[f]), goto(names.POD_INGRESS)) for f in FAMILIES]
-    yield _base(names.EGRESS_FWD, Hook.FORWARD, Priority("filter", 10), gate_eg)
-    yield _base(
-        names.EGRESS_INPUT,
-        Hook.INPUT,
-        Priority("filter", 10),
-        [
-            # ND/MLD to the node are untracked (dataplane.md §2.6) and must pass first.
-            _rule(
-                AddrMatch(6, ip4, pods[6]), Icmpv6TypeIn(ND_FROM_POD_LINK + MLD_FROM_POD), ACCEPT
-            ),
-            *gate_eg,
-        ],
-    )
-    yield Chain(
-        names.POD_EGRESS,
-        (
-            _rule(_state(CtState.ESTABLISHED, CtState.RELATED), ACCEPT),  # S-CT-1, S-X-3
-            _rule(_state(CtState.INVALID), DROP),
-            new_non_syn,
-            _rule(_state(CtState.NEW), jump(names.CT_TIMEOUTS)),
-            *(_rule(VmapLookup(f, ip4, SetRef(fam("eg_disp", f)))) for f in FAMILIES),
-            _rule(DROP),
-        ),
-    )
-    yield _base(names.INGRESS_FWD, Hook.FORWARD, Priority("filter", 20), gate_in)
-    if opts.allow_node_to_pod:
-        node_to_pod = [
-            _rule(AddrMatch(f, ip6, pods[f]), ACCEPT, comment="node to local pod allowed")
-            for f in FAMILIES
-        ]
-    else:
-        node_to_pod = [
-            _rule(AddrMatch(6, ip6, pods[6]), Icmpv6TypeIn(ND_FROM_NODE), ACCEPT),
-            *gate_in,
-        ]
-    yield _base(names.INGRESS_OUTPUT, Hook.OUTPUT, Priority("filter", 20), node_to_pod)
-    yield Chain(
-        names.POD_INGRESS,
-        (
-            _rule(_state(CtState.RELATED), ACCEPT),  # ICMP errors of known flows (S-X-3)
-            _rule(_state(CtState.ESTABLISHED), CtDirectionMatch(CtDir.REPLY), ACCEPT),
-            *(
-                _rule(
-                    _state(CtState.ESTABLISHED),
-                    DaddrMarkInSet(f, SetRef(fam("in_valid", f))),
-                    ACCEPT,
-                )
-                for f in FAMILIES
-            ),
-            _rule(_state(CtState.INVALID), DROP),
-            new_non_syn,
-            _rule(_state(CtState.NEW), jump(names.CT_TIMEOUTS)),
-            # NEW, or established with a stale epoch: (re-)check against the pod's rules.
-            *(_rule(VmapLookup(f, ip6, SetRef(fam("in_disp", f)))) for f in FAMILIES),
-            _rule(DROP),
-        ),
-    )

@@ -30,10 +30,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from secgroups.nft.elements import Element
 from secgroups.nft.objects import (
     Chain,
     CtTimeout,
-    Element,
     Map,
     Ruleset,
     Set,

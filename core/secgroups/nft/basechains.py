@@ -1,0 +1,183 @@
+"""The static part of the ruleset: base chains, shared per-path chains, ct timeout objects.
+
+Role: everything in ``table inet secgroups`` that does not depend on the policy
+(dataplane.md §2.2, §2.5; ``docs/nftables.md``): the anti-spoofing chain in
+``prerouting`` at ``raw``; the policy gates on ``forward``/``input``/``output`` that
+send local pod traffic (matched by pod IP) to ``pod_egress``/``pod_ingress``; those
+two shared chains (conntrack states, the epoch fast path, the TCP non-SYN guard, the
+``ct timeout`` stamp, the dispatch verdict maps); the ND/MLD allowances; and the
+``ct timeout`` objects of S-CT-3. The per-policy part (group and group-list chains,
+sets and map elements) is ``rendering``'s.
+
+Neighbours: ``rendering`` (the only caller), ``names`` (static names), ``statements``
+and ``objects`` (what is built).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from secgroups.nft import names
+from secgroups.nft.names import fam
+from secgroups.nft.objects import BaseSpec, Chain, CtTimeout, Hook, Priority, TableObject
+from secgroups.nft.statements import (
+    ACCEPT,
+    DROP,
+    RETURN,
+    AddrField,
+    AddrMatch,
+    Counter,
+    CtDir,
+    CtDirectionMatch,
+    CtState,
+    CtStateMatch,
+    CtTimeoutSet,
+    DaddrMarkInSet,
+    Family,
+    HopLimit,
+    Icmpv6TypeIn,
+    Iface,
+    IfaceInSet,
+    IfaceSaddrInSet,
+    L4Proto,
+    MetaL4proto,
+    MetaNfproto,
+    Part,
+    Rule,
+    SetRef,
+    TcpNotSyn,
+    VmapLookup,
+    goto,
+    jump,
+)
+
+FAMILIES: tuple[Family, Family] = (4, 6)
+
+ND_FROM_POD_LINK = ("nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit")
+MLD_FROM_POD = ("mld-listener-report", "mld-listener-done", "mld2-listener-report")
+ND_FROM_NODE = (
+    "mld-listener-query",
+    "nd-router-advert",
+    "nd-neighbor-solicit",
+    "nd-neighbor-advert",
+    "nd-redirect",
+)
+
+
+def _rule(*parts: Part, comment: str | None = None) -> Rule:
+    return Rule(parts, comment)
+
+
+def _state(*states: CtState, negate: bool = False) -> CtStateMatch:
+    return CtStateMatch(frozenset(states), negate)
+
+
+def _base(name: str, hook: Hook, priority: Priority, rules: Iterable[Rule]) -> Chain:
+    return Chain(name, tuple(rules), BaseSpec(hook, priority))
+
+
+def static_objects(
+    allow_node_to_pod: bool,
+    tcp_timeouts: tuple[tuple[str, int], ...],
+    udp_timeouts: tuple[tuple[str, int], ...],
+) -> Iterable[TableObject]:
+    """Base chains, the shared per-path chains and the ct timeout objects (dataplane.md §2.5)."""
+    timeouts = {
+        (proto, f): CtTimeout(names.ct_timeout(proto, f, policy), proto, f, policy)
+        for proto, policy in ((L4Proto.TCP, tcp_timeouts), (L4Proto.UDP, udp_timeouts))
+        for f in FAMILIES
+    }
+    yield from timeouts.values()
+    pods = {f: SetRef(fam("pods", f)) for f in FAMILIES}
+    ip4, ip6 = AddrField.SADDR, AddrField.DADDR
+    new_non_syn = _rule(
+        _state(CtState.NEW), TcpNotSyn(), DROP, comment="no TCP mid-stream pickup (S-CT-2)"
+    )
+
+    yield Chain(
+        names.CT_TIMEOUTS,
+        tuple(
+            _rule(MetaNfproto(f), MetaL4proto(proto), CtTimeoutSet(obj.name))
+            for (proto, f), obj in timeouts.items()
+        ),
+    )
+    yield _base(
+        names.PRE_ANTISPOOF,
+        Hook.PREROUTING,
+        Priority("raw"),  # before conntrack (-200): spoofed packets never create entries
+        [
+            _rule(IfaceInSet(Iface.IIF, SetRef(names.POD_IFACES), negate=True), RETURN),
+            *(_rule(IfaceSaddrInSet(f, SetRef(fam("pod_src", f))), RETURN) for f in FAMILIES),
+            _rule(AddrMatch(6, ip4, ipaddress.ip_network("::/128")), jump(names.ND_FROM_POD)),
+            _rule(AddrMatch(6, ip4, ipaddress.ip_network("fe80::/10")), jump(names.ND_FROM_POD)),
+            _rule(Counter(), DROP, comment="spoofed source address"),
+        ],
+    )
+    yield Chain(
+        names.ND_FROM_POD,  # link-local / unspecified sources: ND and MLD only, never RA/redirect
+        (
+            _rule(Icmpv6TypeIn(ND_FROM_POD_LINK), HopLimit(255), ACCEPT),
+            _rule(Icmpv6TypeIn(MLD_FROM_POD), ACCEPT),
+            _rule(DROP),
+        ),
+    )
+    gate_eg = [_rule(AddrMatch(f, ip4, pods[f]), goto(names.POD_EGRESS)) for f in FAMILIES]
+    gate_in = [_rule(AddrMatch(f, ip6, pods[f]), goto(names.POD_INGRESS)) for f in FAMILIES]
+    yield _base(names.EGRESS_FWD, Hook.FORWARD, Priority("filter", 10), gate_eg)
+    yield _base(
+        names.EGRESS_INPUT,
+        Hook.INPUT,
+        Priority("filter", 10),
+        [
+            # ND/MLD to the node are untracked (dataplane.md §2.6) and must pass first.
+            _rule(
+                AddrMatch(6, ip4, pods[6]), Icmpv6TypeIn(ND_FROM_POD_LINK + MLD_FROM_POD), ACCEPT
+            ),
+            *gate_eg,
+        ],
+    )
+    yield Chain(
+        names.POD_EGRESS,
+        (
+            _rule(_state(CtState.ESTABLISHED, CtState.RELATED), ACCEPT),  # S-CT-1, S-X-3
+            _rule(_state(CtState.INVALID), DROP),
+            new_non_syn,
+            _rule(_state(CtState.NEW), jump(names.CT_TIMEOUTS)),
+            *(_rule(VmapLookup(f, ip4, SetRef(fam("eg_disp", f)))) for f in FAMILIES),
+            _rule(DROP),
+        ),
+    )
+    yield _base(names.INGRESS_FWD, Hook.FORWARD, Priority("filter", 20), gate_in)
+    if allow_node_to_pod:
+        node_to_pod = [
+            _rule(AddrMatch(f, ip6, pods[f]), ACCEPT, comment="node to local pod allowed")
+            for f in FAMILIES
+        ]
+    else:
+        node_to_pod = [
+            _rule(AddrMatch(6, ip6, pods[6]), Icmpv6TypeIn(ND_FROM_NODE), ACCEPT),
+            *gate_in,
+        ]
+    yield _base(names.INGRESS_OUTPUT, Hook.OUTPUT, Priority("filter", 20), node_to_pod)
+    yield Chain(
+        names.POD_INGRESS,
+        (
+            _rule(_state(CtState.RELATED), ACCEPT),  # ICMP errors of known flows (S-X-3)
+            _rule(_state(CtState.ESTABLISHED), CtDirectionMatch(CtDir.REPLY), ACCEPT),
+            *(
+                _rule(
+                    _state(CtState.ESTABLISHED),
+                    DaddrMarkInSet(f, SetRef(fam("in_valid", f))),
+                    ACCEPT,
+                )
+                for f in FAMILIES
+            ),
+            _rule(_state(CtState.INVALID), DROP),
+            new_non_syn,
+            _rule(_state(CtState.NEW), jump(names.CT_TIMEOUTS)),
+            # NEW, or established with a stale epoch: (re-)check against the pod's rules.
+            *(_rule(VmapLookup(f, ip6, SetRef(fam("in_disp", f)))) for f in FAMILIES),
+            _rule(DROP),
+        ),
+    )
