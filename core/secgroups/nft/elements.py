@@ -168,6 +168,13 @@ def canonical_elements(
     """Sort elements, check their types, reject duplicate keys and overlapping intervals."""
     out = sorted(elements, key=Element.sort_key)
     allowed = [_allowed(t, interval) for t in key]
+    if len(key) == 1 and not interval and key[0] is not DataType.INET_SERVICE:
+        # Fast path for the big hash sets (member IPs): same checks, no per-element branching.
+        ok = allowed[0]
+        if all(len(el.key) == 1 and type(el.key[0]) in ok for el in out):
+            texts = [el._key_text for el in out]
+            if len(set(texts)) == len(texts):
+                return tuple(out)
     prev_end = -1
     prev_key = None
     for el in out:
