@@ -23,7 +23,15 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Literal
 
-from secgroups.nft.elements import DataType, Element, Mark, canonical_elements
+from secgroups.nft.elements import (
+    DataType,
+    Element,
+    Ifname,
+    KeyPart,
+    Mark,
+    canonical_elements,
+    element,
+)
 from secgroups.nft.statements import (
     Family,
     L4Proto,
@@ -35,6 +43,31 @@ from secgroups.nft.statements import (
     check_name,
     ip_keyword,
 )
+
+# Element types are re-exported: callers that build sets and maps import them from here.
+__all__ = [
+    "HOOK_ORDER",
+    "PRIORITY_NAMES",
+    "BaseSpec",
+    "Chain",
+    "CtTimeout",
+    "DataType",
+    "Element",
+    "Hook",
+    "Ifname",
+    "KeyPart",
+    "Map",
+    "Mark",
+    "Priority",
+    "Ruleset",
+    "Set",
+    "Table",
+    "TableObject",
+    "block",
+    "chain_sort_key",
+    "element",
+    "skeleton",
+]
 
 TAB = "\t"
 
