@@ -164,7 +164,7 @@ def pod_index(namespace: str, name: str) -> int:
 def pods(draw: st.DrawFn, namespace: str, name: str) -> PodFacts:
     """A pod; its key fixes its IPs (10.0.0.n, fd00::n, n = pod_index) so IPs stay unique."""
     index = pod_index(namespace, name)
-    family = draw(st.sampled_from(("v4", "v6", "dual", "dual", "none")))
+    family = draw(st.sampled_from(("v4", "v6", "dual", "dual", "dual", "none")))
     ips: list[str] = []
     if family in ("v4", "dual"):
         ips.append(str(V4_BASE + index))
@@ -178,7 +178,7 @@ def pods(draw: st.DrawFn, namespace: str, name: str) -> PodFacts:
         namespace=namespace,
         name=name,
         uid=f"uid-{namespace}-{name}",
-        node=draw(st.sampled_from((*NODES, None))) if ips else None,
+        node=draw(st.sampled_from((*NODES, *NODES, None))) if ips else None,
         ips=tuple(ips),
         labels=draw(_labels()),
         groups_annotation=annotation,
@@ -198,7 +198,9 @@ def namespaces(name: str) -> st.SearchStrategy[NamespaceFacts]:
 
 
 @st.composite
-def cluster_facts(draw: st.DrawFn, max_pods: int = 8, max_rules: int = 12) -> ClusterFacts:
+def cluster_facts(
+    draw: st.DrawFn, max_pods: int = 8, max_rules: int = 12, min_pods: int = 0
+) -> ClusterFacts:
     """A random cluster with unique keys and unique pod IPs."""
     ns_names = draw(st.lists(st.sampled_from(NAMESPACES), min_size=1, unique=True))
     if NAMESPACES[0] not in ns_names:
@@ -207,6 +209,7 @@ def cluster_facts(draw: st.DrawFn, max_pods: int = 8, max_rules: int = 12) -> Cl
     pod_keys = draw(
         st.lists(
             st.tuples(st.sampled_from(ns_names), st.sampled_from(POD_NAMES)),
+            min_size=min_pods,
             max_size=max_pods,
             unique=True,
         )
@@ -288,14 +291,19 @@ def packets(draw: st.DrawFn, facts: ClusterFacts) -> tuple[str, str, str, int | 
 
 
 @st.composite
-def events(draw: st.DrawFn, facts: ClusterFacts) -> Event:
+def events(
+    draw: st.DrawFn, facts: ClusterFacts, kinds: Sequence[Kind | str] | None = None
+) -> Event:
     """One watch event against ``facts``: an upsert (new or changed object) or a delete.
+
+    ``kinds`` restricts (and, with repeats, weights) the kinds drawn; ``"epochs"``
+    stands for a SetEpochs event.
 
     Biased towards objects that exist (a pod that changes IPs, labels or annotation; a
     group whose selector changes; a namespace that stops being enforced), since those
     are the events whose effects reach furthest.
     """
-    kind = draw(st.sampled_from([*Kind, "epochs"]))
+    kind = draw(st.sampled_from(kinds or [*Kind, "epochs"]))
     delete = draw(st.integers(0, 3)) == 0
     known_ns = [n.name for n in facts.namespaces]
     ns = draw(st.sampled_from(known_ns) if draw(st.integers(0, 4)) else st.sampled_from(NAMESPACES))

@@ -27,8 +27,13 @@ Readings the table leaves open, decided here and documented in docs/semantics.md
   an object has the synthesized S-D-1 rules, so creating its object replaces them
   (its inbound Allow is deleted: row 4) and deleting it brings them back; rules
   attached to a group that does not exist have no effect and are not counted;
+* a rule deleted while the group keeps a rule of the same meaning, or added when it
+  already had one (a rename, a duplicate, the operator creating the default group's
+  object with the S-D-1 rules), changes no verdict, so nothing is re-checked;
 * a member pod whose IPs change (it gets its first IP, or another one) counts as
-  added (the group's address set gains the new IPs) and, if it lost an IP, removed.
+  added (the group's address set gains the new IPs) and, if it lost an IP, removed;
+  one that lands on a node (its node object starts enforcing it) counts as added:
+  flows it had before were never checked.
 
 The operator turns the plan into new ingress epochs (DESIGN.md §4); the node agent
 never needs to know why.
@@ -89,6 +94,10 @@ class _Rule:
         r = self.rule
         return (r.priority, r.action, r.protocol, r.ports, r.icmp_type, r.icmp_code, r.remote)
 
+    def meaning(self) -> tuple[object, ...]:
+        """Everything verdicts depend on: two rules with the same meaning are duplicates."""
+        return (*self.identity(), *self.match_fields())
+
 
 def _effective_rules(facts: ClusterFacts, ms: Memberships) -> dict[str, _Rule]:
     """Rule id → effective rule, for groups that exist or are synthesized (see docstring)."""
@@ -115,20 +124,32 @@ def _effective_rules(facts: ClusterFacts, ms: Memberships) -> dict[str, _Rule]:
     return out
 
 
-def _member_ips(ms: Memberships) -> dict[GroupKey, dict[PodKey, frozenset[str]]]:
-    out: dict[GroupKey, dict[PodKey, frozenset[str]]] = defaultdict(dict)
+# Where a member is: its IPs and its node (None until scheduled).
+_Place = tuple[frozenset[str], str | None]
+
+
+def _member_places(ms: Memberships) -> dict[GroupKey, dict[PodKey, _Place]]:
+    out: dict[GroupKey, dict[PodKey, _Place]] = defaultdict(dict)
     for pod, groups in ms.groups_of.items():
-        ips = frozenset(ms.pods[pod].ips)
+        facts = ms.pods[pod]
+        place = (frozenset(facts.ips), facts.node)
         for g in groups:
-            out[g][pod] = ips
+            out[g][pod] = place
     return out
+
+
+def _arrived(now: _Place, before: _Place | None) -> bool:
+    """The member brings the group something new: an IP, or its first (another) node."""
+    if before is None:
+        return True
+    return bool(now[0] - before[0]) or (now[1] is not None and now[1] != before[1])
 
 
 def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = None) -> ClearingPlan:
     """The S-CT-2 plan for the change from ``old`` to ``new`` (see the module docstring)."""
     scope = scope or Scope()
     old_ms, new_ms = resolve(old, scope), resolve(new, scope)
-    old_members, new_members = _member_ips(old_ms), _member_ips(new_ms)
+    old_members, new_members = _member_places(old_ms), _member_places(new_ms)
     reasons: dict[PodKey, list[str]] = defaultdict(list)
 
     def pods_of(group: GroupKey) -> Iterable[PodKey]:
@@ -139,13 +160,28 @@ def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = No
             reasons[pod].append(why)
 
     old_rules, new_rules = _effective_rules(old, old_ms), _effective_rules(new, new_ms)
+    # Verdicts depend on which rule meanings a group has, not on names or copies: a
+    # deletion that leaves a rule of the same meaning, or an addition of one the group
+    # already had (a rename, a duplicate, the operator's default-group rules replacing
+    # the synthesized ones), changes no verdict and re-checks nothing.
+    old_meanings = {r.meaning() for r in old_rules.values()}
+    new_meanings = {r.meaning() for r in new_rules.values()}
+
+    def rule_deleted(rule: _Rule) -> None:
+        if rule.meaning() not in new_meanings:
+            _rule_deleted(rule, recheck_group)
+
+    def rule_added(rule: _Rule) -> None:
+        if rule.meaning() not in old_meanings:
+            _rule_added(rule, recheck_group)
+
     inbound_now = sorted((r for r in new_rules.values() if r.inbound), key=lambda r: r.id)
 
     # Rows 1 and 2: membership, by the addresses each member brings to the group.
     for group in sorted(set(old_members) | set(new_members)):
         before, after = old_members.get(group, {}), new_members.get(group, {})
-        added = {p for p, ips in after.items() if p not in before or ips - before[p]}
-        removed = {p for p, ips in before.items() if p not in after or ips - after[p]}
+        added = {p for p, place in after.items() if _arrived(place, before.get(p))}
+        removed = {p for p, place in before.items() if p not in after or place[0] - after[p][0]}
         label = f"{group[0]}/{group[1]}"
         for pod in sorted(added):
             reasons[pod].append(f"S-CT-2 row 1: added to security group {label}")
@@ -181,12 +217,12 @@ def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = No
     for rid in sorted(set(old_rules) | set(new_rules)):
         o, n = old_rules.get(rid), new_rules.get(rid)
         if o is not None and n is not None and o.identity() != n.identity():
-            _rule_deleted(o, recheck_group)
-            _rule_added(n, recheck_group)
+            rule_deleted(o)
+            rule_added(n)
         elif o is None and n is not None:
-            _rule_added(n, recheck_group)
+            rule_added(n)
         elif n is None and o is not None:
-            _rule_deleted(o, recheck_group)
+            rule_deleted(o)
         elif o is not None and n is not None and n.inbound and o.match_fields() != n.match_fields():
             recheck_group(n.group, f"S-CT-2 row 5: inbound rule {rid} modified")
 

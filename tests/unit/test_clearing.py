@@ -63,6 +63,17 @@ def _out_modified(**spec: Any) -> SecurityGroupRule:
     )
 
 
+def _renamed(r: SecurityGroupRule, name: str) -> SecurityGroupRule:
+    return r.model_copy(update={"metadata": r.metadata.model_copy(update={"name": name})})
+
+
+# What the operator creates for a namespace's default group (S-D-1), as rule objects.
+S_D_1_OBJECTS = [
+    rule(f"default-{d}-{f.lower()}", "default", d, ipFamily=f, **remote)
+    for f in ("IPv4", "IPv6")
+    for d, remote in (("Ingress", {"remote_sg": "default"}), ("Egress", {}))
+]
+
 ALL_A = {"a1", "a2"}
 
 CASES = [
@@ -87,6 +98,11 @@ CASES = [
         *_case(base(B_DENIES_A, pod("a3", groups="web", node=None)), A3),
         {"a3", "b1"},
         id="S-CT-2-row-1-member-getting-its-ip-counts-as-added",
+    ),
+    pytest.param(
+        *_case(base(pod("a3", "10.0.0.3", groups="web", node=None)), A3),
+        {"a3"},
+        id="S-CT-2-row-1-member-landing-on-a-node-counts-as-added",
     ),
     pytest.param(
         *_case(base(B_DENIES_A), sg("web2", selector={"app": "x"})),
@@ -290,6 +306,26 @@ CASES = [
         ),
         {"p"},
         id="decision-default-object-deleted-its-allow-goes",
+    ),
+    pytest.param(
+        *_case(facts(ns(), pod("p", "10.0.0.1")), sg("default"), *S_D_1_OBJECTS),
+        set(),
+        id="decision-default-object-with-the-s-d-1-rules-nothing",
+    ),
+    pytest.param(
+        *_case(base(IN_ALLOW), _renamed(IN_ALLOW, "r2"), drop=("SecurityGroupRule/r",)),
+        set(),
+        id="decision-inbound-allow-renamed-nothing",
+    ),
+    pytest.param(
+        *_case(base(IN_ALLOW, _renamed(IN_ALLOW, "r2")), drop=("SecurityGroupRule/r2",)),
+        set(),
+        id="decision-duplicate-inbound-allow-deleted-nothing",
+    ),
+    pytest.param(
+        *_case(base(IN_DENY), _renamed(IN_DENY, "r2")),
+        set(),
+        id="decision-duplicate-deny-added-nothing",
     ),
     pytest.param(*_case(base(B_DENIES_A)), set(), id="no-change-nothing"),
     pytest.param(

@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 from tests import strategies as sgst
 
 from secgroups.addresses import collapse, collapse_entries, collapse_hosts, parse_entry
+from secgroups.clearing import plan_clearing
 from secgroups.compiled import CompiledPolicy
 from secgroups.compiling import compile_policy
 from secgroups.evaluating import Evaluator, Packet
 from secgroups.facts import ClusterFacts
-from secgroups.incremental import Changes, IncrementalCompiler
+from secgroups.incremental import Changes, IncrementalCompiler, Kind
 from secgroups.models import SecurityGroupRule
 from secgroups.ports import merge_ranges, parse_ports
 
@@ -162,6 +163,69 @@ def test_a_batch_of_events_gives_the_same_policy_as_one_at_a_time(
         one.apply(event)
     batch.apply_all(events)
     assert batch.policy == one.policy
+
+
+# ----------------------------------------------------------------------------- S-CT-2
+
+
+PROBES = (
+    ("tcp", 22, None),
+    ("tcp", 80, None),
+    ("udp", 53, None),
+    ("icmp", None, 8),
+    ("gre", None, None),
+)
+
+
+def _ingress_allowed(ev: Evaluator, src: str, dst: str, proto: str, dport: Any, icmp: Any) -> bool:
+    verdict = ev.evaluate(Packet.make(src, dst, proto, dport, icmp))
+    return verdict.ingress is None or verdict.ingress.allowed
+
+
+# Rule events weigh most: they are what the S-CT-2 table is mostly about.
+CHANGE_KINDS = (
+    *[Kind.SECURITY_GROUP_RULE] * 4,
+    Kind.POD,
+    Kind.POD,
+    Kind.SECURITY_GROUP,
+    Kind.IP_ADDRESS_GROUP,
+    Kind.NAMESPACE,
+)
+
+
+@st.composite
+def changes(draw: st.DrawFn) -> tuple[ClusterFacts, list[Any]]:
+    facts = draw(sgst.cluster_facts(max_pods=10, max_rules=14, min_pods=4))
+    return facts, draw(st.lists(sgst.events(facts, CHANGE_KINDS), min_size=1, max_size=2))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes())
+def test_every_pod_whose_inbound_verdict_narrows_is_rechecked(
+    case: tuple[ClusterFacts, list[Any]],
+) -> None:
+    """The point of S-CT-2: if an inbound flow to a pod was allowed before a change and
+    is denied after it, the planner re-checks that pod (so the flow is cut)."""
+    old, events = case
+    inc = IncrementalCompiler(old)
+    inc.apply_all(events)
+    new = inc.facts()
+    plan = plan_clearing(old, new)
+    before, after = Evaluator(compile_policy(old).policy), Evaluator(compile_policy(new).policy)
+    sources = [ip for p in (*old.pods, *new.pods) for ip in p.ips]
+    sources += [*sgst.OUTSIDE_V4, *sgst.OUTSIDE_V6]
+    for node in after.policy.nodes.values():
+        for pod in node.pods:
+            if (pod.namespace, pod.name) in plan.pods:
+                continue
+            for dst in pod.ips:
+                for src in {s for s in sources if (":" in s) == (":" in dst) and s != dst}:
+                    for proto, dport, icmp in PROBES:
+                        if _ingress_allowed(before, src, dst, proto, dport, icmp):
+                            assert _ingress_allowed(after, src, dst, proto, dport, icmp), (
+                                f"{proto} {src} -> {pod.namespace}/{pod.name} {dst} was allowed, "
+                                f"is denied, and the pod is not re-checked; events {events}"
+                            )
 
 
 # ----------------------------------------------------------------------------- helpers
