@@ -14,6 +14,7 @@ on the project's 2-core machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import statistics
 import time
@@ -186,7 +187,7 @@ def _pairs(
         changes = forward(i)
         there.append(time.perf_counter() - t0)
         written = len(changes)
-        back.append(_time(lambda i=i: backward(i)))  # type: ignore[misc]
+        back.append(_time(functools.partial(backward, i)))
     return there, back, written
 
 
