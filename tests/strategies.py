@@ -245,18 +245,33 @@ def cluster_facts(
 
 
 def shuffled(draw: st.DrawFn, facts: ClusterFacts) -> ClusterFacts:
-    """``facts`` with every tuple in a random order (labels and selectors as they are)."""
+    """``facts`` with every tuple in a random order: the objects, each pod's IPs, each
+    address group's entries and each selector's expressions. (A pod's annotation keeps
+    its order: that order is the pod's sequence, S-M-1.)"""
 
     def perm(items: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(draw(st.permutations(items))) if items else items
 
+    def group(g: SecurityGroup) -> SecurityGroup:
+        selector = g.spec.pod_selector
+        if selector is None or not selector.match_expressions:
+            return g
+        selector = selector.model_copy(
+            update={"match_expressions": perm(selector.match_expressions)}
+        )
+        return g.model_copy(update={"spec": g.spec.model_copy(update={"pod_selector": selector})})
+
+    def ipag(a: IPAddressGroup) -> IPAddressGroup:
+        spec = a.spec.model_copy(update={"addresses": perm(a.spec.addresses)})
+        return a.model_copy(update={"spec": spec})
+
     return ClusterFacts(
         namespaces=perm(facts.namespaces),
         nodes=perm(facts.nodes),
-        pods=perm(facts.pods),
-        groups=perm(facts.groups),
+        pods=perm(tuple(p.model_copy(update={"ips": perm(p.ips)}) for p in facts.pods)),
+        groups=perm(tuple(group(g) for g in facts.groups)),
         rules=perm(facts.rules),
-        address_groups=perm(facts.address_groups),
+        address_groups=perm(tuple(ipag(a) for a in facts.address_groups)),
     )
 
 
