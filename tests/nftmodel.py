@@ -212,10 +212,14 @@ class NftModel:
     def listing(self, target: str, terse: bool) -> dict[str, Any] | None:
         """What ``nft -j [-t] list <target>`` would show (shapes the drift checker reads)."""
         if not self.exists:
-            return None
+            return (
+                {"nftables": [{"metainfo": {"json_schema_version": 1}}]}
+                if target == "ruleset"
+                else None
+            )
         head = [{"metainfo": {"json_schema_version": 1}}]
         base = {"family": self.family, "table": self.name}
-        if target == f"table {self.table}":
+        if target in (f"table {self.table}", "ruleset"):
             items: list[dict[str, Any]] = [{"table": {"family": self.family, "name": self.name}}]
             for t in self.timeouts.values():
                 items.append({"ct timeout": {**base, "name": t.name, "protocol": t.protocol}})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import socket
 import threading
@@ -51,6 +52,7 @@ class InterfaceResolver(Protocol):
         ...
 
 
+@functools.lru_cache(maxsize=65536)
 def canonical_ip(ip: str) -> str:
     return str(ipaddress.ip_address(ip))
 
@@ -83,6 +85,7 @@ class RouteInterfaces:
         self._table = table
         self._lock = threading.Lock()
         self._cache: tuple[int, tuple[HostRoute, ...]] | None = None
+        self._answer: tuple[int, tuple[str, ...], dict[str, str]] | None = None
 
     def host_routes(self) -> tuple[HostRoute, ...]:
         from pyroute2 import IPRoute  # imported here: unit tests never need netlink
@@ -106,13 +109,18 @@ class RouteInterfaces:
         return tuple(routes)
 
     def resolve(self, ips: Iterable[str]) -> dict[str, str]:
+        wanted = tuple(ips)
         with self._lock:
             stamp = self._watcher.changes if self._watcher is not None else -1
+            answer = self._answer
+            if stamp >= 0 and answer is not None and answer[0] == stamp and answer[1] == wanted:
+                return dict(answer[2])  # nothing changed: the hot path pays nothing here
             if self._cache is None or stamp < 0 or self._cache[0] != stamp:
                 # Read the counter before dumping: a change during the dump is seen next time.
                 self._cache = (stamp, self.host_routes())
-            routes = self._cache[1]
-        return pick_interfaces(routes, ips)
+            found = pick_interfaces(self._cache[1], wanted)
+            self._answer = (stamp, wanted, found)
+        return dict(found)
 
 
 class RouteWatcher:
@@ -173,6 +181,5 @@ class FakeInterfaces:
 
     def resolve(self, ips: Iterable[str]) -> dict[str, str]:
         self.calls += 1
-        wanted = {ip: canonical_ip(ip) for ip in ips}
         known = {canonical_ip(ip): name for ip, name in self.routes.items()}
-        return {ip: known[c] for ip, c in wanted.items() if c in known}
+        return {ip: known[c] for ip in ips if (c := canonical_ip(ip)) in known}

@@ -26,7 +26,7 @@ from secgroups_agent import logs
 from secgroups_agent.conntrack import NetlinkConntrack
 from secgroups_agent.interfaces import RouteInterfaces, RouteWatcher
 from secgroups_agent.metrics import Metrics
-from secgroups_agent.nftables import make_backend
+from secgroups_agent.nftables import NftCli, make_backend
 from secgroups_agent.planning import Planner
 from secgroups_agent.server import DEFAULT_ADDR, Health, Server
 from secgroups_agent.sources import FileSource, KubeSource, LightkubeApi, Source
@@ -138,6 +138,9 @@ async def run(args: argparse.Namespace) -> int:
         metrics=metrics,
         health=health,
         config=config,
+        # Reads (drift checks, inventories) go through `nft` processes: they run beside
+        # the sync loop and never hold the worker the hot path writes through.
+        reader=NftCli(),
     )
     watcher.on_change = sync.changed  # routes changed: re-resolve pod interfaces
     server = Server(health, metrics, args.metrics_addr)

@@ -60,13 +60,13 @@ class NftError(RuntimeError):
 class NftWorkerCrashedError(NftError):
     """The libnftables worker died during the call (e.g. a segfault in libnftables)."""
 
-    reason = "NftWorkerCrashedError"
+    reason = "NftWorkerCrashed"
 
 
 class NftTimeoutError(NftError):
     """The call did not finish within its deadline; the worker (or nft) was killed."""
 
-    reason = "NftTimeoutError"
+    reason = "NftTimeout"
 
 
 def first_error(err: str) -> str:

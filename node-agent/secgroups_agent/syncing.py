@@ -21,8 +21,10 @@ A sync:
    (:mod:`~secgroups_agent.conntrack`); failed deletions are retried;
 6. reports status (:mod:`~secgroups_agent.status`) and metrics.
 
-Between syncs, every ``drift_period`` seconds, :class:`~secgroups_agent.drift.DriftChecker`
-compares the table with the committed state; drift triggers a full resync.
+Every ``drift_period`` seconds a separate task (:class:`~secgroups_agent.drift.DriftChecker`,
+through its own ``reader`` backend so that the hot path never waits for a listing)
+compares the table with the committed state; a result that overlapped a commit is
+dropped; drift triggers a full resync.
 The loop beats :class:`~secgroups_agent.server.Health` at least every second.
 """
 
@@ -33,7 +35,7 @@ import contextlib
 import gc
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from secgroups.compiled import NodeAgentStatus
@@ -87,6 +89,14 @@ class TokenBucket:
 
 
 @dataclass
+class _Step:
+    plan: Plan | None = None
+    render_error: str | None = None
+    nft_error: NftError | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class SyncResult:
     """What the last sync did (for tests and logs)."""
 
@@ -94,6 +104,8 @@ class SyncResult:
     kind: str = ""
     plan: Plan | None = None
     error: str | None = None
+    latency: float = 0.0  # seconds from the first change it includes to its commit
+    timings: dict[str, float] = field(default_factory=dict)  # inputs, compute, emit
 
 
 class SyncLoop:
@@ -111,6 +123,7 @@ class SyncLoop:
         config: SyncConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        reader: NftBackend | None = None,
     ) -> None:
         self.source = source
         self.planner = planner
@@ -123,9 +136,11 @@ class SyncLoop:
         self.config = config or SyncConfig()
         self.clock = clock
         self.wall = wall
+        self.reader = reader or nft
         self.drift = DriftChecker(
-            nft, family=planner.options.table.family, table=planner.options.table.name
+            self.reader, family=planner.options.table.family, table=planner.options.table.name
         )
+        self._commits = 0
         self._event = asyncio.Event()
         self._dirty = False
         self._dirty_since: float | None = None
@@ -135,7 +150,6 @@ class SyncLoop:
         now = clock()
         self._bucket = TokenBucket(self.config.min_interval, self.config.burst, now)
         self._last_full = now
-        self._next_drift = now + self.config.drift_period
         self._pending_ct: set[str] = set()
         self._ct_error: str | None = None
         self._ct_failures = 0
@@ -158,7 +172,15 @@ class SyncLoop:
 
     # ------------------------------------------------------------- loop
     async def run(self) -> None:
-        """Sync whenever dirty, check drift and resync on timers; never returns."""
+        """Sync whenever dirty, resync on a timer, check drift beside; never returns."""
+        drift = asyncio.create_task(self._drift_loop(), name="drift")
+        try:
+            await self._sync_loop()
+        finally:
+            drift.cancel()
+            await asyncio.gather(drift, return_exceptions=True)
+
+    async def _sync_loop(self) -> None:
         while True:
             try:
                 await self._step()
@@ -188,10 +210,6 @@ class SyncLoop:
         ):
             log.info("periodic full resync")
             self.request_full()
-        if applied is not None and now >= self._next_drift and not self._dirty:
-            await self._check_drift(applied)
-            self._next_drift = self.clock() + cfg.drift_period
-            return
         timeout = cfg.heartbeat
         if self._dirty:
             if now < self._retry_at:
@@ -208,8 +226,6 @@ class SyncLoop:
                 self._report()
                 return
             timeout = min(timeout, self._retry_at - now)
-        if applied is not None:
-            timeout = min(timeout, max(0.0, self._next_drift - now))
         self._event.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), max(timeout, 0.001))
@@ -235,36 +251,62 @@ class SyncLoop:
             self._last_error = (reason, message)
             self._report()
             return self._record(SyncResult("not-ready", error=message))
-        ips = [ip for pod in snap.node.pods for ip in pod.ips]
-        interfaces = await asyncio.to_thread(self.interfaces.resolve, ips)
         full = self._need_full or self.planner.applied is None
-        inventory = await asyncio.to_thread(self._inventory) if full else None
-        try:
-            plan = await asyncio.to_thread(
-                self.planner.plan, snap, interfaces, full=full, inventory=inventory
-            )
-        except (RenderError, ValueError, KeyError) as exc:
+        # Compute and emit are separate steps, run in ONE worker-thread hop: every hop is
+        # a GIL hand-over that costs up to the switch interval on the hot path.
+        step = await asyncio.to_thread(self._compute_and_emit, snap, full)
+        plan = step.plan
+        if step.render_error is not None:
             self.metrics.sync_errors.labels("RenderFailed").inc()
-            self._last_error = ("RenderFailed", str(exc))
-            log.error("cannot render the node's policy", extra=logs.fields(error=str(exc)))
+            self._last_error = ("RenderFailed", step.render_error)
+            log.error("cannot render the node's policy", extra=logs.fields(error=step.render_error))
             self._report()
-            return self._record(SyncResult("render-failed", error=str(exc)))
-        if not plan.noop:
-            try:
-                await asyncio.to_thread(self.nft.apply, plan.text, timeout=self.config.nft_timeout)
-            except NftError as exc:
-                return self._record(self._apply_failed(plan, exc))
+            return self._record(SyncResult("render-failed", error=step.render_error))
+        assert plan is not None
+        if step.nft_error is not None:
+            return self._record(self._apply_failed(plan, step.nft_error))
         self.planner.commit(plan)
-        self._committed(plan, started, since)
+        self._commits += 1
+        latency = self.clock() - since
+        self._committed(plan, started, since, step.timings)
         await self._conntrack_cleanup(plan.removed_ips)
         self._report(snap)
-        return self._record(SyncResult("noop" if plan.noop else "applied", plan.kind, plan))
+        outcome = "noop" if plan.noop else "applied"
+        return self._record(
+            SyncResult(outcome, plan.kind, plan, latency=latency, timings=step.timings)
+        )
+
+    def _compute_and_emit(self, snap: Snapshot, full: bool) -> _Step:
+        """In a worker thread: resolve interfaces, compute the plan, apply it."""
+        step = _Step()
+        t0 = self.clock()
+        ips = [ip for pod in snap.node.pods for ip in pod.ips]
+        interfaces = self.interfaces.resolve(ips)
+        inventory = self._inventory() if full else None
+        t1 = self.clock()
+        try:
+            step.plan = self.planner.plan(snap, interfaces, full=full, inventory=inventory)
+        except (RenderError, ValueError, KeyError) as exc:
+            step.render_error = str(exc)
+            return step
+        t2 = self.clock()
+        if not step.plan.noop:
+            try:
+                self.nft.apply(step.plan.text, timeout=self.config.nft_timeout)
+            except NftError as exc:
+                step.nft_error = exc
+        t3 = self.clock()
+        step.timings = {"inputs": t1 - t0, "compute": t2 - t1, "emit": t3 - t2}
+        return step
 
     def _inventory(self) -> Inventory | None:
-        """The table's current declarations, so a full resync can delete strays."""
+        """The table's current declarations, so a full resync can delete strays.
+
+        ``list ruleset -t`` rather than ``list table -t``: measured 51 ms against 209 ms
+        for 1,239 rules and 120k elements (nft 1.0.6 fetches elements for the latter)."""
         table = self.planner.options.table
         try:
-            doc = self.nft.list_json(f"table {table}", terse=True, timeout=self.config.nft_timeout)
+            doc = self.reader.list_json("ruleset", terse=True, timeout=self.config.nft_timeout)
         except NftError as exc:
             log.warning(
                 "cannot list the table before a full resync", extra=logs.fields(error=str(exc))
@@ -296,7 +338,9 @@ class SyncLoop:
         self._report()
         return SyncResult("nft-failed", plan.kind, plan, exc.message)
 
-    def _committed(self, plan: Plan, started: float, since: float) -> None:
+    def _committed(
+        self, plan: Plan, started: float, since: float, timings: dict[str, float]
+    ) -> None:
         now = self.clock()
         m = self.metrics
         if plan.kind == "full":
@@ -322,6 +366,7 @@ class SyncLoop:
                 extra=logs.fields(
                     kind=plan.kind,
                     ms=round((now - started) * 1000, 3),
+                    phases_ms={k: round(v * 1000, 3) for k, v in timings.items()},
                     changed=list(plan.changed),
                     generation=state.generation,
                     pods=state.pods,
@@ -366,21 +411,41 @@ class SyncLoop:
         self.metrics.conntrack_deleted.inc(n)
         log.info("conntrack entries deleted", extra=logs.fields(ips=sorted(todo), entries=n))
 
-    async def _check_drift(self, expected: TableState) -> None:
+    async def _drift_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.drift_period)
+            expected = self.planner.applied
+            if expected is None or self._dirty:
+                continue  # a sync is due anyway
+            try:
+                await self.check_drift(expected)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("drift check failed")
+
+    async def check_drift(self, expected: TableState) -> bool:
+        """Compare the kernel with ``expected``; request a full resync on drift. True if
+        drift was found (a check that overlapped a commit is inconclusive: False)."""
+        commits = self._commits
         try:
             problems = await asyncio.to_thread(
                 self.drift.check, expected, timeout=self.config.nft_timeout
             )
         except NftError as exc:
             log.warning("drift check failed", extra=logs.fields(error=exc.message))
-            return
-        if problems and self.planner.applied is expected:
+            return False
+        if commits != self._commits or self.planner.applied is not expected:
+            return False
+        if problems:
             self.metrics.drift.inc()
             log.warning(
                 "our table was changed by someone else; full resync",
                 extra=logs.fields(differences=problems[:20]),
             )
             self.request_full()
+            return True
+        return False
 
     # ------------------------------------------------------------- status
     def status(self, snap: Snapshot | None = None) -> NodeAgentStatus:
