@@ -1,0 +1,221 @@
+"""Node-agent timings in a scratch network namespace: nft backends, full sync, hot path.
+
+Run as root: ``.venv/bin/python bench/agent_sync.py [--repeat 200]``. It re-executes
+itself inside a scratch netns (created and deleted here) and prints one line per figure.
+Not a test: nothing is asserted. Figures (notes/dataplane.md §7 targets):
+
+* one small transaction (add + delete one element of a 6,000-element set), libnftables
+  worker vs ``nft -f -``;
+* full sync of a realistic node (100 pods, 20 groups x 50 rules, 20 x 6,000 set
+  members = 120k elements): planner + apply, cold (empty caches, empty kernel) and warm
+  (the periodic resync);
+* hot path: one member added to / removed from a 6,000-member set, from the change to
+  the commit, through the sync loop (planner + worker), p50/p99;
+* pod add, epoch bump and group rule rewrite, same path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NETNS = "ksgbench-agent"
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def ms(xs: list[float]) -> str:
+    return f"p50 {pct(xs, 50) * 1e3:.2f} ms, p99 {pct(xs, 99) * 1e3:.2f} ms (n={len(xs)})"
+
+
+def backends(repeat: int) -> None:
+    from secgroups_agent.nftables import LibNftWorker, NftCli
+
+    setup = "add table inet benchx\nadd set inet benchx s { type ipv4_addr; }\n"
+    els = ", ".join(f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}" for i in range(6000))
+    worker, cli = LibNftWorker(), NftCli()
+    worker.apply(setup + f"add element inet benchx s {{ {els} }}\n")
+    for name, backend, n in (("libnftables worker", worker, repeat), ("nft -f - (CLI)", cli, 50)):
+        times = []
+        for i in range(n):
+            ip = f"10.250.{i // 250}.{i % 250 + 1}"
+            t = time.perf_counter()
+            backend.apply(f"add element inet benchx s {{ {ip} }}\n")
+            times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            backend.apply(f"delete element inet benchx s {{ {ip} }}\n")
+            times.append(time.perf_counter() - t)
+        print(f"small transaction, {name}: {ms(times)}")
+    worker.apply("delete table inet benchx\n")
+    worker.close()
+
+
+def sync_figures(repeat: int) -> None:
+    from tests import agentcases as ac
+    from tests import nftcases as nc
+
+    from secgroups.compiled import CompiledPolicy
+    from secgroups_agent.conntrack import FakeConntrack
+    from secgroups_agent.interfaces import FakeInterfaces
+    from secgroups_agent.metrics import Metrics
+    from secgroups_agent.nftables import LibNftWorker
+    from secgroups_agent.planning import Planner
+    from secgroups_agent.server import Health
+    from secgroups_agent.sources import StaticSource, slice_policy
+    from secgroups_agent.status import FakeStatus, StatusReporter
+    from secgroups_agent.syncing import SyncConfig, SyncLoop
+
+    t = time.perf_counter()
+    policy = ac.big_node()
+    print(f"(building the test policy: {time.perf_counter() - t:.2f} s)")
+    node = ac.NODE
+    ifaces = nc.interfaces(policy.nodes[node].pods)
+    gen = [0]
+
+    def snap(p: CompiledPolicy) -> object:
+        gen[0] += 1
+        return slice_policy(p, node, gen[0])
+
+    async def run() -> None:
+        worker = LibNftWorker()
+        worker.apply("add table inet scratch\n")  # start the worker outside the timings
+        src = StaticSource()
+        loop = SyncLoop(
+            source=src,
+            planner=Planner(node),
+            nft=worker,
+            conntrack=FakeConntrack(),
+            interfaces=FakeInterfaces(ifaces),
+            reporter=StatusReporter(FakeStatus(), min_interval=0.0),
+            metrics=Metrics(),
+            health=Health(),
+            config=SyncConfig(drift_period=3600, min_interval=0.0),
+        )
+        tasks = [asyncio.create_task(loop.run()), asyncio.create_task(src.run(loop.changed))]
+        phases: list[dict[str, float]] = []
+
+        def phase_line() -> str:
+            keys = ("inputs", "compute", "emit")
+            out = ", ".join(
+                f"{k} {statistics.median(p[k] for p in phases) * 1e3:.2f}" for k in keys
+            )
+            phases.clear()
+            return f"  (medians, ms: {out})"
+
+        async def change(p: CompiledPolicy, *, full: bool = False) -> float:
+            """The agent-side latency: from the change notification to the commit."""
+            if full:
+                loop.request_full()
+            s = snap(p)
+            src.set(s)  # type: ignore[arg-type]
+            want = s.generation  # type: ignore[attr-defined]
+            while True:
+                res = loop.results[-1] if loop.results else None
+                if res is not None and res.plan is not None and res.plan.state.generation == want:
+                    break
+                await asyncio.sleep(0.001)
+            assert res.outcome == "applied", res.outcome
+            phases.append(res.timings)
+            return res.latency
+
+        print(f"full sync, cold (render caches empty, empty table): {await change(policy):.3f} s")
+        print(phase_line())
+        warm = []
+        for _ in range(3):
+            warm.append(await change(policy, full=True))
+        print(f"full sync, warm (periodic resync): {statistics.median(warm):.3f} s")
+        print(phase_line())
+        key = ac.remote_key(3)
+        members = list(policy.sets[key].ipv4)
+        cur = policy
+        hot: list[float] = []
+        for i in range(repeat):
+            extra = f"10.99.{i // 250}.{i % 250 + 1}/32"
+            cur = ac.with_members(cur, key, [*members, extra])
+            hot.append(await change(cur))
+            cur = ac.with_members(cur, key, members)
+            hot.append(await change(cur))
+        print(f"member add/remove in a 6,000-member set: {ms(hot)}")
+        print(phase_line())
+        pods = list(cur.nodes[node].pods)
+        bumps = []
+        for i in range(min(repeat, 50)):
+            pods[i % len(pods)] = pods[i % len(pods)].model_copy(update={"epoch": i + 1})
+            spec = cur.nodes[node].model_copy(update={"pods": tuple(pods)})
+            cur = cur.model_copy(update={"nodes": {node: spec}})
+            bumps.append(await change(cur))
+        print(f"epoch bump of one pod: {ms(bumps)}")
+        print(phase_line())
+        adds = []
+        groups = sorted(cur.groups)
+        for i in range(min(repeat, 50)):
+            pod = nc.pod("app", f"new{i}", [f"100.64.9.{i + 2}"], [groups[i % 20]])
+            spec = cur.nodes[node].model_copy(update={"pods": (*cur.nodes[node].pods, pod)})
+            cur = cur.model_copy(update={"nodes": {node: spec}})
+            adds.append(await change(cur))
+        print(f"pod add (existing group list): {ms(adds)}")
+        print(phase_line())
+        rewrites = []
+        for i in range(min(repeat, 50)):
+            g = groups[i % 20]
+            spec_g = cur.groups[g]
+            rules = (*spec_g.ingress[1:], spec_g.ingress[0])  # same rules, other order
+            changed = spec_g.model_copy(update={"ingress": rules})
+            cur = cur.model_copy(update={"groups": {**cur.groups, g: changed}})
+            rewrites.append(await change(cur))
+        print(f"group rule rewrite (50 rules): {ms(rewrites)}")
+        print(phase_line())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        worker.apply("delete table inet secgroups\ndelete table inet scratch\n")
+        worker.close()
+
+    asyncio.run(run())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--repeat", type=int, default=200)
+    args = p.parse_args()
+    if os.environ.get("KSG_BENCH_IN_NETNS") != "1":
+        if os.geteuid() != 0:
+            print("needs root (network namespaces)", file=sys.stderr)
+            return 2
+        subprocess.run(["ip", "netns", "del", NETNS], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "add", NETNS], check=True)
+        try:
+            env = {**os.environ, "KSG_BENCH_IN_NETNS": "1", "PYTHONPATH": str(REPO)}
+            return subprocess.run(
+                [
+                    "nsenter",
+                    f"--net=/run/netns/{NETNS}",
+                    "--",
+                    sys.executable,
+                    __file__,
+                    "--repeat",
+                    str(args.repeat),
+                ],
+                env=env,
+                check=False,
+            ).returncode
+        finally:
+            subprocess.run(["ip", "netns", "del", NETNS], check=False)
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    backends(args.repeat)
+    sync_figures(args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""The node agent's Kubernetes port against a real kube-apiserver with our CRDs.
+
+:class:`~secgroups_agent.sources.KubeSource` lists and watches, by field selector, only
+its node's ``CompiledNodePolicy`` and the objects it references; the generations it
+requires gate readiness; :class:`~secgroups_agent.status.KubeStatus` writes the status
+subresource. Then the whole agent process runs in a node-like netns on the underlay,
+with the node kubeconfig, and programs its table from the API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from tests import nftcases as nc
+
+from secgroups.compiled import (
+    COMPILED_GROUP_KIND,
+    COMPILED_NODE_KIND,
+    COMPILED_SET_KIND,
+    CompiledPolicy,
+    NodeAgentStatus,
+)
+from secgroups.models import API_VERSION
+from secgroups_agent.sources import PLURALS, KubeSource, LightkubeApi
+from secgroups_agent.status import KubeStatus
+from secgroups_lab import controlplane, underlay
+from secgroups_lab._cmd import in_netns
+
+pytestmark = pytest.mark.cluster
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 120.0))
+
+
+async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def _policy(tag: str, node: str) -> CompiledPolicy:
+    """Two groups and an address set in a namespace of their own (unique per test)."""
+    ns = f"agt{tag}"
+    web_set = nc.sg_set(ns, "web", ["100.64.1.2/32"], ["fd64:5ec:0:1::2/128"])
+    web = nc.group(
+        ns, "web", [nc.rule(f"{ns}/http", nc.IN, "TCP", [80]), nc.rule(f"{ns}/out", nc.EG, "All")]
+    )
+    client = nc.group(
+        ns, "client", [nc.rule(f"{ns}/from-web", nc.IN, "All", remote=nc.ref(web_set[0]))]
+    )
+    pods = [
+        nc.pod(ns, "a1", ["100.64.1.2", "fd64:5ec:0:1::2"], [web[0]]),
+        nc.pod(ns, "a2", ["100.64.1.3"], [client[0]]),
+    ]
+    return nc.policy([web, client], [web_set], pods, node=node)
+
+
+def _objects(policy: CompiledPolicy) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for kind, items in (
+        (COMPILED_GROUP_KIND, policy.groups),
+        (COMPILED_SET_KIND, policy.sets),
+        (COMPILED_NODE_KIND, policy.nodes),
+    ):
+        for name, spec in items.items():
+            out.append(
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": kind,
+                    "metadata": {"name": name},
+                    "spec": spec.model_dump(by_alias=True, mode="json", exclude_none=True),
+                }
+            )
+    return out
+
+
+class Api:
+    """kubectl on the test's control plane."""
+
+    def __init__(self, cp: controlplane.ControlPlane) -> None:
+        self.cp = cp
+
+    def apply(self, objects: list[dict[str, Any]]) -> None:
+        doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+        self.cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=doc)
+
+    def delete(self, kind: str, name: str) -> None:
+        self.cp.kubectl("delete", f"{PLURALS[kind]}.secgroups.dev", name, "--ignore-not-found")
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        out = self.cp.kubectl("get", f"{PLURALS[kind]}.secgroups.dev", name, "-o", "json").stdout
+        return dict(json.loads(out))
+
+
+@pytest.fixture
+def api(control_plane: controlplane.ControlPlane, crds_installed: list[str]) -> Iterator[Api]:
+    yield Api(control_plane)
+
+
+@pytest.fixture
+def tag() -> str:
+    return uuid.uuid4().hex[:6]
+
+
+def _cleanup(api: Api, policy: CompiledPolicy) -> None:
+    for obj in _objects(policy):
+        api.delete(obj["kind"], obj["metadata"]["name"])
+
+
+def test_kube_source_lists_watches_by_name_and_gates_on_required_generations(
+    api: Api, control_plane: controlplane.ControlPlane, tag: str
+) -> None:
+    from lightkube import AsyncClient, KubeConfig
+
+    node = f"agt-{tag}"
+    policy = _policy(tag, node)
+    decoy = _policy(f"{tag}x", f"agt-{tag}-other")  # another node's objects: never watched
+    api.apply(_objects(policy) + _objects(decoy))
+
+    async def body() -> None:
+        client = AsyncClient(config=KubeConfig.from_file(str(control_plane.kubeconfig)))
+        src = KubeSource(LightkubeApi(client), node, backoff=(0.1, 1.0))
+        changes: list[int] = []
+        task = asyncio.create_task(src.run(lambda: changes.append(1)))
+        try:
+            await wait_until(lambda: src.snapshot() is not None, "the initial lists")
+            snap = src.snapshot()
+            assert snap is not None
+            assert snap.policy() == policy.for_node(node)
+            assert snap.generation == 1
+            assert set(src.watched) == {(COMPILED_GROUP_KIND, g) for g in policy.groups} | {
+                (COMPILED_SET_KIND, s) for s in policy.sets
+            }
+
+            # A member change arrives through the set's own watch.
+            web_set = next(iter(policy.sets))
+            grown = policy.sets[web_set].model_copy(
+                update={"ipv4": ("100.64.1.2/32", "100.64.1.9/32")}
+            )
+            obj = _objects(policy.model_copy(update={"sets": {web_set: grown}}))[2]
+            api.apply([obj])
+            await wait_until(
+                lambda: (s := src.snapshot()) is not None and len(s.sets[web_set].ipv4) == 2,
+                "the member change",
+            )
+            set_gen = api.get(COMPILED_SET_KIND, web_set)["metadata"]["generation"]
+
+            # The node now requires a set generation the agent has not seen: not ready.
+            spec = policy.nodes[node].model_copy(
+                update={"requires": {f"set/{web_set}": set_gen + 1}}
+            )
+            node_obj = {
+                **_objects(policy)[-1],
+                "spec": spec.model_dump(by_alias=True, mode="json", exclude_none=True),
+            }
+            api.apply([node_obj])
+            await wait_until(lambda: src.snapshot() is None, "waiting for the set generation")
+            problem = src.problem()
+            assert problem is not None and problem.reason == "WaitingForReferences"
+            shrunk = grown.model_copy(update={"ipv4": ("100.64.1.2/32",)})
+            api.apply(
+                [{**obj, "spec": shrunk.model_dump(by_alias=True, mode="json", exclude_none=True)}]
+            )
+            await wait_until(
+                lambda: (
+                    (s := src.snapshot()) is not None and s.sets[web_set].ipv4 == ("100.64.1.2/32",)
+                ),
+                "ready again with the new set",
+            )
+
+            # The node drops the client group: its watch stops; the status is written.
+            client_group = max(policy.groups)
+            pods = tuple(p for p in spec.pods if client_group not in p.groups)
+            fewer = spec.model_copy(update={"pods": pods, "groups": (min(policy.groups),)})
+            api.apply(
+                [
+                    {
+                        **node_obj,
+                        "spec": fewer.model_dump(by_alias=True, mode="json", exclude_none=True),
+                    }
+                ]
+            )
+            await wait_until(
+                lambda: (COMPILED_GROUP_KIND, client_group) not in src.watched, "the watch to stop"
+            )
+            status = NodeAgentStatus(
+                applied_generation=3,
+                applied_at="2026-01-01T00:00:00.000Z",
+                pods=1,
+                rules=9,
+                set_elements=5,
+                error=None,
+                reason=None,
+            )
+            await KubeStatus(client, node).write(status)
+            await KubeStatus(client, "no-such-node").write(status)  # a missing object is fine
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.close()
+
+    try:
+        run(body())
+        stored = api.get(COMPILED_NODE_KIND, node)
+        assert stored["status"]["appliedGeneration"] == 3 and stored["status"]["rules"] == 9
+        assert stored["metadata"]["generation"] == 3  # status writes do not bump it
+    finally:
+        _cleanup(api, policy)
+        _cleanup(api, decoy)
+
+
+@pytest.fixture
+def node_netns(control_plane: controlplane.ControlPlane) -> Iterator[str]:
+    """A node-like netns on the lab underlay (as a lab node, without pods)."""
+    name = f"{control_plane.prefix}-ag{uuid.uuid4().hex[:4]}"
+    underlay.create_netns(name)
+    try:
+        underlay.attach(control_plane.prefix, name, "eth0", ["100.64.254.11/24"])
+        yield name
+    finally:
+        underlay.delete_netns(name)
+
+
+def test_the_agent_process_programs_its_table_from_the_api_server(
+    api: Api, control_plane: controlplane.ControlPlane, node_netns: str, tag: str
+) -> None:
+    node = f"agt-{tag}"
+    policy = _policy(tag, node)
+    api.apply(_objects(policy))
+    argv = [
+        sys.executable,
+        "-m",
+        "secgroups_agent.main",
+        "--node",
+        node,
+        "--kubeconfig",
+        str(control_plane.node_kubeconfig),
+        "--metrics-addr",
+        "127.0.0.1:9750",
+    ]
+    proc = subprocess.Popen(
+        in_netns(node_netns, argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 60.0
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            status = api.get(COMPILED_NODE_KIND, node).get("status") or {}
+            if status.get("appliedGeneration") == 1:
+                break
+            time.sleep(0.2)
+        assert status.get("appliedGeneration") == 1, status
+        assert status["pods"] == 2 and status.get("error") is None  # merge patch: null clears
+        listing = subprocess.run(
+            in_netns(node_netns, ["nft", "list", "set", "inet", "secgroups", "pods4"]),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "100.64.1.2" in listing and "100.64.1.3" in listing
+    finally:
+        proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate(timeout=5)
+        _cleanup(api, policy)
+    assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
