@@ -87,6 +87,12 @@ class _NoStatus:
 
 
 def _kube_client(args: argparse.Namespace) -> Any:
+    """lightkube's async client; HTTP/2 when ``h2`` is installed.
+
+    Every referenced object has a watch of its own (a long-lived request). Over HTTP/1.1
+    each one holds a connection, and httpx allows 100, so a node referencing more than
+    ~95 objects would starve; over HTTP/2 they share one connection, as client-go does.
+    """
     from lightkube import AsyncClient, KubeConfig
 
     config = (
@@ -94,7 +100,13 @@ def _kube_client(args: argparse.Namespace) -> Any:
         if args.kubeconfig
         else KubeConfig.from_service_account()
     )
-    return AsyncClient(config=config, field_manager="secgroups-agent")
+    try:
+        import h2  # noqa: F401
+    except ImportError:
+        http2 = False
+    else:
+        http2 = True
+    return AsyncClient(config=config, field_manager="secgroups-agent", http2=http2)
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -123,6 +123,30 @@ def slice_policy(policy: CompiledPolicy, node: str, generation: int | None = Non
     return Snapshot(spec, groups, sets, generation, tuple(missing))
 
 
+def intern(new: Snapshot, old: Snapshot | None) -> Snapshot:
+    """``new`` with every part equal to ``old``'s replaced by ``old``'s object.
+
+    The planner's caches key on object identity first (a watch delivers a new object
+    only for what changed); a re-read file yields new objects for everything, so equal
+    ones are swapped back here, once per load, instead of compared on every sync.
+    """
+    if old is None:
+        return new
+    groups = {k: old.groups[k] if old.groups.get(k) == v else v for k, v in new.groups.items()}
+    sets = {k: old.sets[k] if old.sets.get(k) == v else v for k, v in new.sets.items()}
+    node = new.node
+    if node == old.node:
+        node = old.node
+    else:
+        before = {(p.namespace, p.name): p for p in old.node.pods}
+        pods = tuple(
+            before[(p.namespace, p.name)] if before.get((p.namespace, p.name)) == p else p
+            for p in node.pods
+        )
+        node = node.model_copy(update={"pods": pods})
+    return Snapshot(node, groups, sets, new.generation, new.missing)
+
+
 # --------------------------------------------------------------------------- static
 @dataclass
 class StaticSource:
@@ -209,6 +233,7 @@ class FileSource:
         snap = slice_policy(
             policy, self.node, generation if generation is not None else self._loads
         )
+        snap = intern(snap, self._snapshot)
         if snap == self._snapshot:
             return False
         self._snapshot, self._problem = snap, None

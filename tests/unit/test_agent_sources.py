@@ -269,3 +269,24 @@ def test_an_invalid_node_object_is_reported() -> None:
             await asyncio.gather(task, return_exceptions=True)
 
     run(body())
+
+
+def test_a_reloaded_file_keeps_the_objects_that_did_not_change(tmp_path: Path) -> None:
+    path = tmp_path / "policy.json"
+    policy = _policy()
+    src = FileSource(path, NODE)
+    _write(path, json.dumps({"generation": 1, "policy": _dump(policy)}))
+    assert src.poll()
+    first = src.snapshot()
+    node = policy.nodes[NODE]
+    pods = tuple(p.model_copy(update={"epoch": 9}) if p.name == "web-1" else p for p in node.pods)
+    bumped = policy.model_copy(update={"nodes": {NODE: node.model_copy(update={"pods": pods})}})
+    _write(path, json.dumps({"generation": 2, "policy": _dump(bumped)}))
+    assert src.poll()
+    second = src.snapshot()
+    assert first is not None and second is not None
+    assert all(second.groups[k] is first.groups[k] for k in first.groups)
+    assert all(second.sets[k] is first.sets[k] for k in first.sets)
+    same = [p for p in second.node.pods if p.name != "web-1"]
+    assert all(any(p is q for q in first.node.pods) for p in same)
+    assert next(p for p in second.node.pods if p.name == "web-1").epoch == 9
