@@ -182,6 +182,10 @@ def sync_figures(repeat: int) -> None:
         worker.close()
 
     asyncio.run(run())
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"agent-side process max RSS (planner caches for the big node): {rss:.0f} MiB")
 
 
 def main() -> int:

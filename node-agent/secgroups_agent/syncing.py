@@ -455,6 +455,8 @@ class SyncLoop:
             reason, error = self._last_error
         elif self._ct_error is not None:
             reason, error = "ConntrackFailed", self._ct_error
+        elif (problem := self.source.problem()) is not None:
+            reason, error = problem.reason, problem.message  # e.g. a file that stopped parsing
         elif snap is not None and snap.missing:
             reason, error = (
                 "MissingReferences",

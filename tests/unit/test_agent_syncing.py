@@ -368,3 +368,19 @@ def test_a_render_error_is_reported_and_nothing_is_applied() -> None:
 
 def _unused(x: Awaitable[object]) -> None:  # keep the import of Awaitable meaningful for mypy
     del x
+
+
+def test_a_source_problem_is_reported_while_the_last_good_policy_stays() -> None:
+    async def body() -> None:
+        from secgroups_agent.sources import SourceProblem
+
+        policy, ifaces = _policy()
+        src = StaticSource(_snap(policy, 3))
+        async with Rig(src, interfaces=FakeInterfaces(ifaces)) as rig:
+            await rig.until_status(lambda s: s.applied_generation == 3, "generation 3")
+            src.set(_snap(policy, 3), SourceProblem("SourceInvalid", "policy.json: bad JSON"))
+            await rig.until_status(lambda s: s.reason == "SourceInvalid", "the problem")
+            assert rig.status.last is not None and rig.status.last.applied_generation == 3
+            assert len(rig.applied) == 1
+
+    run(body())
