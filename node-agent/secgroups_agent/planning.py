@@ -21,22 +21,13 @@ objects) and the elements set by set, and emits ONE transaction with the rendere
 changed objects, the removed and added elements, and empty declarations of what they
 reference. A full plan is ``full_transaction`` of the whole table.
 
-The renderer (``secgroups.nft.rendering``) has one public entry point, ``render``, so
-the parts come from rendering small synthetic policies (a node with one pod; a group
-whose only pod has no IP; a probe group whose rules reference one set) and picking
-objects by the names ``secgroups.nft.names`` gives them. Address-set elements are
-built here with ``objects.element`` (the renderer's rule: a security group's members
-are single addresses, an IP address group's are networks). Unit tests check that the
-assembled table is byte-identical to ``render`` of the whole node, after any sequence
-of incremental plans. docs/agent.md lists the renderer entry points this module
-would rather call.
+The parts come from :mod:`secgroups_agent.parts` (per-object entry points composed from
+the renderer's ``render``). Unit tests check that the assembled table is byte-identical
+to ``render`` of the whole node, after any sequence of incremental plans.
 """
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -46,15 +37,9 @@ from secgroups.compiled import (
     CompiledGroupSpec,
     CompiledNodeSpec,
     CompiledPod,
-    CompiledPolicy,
-    CompiledRemote,
-    CompiledRule,
     ObjectKey,
-    RemoteKind,
     SourceKind,
 )
-from secgroups.models import Action, Direction, IPFamily, Protocol
-from secgroups.nft import names
 from secgroups.nft.objects import (
     Chain,
     CtTimeout,
@@ -63,235 +48,25 @@ from secgroups.nft.objects import (
     Ruleset,
     Set,
     TableObject,
-    element,
     skeleton,
 )
-from secgroups.nft.rendering import MAX_HASH_SET_ADDRESSES, RenderError, RenderOptions, render
+from secgroups.nft.rendering import MAX_HASH_SET_ADDRESSES, RenderError, RenderOptions
 from secgroups.nft.statements import Family, RefKind
 from secgroups.nft.transactions import Inventory, diff_transaction, full_transaction
-from secgroups_agent.sources import Snapshot
-
-FAMILIES: tuple[Family, Family] = (4, 6)
-Key = tuple[RefKind, str]
-# Synthetic objects used to call the renderer on one part (never rendered into the table).
-_PROBE_NS = "secgroups-agent"
-_PROBE_GROUP = "agent:probe-group"
-_PROBE_POD = CompiledPod(
-    namespace=_PROBE_NS, name="probe", uid="agent-probe", ips=(), groups=(_PROBE_GROUP,)
+from secgroups_agent.parts import (
+    GroupPart,
+    Key,
+    PartRenderer,
+    PodPart,
+    TwinRef,
+    canonical_ip,
+    cidr_elements,
+    key_of,
+    member_cidrs,
+    set_identity,
+    used_sets,
 )
-
-
-def key_of(obj: TableObject) -> Key:
-    if isinstance(obj, CtTimeout):
-        return (RefKind.CT_TIMEOUT, obj.name)
-    if isinstance(obj, Set | Map):
-        return (RefKind.SET, obj.name)
-    return (RefKind.CHAIN, obj.name)
-
-
-# --------------------------------------------------------------------------- parts
-@dataclass(frozen=True)
-class StaticPart:
-    objects: tuple[TableObject, ...]  # chains and ct timeouts that do not depend on the policy
-    containers: Mapping[str, Set | Map]  # the pod sets and maps, empty
-    names: frozenset[str]  # every object name of an empty node's table
-
-
-@dataclass(frozen=True)
-class TwinRef:
-    """One family of one compiled address set, as a group's rules use it."""
-
-    key: str
-    family: Family
-    name: str
-
-
-@dataclass(frozen=True)
-class GroupPart:
-    chains: tuple[Chain, ...]
-    port_sets: tuple[Set, ...]
-    twins: tuple[TwinRef, ...]
-
-
-@dataclass(frozen=True)
-class PodPart:
-    """A pod's (or, as a fallback, all pods') group-list chains and container elements."""
-
-    chains: tuple[Chain, ...]
-    elements: Mapping[str, tuple[Element, ...]]  # container name -> elements
-
-
-def _cidrs(spec: CompiledAddressSetSpec, f: Family) -> tuple[str, ...]:
-    return spec.ipv4 if f == 4 else spec.ipv6
-
-
-def _set_identity(spec: CompiledAddressSetSpec) -> tuple[SourceKind, ObjectKey]:
-    """What a set's name and declaration depend on (not its members)."""
-    return (spec.source_kind, spec.source)
-
-
-def twin_name(key: str, spec: CompiledAddressSetSpec, f: Family) -> str:
-    is_group = spec.source_kind is SourceKind.SECURITY_GROUP
-    return names.address_set(key, spec.source.namespace, spec.source.name, is_group, f)
-
-
-@functools.lru_cache(maxsize=65536)
-def _canonical_ip(ip: str) -> str:
-    return str(ipaddress.ip_address(ip))
-
-
-def _host_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """``ipaddress.ip_address`` for canonical text, ~10x faster: 120k members are parsed
-    on a cold start, and ipaddress's pure-Python parser was 80% of it (profiled)."""
-    try:
-        if ":" in text:
-            return ipaddress.IPv6Address(int.from_bytes(socket.inet_pton(socket.AF_INET6, text)))
-        return ipaddress.IPv4Address(int.from_bytes(socket.inet_pton(socket.AF_INET, text)))
-    except OSError:
-        return ipaddress.ip_address(text)  # not canonical: let ipaddress judge (and raise)
-
-
-def cidr_elements(spec: CompiledAddressSetSpec, cidr: str) -> tuple[Element, ...]:
-    """The nft elements one member CIDR of ``spec`` becomes in its twin of that family.
-
-    Mirrors the renderer (``rendering._address_sets``): a security group's twin is a
-    hash set of single addresses, an IP address group's an interval set of networks.
-    Built here because the renderer has no per-element entry point; a unit test keeps
-    the two in step.
-    """
-    if spec.source_kind is not SourceKind.SECURITY_GROUP:
-        return (element(ipaddress.ip_network(cidr)),)
-    if cidr.endswith(("/32", "/128")) or "/" not in cidr:  # the common case, parsed cheaply
-        return (element(_host_address(cidr.partition("/")[0])),)
-    net = ipaddress.ip_network(cidr)
-    if net.num_addresses > MAX_HASH_SET_ADDRESSES:
-        raise RenderError(f"address set member {cidr} of {spec.source} is too large")
-    return tuple(element(ip) for ip in net)
-
-
-class PartRenderer:
-    """Per-object entry points, composed from ``render`` on synthetic policies."""
-
-    def __init__(self, node: str, options: RenderOptions) -> None:
-        self.node = node
-        self.options = options
-        self._static: StaticPart | None = None
-
-    def _render(
-        self,
-        *,
-        pods: tuple[CompiledPod, ...],
-        groups: Mapping[str, CompiledGroupSpec],
-        sets: Mapping[str, CompiledAddressSetSpec],
-        interfaces: Mapping[str, str] | None = None,
-    ) -> Ruleset:
-        policy = CompiledPolicy(
-            groups=dict(groups),
-            sets=dict(sets),
-            nodes={self.node: CompiledNodeSpec(node=self.node, pods=pods)},
-        )
-        return render(policy, self.node, interfaces or {}, self.options)
-
-    def static(self) -> StaticPart:
-        if self._static is None:
-            empty = self._render(pods=(), groups={}, sets={})
-            self._static = StaticPart(
-                objects=(*empty.ct_timeouts, *empty.chains),
-                containers={s.name: s for s in empty.sets},
-                names=frozenset(o.name for o in empty.objects),
-            )
-        return self._static
-
-    def group(
-        self, key: str, spec: CompiledGroupSpec, sets: Mapping[str, CompiledAddressSetSpec]
-    ) -> GroupPart:
-        """``key``'s chains and port sets, and the set twins its rules use."""
-        hollow = {
-            s: sets[s].model_copy(update={"ipv4": (), "ipv6": ()})
-            for s in used_sets(spec)
-            if s in sets
-        }
-        pod = _PROBE_POD.model_copy(update={"groups": (key,)})
-        rs = self._render(pods=(pod,), groups={key: spec}, sets=hollow)
-        chain_names = {
-            names.group_chain(key, spec.group.namespace, spec.group.name, d) for d in Direction
-        }
-        twins = {twin_name(s, hollow[s], f): (s, f) for s in hollow for f in FAMILIES}
-        static = self.static().names
-        port_sets: list[Set] = []
-        refs: list[TwinRef] = []
-        for obj in rs.sets:
-            if obj.name in static:
-                continue
-            if obj.name in twins:
-                s, f = twins[obj.name]
-                refs.append(TwinRef(s, f, obj.name))
-            elif isinstance(obj, Set):
-                port_sets.append(obj)
-        chains = tuple(c for c in rs.chains if c.name in chain_names)
-        return GroupPart(chains, tuple(port_sets), tuple(refs))
-
-    def twin_skeletons(self, key: str, spec: CompiledAddressSetSpec) -> dict[Family, Set]:
-        """The declarations (no elements) of both families of a compiled address set."""
-        hollow = spec.model_copy(update={"ipv4": (), "ipv6": ()})
-        rules = tuple(
-            CompiledRule(
-                id=f"{_PROBE_NS}/probe-{f.value}",
-                direction=Direction.INGRESS,
-                action=Action.ALLOW,
-                priority=1,
-                family=f,
-                protocol=Protocol.ALL,
-                remote=CompiledRemote(kind=RemoteKind.SET, set=key),
-            )
-            for f in IPFamily
-        )
-        probe = CompiledGroupSpec(group=ObjectKey(namespace=_PROBE_NS, name="probe"), ingress=rules)
-        rs = self._render(pods=(_PROBE_POD,), groups={_PROBE_GROUP: probe}, sets={key: hollow})
-        out: dict[Family, Set] = {}
-        for f in FAMILIES:
-            obj = rs.set(twin_name(key, spec, f))
-            if not isinstance(obj, Set):
-                raise TypeError(f"address set {obj.name} rendered as a map")
-            out[f] = obj
-        return out
-
-    def pods(
-        self,
-        pods: tuple[CompiledPod, ...],
-        groups: Mapping[str, CompiledGroupSpec],
-        interfaces: Mapping[str, str],
-    ) -> PodPart:
-        """The group-list chains and container elements of ``pods`` (one pod, or all)."""
-        used = {g for p in pods for g in p.groups if g in groups}
-        bare = {
-            g: CompiledGroupSpec(group=groups[g].group, synthesized=groups[g].synthesized)
-            for g in used
-        }
-        ips = {ip for p in pods for ip in p.ips}
-        mine = {ip: name for ip, name in interfaces.items() if ip in ips}
-        rs = self._render(pods=pods, groups=bare, sets={}, interfaces=mine)
-        static = self.static()
-        group_chains = {
-            names.group_chain(g, spec.group.namespace, spec.group.name, d)
-            for g, spec in bare.items()
-            for d in Direction
-        }
-        elements = {s.name: s.elements for s in rs.sets if s.name in static.containers}
-        chains = tuple(
-            c for c in rs.chains if c.name not in static.names and c.name not in group_chains
-        )
-        return PodPart(chains, elements)
-
-
-def used_sets(spec: CompiledGroupSpec) -> list[str]:
-    return sorted(
-        {
-            r.remote.set
-            for r in (*spec.ingress, *spec.egress)
-            if r.remote.kind is RemoteKind.SET and r.remote.set is not None
-        }
-    )
+from secgroups_agent.sources import Snapshot
 
 
 # --------------------------------------------------------------------------- state
@@ -425,7 +200,7 @@ class Planner:
         same = hit is not None and _same(hit[0], spec)
         used = [d[0] for d in hit[1]] if hit is not None and same else used_sets(spec)
         deps: tuple[tuple[str, object], ...] = tuple(
-            (s, _set_identity(sets[s]) if s in sets else None) for s in used
+            (s, set_identity(sets[s]) if s in sets else None) for s in used
         )
         if hit is not None and same and hit[1] == deps:
             return hit[2]
@@ -454,7 +229,7 @@ class Planner:
         return part
 
     def _skeleton(self, key: str, spec: CompiledAddressSetSpec, f: Family) -> Set:
-        ident = (key, _set_identity(spec))
+        ident = (key, set_identity(spec))
         twins = self._cache.skeletons.get(ident)
         if twins is None:
             twins = self.parts.twin_skeletons(key, spec)
@@ -470,7 +245,7 @@ class Planner:
         for pod in sorted(node.pods, key=lambda p: (p.namespace, p.name)):
             for ip in pod.ips:
                 try:
-                    out[_canonical_ip(ip)] = pod.uid
+                    out[canonical_ip(ip)] = pod.uid
                 except ValueError:
                     continue
         self._cache.pod_ips = (node, out)
@@ -551,7 +326,7 @@ class Planner:
         self, ref: TwinRef, spec: CompiledAddressSetSpec, was: TwinMembers | None
     ) -> tuple[TwinMembers, list[Element], list[Element]]:
         """The twin's new members and the elements to delete and to add."""
-        cidrs = _cidrs(spec, ref.family)
+        cidrs = member_cidrs(spec, ref.family)
         if was is not None and (was.cidrs is cidrs or was.cidrs == cidrs):
             return (
                 (was if was.cidrs is cidrs else TwinMembers(ref, cidrs, was.by_cidr, was.count)),

@@ -19,7 +19,8 @@ from tests.nftmodel import NftModel
 from secgroups.compiled import CompiledPolicy
 from secgroups.nft.reading import canonical
 from secgroups.nft.rendering import RenderOptions, render
-from secgroups_agent.planning import Planner, cidr_elements
+from secgroups_agent.parts import cidr_elements
+from secgroups_agent.planning import Planner
 from secgroups_agent.sources import slice_policy
 
 NODE = nc.NODE

@@ -1,0 +1,270 @@
+"""Per-object entry points into the renderer: one group, one pod, one address set.
+
+The planner (:mod:`secgroups_agent.planning`) caches the desired table per object, so it
+needs the renderer's output for one object at a time. ``secgroups.nft.rendering`` has one
+public entry point, ``render(policy, node, pod_interfaces, options)``; the functions here
+render small synthetic policies and pick the objects by the names ``secgroups.nft.names``
+gives them:
+
+* the static part — ``render`` of an empty node (its sets and maps are the pod
+  containers, empty);
+* a group — a node whose only pod has no IP and is in that group, with the sets the
+  group references emptied of members (names and declarations do not depend on them);
+* a pod — a node with that pod alone and its groups without rules;
+* an address set's declarations — a probe group whose IPv4 and IPv6 rules reference it;
+* member elements — built here with ``objects.element`` following the renderer's rule
+  (a security group's members are single addresses in a hash set, an IP address
+  group's are networks in an interval set), because the renderer has no per-element
+  entry point and rendering 6,000 members to change one would defeat the purpose.
+
+``tests/unit/test_agent_planning.py`` keeps this in step with the renderer (assembled
+parts are byte-identical to ``render``); docs/agent.md lists the entry points the
+renderer could offer instead, which would make this module go away.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from secgroups.compiled import (
+    CompiledAddressSetSpec,
+    CompiledGroupSpec,
+    CompiledNodeSpec,
+    CompiledPod,
+    CompiledPolicy,
+    CompiledRemote,
+    CompiledRule,
+    ObjectKey,
+    RemoteKind,
+    SourceKind,
+)
+from secgroups.models import Action, Direction, IPFamily, Protocol
+from secgroups.nft import names
+from secgroups.nft.objects import Chain, CtTimeout, Element, Map, Ruleset, Set, TableObject, element
+from secgroups.nft.rendering import MAX_HASH_SET_ADDRESSES, RenderError, RenderOptions, render
+from secgroups.nft.statements import Family, RefKind
+
+FAMILIES: tuple[Family, Family] = (4, 6)
+Key = tuple[RefKind, str]
+# Synthetic objects used to call the renderer on one part (never rendered into the table).
+_PROBE_NS = "secgroups-agent"
+_PROBE_GROUP = "agent:probe-group"
+_PROBE_POD = CompiledPod(
+    namespace=_PROBE_NS, name="probe", uid="agent-probe", ips=(), groups=(_PROBE_GROUP,)
+)
+
+
+def key_of(obj: TableObject) -> Key:
+    if isinstance(obj, CtTimeout):
+        return (RefKind.CT_TIMEOUT, obj.name)
+    if isinstance(obj, Set | Map):
+        return (RefKind.SET, obj.name)
+    return (RefKind.CHAIN, obj.name)
+
+
+@dataclass(frozen=True)
+class StaticPart:
+    objects: tuple[TableObject, ...]  # chains and ct timeouts that do not depend on the policy
+    containers: Mapping[str, Set | Map]  # the pod sets and maps, empty
+    names: frozenset[str]  # every object name of an empty node's table
+
+
+@dataclass(frozen=True)
+class TwinRef:
+    """One family of one compiled address set, as a group's rules use it."""
+
+    key: str
+    family: Family
+    name: str
+
+
+@dataclass(frozen=True)
+class GroupPart:
+    chains: tuple[Chain, ...]
+    port_sets: tuple[Set, ...]
+    twins: tuple[TwinRef, ...]
+
+
+@dataclass(frozen=True)
+class PodPart:
+    """A pod's (or, as a fallback, all pods') group-list chains and container elements."""
+
+    chains: tuple[Chain, ...]
+    elements: Mapping[str, tuple[Element, ...]]  # container name -> elements
+
+
+def member_cidrs(spec: CompiledAddressSetSpec, f: Family) -> tuple[str, ...]:
+    return spec.ipv4 if f == 4 else spec.ipv6
+
+
+def set_identity(spec: CompiledAddressSetSpec) -> tuple[SourceKind, ObjectKey]:
+    """What a set's name and declaration depend on (not its members)."""
+    return (spec.source_kind, spec.source)
+
+
+def twin_name(key: str, spec: CompiledAddressSetSpec, f: Family) -> str:
+    is_group = spec.source_kind is SourceKind.SECURITY_GROUP
+    return names.address_set(key, spec.source.namespace, spec.source.name, is_group, f)
+
+
+@functools.lru_cache(maxsize=65536)
+def canonical_ip(ip: str) -> str:
+    return str(ipaddress.ip_address(ip))
+
+
+def _host_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``ipaddress.ip_address`` for canonical text, ~10x faster: 120k members are parsed
+    on a cold start, and ipaddress's pure-Python parser was 80% of it (profiled)."""
+    try:
+        if ":" in text:
+            return ipaddress.IPv6Address(int.from_bytes(socket.inet_pton(socket.AF_INET6, text)))
+        return ipaddress.IPv4Address(int.from_bytes(socket.inet_pton(socket.AF_INET, text)))
+    except OSError:
+        return ipaddress.ip_address(text)  # not canonical: let ipaddress judge (and raise)
+
+
+def cidr_elements(spec: CompiledAddressSetSpec, cidr: str) -> tuple[Element, ...]:
+    """The nft elements one member CIDR of ``spec`` becomes in its twin of that family.
+
+    Mirrors the renderer (``rendering._address_sets``): a security group's twin is a
+    hash set of single addresses, an IP address group's an interval set of networks.
+    Built here because the renderer has no per-element entry point; a unit test keeps
+    the two in step.
+    """
+    if spec.source_kind is not SourceKind.SECURITY_GROUP:
+        return (element(ipaddress.ip_network(cidr)),)
+    if cidr.endswith(("/32", "/128")) or "/" not in cidr:  # the common case, parsed cheaply
+        return (element(_host_address(cidr.partition("/")[0])),)
+    net = ipaddress.ip_network(cidr)
+    if net.num_addresses > MAX_HASH_SET_ADDRESSES:
+        raise RenderError(f"address set member {cidr} of {spec.source} is too large")
+    return tuple(element(ip) for ip in net)
+
+
+class PartRenderer:
+    """Per-object entry points, composed from ``render`` on synthetic policies."""
+
+    def __init__(self, node: str, options: RenderOptions) -> None:
+        self.node = node
+        self.options = options
+        self._static: StaticPart | None = None
+
+    def _render(
+        self,
+        *,
+        pods: tuple[CompiledPod, ...],
+        groups: Mapping[str, CompiledGroupSpec],
+        sets: Mapping[str, CompiledAddressSetSpec],
+        interfaces: Mapping[str, str] | None = None,
+    ) -> Ruleset:
+        policy = CompiledPolicy(
+            groups=dict(groups),
+            sets=dict(sets),
+            nodes={self.node: CompiledNodeSpec(node=self.node, pods=pods)},
+        )
+        return render(policy, self.node, interfaces or {}, self.options)
+
+    def static(self) -> StaticPart:
+        if self._static is None:
+            empty = self._render(pods=(), groups={}, sets={})
+            self._static = StaticPart(
+                objects=(*empty.ct_timeouts, *empty.chains),
+                containers={s.name: s for s in empty.sets},
+                names=frozenset(o.name for o in empty.objects),
+            )
+        return self._static
+
+    def group(
+        self, key: str, spec: CompiledGroupSpec, sets: Mapping[str, CompiledAddressSetSpec]
+    ) -> GroupPart:
+        """``key``'s chains and port sets, and the set twins its rules use."""
+        hollow = {
+            s: sets[s].model_copy(update={"ipv4": (), "ipv6": ()})
+            for s in used_sets(spec)
+            if s in sets
+        }
+        pod = _PROBE_POD.model_copy(update={"groups": (key,)})
+        rs = self._render(pods=(pod,), groups={key: spec}, sets=hollow)
+        chain_names = {
+            names.group_chain(key, spec.group.namespace, spec.group.name, d) for d in Direction
+        }
+        twins = {twin_name(s, hollow[s], f): (s, f) for s in hollow for f in FAMILIES}
+        static = self.static().names
+        port_sets: list[Set] = []
+        refs: list[TwinRef] = []
+        for obj in rs.sets:
+            if obj.name in static:
+                continue
+            if obj.name in twins:
+                s, f = twins[obj.name]
+                refs.append(TwinRef(s, f, obj.name))
+            elif isinstance(obj, Set):
+                port_sets.append(obj)
+        chains = tuple(c for c in rs.chains if c.name in chain_names)
+        return GroupPart(chains, tuple(port_sets), tuple(refs))
+
+    def twin_skeletons(self, key: str, spec: CompiledAddressSetSpec) -> dict[Family, Set]:
+        """The declarations (no elements) of both families of a compiled address set."""
+        hollow = spec.model_copy(update={"ipv4": (), "ipv6": ()})
+        rules = tuple(
+            CompiledRule(
+                id=f"{_PROBE_NS}/probe-{f.value}",
+                direction=Direction.INGRESS,
+                action=Action.ALLOW,
+                priority=1,
+                family=f,
+                protocol=Protocol.ALL,
+                remote=CompiledRemote(kind=RemoteKind.SET, set=key),
+            )
+            for f in IPFamily
+        )
+        probe = CompiledGroupSpec(group=ObjectKey(namespace=_PROBE_NS, name="probe"), ingress=rules)
+        rs = self._render(pods=(_PROBE_POD,), groups={_PROBE_GROUP: probe}, sets={key: hollow})
+        out: dict[Family, Set] = {}
+        for f in FAMILIES:
+            obj = rs.set(twin_name(key, spec, f))
+            if not isinstance(obj, Set):
+                raise TypeError(f"address set {obj.name} rendered as a map")
+            out[f] = obj
+        return out
+
+    def pods(
+        self,
+        pods: tuple[CompiledPod, ...],
+        groups: Mapping[str, CompiledGroupSpec],
+        interfaces: Mapping[str, str],
+    ) -> PodPart:
+        """The group-list chains and container elements of ``pods`` (one pod, or all)."""
+        used = {g for p in pods for g in p.groups if g in groups}
+        bare = {
+            g: CompiledGroupSpec(group=groups[g].group, synthesized=groups[g].synthesized)
+            for g in used
+        }
+        ips = {ip for p in pods for ip in p.ips}
+        mine = {ip: name for ip, name in interfaces.items() if ip in ips}
+        rs = self._render(pods=pods, groups=bare, sets={}, interfaces=mine)
+        static = self.static()
+        group_chains = {
+            names.group_chain(g, spec.group.namespace, spec.group.name, d)
+            for g, spec in bare.items()
+            for d in Direction
+        }
+        elements = {s.name: s.elements for s in rs.sets if s.name in static.containers}
+        chains = tuple(
+            c for c in rs.chains if c.name not in static.names and c.name not in group_chains
+        )
+        return PodPart(chains, elements)
+
+
+def used_sets(spec: CompiledGroupSpec) -> list[str]:
+    return sorted(
+        {
+            r.remote.set
+            for r in (*spec.ingress, *spec.egress)
+            if r.remote.kind is RemoteKind.SET and r.remote.set is not None
+        }
+    )
