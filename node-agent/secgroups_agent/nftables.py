@@ -13,7 +13,8 @@ Implementations of :class:`NftBackend`:
   small change (process start);
 * :class:`WorkerWithCliFallback` — the worker, except that the transaction after a
   worker crash (a full resync) goes through the CLI, so that a construct that crashes
-  libnftables cannot crash-loop the worker;
+  libnftables cannot crash-loop the worker; and the CLI for good if the worker cannot
+  start at all (no ``libnftables.so.1``);
 * :class:`FakeNft` — in memory, for unit tests: records transactions, fails on demand,
   and returns whatever listing the test gives it.
 
@@ -36,7 +37,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from secgroups_agent import logs
 from secgroups_agent.nftworker import OP_QUIT, OP_RUN, REQUEST, RESPONSE
+
+log = logs.get("nft")
 
 # nft_ctx_output flags (libnftables.h).
 OUTPUT_JSON = 1 << 4
@@ -61,6 +65,12 @@ class NftWorkerCrashedError(NftError):
     """The libnftables worker died during the call (e.g. a segfault in libnftables)."""
 
     reason = "NftWorkerCrashed"
+
+
+class NftWorkerUnavailableError(NftError):
+    """The libnftables worker cannot start (no libnftables.so.1, no Python to run it)."""
+
+    reason = "NftWorkerUnavailable"
 
 
 class NftTimeoutError(NftError):
@@ -168,19 +178,19 @@ class LibNftWorker:
         except OSError as exc:
             for fd in (req_r, req_w, resp_r, resp_w):
                 os.close(fd)
-            raise NftError(f"cannot start the libnftables worker: {exc}") from exc
+            raise NftWorkerUnavailableError(f"cannot start the libnftables worker: {exc}") from exc
         os.close(req_r)
         os.close(resp_w)
         self._proc, self._req_w, self._resp_r = proc, req_w, resp_r
         self.stats.starts += 1
         try:
             rc, _, err = self._read_response(time.monotonic() + self._start_timeout)
-        except NftError:
+        except NftError as exc:
             self._kill()
-            raise
+            raise NftWorkerUnavailableError(f"the libnftables worker did not start: {exc}") from exc
         if rc != 0:
             self._kill()
-            raise NftError(first_error(err), err)
+            raise NftWorkerUnavailableError(first_error(err), err)
         if self.stats.starts > 1 and self._on_restart is not None:
             self._on_restart(self.last_exit or "unknown")
 
@@ -392,14 +402,22 @@ class WorkerWithCliFallback:
         self.worker = worker
         self.cli = cli
         self._use_cli_once = False
+        self.cli_only = False  # the worker cannot start here: `nft -f -` from now on
 
     def apply(self, text: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        if self._use_cli_once:
+        if self._use_cli_once or self.cli_only:
             self._use_cli_once = False
             self.cli.apply(text, timeout=timeout)
             return
         try:
             self.worker.apply(text, timeout=timeout)
+        except NftWorkerUnavailableError as exc:
+            log.warning(
+                "libnftables worker unavailable; using `nft -f -`",
+                extra=logs.fields(error=exc.message),
+            )
+            self.cli_only = True
+            self.cli.apply(text, timeout=timeout)
         except (NftWorkerCrashedError, NftTimeoutError):
             self._use_cli_once = True
             raise
@@ -407,6 +425,8 @@ class WorkerWithCliFallback:
     def list_json(
         self, target: str, *, terse: bool = False, timeout: float = DEFAULT_TIMEOUT
     ) -> dict[str, Any] | None:
+        if self.cli_only:
+            return self.cli.list_json(target, terse=terse, timeout=timeout)
         return self.worker.list_json(target, terse=terse, timeout=timeout)
 
     def close(self) -> None:

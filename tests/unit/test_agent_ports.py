@@ -24,6 +24,7 @@ from secgroups_agent.nftables import (
     NftError,
     NftTimeoutError,
     NftWorkerCrashedError,
+    NftWorkerUnavailableError,
     WorkerWithCliFallback,
     first_error,
     make_backend,
@@ -90,6 +91,15 @@ def test_an_ordinary_nft_error_does_not_switch_backends() -> None:
         backend.apply("t1")
     backend.apply("t2")
     assert worker.calls == ["t1", "t2"] and cli.calls == []
+
+
+def test_a_worker_that_cannot_start_means_the_cli_for_good() -> None:
+    worker = _Stub("lib", [NftWorkerUnavailableError("Error: cannot load libnftables")])
+    cli = _Stub("cli")
+    backend = WorkerWithCliFallback(worker, cli)  # type: ignore[arg-type]
+    backend.apply("t1")
+    backend.apply("t2")
+    assert worker.calls == ["t1"] and cli.calls == ["t1", "t2"] and backend.cli_only
 
 
 def test_backend_factory() -> None:
