@@ -96,9 +96,13 @@ def up(prefix: str = "ksg", nodes: int = 3) -> int:
     lab = LabCluster(prefix=prefix, nodes=nodes)
     lab.up()
     say = lab.progress
-    files = sorted(EXAMPLES.glob("*.yaml"))
-    lab.kubectl("apply", "--server-side", *(a for f in files for a in ("-f", str(f))))
-    say(f"applied {', '.join(f.name for f in files)}")
+    files = examples()
+    # The examples name the default lab's nodes (ksg-n1…); another prefix has other names.
+    text = "\n---\n".join(
+        f.read_text().replace("nodeName: ksg-n", f"nodeName: {prefix}-n") for f in files
+    )
+    lab.kubectl("apply", "--server-side", "-f", "-", input_text=text)
+    say(f"applied {', '.join(f'examples/{f.name}' for f in files)}")
     wait_for("demo pods running", lambda: pods_running(lab, "demo"), 60.0, say)
     wait_for("node agents applied the compiled policy", lambda: agents_applied(lab), 60.0, say)
     result = matrix(lab)
