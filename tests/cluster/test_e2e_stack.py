@@ -12,11 +12,11 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from tests.cluster.kube import apply, get, wait_until
 
 from secgroups_lab import demo
 from secgroups_lab.cluster import LabCluster
 from secgroups_lab.probes import Flow, ProbeClient
-from tests.cluster.kube import apply, get, wait_until
 
 pytestmark = pytest.mark.cluster
 
