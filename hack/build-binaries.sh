@@ -15,6 +15,10 @@
 set -euo pipefail
 
 HACK=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# `sudo` resets PATH; find the Go toolchain where installers put it.
+for d in /usr/local/go/bin /usr/lib/go/bin "$HOME/go/bin" "$HOME/.local/go/bin"; do
+  if ! command -v go >/dev/null 2>&1 && [ -x "$d/go" ]; then PATH=$d:$PATH; fi
+done
 # shellcheck source=versions.env
 source "$HACK/versions.env"
 K8S=$KUBERNETES_VERSION
