@@ -188,10 +188,15 @@ def run_matrix(
     destinations: Sequence[Target] | None = None,
     timeout: float = 2.0,
     include_self: bool = False,
+    bind_source: bool = False,
 ) -> MatrixResult:
     """Probe from every source to every destination (default: the sources) for every case,
     all at once: one batch per source daemon, run in parallel. A host is not probed from
-    itself unless ``include_self`` (that traffic never leaves its netns)."""
+    itself unless ``include_self`` (that traffic never leaves its netns).
+
+    ``bind_source``: send each probe from the source's own address of the case's family
+    (``src=``), so that a source may be another address of a host that owns several, e.g.
+    an endpoint with the outside host's control socket and ``100.64.250.20``."""
     dsts: Sequence[Target] = destinations if destinations is not None else sources
     cases = list(cases)
     plan: list[list[tuple[Cell, ProbeSpec]]] = []
@@ -204,7 +209,8 @@ def run_matrix(
             for ci, case in enumerate(cases):
                 cell = (si, di, ci)
                 expect[cell] = bool(expected(src, dst, case))
-                spec = ProbeSpec(case.proto, case.address(dst), case.port, timeout)
+                src_ip = case.address(src) if bind_source else None
+                spec = ProbeSpec(case.proto, case.address(dst), case.port, timeout, src_ip)
                 batch.append((cell, spec))
         plan.append(batch)
 
