@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -269,10 +268,11 @@ def parse_conntrack(text: str) -> list[CtEntry]:
 
 
 def conntrack_list(netns: str, family: int, proto: str | None = None) -> list[CtEntry]:
-    """The conntrack entries of ``netns`` (``conntrack -L -f ipv4|ipv6 [-p proto]``)."""
+    """The conntrack entries of ``netns`` (``conntrack -L -f ipv4|ipv6 [-p proto]``; ``icmp``
+    means ICMPv6 for IPv6)."""
     argv = ["conntrack", "-L", "-f", "ipv6" if family == 6 else "ipv4"]
     if proto:
-        argv += ["-p", proto]
+        argv += ["-p", "icmpv6" if proto == "icmp" and family == 6 else proto]
     proc = run_in(netns, argv, check=False, timeout=15.0)
     return parse_conntrack(proc.stdout)
 
@@ -369,7 +369,3 @@ def closing_flows(flows: list[Any]) -> Iterator[list[Any]]:
         for f in flows:
             with contextlib.suppress(Exception):
                 f.close()
-
-
-def run_quiet(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=60, check=False)

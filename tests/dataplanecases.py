@@ -377,3 +377,51 @@ def shop_changed(pods: Mapping[str, LabPod], docs: Sequence[Manifest]) -> list[M
     v6 = [OUTSIDE_ALIASES["stranger"][1], *PARTNERS_V6[1:]]
     out = replace_doc(out, ipag(SHOP, "partners", v4))
     return replace_doc(out, ipag(SHOP, "partners6", v6, family="IPv6"))
+
+
+# ----------------------------------------------------------------------------- conntrack
+CT = "ct"
+CT_PODS: tuple[tuple[int, str, str], ...] = (
+    (1, CT, "srv-1"),
+    (1, CT, "cli-1"),
+    (1, CT, "mover-1"),
+    (2, CT, "srv-2"),
+    (2, CT, "cli-2"),
+)
+CT_PROBE_PORTS = (80, 82, 443)
+CLIENTS = "clients"  # every pod not placed otherwise: no ingress rule, egress anywhere
+
+
+def ct_rule(name: str, group: str, direction: str = "Ingress", **kw: Any) -> Manifest:
+    """A rule of the conntrack scenarios (namespace ``ct``); protocol defaults to All."""
+    protocol = kw.pop("protocol", "All")
+    return rule(CT, name, group, direction, protocol, **kw)
+
+
+def ct_manifests(
+    pods: Mapping[str, LabPod],
+    members: Mapping[str, str],
+    rules: Sequence[Manifest],
+    *,
+    address_groups: Sequence[Manifest] = (),
+    no_egress_rules: Sequence[str] = (),
+) -> list[Manifest]:
+    """Namespace ``ct``: every pod with the annotation ``members`` gives it (default
+    ``clients``), every group used there or by ``rules`` with an egress Allow to anywhere
+    (IPv4 and IPv6, ``<group>-out[6]``) unless named in ``no_egress_rules``, then ``rules``.
+    Groups named only as a rule's remote exist too, with no member until one joins."""
+    used = {g for groups in members.values() for g in groups.split(",") if g}
+    used |= {CLIENTS} | {r["spec"]["securityGroup"] for r in rules}
+    used |= {r["spec"]["remote"]["securityGroup"]["name"] for r in rules if _sg_remote(r)}
+    docs: list[Manifest] = [namespace(CT), *address_groups]
+    docs += [group(CT, g) for g in sorted(used)]
+    docs += [pod(p, members.get(name, CLIENTS)) for name, p in sorted(pods.items())]
+    for g in sorted(used):
+        if g not in no_egress_rules:
+            docs.append(ct_rule(f"{g}-out", g, "Egress"))
+            docs.append(ct_rule(f"{g}-out6", g, "Egress", family="IPv6"))
+    return [*docs, *rules]
+
+
+def _sg_remote(r: Manifest) -> bool:
+    return "securityGroup" in (r["spec"].get("remote") or {})
