@@ -12,12 +12,16 @@ Not a test: nothing is asserted. Figures (notes/dataplane.md §7 targets):
 * hot path: one member added to / removed from a 6,000-member set, from the change to
   the commit, through the sync loop (planner + worker), p50/p99;
 * pod add, epoch bump and group rule rewrite, same path.
+
+``--json`` adds one last line ``JSON {...}`` with the figures in seconds (what
+``bench/dataplane.py`` reads).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -27,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 NETNS = "ksgbench-agent"
+FIGURES: dict[str, object] = {}  # name -> seconds, or {"p50", "p99", "phases"} (--json)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -56,6 +61,7 @@ def backends(repeat: int) -> None:
             backend.apply(f"delete element inet benchx s {{ {ip} }}\n")
             times.append(time.perf_counter() - t)
         print(f"small transaction, {name}: {ms(times)}")
+        FIGURES[f"small transaction, {name}"] = {"p50": pct(times, 50), "p99": pct(times, 99)}
     worker.apply("delete table inet benchx\n")
     worker.close()
 
@@ -104,12 +110,15 @@ def sync_figures(repeat: int) -> None:
         tasks = [asyncio.create_task(loop.run()), asyncio.create_task(src.run(loop.changed))]
         phases: list[dict[str, float]] = []
 
-        def phase_line() -> str:
+        def phase_line(figure: str, xs: list[float] | float) -> str:
             keys = ("inputs", "compute", "emit")
-            out = ", ".join(
-                f"{k} {statistics.median(p[k] for p in phases) * 1e3:.2f}" for k in keys
-            )
+            medians = {k: statistics.median(p[k] for p in phases) for k in keys}
+            out = ", ".join(f"{k} {v * 1e3:.2f}" for k, v in medians.items())
             phases.clear()
+            if isinstance(xs, list):
+                FIGURES[figure] = {"p50": pct(xs, 50), "p99": pct(xs, 99), "phases": medians}
+            else:
+                FIGURES[figure] = {"seconds": xs, "phases": medians}
             return f"  (medians, ms: {out})"
 
         async def change(p: CompiledPolicy, *, full: bool = False) -> float:
@@ -128,13 +137,14 @@ def sync_figures(repeat: int) -> None:
             phases.append(res.timings)
             return res.latency
 
-        print(f"full sync, cold (render caches empty, empty table): {await change(policy):.3f} s")
-        print(phase_line())
+        cold = await change(policy)
+        print(f"full sync, cold (render caches empty, empty table): {cold:.3f} s")
+        print(phase_line("full sync, cold", cold))
         warm = []
         for _ in range(3):
             warm.append(await change(policy, full=True))
         print(f"full sync, warm (periodic resync): {statistics.median(warm):.3f} s")
-        print(phase_line())
+        print(phase_line("full sync, warm", statistics.median(warm)))
         key = ac.remote_key(3)
         members = list(policy.sets[key].ipv4)
         cur = policy
@@ -146,7 +156,7 @@ def sync_figures(repeat: int) -> None:
             cur = ac.with_members(cur, key, members)
             hot.append(await change(cur))
         print(f"member add/remove in a 6,000-member set: {ms(hot)}")
-        print(phase_line())
+        print(phase_line("member add/remove in a 6,000-member set", hot))
         pods = list(cur.nodes[node].pods)
         bumps = []
         for i in range(min(repeat, 50)):
@@ -155,7 +165,7 @@ def sync_figures(repeat: int) -> None:
             cur = cur.model_copy(update={"nodes": {node: spec}})
             bumps.append(await change(cur))
         print(f"epoch bump of one pod: {ms(bumps)}")
-        print(phase_line())
+        print(phase_line("epoch bump of one pod", bumps))
         adds = []
         groups = sorted(cur.groups)
         for i in range(min(repeat, 50)):
@@ -164,7 +174,7 @@ def sync_figures(repeat: int) -> None:
             cur = cur.model_copy(update={"nodes": {node: spec}})
             adds.append(await change(cur))
         print(f"pod add (existing group list): {ms(adds)}")
-        print(phase_line())
+        print(phase_line("pod add (existing group list)", adds))
         rewrites = []
         for i in range(min(repeat, 50)):
             g = groups[i % 20]
@@ -174,7 +184,7 @@ def sync_figures(repeat: int) -> None:
             cur = cur.model_copy(update={"groups": {**cur.groups, g: changed}})
             rewrites.append(await change(cur))
         print(f"group rule rewrite (50 rules): {ms(rewrites)}")
-        print(phase_line())
+        print(phase_line("group rule rewrite (50 rules)", rewrites))
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -186,11 +196,13 @@ def sync_figures(repeat: int) -> None:
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"agent-side process max RSS (planner caches for the big node): {rss:.0f} MiB")
+    FIGURES["bench process max RSS MiB"] = rss
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--repeat", type=int, default=200)
+    p.add_argument("--json", action="store_true", help="end with a JSON line of the figures")
     args = p.parse_args()
     if os.environ.get("KSG_BENCH_IN_NETNS") != "1":
         if os.geteuid() != 0:
@@ -209,6 +221,7 @@ def main() -> int:
                     __file__,
                     "--repeat",
                     str(args.repeat),
+                    *(["--json"] if args.json else []),
                 ],
                 env=env,
                 check=False,
@@ -218,6 +231,8 @@ def main() -> int:
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     backends(args.repeat)
     sync_figures(args.repeat)
+    if args.json:
+        print("JSON " + json.dumps(FIGURES), flush=True)
     return 0
 
 
