@@ -36,7 +36,7 @@ from secgroups.compiling import CompileOptions, Problem, compile_policy
 from secgroups.evaluating import Evaluator, Packet, Verdict
 from secgroups.facts import ClusterFacts
 from secgroups.membership import PodKey
-from secgroups_lab.matrix import Case, MatrixResult, Target, run_matrix
+from secgroups_lab.matrix import Case, Family, MatrixResult, Target, run_matrix
 from secgroups_lab.network import (
     Lab,
     NodeHost,
@@ -166,9 +166,10 @@ def run_gre_matrix(
     destinations: Sequence[Target],
     expected: Expected,
     *,
+    families: Sequence[Family] = (4, 6),
     timeout: float = DENIED_TIMEOUT,
 ) -> list[MatrixResult]:
-    """GRE (IPv4 and IPv6) from every source to every destination, against ``expected``.
+    """GRE (over ``families``) from every source to every destination, against ``expected``.
 
     GRE version 0 has no ports or keys that conntrack uses, so one entry stands for both
     directions of an address pair: a packet one way would make the other way's first
@@ -176,6 +177,7 @@ def run_gre_matrix(
     in one order of all endpoints, then the reverse — with conntrack flushed on every node
     before each phase.
     """
+    cases = [Case("gre", 0, f) for f in families]
     order: dict[str, int] = {}
     for ep in [*sources, *destinations]:
         order.setdefault(ep.label, len(order))
@@ -195,7 +197,7 @@ def run_gre_matrix(
         def one(item: tuple[Endpoint, list[Target]]) -> MatrixResult:
             s, ds = item
             return run_matrix(
-                [s], GRE, expected, destinations=ds, timeout=timeout, bind_source=True
+                [s], cases, expected, destinations=ds, timeout=timeout, bind_source=True
             )
 
         with ThreadPoolExecutor(max_workers=max(1, len(plan))) as pool:
