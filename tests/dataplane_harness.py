@@ -49,6 +49,7 @@ from secgroups_lab.network import (
 from secgroups_lab.probes import Endpoint, ProbeClient
 
 DENIED_TIMEOUT = 1.0  # seconds a probe that should be denied is given
+ALLOWED_TIMEOUT = 5.0  # ...and one that should pass (it answers in milliseconds unless loaded)
 GRE = (Case("gre", 0, 4), Case("gre", 0, 6))
 
 
@@ -197,7 +198,13 @@ def run_gre_matrix(
         def one(item: tuple[Endpoint, list[Target]]) -> MatrixResult:
             s, ds = item
             return run_matrix(
-                [s], cases, expected, destinations=ds, timeout=timeout, bind_source=True
+                [s],
+                cases,
+                expected,
+                destinations=ds,
+                timeout=timeout,
+                bind_source=True,
+                allowed_timeout=ALLOWED_TIMEOUT,
             )
 
         with ThreadPoolExecutor(max_workers=max(1, len(plan))) as pool:

@@ -21,7 +21,6 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 from tests.dataplane_harness import (
+    ALLOWED_TIMEOUT,
     DENIED_TIMEOUT,
     Alias,
     DataplaneLab,
@@ -58,7 +58,6 @@ pytestmark = pytest.mark.netns
 
 PREFIX = "ksgcli"
 CLI = Path(sys.executable).with_name("kubectl-secgroups")
-TRACE_PROBE_TIMEOUT = 1.5
 PORTS = ",".join([*(f"tcp/{p}" for p in SHOP_PROBE_PORTS), "udp/5432", "udp/8080", "icmp", "gre"])
 
 
@@ -171,7 +170,11 @@ def test_cli_matrix_is_what_the_packets_do(scenario: Scenario, family: Family) -
     outside: list[Target] = [dp.outside, *dp.aliases()]
     senders = scenario.endpoints()
     assert {cli.name_of(e) for e in senders} == set(cli.peers)  # the CLI saw every endpoint
-    kw: dict[str, Any] = {"timeout": DENIED_TIMEOUT, "bind_source": True}
+    kw: dict[str, Any] = {
+        "timeout": DENIED_TIMEOUT,
+        "allowed_timeout": ALLOWED_TIMEOUT,
+        "bind_source": True,
+    }
     results: list[MatrixResult] = [
         run_matrix(senders, cases_of(family), cli, destinations=pods, **kw),
         run_matrix(list(dp.pods.values()), cases_of(family), cli, destinations=outside, **kw),
@@ -267,15 +270,14 @@ def test_trace_agrees_with_a_real_probe(scenario: Scenario, cell: TraceCell) -> 
         argv += ["--port", str(cell.port)]
     if cell.proto == "gre":
         scenario.dp.flush_conntrack()  # GRE entries key on the address pair only
-    with ThreadPoolExecutor(max_workers=1) as pool:  # the CLI runs while the probe does
-        traced = pool.submit(kubectl_secgroups, *argv)
-        src_ip = case.address(src) if isinstance(src, Alias) else None
-        observed = ProbeClient(src).probe(
-            case.proto, case.address(dst), case.port, timeout=TRACE_PROBE_TIMEOUT, src=src_ip
-        )
-        proc = traced.result()
+    proc = kubectl_secgroups(*argv)
     assert proc.returncode in (0, 1), proc.stderr
     answer = json.loads(proc.stdout)
+    src_ip = case.address(src) if isinstance(src, Alias) else None
+    wait = ALLOWED_TIMEOUT if answer["allowed"] else DENIED_TIMEOUT
+    observed = ProbeClient(src).probe(
+        case.proto, case.address(dst), case.port, timeout=wait, src=src_ip
+    )
     decided = answer.get("decidedBy") or {}
     why = f"trace says {answer['verdict']} (rule {decided.get('rule')}); probe {observed}"
     assert answer["allowed"] == observed.ok, why

@@ -31,6 +31,7 @@ from typing import Any, Literal, TypeVar
 
 import pytest
 from tests.dataplane_harness import (
+    ALLOWED_TIMEOUT,
     DENIED_TIMEOUT,
     Alias,
     CtEntry,
@@ -65,7 +66,7 @@ if _why:
 pytestmark = pytest.mark.netns
 
 PREFIX = "ksgctk"
-ALIVE_TIMEOUT = 3.0  # a check that should pass normally answers in a millisecond
+ALIVE_TIMEOUT = ALLOWED_TIMEOUT  # a check that should pass answers in a millisecond
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -132,7 +133,9 @@ def open_flow(dp: DataplaneLab, spec: FlowSpec) -> Live:
     case = spec.case
     src = case.address(c) if isinstance(c, Alias) else None
     client, server = ProbeClient(c), ProbeClient(s)
-    handle = client.open_flow(spec.proto, case.address(s), case.port, timeout=2.0, src=src)
+    handle = client.open_flow(
+        spec.proto, case.address(s), case.port, timeout=ALLOWED_TIMEOUT, src=src
+    )
     return Live(spec, c, s, Flow(client, server, handle))
 
 
@@ -586,7 +589,8 @@ def test_a_deleted_entry_never_comes_back_flipped(dp: DataplaneLab, family: Fami
         assert flipped_entries(dp, live) == []
         assert not live.flow.check(timeout=DENIED_TIMEOUT).ok
         assert flipped_entries(dp, live) == []
-        fresh = ProbeClient(dp.outside).probe("tcp", live.spec.case.address(dp.pods["srv-1"]), 80)
+        dst = live.spec.case.address(dp.pods["srv-1"])
+        fresh = ProbeClient(dp.outside).probe("tcp", dst, 80, timeout=ALLOWED_TIMEOUT)
         assert fresh.ok, fresh
 
 
@@ -771,7 +775,14 @@ def test_neighbour_discovery_works_after_flushing_caches(dp: DataplaneLab) -> No
     cases = [Case("tcp", 80, 6), Case("icmp", 0, 6), Case("tcp", 80, 4), Case("tcp", 443, 6)]
     hosts: list[Endpoint] = [dp.pods["srv-1"], dp.pods["cli-1"], dp.pods["srv-2"], dp.outside]
     targets: list[Target] = list(hosts)
-    result = run_matrix(hosts, cases, Oracle(step.policy), destinations=targets, timeout=2.0)
+    result = run_matrix(
+        hosts,
+        cases,
+        Oracle(step.policy),
+        destinations=targets,
+        timeout=DENIED_TIMEOUT,
+        allowed_timeout=ALLOWED_TIMEOUT,
+    )
     result.assert_matches()
     assert any(not ok for ok in result.expected.values())  # ICMPv6 echo and 443 are denied
     neigh = run_in(dp.pods["srv-1"].netns, ["ip", "-6", "neigh", "show"]).stdout

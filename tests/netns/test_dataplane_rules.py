@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from tests.dataplane_harness import (
+    ALLOWED_TIMEOUT,
     DENIED_TIMEOUT,
     GRE,
     DataplaneLab,
@@ -47,7 +49,6 @@ if _why:
 pytestmark = pytest.mark.netns
 
 PREFIX = "ksgrul"
-T = DENIED_TIMEOUT
 FAMILIES: tuple[Family, ...] = (4, 6)
 PROTO_PORTS: list[tuple[Proto, int]] = [
     *(("tcp", p) for p in SHOP_PROBE_PORTS),
@@ -81,11 +82,14 @@ def probe_everything(dp: DataplaneLab, oracle: Oracle) -> list[MatrixResult]:
     """Everyone → every pod, every pod → the outside and the nodes; GRE in phases."""
     pods: list[Target] = list(dp.pods.values())
     pod_senders: list[Endpoint] = list(dp.pods.values())
+    kw: dict[str, Any] = {
+        "timeout": DENIED_TIMEOUT,
+        "allowed_timeout": ALLOWED_TIMEOUT,
+        "bind_source": True,
+    }
     results = [
-        run_matrix(senders(dp), CASES, oracle, destinations=pods, timeout=T, bind_source=True),
-        run_matrix(
-            pod_senders, CASES, oracle, destinations=others(dp), timeout=T, bind_source=True
-        ),
+        run_matrix(senders(dp), CASES, oracle, destinations=pods, **kw),
+        run_matrix(pod_senders, CASES, oracle, destinations=others(dp), **kw),
     ]
     gre_senders: list[Endpoint] = [*pod_senders, dp.outside, *dp.aliases()]
     results += run_gre_matrix(dp, gre_senders, [*pods, dp.outside], oracle)
