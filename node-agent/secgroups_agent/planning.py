@@ -63,6 +63,7 @@ from secgroups_agent.parts import (
     canonical_ip,
     cidr_elements,
     key_of,
+    member_block,
     member_cidrs,
     set_identity,
     used_sets,
@@ -73,16 +74,32 @@ from secgroups_agent.sources import Snapshot
 # --------------------------------------------------------------------------- state
 @dataclass(frozen=True)
 class TwinMembers:
-    """What one address-set twin holds: elements per compiled member CIDR."""
+    """What one address-set twin holds: the compiled member CIDRs (the snapshot's own
+    tuple, so nothing per member is kept) and the number of elements they make."""
 
     ref: TwinRef
+    spec: CompiledAddressSetSpec
     cidrs: tuple[str, ...]
-    by_cidr: Mapping[str, tuple[Element, ...]]
     count: int
 
     def elements(self) -> Iterable[Element]:
-        for els in self.by_cidr.values():
-            yield from els
+        for c in self.cidrs:
+            yield from cidr_elements(self.spec, c)
+
+
+@dataclass(frozen=True)
+class _FilledTwin(Set):
+    """A twin with all its members for a full plan, the element lines ready-made
+    (``parts.member_block``): the same text as ``Set``'s, without an ``Element`` per
+    member. Only ever printed."""
+
+    body: str = ""
+
+    def with_elements(self, elements: Iterable[Element]) -> Set:
+        return Set(self.name, self.key, self.interval, tuple(elements))  # skeleton(): no body
+
+    def lines(self) -> list[str]:
+        return [f"\tset {self.name} {{", *self.spec_lines(), *filter(None, [self.body]), "\t}"]
 
 
 @dataclass(frozen=True)
@@ -157,7 +174,7 @@ class _Caches:
     skeletons: dict[tuple[str, tuple[SourceKind, ObjectKey]], dict[Family, Set]] = field(
         default_factory=dict
     )
-    full_twins: dict[str, tuple[Mapping[str, tuple[Element, ...]], Set]] = field(
+    full_twins: dict[str, tuple[tuple[str, ...], CompiledAddressSetSpec, Set, int]] = field(
         default_factory=dict
     )
     pod_ips: tuple[CompiledNodeSpec, dict[str, str]] | None = None
@@ -329,25 +346,18 @@ class Planner:
         """The twin's new members and the elements to delete and to add."""
         cidrs = member_cidrs(spec, ref.family)
         if was is not None and (was.cidrs is cidrs or was.cidrs == cidrs):
-            return (
-                (was if was.cidrs is cidrs else TwinMembers(ref, cidrs, was.by_cidr, was.count)),
-                [],
-                [],
-            )
-        before = was.by_cidr if was is not None else {}
-        after_keys = set(cidrs)
-        removed = sorted(before.keys() - after_keys)
-        added = sorted(after_keys - before.keys())
-        by_cidr = dict(before)
+            same = was.cidrs is cidrs and was.spec is spec
+            return (was if same else TwinMembers(ref, spec, cidrs, was.count)), [], []
+        before = set(was.cidrs) if was is not None else set()
+        after = set(cidrs)
         gone: list[Element] = []
         came: list[Element] = []
-        for c in removed:
-            gone.extend(by_cidr.pop(c))
-        for c in added:
-            els = cidr_elements(spec, c)
-            by_cidr[c] = els
-            came.extend(els)
-        if removed and added:  # an address can move between a removed and an added CIDR
+        if was is not None:
+            for c in sorted(before - after):
+                gone.extend(cidr_elements(was.spec, c))
+        for c in sorted(after - before):
+            came.extend(cidr_elements(spec, c))
+        if gone and came:  # an address can move between a removed and an added CIDR
             gone_set, came_set = set(gone), set(came)
             gone, came = (
                 [e for e in gone if e not in came_set],
@@ -356,15 +366,23 @@ class Planner:
         count = (was.count if was is not None else 0) - len(gone) + len(came)
         if count > MAX_HASH_SET_ADDRESSES:
             raise RenderError(f"address set {ref.key} has {count} elements in {ref.name}")
-        return TwinMembers(ref, cidrs, by_cidr, count), gone, came
+        return TwinMembers(ref, spec, cidrs, count), gone, came
 
-    def _full_twin(self, name: str, skel: Set, members: TwinMembers) -> Set:
-        hit = self._cache.full_twins.get(name)
-        if hit is not None and hit[0] is members.by_cidr and hit[1].decl() == skel.decl():
-            return hit[1]
-        full = skel.with_elements(members.elements())
-        self._cache.full_twins[name] = (members.by_cidr, full)
-        return full
+    def _full_twin(self, ref: TwinRef, skel: Set, spec: CompiledAddressSetSpec) -> tuple[Set, int]:
+        """The twin with all its members (element text cached until the members change)."""
+        cidrs = member_cidrs(spec, ref.family)
+        hit = self._cache.full_twins.get(ref.name)
+        if (
+            hit is not None
+            and (hit[0] is cidrs or hit[0] == cidrs)
+            and hit[1].source_kind is spec.source_kind
+            and hit[2].decl() == skel.decl()
+        ):
+            return hit[2], hit[3]
+        count, body = member_block(spec, ref.family)
+        full = _FilledTwin(skel.name, skel.key, skel.interval, (), body)
+        self._cache.full_twins[ref.name] = (cidrs, spec, full, count)
+        return full, count
 
     # ------------------------------------------------------------- plans
     def plan(
@@ -478,7 +496,6 @@ class Planner:
         removed: frozenset[str],
         inventory: Inventory | None,
     ) -> Plan:
-        old = self.last_committed
         twins: dict[str, TwinMembers] = {}
         filled: dict[Key, TableObject] = dict(objects)
         for name, box in containers.items():
@@ -490,12 +507,9 @@ class Planner:
             k = (RefKind.SET, name)
             skel = objects[k]
             assert isinstance(skel, Set)
-            was = old.twins.get(name) if old is not None else None
-            if was is not None and was.ref != ref:
-                was = None
-            members, _, _ = self._members(ref, snap.sets[ref.key], was)
-            twins[name] = members
-            filled[k] = self._full_twin(name, skel, members)
+            spec = snap.sets[ref.key]
+            filled[k], count = self._full_twin(ref, skel, spec)
+            twins[name] = TwinMembers(ref, spec, member_cidrs(spec, ref.family), count)
         for gone in set(self._cache.full_twins) - set(refs):
             del self._cache.full_twins[gone]
         text = full_transaction(Ruleset.of(self.options.table, filled.values()), inventory)

@@ -18,8 +18,8 @@ from tests.nftmodel import NftModel
 
 from secgroups.compiled import CompiledPolicy
 from secgroups.nft.reading import canonical
-from secgroups.nft.rendering import RenderOptions, render
-from secgroups_agent.parts import cidr_elements
+from secgroups.nft.rendering import RenderError, RenderOptions, render
+from secgroups_agent.parts import cidr_elements, member_block
 from secgroups_agent.planning import Planner
 from secgroups_agent.sources import slice_policy
 
@@ -101,6 +101,53 @@ def test_member_elements_follow_the_renderer(kind: str, cidrs: list[str]) -> Non
         name = next(s.name for s in rendered.sets if s.name.endswith(f"_{fam}") and "_x_" in s.name)
         mine = sorted(e.text() for c in items for e in cidr_elements(spec, c))
         assert mine == sorted(e.text() for e in rendered.set(name).elements)
+
+
+@pytest.mark.parametrize(
+    ("kind", "cidrs"),
+    [
+        ("sg", ["100.64.1.9/32", "100.64.1.2/32", "10.0.0.1/32"]),  # the fast path, unsorted
+        ("sg", ["100.64.1.2/32", "100.64.2.0/30", "fd64:5ec::1/128", "fd64:5ec::10/126"]),
+        ("sg", ["fd64:5ec::a/128", "fd64:5ec:0:1::2/128", "::ffff:100.64.1.2/128"]),
+        ("sg", ["::ffff:6440:102/128", "FD64:5EC::B/128"]),  # not the renderer's text
+        ("sg", ["100.64.1.2"]),
+        ("sg", []),
+        ("ipag", ["198.51.100.0/24", "192.0.2.7/32", "2001:db8::/64"]),
+    ],
+)
+def test_member_blocks_print_what_the_renderer_prints(kind: str, cidrs: list[str]) -> None:
+    v4 = [c for c in cidrs if ":" not in c]
+    v6 = [c for c in cidrs if ":" in c]
+    key, spec = (nc.sg_set if kind == "sg" else nc.ipag_set)("ns", "x", v4, v6)
+    g = nc.group(
+        "ns",
+        "g",
+        [
+            nc.rule("ns/r4", nc.IN, "All", remote=nc.ref(key)),
+            nc.rule("ns/r6", nc.IN, "All", remote=nc.ref(key), family=nc.V6),
+        ],
+    )
+    pol = nc.policy([g], [(key, spec)], [nc.pod("ns", "p", ["100.64.9.2"], [g[0]])])
+    rendered = render(pol, NODE, {})
+    for fam in (4, 6):
+        name = next(s.name for s in rendered.sets if s.name.endswith(f"_{fam}") and "_x_" in s.name)
+        want = rendered.set(name)
+        count, body = member_block(spec, fam)
+        assert count == len(want.elements)
+        assert want.lines()[len(want.spec_lines()) + 1 : -1] == (body.split("\n") if body else [])
+
+
+@pytest.mark.parametrize(
+    "cidrs", [["100.64.1.2/32", "100.64.1.2/32"], ["100.64.1.2/32", "100.64.1.0/30"], ["x/32"]]
+)
+def test_member_blocks_refuse_what_the_renderer_refuses(cidrs: list[str]) -> None:
+    key, spec = nc.sg_set("ns", "x", cidrs)
+    g = nc.group("ns", "g", [nc.rule("ns/r4", nc.IN, "All", remote=nc.ref(key))])
+    pol = nc.policy([g], [(key, spec)], [nc.pod("ns", "p", ["100.64.9.2"], [g[0]])])
+    with pytest.raises(RenderError):
+        render(pol, NODE, {})
+    with pytest.raises(RenderError):
+        member_block(spec, 4)
 
 
 def _web_db() -> tuple[CompiledPolicy, dict[str, str]]:
