@@ -19,11 +19,15 @@ alike; each figure is the median over all rounds. Variants:
   the server pod in 5 groups × 120 ingress rules (remote groups, CIDRs, port lists, a
   Deny now and then) and 20 remote groups of 6,000 members each (120k set elements);
   the rule that admits the client is the 116th rule of the 5th group, so a new
-  connection walks ~595 rules first (the worst a pod can have within the quotas).
+  connection walks ~595 rules first (5 groups, the most a pod has without a warning,
+  each at the 120-rule quota);
+* ``ours-1st`` — the same table with the client's rule first: the layout's fixed cost.
 
 Figures: **first-packet connect p50** — a single-threaded client doing ``connect()`` +
 ``SO_LINGER 0`` close in a loop (every connection is new to conntrack and walks the
-ruleset); **established throughput** — one bulk TCP flow client → pod.
+ruleset; 6 rounds of 0.8 s per variant); **established throughput** — one bulk TCP flow
+client → pod (6 rounds of 1.5 s per variant: a single flow on veth moves by ±20 % from
+one second to the next).
 
 **Agent** — ``bench/agent_sync.py --json`` (in its own scratch netns: the sync loop,
 planner and libnftables worker in-process, change notification → commit) for member
@@ -361,7 +365,7 @@ def measure_dataplane(quick: bool) -> dict[str, dict[str, float]]:
                     raise RuntimeError(f"variant {v}: {r['failed']} connections failed")
         bulk_variants = ("none", "ct-only", "ours")
         gbit: dict[str, list[float]] = {v: [] for v in bulk_variants}
-        n_rounds, seconds = (1, 0.5) if quick else (3, 2.0)
+        n_rounds, seconds = (1, 0.5) if quick else (6, 1.5)
         for order in rounds(bulk_variants, n_rounds):
             for v in order:
                 r = dp.client(v, BULK_CODE, BULK_PORT, seconds)
