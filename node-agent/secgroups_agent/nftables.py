@@ -460,9 +460,11 @@ class FakeNft:
             raise NftTimeoutError("fake nft gate not opened in time")
         if self.fail_next:
             raise self.fail_next.pop(0)
-        self.applied.append(text)
+        # The model of the kernel first, the record after: apply() runs in the sync loop's
+        # worker thread, and a test that sees the record must also see the model updated.
         if self.on_apply is not None:
             self.on_apply(self, text)
+        self.applied.append(text)
 
     def list_json(
         self, target: str, *, terse: bool = False, timeout: float = DEFAULT_TIMEOUT
