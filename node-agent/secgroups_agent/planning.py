@@ -53,7 +53,12 @@ from secgroups.nft.objects import (
 )
 from secgroups.nft.rendering import MAX_HASH_SET_ADDRESSES, RenderError, RenderOptions
 from secgroups.nft.statements import Family, RefKind
-from secgroups.nft.transactions import Inventory, diff_transaction, full_transaction
+from secgroups.nft.transactions import (
+    Inventory,
+    full_staging,
+    full_transaction,
+    staged_diff,
+)
 from secgroups_agent.parts import (
     GroupPart,
     Key,
@@ -146,13 +151,19 @@ class TableState:
 
 @dataclass(frozen=True)
 class Plan:
-    """One transaction and the state it leads to. ``text`` is empty when nothing changes."""
+    """One transaction and the state it leads to. ``text`` is empty when nothing changes.
+
+    ``stage`` (usually empty) is applied just before ``text``: it creates the interval sets
+    the change introduces, which must exist one transaction before the rules that use them
+    (``secgroups.nft.transactions.staged_diff``); alone it changes no verdict.
+    """
 
     kind: Literal["full", "incremental"]
     text: str
     state: TableState
     removed_ips: frozenset[str]  # pod IPs whose pod went away (conntrack cleanup after commit)
     changed: tuple[str, ...]  # what changed, for logs
+    stage: str = ""
 
     @property
     def noop(self) -> bool:
@@ -483,8 +494,8 @@ class Planner:
             return Plan("incremental", "", state, removed, ())
         table = self.options.table
         small_old, small_new = _closed(old_mini, new_mini, old.objects, objects)
-        text = diff_transaction(Ruleset.of(table, small_old), Ruleset.of(table, small_new))
-        return Plan("incremental", text, state, removed, tuple(changed))
+        stage, text = staged_diff(Ruleset.of(table, small_old), Ruleset.of(table, small_new))
+        return Plan("incremental", text, state, removed, tuple(changed), stage)
 
     def _full(
         self,
@@ -512,11 +523,13 @@ class Planner:
             twins[name] = TwinMembers(ref, spec, member_cidrs(spec, ref.family), count)
         for gone in set(self._cache.full_twins) - set(refs):
             del self._cache.full_twins[gone]
-        text = full_transaction(Ruleset.of(self.options.table, filled.values()), inventory)
+        ruleset = Ruleset.of(self.options.table, filled.values())
+        stage, present = full_staging(ruleset, inventory)
+        text = full_transaction(ruleset, present)
         state = TableState(
             objects, containers, twins, pod_ips, len(snap.node.pods), snap.generation
         )
-        return Plan("full", text, state, removed, ("full",))
+        return Plan("full", text, state, removed, ("full",), stage)
 
     def full_ruleset(self, state: TableState) -> Ruleset:
         """The whole table of a state, with every element (for tests and diagnostics)."""

@@ -292,6 +292,8 @@ class SyncLoop:
         t2 = self.clock()
         if not step.plan.noop:
             try:
+                if step.plan.stage:  # new interval sets first (see transactions.staged_diff)
+                    self.nft.apply(step.plan.stage, timeout=self.config.nft_timeout)
                 self.nft.apply(step.plan.text, timeout=self.config.nft_timeout)
             except NftError as exc:
                 step.nft_error = exc

@@ -137,6 +137,7 @@ class Probe:
     outside: Any
     a1: PodNet
     sent: dict[tuple[int, int], list[str]] = field(default_factory=dict)
+    sent_at: dict[str, float] = field(default_factory=dict)  # token -> time.time() sent
     send_errors: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -152,9 +153,11 @@ class Probe:
     def run(self) -> None:
         while not self.stop.is_set():
             for cls in CLASSES:
+                t = time.time()
                 token = self.one(*cls)
                 if token is not None:
                     self.sent.setdefault(cls, []).append(token)
+                    self.sent_at[token] = t
             time.sleep(ROUND_PAUSE)
 
     def gets_through(self, receiver: ProbeClient, family: int) -> bool:
@@ -256,6 +259,8 @@ def direct_flips(
             snap = snaps[i % 2]
             full = i == 0
             plan = planner.plan(snap, interfaces, full=full, inventory=inventory if full else None)
+            if plan.stage:  # as the agent does (transactions.staged_diff)
+                nft.apply(plan.stage)
             nft.apply(plan.text)
             planner.commit(plan)
             kinds[plan.kind] = kinds.get(plan.kind, 0) + 1
@@ -351,9 +356,10 @@ def test_a_thousand_policy_flips_never_leak_drop_or_empty_the_table(
         arrived = [t for t in tokens if t in seen]
         label = f"udp/{cls[1]} IPv{cls[0]}"
         if x and y:
+            lost = [f"{probe.sent_at[t]:.3f}" for t in tokens if t not in seen]
             assert len(arrived) == len(tokens), (
                 f"{label}: allowed by both policies, {len(tokens) - len(arrived)} of "
-                f"{len(tokens)} datagrams lost ({summary})"
+                f"{len(tokens)} datagrams lost, sent at {lost} ({summary})"
             )
         elif not x and not y:
             assert arrived == [], (

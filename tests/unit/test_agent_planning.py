@@ -43,6 +43,8 @@ class Driver:
         self.generation += 1
         snap = slice_policy(policy, NODE, self.generation)
         plan = self.planner.plan(snap, ifaces, full=full)
+        if plan.stage:  # new interval sets, one transaction ahead of the rules using them
+            self.kernel.apply(plan.stage)
         if plan.text:
             self.kernel.apply(plan.text)
         self.planner.commit(plan)

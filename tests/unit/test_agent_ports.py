@@ -241,6 +241,7 @@ def _committed() -> tuple[Planner, NftModel]:
     s = nc.web_and_db()
     planner, model = Planner(nc.NODE), NftModel()
     plan = planner.plan(slice_policy(s.policy, nc.NODE), s.pod_interfaces, full=True)
+    assert plan.stage == ""  # no table yet: nothing to stage
     model.apply(plan.text)
     planner.commit(plan)
     return planner, model

@@ -10,7 +10,13 @@ from tests import nftcases as nc
 from secgroups.compiled import CompiledPolicy
 from secgroups.nft.objects import Ruleset
 from secgroups.nft.rendering import RenderOptions, render
-from secgroups.nft.transactions import Inventory, diff_transaction, full_transaction
+from secgroups.nft.transactions import (
+    Inventory,
+    diff_transaction,
+    full_staging,
+    full_transaction,
+    staged_diff,
+)
 
 S = nc.web_and_db()
 
@@ -223,3 +229,45 @@ def test_tables_must_match() -> None:
     other = dataclasses.replace(_rs(), table=nc.RenderOptions().table.__class__(name="other"))
     with pytest.raises(ValueError):
         diff_transaction(_rs(), other)
+
+
+def _with_db_ports(ports: list[int | tuple[int, int]]) -> CompiledPolicy:
+    key = nc.naming.compiled_group_name("shop", "db")
+    db = S.policy.groups[key]
+    web_set = nc.naming.sg_set_name("shop", "web")
+    changed = db.model_copy(
+        update={"ingress": (nc.rule("shop/pg-from-web", nc.IN, "TCP", ports, nc.ref(web_set)),)}
+    )
+    return S.policy.model_copy(update={"groups": {**S.policy.groups, key: changed}})
+
+
+def test_a_new_interval_set_is_created_one_transaction_ahead_of_its_rules() -> None:
+    """A rule change that introduces a port set: the set comes in `stage`, the rule in the
+    switch, which no longer declares the set (kernel pitfall in staged_diff's docstring)."""
+    old, new = _rs(), _rs(_with_db_ports([5432, 6432]))
+    stage, switch = staged_diff(old, new)
+    assert stage.startswith("table inet secgroups {")
+    assert "flags interval" in stage and "5432" in stage and "6432" in stage
+    assert "chain " not in stage  # nothing references the new set yet
+    new_set = next(line.split()[1] for line in stage.splitlines() if line.startswith("\tset "))
+    assert f"\tset {new_set} " not in switch and f"@{new_set}" in switch
+    # Stage then switch reaches exactly what the one-step diff reaches.
+    assert diff_transaction(old, new) != switch
+
+
+def test_no_new_interval_set_means_no_stage() -> None:
+    stage, switch = staged_diff(_rs(), _rs(_with_db_ports([5433])))
+    assert stage == ""
+    assert switch == diff_transaction(_rs(), _rs(_with_db_ports([5433])))
+
+
+def test_a_full_resync_stages_interval_sets_the_kernel_lacks() -> None:
+    rs = _rs()
+    present = Inventory(chains={c.name: c.decl() for c in rs.chains}, sets={})
+    stage, present2 = full_staging(rs, present)
+    interval = {s.name for s in rs.sets if getattr(s, "interval", False)}
+    assert interval and present2 is not None
+    assert interval <= set(present2.sets)
+    assert all(f"\tset {name} {{" in stage for name in interval)
+    assert full_staging(rs, None) == ("", None)  # no table yet: nothing to keep in force
+    assert full_staging(rs, Inventory()) == ("", Inventory())
