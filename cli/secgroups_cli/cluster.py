@@ -20,6 +20,7 @@ from lightkube.config.kubeconfig import SingleConfig
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Namespace, Node, Pod
 
+from secgroups.kinds import plural
 from secgroups.models import API_VERSION, GROUP, RESOURCE_KINDS, VERSION
 from secgroups_cli.errors import CliError
 from secgroups_cli.sources import Options, Snapshot, build_snapshot, object_documents
@@ -28,16 +29,9 @@ FIELD_MANAGER = "kubectl-secgroups"
 # lightkube's HTTP library (httpx or a fork): its base error covers connection failures.
 _HTTP_ERROR: type[Exception] = vars(_generic_client)["httpx"].HTTPError
 
-PLURALS = {
-    "SecurityGroup": "securitygroups",
-    "SecurityGroupRule": "securitygrouprules",
-    "IPAddressGroup": "ipaddressgroups",
-}
 RESOURCES = {
-    kind: create_namespaced_resource(GROUP, VERSION, kind, plural)
-    for kind, plural in PLURALS.items()
+    kind: create_namespaced_resource(GROUP, VERSION, kind, plural(kind)) for kind in RESOURCE_KINDS
 }
-assert set(PLURALS) == set(RESOURCE_KINDS)
 
 
 def _config(options: Options) -> SingleConfig:
@@ -126,7 +120,7 @@ class Cluster:
             docs += self._list("list nodes", Node, "v1", "Node", False)
         docs += self._list("list pods", Pod, "v1", "Pod", True)
         for kind, res in RESOURCES.items():
-            docs += self._list(f"list secgroups {PLURALS[kind]}", res, API_VERSION, kind, True)
+            docs += self._list(f"list secgroups {plural(kind)}", res, API_VERSION, kind, True)
         return docs
 
     def snapshot(self, options: Options) -> Snapshot:

@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel
 
 from secgroups import compiled, models
+from secgroups.kinds import plural
 
 CRD_API_VERSION = "apiextensions.k8s.io/v1"
 USER_CATEGORY = "secgroups"
@@ -149,7 +150,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource(
         model=models.SecurityGroup,
         kind="SecurityGroup",
-        plural="securitygroups",
+        plural=plural("SecurityGroup"),
         short_names=("sg",),
         namespaced=True,
         category=USER_CATEGORY,
@@ -169,7 +170,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource(
         model=models.SecurityGroupRule,
         kind="SecurityGroupRule",
-        plural="securitygrouprules",
+        plural=plural("SecurityGroupRule"),
         short_names=("sgr",),
         namespaced=True,
         category=USER_CATEGORY,
@@ -197,7 +198,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource(
         model=models.IPAddressGroup,
         kind="IPAddressGroup",
-        plural="ipaddressgroups",
+        plural=plural("IPAddressGroup"),
         short_names=("ipag",),
         namespaced=True,
         category=USER_CATEGORY,
@@ -211,7 +212,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource(
         model=compiled.CompiledSecurityGroup,
         kind=compiled.COMPILED_GROUP_KIND,
-        plural="compiledsecuritygroups",
+        plural=plural(compiled.COMPILED_GROUP_KIND),
         short_names=("csg",),
         namespaced=False,
         category=INTERNAL_CATEGORY,
@@ -226,7 +227,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource(
         model=compiled.CompiledAddressSet,
         kind=compiled.COMPILED_SET_KIND,
-        plural="compiledaddresssets",
+        plural=plural(compiled.COMPILED_SET_KIND),
         short_names=("cas",),
         namespaced=False,
         category=INTERNAL_CATEGORY,
@@ -241,7 +242,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource(
         model=compiled.CompiledNodePolicy,
         kind=compiled.COMPILED_NODE_KIND,
-        plural="compilednodepolicies",
+        plural=plural(compiled.COMPILED_NODE_KIND),
         short_names=("cnp",),
         namespaced=False,
         category=INTERNAL_CATEGORY,

@@ -272,20 +272,14 @@ class KubeApi(Protocol):
         ...
 
 
-PLURALS = {
-    COMPILED_NODE_KIND: "compilednodepolicies",
-    COMPILED_GROUP_KIND: "compiledsecuritygroups",
-    COMPILED_SET_KIND: "compiledaddresssets",
-}
-
-
 def lightkube_resource(kind: str) -> Any:
     """The lightkube generic (cluster-scoped) resource class of one of our compiled kinds."""
     from lightkube.generic_resource import create_global_resource
 
+    from secgroups.kinds import plural
     from secgroups.models import GROUP, VERSION
 
-    return create_global_resource(GROUP, VERSION, kind, PLURALS[kind])
+    return create_global_resource(GROUP, VERSION, kind, plural(kind))
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:

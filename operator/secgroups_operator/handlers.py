@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import kopf
 
+from secgroups.kinds import plural
 from secgroups.models import GROUP
 from secgroups_operator.reconciling import Reconciler
 from secgroups_operator.store import FactsStore
@@ -18,9 +19,10 @@ WATCHED: tuple[tuple[str, str, str], ...] = (
     ("Namespace", "v1", "namespaces"),
     ("Node", "v1", "nodes"),
     ("Pod", "v1", "pods"),
-    ("SecurityGroup", GROUP, "securitygroups"),
-    ("SecurityGroupRule", GROUP, "securitygrouprules"),
-    ("IPAddressGroup", GROUP, "ipaddressgroups"),
+    *(
+        (kind, GROUP, plural(kind))
+        for kind in ("SecurityGroup", "SecurityGroupRule", "IPAddressGroup")
+    ),
 )
 
 
@@ -31,8 +33,8 @@ def register(registry: kopf.OperatorRegistry, store: FactsStore, reconciler: Rec
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
-    for kind, group, plural in WATCHED:
-        _register_kind(registry, store, reconciler, kind, group, plural)
+    for kind, group, resource in WATCHED:
+        _register_kind(registry, store, reconciler, kind, group, resource)
 
 
 def _register_kind(

@@ -19,19 +19,10 @@ from lightkube.generic_resource import create_global_resource, create_namespaced
 from lightkube.resources.core_v1 import Namespace, Node, Pod
 from lightkube.types import PatchType
 
+from secgroups.kinds import KINDS
 from secgroups.models import GROUP, VERSION
 
 FIELD_MANAGER = "secgroups-operator"
-
-# kind → (plural, namespaced)
-OUR_KINDS: dict[str, tuple[str, bool]] = {
-    "SecurityGroup": ("securitygroups", True),
-    "SecurityGroupRule": ("securitygrouprules", True),
-    "IPAddressGroup": ("ipaddressgroups", True),
-    "CompiledSecurityGroup": ("compiledsecuritygroups", False),
-    "CompiledAddressSet": ("compiledaddresssets", False),
-    "CompiledNodePolicy": ("compilednodepolicies", False),
-}
 
 
 class Cluster(Protocol):
@@ -55,9 +46,9 @@ def _resource(kind: str) -> Any:
         return Namespace
     if kind == "Node":
         return Node
-    plural, namespaced = OUR_KINDS[kind]
-    factory = create_namespaced_resource if namespaced else create_global_resource
-    return factory(GROUP, VERSION, kind, plural)
+    k = KINDS[kind]
+    factory = create_namespaced_resource if k.namespaced else create_global_resource
+    return factory(GROUP, VERSION, kind, k.plural)
 
 
 class LightkubeCluster:
@@ -114,7 +105,7 @@ class LightkubeCluster:
 
 
 def _namespaced(kind: str) -> bool:
-    return kind == "Pod" or OUR_KINDS.get(kind, ("", False))[1]
+    return kind == "Pod" or (kind in KINDS and KINDS[kind].namespaced)
 
 
 def _to_dict(obj: Any, kind: str) -> dict[str, Any]:

@@ -28,8 +28,9 @@ from secgroups.compiled import (
     CompiledPolicy,
     NodeAgentStatus,
 )
+from secgroups.kinds import plural
 from secgroups.models import API_VERSION
-from secgroups_agent.sources import PLURALS, KubeSource, LightkubeApi
+from secgroups_agent.sources import KubeSource, LightkubeApi
 from secgroups_agent.status import KubeStatus
 from secgroups_lab import controlplane, underlay
 from secgroups_lab._cmd import in_netns
@@ -98,10 +99,10 @@ class Api:
         self.cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=doc)
 
     def delete(self, kind: str, name: str) -> None:
-        self.cp.kubectl("delete", f"{PLURALS[kind]}.secgroups.dev", name, "--ignore-not-found")
+        self.cp.kubectl("delete", f"{plural(kind)}.secgroups.dev", name, "--ignore-not-found")
 
     def get(self, kind: str, name: str) -> dict[str, Any]:
-        out = self.cp.kubectl("get", f"{PLURALS[kind]}.secgroups.dev", name, "-o", "json").stdout
+        out = self.cp.kubectl("get", f"{plural(kind)}.secgroups.dev", name, "-o", "json").stdout
         return dict(json.loads(out))
 
 
