@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from secgroups import naming
 from secgroups.facts import ClusterFacts
 from secgroups.membership import GroupKey
 from secgroups.models import (
+    GroupRef,
     ObjectMeta,
     ObjectRef,
     Remote,
@@ -56,10 +57,13 @@ def clone_rule_name(new_group: str, source_rule: str) -> str:
     return naming.bounded(f"{new_group}-{source_rule}", naming.MAX_OBJECT_NAME)
 
 
-def _ref(ref: ObjectRef, rule_ns: str, target_ns: str) -> ObjectRef:
+_Ref = TypeVar("_Ref", ObjectRef, GroupRef)
+
+
+def _ref(ref: _Ref, rule_ns: str, target_ns: str) -> _Ref:
     """``ref`` (relative to ``rule_ns``) as seen from ``target_ns``."""
     ns = ref.namespace or rule_ns
-    return ObjectRef(name=ref.name, namespace=None if ns == target_ns else ns)
+    return ref.model_copy(update={"namespace": None if ns == target_ns else ns})
 
 
 def _remote(remote: Remote | None, source: GroupKey, target: GroupKey) -> Remote | None:
@@ -68,7 +72,7 @@ def _remote(remote: Remote | None, source: GroupKey, target: GroupKey) -> Remote
     if remote.security_group is not None:
         sg = remote.security_group
         if (sg.namespace or source[0], sg.name) == source:
-            return Remote(security_group=ObjectRef(name=target[1]))
+            return Remote(security_group=GroupRef(name=target[1]))
         return Remote(security_group=_ref(sg, source[0], target[0]))
     assert remote.ip_address_group is not None
     return Remote(ip_address_group=_ref(remote.ip_address_group, source[0], target[0]))

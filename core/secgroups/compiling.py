@@ -146,8 +146,8 @@ def _remote_of(remote: Remote | None, namespace: str) -> tuple[CompiledRemote, S
         net = ipaddress.ip_network(remote.cidr, strict=False)
         return CompiledRemote(kind=RemoteKind.CIDR, cidrs=(str(net),)), None
     if remote.security_group is not None:
-        ref = remote.security_group
-        key = (ref.namespace or namespace, ref.name)
+        sg = remote.security_group
+        key = (sg.namespace or namespace, sg.name)
         name = naming.sg_set_name(*key)
         return CompiledRemote(kind=RemoteKind.SET, set=name), (SourceKind.SECURITY_GROUP, key)
     assert remote.ip_address_group is not None

@@ -367,7 +367,7 @@ class SecurityGroup(_Model):
 
 
 class ObjectRef(_Model):
-    """A SecurityGroup or IPAddressGroup by name; in the rule's namespace unless given."""
+    """An IPAddressGroup by name; in the rule's namespace unless given."""
 
     name: str = Field(
         description="Name of the referenced object.",
@@ -377,6 +377,25 @@ class ObjectRef(_Model):
     namespace: str | None = Field(
         default=None,
         description="Namespace of the referenced object; defaults to the rule's own namespace.",
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+    )
+
+
+class GroupRef(_Model):
+    """A SecurityGroup by name; in the rule's namespace unless given.
+
+    Group names are DNS labels (they are listed in the pod annotation), so a reference
+    that could never name a group — dots, more than 63 characters — is rejected."""
+
+    name: str = Field(
+        description="Name of the SecurityGroup (a DNS label).",
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+    )
+    namespace: str | None = Field(
+        default=None,
+        description="Namespace of the SecurityGroup; defaults to the rule's own namespace.",
         max_length=63,
         pattern=DNS_LABEL_PATTERN,
     )
@@ -405,7 +424,7 @@ class Remote(_Model):
             "x-kubernetes-validations": [_cel("isIP(self) || isCIDR(self)", MSG_CIDR_SYNTAX)]
         },
     )
-    security_group: ObjectRef | None = Field(
+    security_group: GroupRef | None = Field(
         default=None,
         description=(
             "A security group: the IPs of all its member pods, updated live. May be the rule's own "
