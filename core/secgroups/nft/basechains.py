@@ -4,10 +4,10 @@ Role: everything in ``table inet secgroups`` that does not depend on the policy
 (dataplane.md §2.2, §2.5; ``docs/nftables.md``): the anti-spoofing chain in
 ``prerouting`` at ``raw``; the policy gates on ``forward``/``input``/``output`` that
 send local pod traffic (matched by pod IP) to ``pod_egress``/``pod_ingress``; those
-two shared chains (conntrack states, the epoch fast path, the TCP non-SYN guard, the
-``ct timeout`` stamp, the dispatch verdict maps); the ND/MLD allowances; and the
-``ct timeout`` objects of S-CT-3. The per-policy part (group and group-list chains,
-sets and map elements) is ``rendering``'s.
+two shared chains (conntrack states, the epoch fast path, the reply-path tombstone,
+the TCP non-SYN guard, the ``ct timeout`` stamp, the dispatch verdict maps); the ND/MLD
+allowances; and the ``ct timeout`` objects of S-CT-3. The per-policy part (group and
+group-list chains, sets and map elements) is ``rendering``'s.
 
 Neighbours: ``rendering`` (the only caller), ``names`` (static names), ``statements``
 and ``objects`` (what is built).
@@ -19,6 +19,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from secgroups.nft import names
+from secgroups.nft.epochs import MARK_TOMBSTONE
 from secgroups.nft.names import fam
 from secgroups.nft.objects import BaseSpec, Chain, CtTimeout, Hook, Priority, TableObject
 from secgroups.nft.statements import (
@@ -30,6 +31,7 @@ from secgroups.nft.statements import (
     Counter,
     CtDir,
     CtDirectionMatch,
+    CtMarkMatch,
     CtState,
     CtStateMatch,
     CtTimeoutSet,
@@ -140,6 +142,16 @@ def static_objects(
     yield Chain(
         names.POD_EGRESS,
         (
+            # The pod's packets on an inbound flow that the agent's post-commit sweep found
+            # denied (S-CT-2): cut before the established accept. Only the reply direction:
+            # the remote's packets are re-checked by the pod's rules (epochs), so a flow
+            # allowed again resumes, re-stamped, at the remote's next packet.
+            _rule(
+                CtDirectionMatch(CtDir.REPLY),
+                CtMarkMatch(MARK_TOMBSTONE),
+                DROP,
+                comment="revoked inbound flow: replies from the pod (S-CT-2)",
+            ),
             _rule(_state(CtState.ESTABLISHED, CtState.RELATED), ACCEPT),  # S-CT-1, S-X-3
             _rule(_state(CtState.INVALID), DROP),
             new_non_syn,

@@ -328,6 +328,11 @@ def parse_rule(text: str) -> tuple[list[Op], str | None]:
                 ops.append(("ct_state", neg, frozenset(states)))
             elif what == "direction":
                 ops.append(("ct_direction", take("original", "reply")))
+            elif what == "mark" and toks[i] != "set":
+                mark = take()
+                if not re.fullmatch(r"0x[0-9a-f]{8}", mark):
+                    raise UnsupportedTextError(f"{text!r}: ct mark {mark}")
+                ops.append(("ct_mark", int(mark, 16)))
             elif what == "mark":
                 take("set")
                 kw = take("ip", "ip6")

@@ -303,6 +303,23 @@ class CtDirectionMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class CtMarkMatch:
+    """``ct mark 0xffffffff``: the flow carries exactly this mark (the reply-path tombstone)."""
+
+    mark: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.mark <= 0xFFFFFFFF:
+            raise ValueError(f"ct mark {self.mark} is not a 32-bit value")
+
+    def text(self) -> str:
+        return f"ct mark {self.mark:#010x}"
+
+    def refs(self) -> tuple[Ref, ...]:
+        return ()
+
+
+@dataclass(frozen=True, slots=True)
 class TcpNotSyn:
     """``tcp flags & (fin|syn|rst|ack) != syn``: a TCP packet that cannot open a connection.
 
@@ -469,6 +486,7 @@ Match = (
     | HopLimit
     | CtStateMatch
     | CtDirectionMatch
+    | CtMarkMatch
     | TcpNotSyn
     | IfaceInSet
     | IfaceSaddrInSet

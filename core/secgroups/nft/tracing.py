@@ -425,6 +425,10 @@ class _Run:
                 self._ct()
                 if not self.has_ct or p.ct_direction != op[1]:
                     return None
+            elif tag == "ct_mark":
+                self._ct()
+                if not self.has_ct or self.mark != op[1]:
+                    return None
             elif tag == "tcp_not_syn":
                 if p.proto != TCP or (p.flags & _TCP_FLAGS) == {"syn"}:
                     return None
