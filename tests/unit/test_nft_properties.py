@@ -9,7 +9,10 @@ missing groups and sets, collapsed member CIDRs) and random packets, on every no
   follows ``allow_node_to_pod``; the deciding rule is the same on both sides;
 * established inbound flows with a stale epoch (S-CT-2) are re-checked: the verdict is
   the evaluator's ingress verdict, and an allowed flow is re-stamped with the current
-  epoch; established outbound flows pass whatever the rules say (S-CT-1).
+  epoch; established outbound flows pass whatever the rules say (S-CT-1);
+* flows the agent's sweep tombstoned (S-CT-2, ``MARK_TOMBSTONE``): the remote's packets are
+  re-checked exactly like stale ones (a flow allowed again resumes, re-stamped), and every
+  reply from a local pod is dropped.
 
 Example counts stay modest: the unit tier must stay fast.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,12 +33,13 @@ from secgroups.compiled import CompiledPolicy
 from secgroups.compiling import compile_policy
 from secgroups.evaluating import Evaluator, Packet
 from secgroups.nft import names
-from secgroups.nft.epochs import epoch_mark
+from secgroups.nft.epochs import MARK_TOMBSTONE, epoch_mark
 from secgroups.nft.rendering import RenderOptions, render
 from secgroups.nft.tracing import Trace, TracePacket, Tracer
 
 PROFILE = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NO_MATCH = "no rule matched (S-X-2)"
+TOMBSTONE_RULE = "revoked inbound flow: replies from the pod (S-CT-2)"
 NODE_IPS = {4: "100.64.255.1", 6: "fd64:5ec:ff::1"}
 
 
@@ -50,6 +55,7 @@ def check_node(
     *,
     allow_node_to_pod: bool = True,
     established: bool = False,
+    tombstoned: bool = False,
 ) -> int:
     """Trace ``packets`` on ``node`` and compare with the evaluator; return how many were local."""
     spec = policy.nodes[node]
@@ -77,12 +83,27 @@ def check_node(
             iif=None if packet.from_node else ifaces.get(str(packet.src), nc.UPLINK),
             oif=ifaces.get(str(packet.dst), nc.UPLINK),
             ct_state="established" if established else "new",
-            ct_mark=0,
+            ct_mark=MARK_TOMBSTONE if tombstoned else 0,
         )
         got = tracer.trace(tp)
         context = f"{packet} on {node}: {want.explain()}\n{got.explain()}"
         if established:
             _check_established(got, want, dst_local, local, context)
+            if tombstoned and dst_local and packet.from_node is None:
+                reply = tracer.trace(
+                    replace(
+                        tp,
+                        src=packet.dst,
+                        dst=packet.src,
+                        iif=tp.oif,
+                        oif=tp.iif,
+                        ct_direction="reply",
+                        icmp_type=None,
+                        dport=None,
+                    )
+                )
+                assert reply.verdict == "drop", f"{context}\n{reply.explain()}"
+                assert reply.decided_by(names.EGRESS_FWD) == TOMBSTONE_RULE, reply.explain()
             continue
         allowed = all(
             v.allowed
@@ -133,6 +154,7 @@ def test_tracer_agrees_with_the_evaluator_on_compiled_clusters(data: st.DataObje
         check_node(policy, node, packets)
         check_node(policy, node, [_from_node(p, node) for p in packets], allow_node_to_pod=False)
         check_node(policy, node, packets, established=True)
+        check_node(policy, node, packets, established=True, tombstoned=True)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -146,3 +168,4 @@ def test_tracer_agrees_with_the_evaluator_on_direct_compiled_objects(
     from_node = [_from_node(p, "n1") for p in packets]
     check_node(policy, "n1", from_node, allow_node_to_pod=allow_node_to_pod)
     check_node(policy, "n1", packets, established=True)
+    check_node(policy, "n1", packets, established=True, tombstoned=True)

@@ -14,7 +14,7 @@ import pytest
 from tests import nftcases as nc
 
 from secgroups.nft import names
-from secgroups.nft.epochs import epoch_mark
+from secgroups.nft.epochs import MARK_TOMBSTONE, epoch_mark
 from secgroups.nft.reading import UnsupportedTextError, parse_rule
 from secgroups.nft.rendering import TCP_TIMEOUTS, UDP_TIMEOUTS, render
 from secgroups.nft.tracing import Trace, TracePacket, Tracer, UnsupportedShapeError, trace
@@ -29,6 +29,7 @@ RULESET = render(S.policy, nc.NODE, S.pod_interfaces, S.options)
 TRACER = Tracer(RULESET)
 MARK_WEB1 = epoch_mark("uid-shop-web-1", 2)  # web-1 is at epoch 2 in the scenario
 STALE_WEB1 = epoch_mark("uid-shop-web-1", 1)
+TOMB = MARK_TOMBSTONE
 
 
 def fwd(src: str, dst: str, proto: int, dport: int | None = None, **kw: Any) -> TracePacket:
@@ -335,6 +336,48 @@ CONNTRACK = [
         id="reply-to-pod-initiated-flow",
     ),
     pytest.param(
+        fwd(WEB1, OUTSIDE, TCP, ct_state="established", ct_direction="reply", ct_mark=STALE_WEB1),
+        "accept",
+        STALE_WEB1,
+        id="pod-reply-on-a-stale-flow-passes-until-the-sweep",
+    ),
+    pytest.param(
+        fwd(WEB1, OUTSIDE, TCP, ct_state="established", ct_direction="reply", ct_mark=TOMB),
+        "drop",
+        TOMB,
+        id="pod-reply-on-a-tombstoned-flow-is-dropped",
+    ),
+    pytest.param(
+        fwd(WEB1, OUTSIDE, UDP, ct_state="established", ct_direction="reply", ct_mark=TOMB),
+        "drop",
+        TOMB,
+        id="pod-one-way-udp-on-a-tombstoned-flow-is-dropped",
+    ),
+    pytest.param(
+        fwd(WEB1, DB1, TCP, ct_state="established", ct_direction="reply", ct_mark=TOMB),
+        "drop",
+        TOMB,
+        id="pod-reply-to-a-same-node-client-on-a-tombstoned-flow-is-dropped",
+    ),
+    pytest.param(
+        fwd(OUTSIDE, WEB1, TCP, 22, ct_state="established", ct_mark=TOMB),
+        "drop",
+        TOMB,
+        id="remote-packet-on-a-tombstoned-flow-still-denied",
+    ),
+    pytest.param(
+        fwd("203.0.113.9", WEB1, TCP, 22, ct_state="established", ct_mark=TOMB),
+        "accept",
+        MARK_WEB1,
+        id="tombstoned-flow-allowed-again-resumes-restamped",
+    ),
+    pytest.param(
+        fwd(WEB1, OUTSIDE, TCP, 25, ct_state="established", ct_mark=TOMB),
+        "accept",
+        TOMB,
+        id="only-replies-are-tombstone-checked",
+    ),
+    pytest.param(
         fwd(WEB1, OUTSIDE, TCP, 25, ct_state="established"),
         "accept",
         0,
@@ -375,6 +418,19 @@ def test_conntrack_states_and_epochs(packet: TracePacket, verdict: str, mark: in
     """S-X-3 (replies, related), S-CT-1 (outbound unaffected), S-CT-2 (epochs, non-SYN guard)."""
     result = TRACER.trace(packet)
     assert (result.verdict, result.ct_mark) == (verdict, mark), result.explain()
+
+
+def test_the_tombstone_rule_decides_the_pods_reply() -> None:
+    """S-CT-2: the reply of a flow the agent's sweep found denied is cut in pod_egress, by
+    the tombstone rule, before the established accept; nothing else stamps it."""
+    result = TRACER.trace(
+        fwd(WEB1, OUTSIDE, UDP, ct_state="established", ct_direction="reply", ct_mark=TOMB)
+    )
+    assert result.decided_by(names.EGRESS_FWD) == (
+        "revoked inbound flow: replies from the pod (S-CT-2)"
+    ), result.explain()
+    (step,) = [s for s in result.steps if s.chain == names.POD_EGRESS]
+    assert (step.index, step.effect) == (0, "drop"), result.explain()
 
 
 def test_fast_path_skips_the_group_rules() -> None:
@@ -487,6 +543,9 @@ def test_node_to_pod_when_not_allowed(
         pytest.param('drop comment "x" accept', id="tokens-after-comment"),
         pytest.param("ip saddr { 1.2.3.4, 5.6.7.8 } accept", id="anonymous-set"),
         pytest.param("meta mark 1 accept", id="meta-mark"),
+        pytest.param("ct mark 0xffff drop", id="ct-mark-not-8-hex-digits"),
+        pytest.param("ct mark 0xFFFFFFFF drop", id="ct-mark-upper-case"),
+        pytest.param("ct mark 4294967295 drop", id="ct-mark-decimal"),
     ],
 )
 def test_parser_rejects_shapes_the_renderer_does_not_emit(rule: str) -> None:
