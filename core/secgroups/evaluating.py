@@ -158,6 +158,11 @@ class Evaluator:
         allowed = all(v.allowed for v in (egress, ingress) if v is not None)
         return Verdict(allowed, egress, ingress)
 
+    def decide(self, pod: CompiledPod, direction: Direction, packet: Packet) -> DirectionVerdict:
+        """``pod``'s own verdict in ``direction`` on ``packet`` (its groups only, S-X-1/2): the
+        other end's rules and the node → pod allowance are not consulted."""
+        return self._decide(pod, direction, packet)
+
     def _decide(self, pod: CompiledPod, direction: Direction, packet: Packet) -> DirectionVerdict:
         for group_name in pod.groups:
             group = self.policy.groups.get(group_name)

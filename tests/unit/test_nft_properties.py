@@ -12,7 +12,9 @@ missing groups and sets, collapsed member CIDRs) and random packets, on every no
   epoch; established outbound flows pass whatever the rules say (S-CT-1);
 * flows the agent's sweep tombstoned (S-CT-2, ``MARK_TOMBSTONE``): the remote's packets are
   re-checked exactly like stale ones (a flow allowed again resumes, re-stamped), and every
-  reply from a local pod is dropped.
+  reply from a local pod is dropped;
+* the agent's sweep decision (``rechecking.still_allowed``) on an established inbound flow
+  is the kernel's re-check verdict.
 
 Example counts stay modest: the unit tier must stay fast.
 """
@@ -36,6 +38,7 @@ from secgroups.nft import names
 from secgroups.nft.epochs import MARK_TOMBSTONE, epoch_mark
 from secgroups.nft.rendering import RenderOptions, render
 from secgroups.nft.tracing import Trace, TracePacket, Tracer
+from secgroups.rechecking import InboundFlow, still_allowed
 
 PROFILE = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NO_MATCH = "no rule matched (S-X-2)"
@@ -89,6 +92,18 @@ def check_node(
         context = f"{packet} on {node}: {want.explain()}\n{got.explain()}"
         if established:
             _check_established(got, want, dst_local, local, context)
+            if dst_local and packet.from_node is None:
+                # The agent's sweep decides as the kernel's re-check does (rechecking.py).
+                flow = InboundFlow(
+                    packet.src,
+                    packet.dst,
+                    packet.proto,
+                    packet.dport,
+                    packet.icmp_type,
+                    packet.icmp_code,
+                )
+                swept = still_allowed(policy, local[packet.dst], [flow], evaluator=evaluator)
+                assert swept == [got.verdict == "accept"], context
             if tombstoned and dst_local and packet.from_node is None:
                 reply = tracer.trace(
                     replace(
