@@ -89,3 +89,24 @@ def with_members(
 
 def remote_key(index: int) -> str:
     return naming.sg_set_name("remote", f"r{index}")
+
+
+def web_http_revoked(web1_epoch: int = 3) -> CompiledPolicy:
+    """nftcases' web-and-db after web's inbound ``shop/http`` rule (IPv4) was deleted, with
+    web-1's epoch raised from 2 to ``web1_epoch`` (S-CT-2 row 4; web-2 is left at its epoch,
+    as if the operator had not re-checked it): ssh from the office and http over IPv6 stay
+    allowed, http over IPv4 does not."""
+    base = nc.web_and_db().policy
+    key = next(k for k, g in base.groups.items() if g.group.name == "web")
+    web = base.groups[key]
+    web = web.model_copy(update={"ingress": tuple(r for r in web.ingress if r.id != "shop/http")})
+    node = base.nodes[NODE]
+    pods = tuple(
+        p.model_copy(update={"epoch": web1_epoch}) if p.name == "web-1" else p for p in node.pods
+    )
+    return base.model_copy(
+        update={
+            "groups": {**base.groups, key: web},
+            "nodes": {NODE: node.model_copy(update={"pods": pods})},
+        }
+    )

@@ -1,11 +1,15 @@
-"""The conntrack port: forget the flows of deleted pods' IPs (after a successful commit).
+"""The conntrack port: forget the flows of deleted pods' IPs; read and re-mark flows by mark.
 
 DESIGN.md §4 and notes/dataplane.md §3.2: when a pod goes away, its IPs may be reused,
 so the entries whose original source or reply source is one of its IPs are deleted
 (the pod was either the originator or the responder; ``orig-dst`` would miss Service
 traffic, whose original destination is the VIP — Calico felix PR #1500 made the same
-choice). The TCP non-SYN guard in the ruleset makes deletion flip-safe. Optionally a
-tombstone mark can be flushed in one kernel-side pass (§3.4 C).
+choice). The TCP non-SYN guard in the ruleset makes deletion flip-safe.
+
+The post-commit sweep (:mod:`~secgroups_agent.sweeping`) needs two more operations: every
+entry that carries one ``ct mark`` (a re-checked pod's old epoch), and setting the mark of
+given entries (the pod's new epoch, or the tombstone). Entries are never deleted for
+that: deleting a live flow's entry invites a direction flip (dataplane.md §3.3).
 
 The sync loop calls this only after the nft transaction that removed the pod committed,
 so no new entry for the IP can be accepted by a stale rule afterwards.
@@ -19,7 +23,10 @@ so no new entry for the IP can be accepted by a stale rule afterwards.
 * deletion by the entry's own tuple *and zone* (``Conntrack.delete`` drops the zone);
 * the tuple is rebuilt from the raw attributes, because ``NFCTAttrTuple.from_netlink``
   keeps ports only for TCP/UDP, so GRE/SCTP entries could not be deleted by tuple;
-* ``flush(mark=None)`` would flush the whole table: :meth:`flush_mark` refuses that.
+* ``flush(mark=None)`` would flush the whole table: :meth:`flush_mark` refuses that; a
+  falsy mark in ``dump()`` means no filter, so :meth:`dump_mark` refuses mark 0;
+* a mark-filtered dump is the kernel's filter on every kernel (§3.5); pyroute2 drops the
+  mark filter when a tuple filter is given, so none is.
 
 :class:`FakeConntrack` records calls for unit tests.
 """
@@ -30,9 +37,47 @@ import errno
 import ipaddress
 import socket
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+
+MARK_MASK = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class CtFlow:
+    """One conntrack entry: its original tuple (what identifies it, with its zone), the
+    reply tuple's source, and its mark. Addresses are canonical text."""
+
+    family: int  # 4 or 6
+    proto: int
+    orig_src: str
+    orig_dst: str
+    reply_src: str
+    reply_dst: str
+    orig_sport: int | None = None  # TCP/UDP ports; GRE keys and SCTP/DCCP ports too
+    orig_dport: int | None = None
+    reply_sport: int | None = None
+    icmp_id: int | None = None  # ICMP/ICMPv6, original direction
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    zone: int = 0
+    mark: int = 0
+
+    def identity(self) -> tuple[object, ...]:
+        """What the kernel finds the entry by: the original tuple and the zone."""
+        return (
+            self.family,
+            self.proto,
+            self.orig_src,
+            self.orig_dst,
+            self.orig_sport,
+            self.orig_dport,
+            self.icmp_id,
+            self.icmp_type,
+            self.icmp_code,
+            self.zone,
+        )
 
 
 class ConntrackPort(Protocol):
@@ -44,6 +89,14 @@ class ConntrackPort(Protocol):
 
     def flush_mark(self, mark: int, mask: int = 0xFFFFFFFF) -> None:
         """Delete every entry with ``ct mark & mask == mark`` (one kernel-side pass)."""
+        ...
+
+    def dump_mark(self, mark: int) -> list[CtFlow]:
+        """Every entry (IPv4 and IPv6) whose ``ct mark`` is ``mark`` (kernel-side filter)."""
+        ...
+
+    def set_marks(self, updates: Sequence[tuple[CtFlow, int]]) -> list[bool]:
+        """Set the ``ct mark`` of each entry; per update, whether the entry still existed."""
         ...
 
 
@@ -87,8 +140,59 @@ def _tuple_from_raw(family: int, nla: Any) -> Any:
     )
 
 
+def _flow_from_msg(family: int, msg: Any) -> CtFlow | None:
+    """A :class:`CtFlow` from one dumped message; None if it is not of ``family``."""
+    orig, reply = msg.get_attr("CTA_TUPLE_ORIG"), msg.get_attr("CTA_TUPLE_REPLY")
+    if orig is None or reply is None:
+        return None
+    v = "V4" if family == socket.AF_INET else "V6"
+    icmp = "ICMP" if family == socket.AF_INET else "ICMPV6"
+    oip, rip = orig.get_attr("CTA_TUPLE_IP"), reply.get_attr("CTA_TUPLE_IP")
+    oproto, rproto = orig.get_attr("CTA_TUPLE_PROTO"), reply.get_attr("CTA_TUPLE_PROTO")
+    if oip is None or rip is None or oproto is None or rproto is None:
+        return None
+    addrs = [ip.get_attr(f"CTA_IP_{v}_{end}") for ip in (oip, rip) for end in ("SRC", "DST")]
+    if any(a is None for a in addrs):
+        return None  # the other family (a kernel that ignores nfgen_family in dumps)
+    o_src, o_dst, r_src, r_dst = (str(ipaddress.ip_address(a)) for a in addrs)
+    return CtFlow(
+        family=4 if family == socket.AF_INET else 6,
+        proto=int(oproto.get_attr("CTA_PROTO_NUM")),
+        orig_src=o_src,
+        orig_dst=o_dst,
+        reply_src=r_src,
+        reply_dst=r_dst,
+        orig_sport=oproto.get_attr("CTA_PROTO_SRC_PORT"),
+        orig_dport=oproto.get_attr("CTA_PROTO_DST_PORT"),
+        reply_sport=rproto.get_attr("CTA_PROTO_SRC_PORT"),
+        icmp_id=oproto.get_attr(f"CTA_PROTO_{icmp}_ID"),
+        icmp_type=oproto.get_attr(f"CTA_PROTO_{icmp}_TYPE"),
+        icmp_code=oproto.get_attr(f"CTA_PROTO_{icmp}_CODE"),
+        zone=int(msg.get_attr("CTA_ZONE") or 0),
+        mark=int(msg.get_attr("CTA_MARK") or 0),
+    )
+
+
+def _tuple_of(flow: CtFlow) -> Any:
+    """The ``NFCTAttrTuple`` of the flow's original direction (every field it has)."""
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    return NFCTAttrTuple(
+        family=socket.AF_INET if flow.family == 4 else socket.AF_INET6,
+        saddr=flow.orig_src,
+        daddr=flow.orig_dst,
+        proto=flow.proto,
+        sport=flow.orig_sport,
+        dport=flow.orig_dport,
+        icmp_id=flow.icmp_id,
+        icmp_type=flow.icmp_type,
+        icmp_code=flow.icmp_code,
+    )
+
+
 class NetlinkConntrack:
-    """pyroute2 NFCTSocket, one per family, opened per call (calls are rare: pod deletes)."""
+    """pyroute2 NFCTSocket, one per family, opened per call (calls are rare: pod deletes,
+    sweeps after epoch bumps)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -147,24 +251,112 @@ class NetlinkConntrack:
             finally:
                 sock.close()
 
+    def dump_mark(self, mark: int) -> list[CtFlow]:
+        from pyroute2.netlink.exceptions import NetlinkError
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
+
+        if not mark:
+            raise ValueError("refusing a conntrack dump by mark 0 (pyroute2 would dump all)")
+        out: list[CtFlow] = []
+        with self._lock:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                sock = NFCTSocket(nfgen_family=family)
+                try:
+                    for msg in sock.dump(mark=mark, mark_mask=MARK_MASK):
+                        flow = _flow_from_msg(family, msg)
+                        if flow is not None and flow.mark == mark:
+                            out.append(flow)
+                except NetlinkError as exc:
+                    raise ConntrackError(f"conntrack dump by mark {mark:#x} failed: {exc}") from exc
+                finally:
+                    sock.close()
+        return out
+
+    def set_marks(self, updates: Sequence[tuple[CtFlow, int]]) -> list[bool]:
+        from pyroute2.netlink.exceptions import NetlinkError
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
+
+        by_family: dict[int, list[int]] = {}
+        for i, (flow, mark) in enumerate(updates):
+            if not 0 <= mark <= MARK_MASK:
+                raise ValueError(f"ct mark {mark} is not a 32-bit value")
+            by_family.setdefault(flow.family, []).append(i)
+        done = [False] * len(updates)
+        with self._lock:
+            for family, indices in sorted(by_family.items()):
+                sock = NFCTSocket(nfgen_family=socket.AF_INET if family == 4 else socket.AF_INET6)
+                try:
+                    for i in indices:
+                        flow, mark = updates[i]
+                        args: dict[str, Any] = {"tuple_orig": _tuple_of(flow), "mark": mark}
+                        if flow.zone:
+                            args["zone"] = flow.zone
+                        try:
+                            sock.entry("set", **args)
+                            done[i] = True
+                        except NetlinkError as exc:
+                            if exc.code != errno.ENOENT:  # ended meanwhile: nothing to cut
+                                raise ConntrackError(
+                                    f"setting the mark of a conntrack entry: {exc}"
+                                ) from exc
+                finally:
+                    sock.close()
+        return done
+
 
 @dataclass
 class FakeConntrack:
-    """Records what was asked; ``entries`` maps IPs to how many entries they have."""
+    """Records what was asked. ``entries`` maps IPs to how many entries they have (for
+    :meth:`delete_ips`); ``flows`` is a small conntrack table for the mark operations
+    (deleting an IP removes its flows too). ``fail_next`` errors are raised by the next
+    calls of any operation; ``vanish`` holds identities of flows that end between a dump
+    and the next :meth:`set_marks` (they are removed from ``flows`` then)."""
 
     entries: dict[str, int] = field(default_factory=dict)
+    flows: list[CtFlow] = field(default_factory=list)
     deleted_ips: list[str] = field(default_factory=list)
     flushed_marks: list[int] = field(default_factory=list)
+    dumped_marks: list[int] = field(default_factory=list)
+    marked: list[tuple[CtFlow, int]] = field(default_factory=list)
     fail_next: list[Exception] = field(default_factory=list)
+    vanish: set[tuple[object, ...]] = field(default_factory=set)
 
-    def delete_ips(self, ips: Iterable[str]) -> int:
+    def _fail(self) -> None:
         if self.fail_next:
             raise self.fail_next.pop(0)
+
+    def delete_ips(self, ips: Iterable[str]) -> int:
+        self._fail()
         n = 0
         for ip in ips:
             self.deleted_ips.append(ip)
             n += self.entries.pop(ip, 0)
+            self.flows = [f for f in self.flows if ip not in (f.orig_src, f.reply_src)]
         return n
 
     def flush_mark(self, mark: int, mask: int = 0xFFFFFFFF) -> None:
+        self._fail()
         self.flushed_marks.append(mark)
+        self.flows = [f for f in self.flows if f.mark & mask != mark]
+
+    def dump_mark(self, mark: int) -> list[CtFlow]:
+        if not mark:
+            raise ValueError("refusing a conntrack dump by mark 0")
+        self._fail()
+        self.dumped_marks.append(mark)
+        return [f for f in self.flows if f.mark == mark]
+
+    def set_marks(self, updates: Sequence[tuple[CtFlow, int]]) -> list[bool]:
+        self._fail()
+        if self.vanish:
+            self.flows = [f for f in self.flows if f.identity() not in self.vanish]
+            self.vanish = set()
+        index = {f.identity(): i for i, f in enumerate(self.flows)}
+        done = []
+        for flow, mark in updates:
+            i = index.get(flow.identity())
+            done.append(i is not None)
+            if i is not None:
+                self.flows[i] = replace(self.flows[i], mark=mark)
+                self.marked.append((flow, mark))
+        return done

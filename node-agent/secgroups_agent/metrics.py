@@ -68,7 +68,17 @@ class Metrics:
             registry=r,
         )
         self.conntrack_errors = Counter(
-            "secgroups_agent_conntrack_errors_total", "Failed conntrack cleanups.", registry=r
+            "secgroups_agent_conntrack_errors_total",
+            "Failed conntrack cleanups and sweeps.",
+            registry=r,
+        )
+        self.conntrack_rechecked = Counter(
+            "secgroups_agent_conntrack_flows_rechecked_total",
+            "Inbound flows of re-checked pods swept after a commit, by verdict: kept "
+            "(re-stamped with the pod's current epoch) or cut (tombstoned: the pod's "
+            "replies are dropped).",
+            ["verdict"],
+            registry=r,
         )
         self.ready = Gauge(
             "secgroups_agent_ready", "1 once the initial sync has been applied.", registry=r

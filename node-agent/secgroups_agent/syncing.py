@@ -18,7 +18,10 @@ A sync:
    failure the committed state is forgotten, the next sync is a full resync, retried
    with exponential backoff;
 5. after the commit only, deletes the conntrack entries of pod IPs that went away
-   (:mod:`~secgroups_agent.conntrack`); failed deletions are retried;
+   (:mod:`~secgroups_agent.conntrack`), then sweeps the inbound flows of pods whose epoch
+   the commit raised (:mod:`~secgroups_agent.sweeping`: still allowed → the new mark,
+   denied → the tombstone whose replies the table drops); failures are retried, and a
+   sweep yields to a waiting policy change (what is left is swept after it);
 6. reports status (:mod:`~secgroups_agent.status`) and metrics.
 
 Every ``drift_period`` seconds a separate task (:class:`~secgroups_agent.drift.DriftChecker`,
@@ -38,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from secgroups.compiled import NodeAgentStatus
+from secgroups.compiled import CompiledNodeSpec, NodeAgentStatus
 from secgroups.nft.rendering import RenderError
 from secgroups.nft.transactions import Inventory
 from secgroups_agent import logs
@@ -51,6 +54,13 @@ from secgroups_agent.planning import Plan, Planner, TableState
 from secgroups_agent.server import Health
 from secgroups_agent.sources import Snapshot, Source
 from secgroups_agent.status import StatusReporter
+from secgroups_agent.sweeping import (
+    Sweeper,
+    epoch_elements,
+    kernel_stale_marks,
+    pod_marks,
+    stale_marks,
+)
 
 log = logs.get("sync")
 
@@ -153,6 +163,16 @@ class SyncLoop:
         self._pending_ct: set[str] = set()
         self._ct_error: str | None = None
         self._ct_failures = 0
+        # The sweep (sweeping.py): marks per pod UID as last committed (None: unknown
+        # before the first commit, when the kernel's in_epoch maps are read instead),
+        # old marks still to sweep per UID, and the snapshot they are judged against.
+        self.sweeper = Sweeper(conntrack)
+        self._marks: tuple[CompiledNodeSpec, dict[str, int]] | None = None
+        self._kernel_epochs: dict[str, int] | None = None
+        self._stale: dict[str, set[int]] = {}
+        self._swept_snap: Snapshot | None = None
+        self._sweep_error: str | None = None
+        self._sweep_failures = 0
         self._applied_at: float | None = None
         self._last_error: tuple[str, str] | None = None
         self.results: list[SyncResult] = []  # the last few, newest last
@@ -220,9 +240,10 @@ class SyncLoop:
                     await self.sync_once()
                     return
                 timeout = min(timeout, wait)
-        elif self._pending_ct:
+        elif self._pending_ct or self._stale:
             if now >= self._retry_at:
                 await self._conntrack_cleanup(frozenset())
+                await self._sweep()
                 self._report()
                 return
             timeout = min(timeout, self._retry_at - now)
@@ -269,7 +290,9 @@ class SyncLoop:
         self._commits += 1
         latency = self.clock() - since
         self._committed(plan, started, since, step.timings)
+        self._note_epochs(snap)
         await self._conntrack_cleanup(plan.removed_ips)
+        await self._sweep()
         self._report(snap)
         outcome = "noop" if plan.noop else "applied"
         return self._record(
@@ -291,6 +314,8 @@ class SyncLoop:
             return step
         t2 = self.clock()
         if not step.plan.noop:
+            if self._marks is None and self._kernel_epochs is None:
+                self._kernel_epochs = self._read_kernel_epochs()
             try:
                 if step.plan.stage:  # new interval sets first (see transactions.staged_diff)
                     self.nft.apply(step.plan.stage, timeout=self.config.nft_timeout)
@@ -315,6 +340,73 @@ class SyncLoop:
             )
             return None
         return None if doc is None else Inventory.from_json(doc, table)
+
+    def _read_kernel_epochs(self) -> dict[str, int]:
+        """Before the first commit: pod IP → mark from the kernel's ``in_epoch*`` maps, so
+        that epochs raised while the agent was down are swept too (empty if none)."""
+        table = self.planner.options.table
+        out: dict[str, int] = {}
+        for f in (4, 6):
+            target = f"map {table.family} {table.name} in_epoch{f}"
+            try:
+                out.update(epoch_elements(self.reader.list_json(target, timeout=5.0)))
+            except NftError as exc:  # no table yet (the usual first start), or no map
+                log.debug("no epochs in the kernel", extra=logs.fields(error=exc.message))
+        return out
+
+    def _note_epochs(self, snap: Snapshot) -> None:
+        """After a commit: which pods got a new mark, with the old one, to sweep."""
+        node = snap.node
+        self._swept_snap = snap  # pending sweeps are judged against the latest commit
+        if self._marks is not None and self._marks[0] is node:
+            return
+        marks = pod_marks(node)
+        if self._marks is None:
+            found = kernel_stale_marks(self._kernel_epochs or {}, node, marks)
+            self._kernel_epochs = None
+        else:
+            found = stale_marks(self._marks[1], marks)
+        for uid, olds in found.items():
+            self._stale.setdefault(uid, set()).update(olds)
+        for uid in [u for u in self._stale if u not in marks]:
+            del self._stale[uid]  # gone: its IPs' entries are deleted instead
+        self._marks = (node, marks)
+
+    async def _sweep(self) -> None:
+        """Sweep the pending old marks against the last committed snapshot (sweeping.py)."""
+        snap = self._swept_snap
+        if not self._stale or snap is None:
+            self._sweep_error = None
+            return
+        stale = {uid: frozenset(marks) for uid, marks in self._stale.items()}
+        result = await asyncio.to_thread(self.sweeper.sweep, snap, stale, lambda: self._dirty)
+        self._stale = result.remaining
+        m = self.metrics
+        m.conntrack_rechecked.labels("kept").inc(result.kept)
+        m.conntrack_rechecked.labels("cut").inc(result.cut)
+        counts = {
+            "pods": len(stale),
+            "kept": result.kept,
+            "cut": result.cut,
+            "foreign": result.foreign,
+            "gone": result.gone,
+            "left": len(result.remaining),
+            "ms": round(result.seconds * 1000, 3),
+        }
+        if result.error is None:
+            self._sweep_error = None
+            self._sweep_failures = 0
+            log.info("inbound flows re-checked", extra=logs.fields(**counts))
+            return
+        self._sweep_error = result.error
+        self._sweep_failures += 1
+        m.conntrack_errors.inc()
+        first, most = self.config.retry_backoff
+        self._retry_at = self.clock() + min(first * 2 ** (self._sweep_failures - 1), most)
+        log.warning(
+            "re-checking inbound flows failed; will retry",
+            extra=logs.fields(**counts, error=result.error),
+        )
 
     def _apply_failed(self, plan: Plan, exc: NftError) -> SyncResult:
         cfg = self.config
@@ -455,8 +547,8 @@ class SyncLoop:
         reason, error = (None, None)
         if self._last_error is not None:
             reason, error = self._last_error
-        elif self._ct_error is not None:
-            reason, error = "ConntrackFailed", self._ct_error
+        elif self._ct_error is not None or self._sweep_error is not None:
+            reason, error = "ConntrackFailed", self._ct_error or self._sweep_error
         elif (problem := self.source.problem()) is not None:
             reason, error = problem.reason, problem.message  # e.g. a file that stopped parsing
         elif snap is not None and snap.missing:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from tests import agentcases as ac
 from tests import nftcases as nc
 from tests.nftmodel import ModelError, NftModel
 
@@ -22,7 +23,10 @@ from secgroups.compiled import (
     COMPILED_SET_KIND,
     CompiledPolicy,
 )
-from secgroups_agent.conntrack import FakeConntrack
+from secgroups.nft.epochs import MARK_TOMBSTONE, epoch_mark
+from secgroups.nft.rendering import render
+from secgroups.nft.transactions import full_transaction
+from secgroups_agent.conntrack import CtFlow, FakeConntrack
 from secgroups_agent.interfaces import FakeInterfaces
 from secgroups_agent.metrics import Metrics
 from secgroups_agent.nftables import FakeNft, NftError, NftWorkerCrashedError
@@ -382,5 +386,96 @@ def test_a_source_problem_is_reported_while_the_last_good_policy_stays() -> None
             await rig.until_status(lambda s: s.reason == "SourceInvalid", "the problem")
             assert rig.status.last is not None and rig.status.last.applied_generation == 3
             assert len(rig.applied) == 1
+
+    run(body())
+
+
+# ----------------------------------------------------------------------------- the sweep
+OLD1, NEW1 = epoch_mark("uid-shop-web-1", 2), epoch_mark("uid-shop-web-1", 3)
+WEB1 = nc.WEB1[0]
+SSH = CtFlow(4, 6, "203.0.113.9", WEB1, WEB1, "203.0.113.9", 40000, 22, 22, mark=OLD1)
+HTTP = CtFlow(4, 6, "192.0.2.99", WEB1, WEB1, "192.0.2.99", 40001, 80, 80, mark=OLD1)
+OUTBOUND = CtFlow(4, 6, WEB1, "192.0.2.99", "192.0.2.99", WEB1, 40002, 443, 443)
+
+
+def _marks(ct: FakeConntrack) -> list[int]:
+    return [f.mark for f in ct.flows]
+
+
+def test_a_raised_epoch_sweeps_the_pods_inbound_flows_before_the_status_says_applied() -> None:
+    """S-CT-2 (sweeping.py): after the commit that raised web-1's epoch, its flows with the old
+    mark are re-judged — still allowed: the new mark; denied: the tombstone — and only then
+    is the generation reported. Outbound flows are never read (S-CT-1)."""
+
+    async def body() -> None:
+        policy, ifaces = _policy()
+        src = StaticSource(_snap(policy))
+        ct = FakeConntrack(flows=[SSH, HTTP, OUTBOUND])
+        async with Rig(src, interfaces=FakeInterfaces(ifaces), conntrack=ct) as rig:
+            await rig.until_status(lambda s: s.applied_generation == 1, "generation 1")
+            assert ct.dumped_marks == []  # nothing was raised
+            src.set(_snap(ac.web_http_revoked(), 2))
+            await rig.until_status(lambda s: s.applied_generation == 2, "generation 2")
+            assert _marks(ct) == [NEW1, MARK_TOMBSTONE, 0]
+            assert ct.dumped_marks == [OLD1]
+            assert rig.status.last is not None and rig.status.last.reason is None
+            text = rig.metrics.render().decode()
+            assert 'secgroups_agent_conntrack_flows_rechecked_total{verdict="kept"} 1.0' in text
+            assert 'secgroups_agent_conntrack_flows_rechecked_total{verdict="cut"} 1.0' in text
+            # A change that raises nothing sweeps nothing.
+            src.set(_snap(_without_pod(ac.web_http_revoked(), "web-2"), 3))
+            await rig.until_status(lambda s: s.applied_generation == 3, "generation 3")
+            assert ct.dumped_marks == [OLD1]
+
+    run(body())
+
+
+def test_a_failed_sweep_is_retried_against_the_committed_policy() -> None:
+    async def body() -> None:
+        policy, ifaces = _policy()
+        src = StaticSource(_snap(policy))
+        ct = FakeConntrack(flows=[SSH, HTTP])
+        async with Rig(src, interfaces=FakeInterfaces(ifaces), conntrack=ct) as rig:
+            await rig.until_applied(1)
+            ct.fail_next.append(RuntimeError("netlink said no"))
+            src.set(_snap(ac.web_http_revoked(), 2))
+            await rig.until_status(lambda s: s.reason == "ConntrackFailed", "the failure")
+            last = rig.status.last
+            assert last is not None and "netlink said no" in (last.error or "")
+            await rig.until_status(lambda s: s.reason is None, "the retry")
+            assert _marks(ct) == [NEW1, MARK_TOMBSTONE]
+            assert len(rig.applied) == 2  # the retry did not touch nft
+
+    run(body())
+
+
+def test_a_started_agent_sweeps_epochs_raised_while_it_was_down() -> None:
+    """The kernel still holds the table of an earlier agent (web-1 at epoch 2); the agent
+    starts with web-1 at epoch 3: it reads the old marks from in_epoch* before its first
+    commit and sweeps their flows."""
+
+    async def body() -> None:
+        policy, ifaces = _policy()
+        ct = FakeConntrack(flows=[SSH, HTTP])
+        src = StaticSource(_snap(ac.web_http_revoked(), 5))
+        rig = Rig(src, interfaces=FakeInterfaces(ifaces), conntrack=ct)
+        rig.model.apply(full_transaction(render(policy, NODE, ifaces)))
+        async with rig:
+            await rig.until_status(lambda s: s.applied_generation == 5, "generation 5")
+            assert _marks(ct) == [NEW1, MARK_TOMBSTONE]
+
+    run(body())
+
+
+def test_a_restart_without_raised_epochs_sweeps_nothing() -> None:
+    async def body() -> None:
+        policy, ifaces = _policy()
+        ct = FakeConntrack(flows=[SSH, HTTP])
+        src = StaticSource(_snap(policy, 5))
+        rig = Rig(src, interfaces=FakeInterfaces(ifaces), conntrack=ct)
+        rig.model.apply(full_transaction(render(policy, NODE, ifaces)))
+        async with rig:
+            await rig.until_status(lambda s: s.applied_generation == 5, "generation 5")
+            assert ct.dumped_marks == [] and _marks(ct) == [OLD1, OLD1]
 
     run(body())
