@@ -11,15 +11,20 @@ several outside addresses — BEFORE the change. After every agent applied the c
   flow the new policy still allows keeps working — the SAME connection (socket, ports,
   ICMP id), twice in a row; flows of pods that are not re-checked, and outbound flows
   (S-CT-1), continue whatever the new egress rules say;
-* when the pod speaks first on a cut flow, the exchange fails (the client's answer is
-  dropped) and ``conntrack -L`` on both nodes shows no entry with the pod as the original
-  source for that 5-tuple (no direction flip, dataplane.md §3.3) — that the pod's own
-  packet still reaches the client is a known gap, pinned by a strict xfail below;
+* when the pod speaks first on a cut flow, the exchange fails and ``conntrack -L`` on both
+  nodes shows no entry with the pod as the original source for that 5-tuple (no direction
+  flip, dataplane.md §3.3);
 * new connections for every flow's 5-tuple follow the evaluator's verdict of the new policy.
 
-Then: S-CT-3 timeouts read back from ``conntrack -L``; a deleted entry never comes back
-flipped (the TCP non-SYN guard); forged sources from a pod are dropped (and arrive when the
-pod has no policy); IPv6 neighbour discovery works after the caches are flushed.
+Then, the agent's post-commit sweep (``secgroups_agent/sweeping.py``): after a revocation
+nothing the pod sends on the cut flow reaches the client any more — not even a one-way UDP
+stream from the pod — and the entry carries the tombstone, unflipped; an inbound flow the
+change still allows keeps both directions, re-stamped with the pod's new epoch before any
+packet, so a pod that only sends keeps reaching its client; outbound flows of a re-checked
+pod keep mark 0 and both directions (S-CT-1). And: S-CT-3 timeouts read back from
+``conntrack -L``; a deleted entry never comes back flipped (the TCP non-SYN guard); forged
+sources from a pod are dropped (and arrive when the pod has no policy); IPv6 neighbour
+discovery works after the caches are flushed.
 """
 
 from __future__ import annotations
@@ -56,9 +61,11 @@ from tests.dataplanecases import (
     ipag,
 )
 
+from secgroups.compiled import CompiledPod
+from secgroups.nft.epochs import MARK_TOMBSTONE, epoch_mark
 from secgroups_lab.matrix import Case, Family, Target, run_matrix
 from secgroups_lab.network import PodNet, run_in
-from secgroups_lab.probes import Endpoint, Flow, ProbeClient, ProbeResult, Proto
+from secgroups_lab.probes import Endpoint, Flow, ProbeClient, ProbeResult, Proto, Seen
 
 _why = dataplane_unavailable()
 if _why:
@@ -595,36 +602,92 @@ def test_a_deleted_entry_never_comes_back_flipped(dp: DataplaneLab, family: Fami
         assert fresh.ok, fresh
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known gap, dataplane.md §3.4 B.6: reply-direction packets of an inbound flow are "
-        "accepted whatever its epoch, so after a revocation the pod's own packets still reach "
-        "the revoked client (its answers are dropped); a one-way UDP stream from the pod "
-        "would keep flowing. The strict variant needs ingress rules evaluable on replies."
-    ),
-)
+def compiled_pod(step: Step, name: str) -> CompiledPod:
+    pods = [p for spec in step.policy.nodes.values() for p in spec.pods]
+    return next(p for p in pods if (p.namespace, p.name) == (CT, name))
+
+
+def arrivals(client: ProbeClient, before: set[str], src: str) -> list[Seen]:
+    """What ``client`` received from ``src`` since ``before`` (tokens seen until then)."""
+    return [s for s in client.seen() if s.token not in before and s.src == src]
+
+
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_a_revoked_client_receives_nothing_more_from_the_pod(
     dp: DataplaneLab, proto: Proto
 ) -> None:
     """S-CT-2 "denied flows are interrupted", read strictly: after the revocation, what the
-    pod sends on the flow must not reach the client either."""
-    dp.operator.apply(svc_open_to_outside(dp))
+    pod sends on the flow never reaches the client — before the client sends anything (a
+    one-way stream from the pod), after the client's own packet was dropped, and again. The
+    agent's sweep gave the entry the tombstone, whose replies ``pod_egress`` drops; the entry
+    is neither deleted nor flipped."""
+    base = compiled_pod(dp.operator.apply(svc_open_to_outside(dp)), "srv-1")
     outside = ProbeClient(dp.outside)
+    srv = dp.pods["srv-1"]
     with closing_flows([]) as opened:
         live = open_flow(dp, FlowSpec(OUT, "srv-1", proto))
         opened.append(live)
-        dp.operator.apply(ct_manifests(dp.pods, {"srv-1": "svc"}, ()))  # the allow is deleted
-        assert not live.flow.check(timeout=DENIED_TIMEOUT).ok
-        seen_before = {s.token for s in outside.seen()}
-        assert not live.flow.check(from_server=True, timeout=DENIED_TIMEOUT).ok
-        arrived = [
-            s
-            for s in outside.seen()
-            if s.token not in seen_before and s.src == dp.pods["srv-1"].ipv4
-        ]
-        assert arrived == []
+        assert entry_of(dp, live).mark == epoch_mark(base.uid, base.epoch)
+        step = dp.operator.apply(ct_manifests(dp.pods, {"srv-1": "svc"}, ()))  # allow deleted
+        assert step.rechecked == {f"{CT}/srv-1"}
+        assert entry_of(dp, live).mark == MARK_TOMBSTONE
+        for who in ("server", "client", "server"):
+            seen_before = {s.token for s in outside.seen()}
+            res = live.flow.check(from_server=who == "server", timeout=DENIED_TIMEOUT)
+            assert not res.ok, f"{who} spoke: {res}"
+            assert arrivals(outside, seen_before, srv.ipv4) == [], f"after the {who} spoke"
+        assert flipped_entries(dp, live) == []
+        assert entry_of(dp, live).mark == MARK_TOMBSTONE
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_an_allowed_flow_keeps_both_directions_after_a_recheck(
+    dp: DataplaneLab, proto: Proto
+) -> None:
+    """S-CT-2 "allowed flows continue unaffected", when only the pod sends: a change raises
+    srv-1's epoch (an inbound Deny for another address is added, S-CT-2 row 3) and the
+    flow from the outside is still allowed. Before any packet crosses, the sweep has
+    re-stamped the entry with srv-1's new mark; the pod's messages reach the client, and
+    the client's own exchange continues on the same connection."""
+    dp.operator.apply(svc_open_to_outside(dp))
+    outside = ProbeClient(dp.outside)
+    srv = dp.pods["srv-1"]
+    deny_other = twin("no-20", "svc", "100.64.250.20/32", "fd64:5ec:0:fa::14/128", action="Deny")
+    with closing_flows([]) as opened:
+        live = open_flow(dp, FlowSpec(OUT, "srv-1", proto))
+        opened.append(live)
+        step = dp.operator.apply([*svc_open_to_outside(dp), *deny_other])
+        assert step.rechecked == {f"{CT}/srv-1"}
+        pod = compiled_pod(step, "srv-1")
+        new_mark = epoch_mark(pod.uid, pod.epoch)
+        assert entry_of(dp, live).mark == new_mark  # swept: nothing has crossed yet
+        for _ in range(2):
+            seen_before = {s.token for s in outside.seen()}
+            res = live.flow.check(from_server=True, timeout=ALIVE_TIMEOUT)
+            assert res.ok, res
+            assert arrivals(outside, seen_before, srv.ipv4), "the pod's message must arrive"
+        assert live.flow.check(timeout=ALIVE_TIMEOUT).ok
+        assert entry_of(dp, live).mark == new_mark
+
+
+def test_outbound_flows_of_a_rechecked_pod_are_untouched(dp: DataplaneLab) -> None:
+    """S-CT-1: srv-1's inbound allow is deleted (its epoch raised, its inbound flow cut), but
+    its outbound flows to the outside carry no epoch mark: the sweep never reads them, they
+    keep mark 0, and both of their ends keep talking."""
+    dp.operator.apply(svc_open_to_outside(dp))
+    specs = [*flows("srv-1", OUT, ("tcp", "udp"), (4, 6)), FlowSpec(OUT, "srv-1", "udp")]
+    with closing_flows([]) as opened:
+        opened.extend(parallel(lambda s: open_flow(dp, s), specs))
+        *outbound, inbound = opened
+        step = dp.operator.apply(ct_manifests(dp.pods, {"srv-1": "svc"}, ()))
+        assert step.rechecked == {f"{CT}/srv-1"}
+        assert entry_of(dp, inbound).mark == MARK_TOMBSTONE
+        for live in outbound:
+            assert entry_of(dp, live).mark == 0, live.spec
+            for from_server in (True, False, True):
+                res = live.flow.check(from_server=from_server, timeout=ALIVE_TIMEOUT)
+                assert res.ok, f"{live.spec} ({'outside' if from_server else 'pod'}): {res}"
+            assert entry_of(dp, live).mark == 0, live.spec
 
 
 # ----------------------------------------------------------------------------- S-CT-3
