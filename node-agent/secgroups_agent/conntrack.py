@@ -17,7 +17,9 @@ so no new entry for the IP can be accepted by a stale rule afterwards.
 :class:`NetlinkConntrack` uses pyroute2's ``NFCTSocket`` with kernel-side filters only
 (§3.5 pitfalls, each handled here):
 
-* one socket per family — IPv6 needs ``NFCTSocket(nfgen_family=AF_INET6)`` (pyroute2 #701);
+* one socket per family — IPv6 needs ``NFCTSocket(nfgen_family=AF_INET6)`` (pyroute2 #701)
+  wherever a tuple is sent; a dump by mark alone uses one ``AF_UNSPEC`` socket for both
+  families (every dump walks the kernel's whole table: one walk, not two);
 * ``CTA_FILTER`` tuple filters (kernel ≥ 5.8) for orig-src and reply-src, two dumps per
   IP, never a full-table dump parsed in Python;
 * deletion by the entry's own tuple *and zone* (``Conntrack.delete`` drops the zone);
@@ -153,7 +155,7 @@ def _flow_from_msg(family: int, msg: Any) -> CtFlow | None:
         return None
     addrs = [ip.get_attr(f"CTA_IP_{v}_{end}") for ip in (oip, rip) for end in ("SRC", "DST")]
     if any(a is None for a in addrs):
-        return None  # the other family (a kernel that ignores nfgen_family in dumps)
+        return None  # not of ``family`` after all
     o_src, o_dst, r_src, r_dst = (str(ipaddress.ip_address(a)) for a in addrs)
     return CtFlow(
         family=4 if family == socket.AF_INET else 6,
@@ -259,17 +261,22 @@ class NetlinkConntrack:
             raise ValueError("refusing a conntrack dump by mark 0 (pyroute2 would dump all)")
         out: list[CtFlow] = []
         with self._lock:
-            for family in (socket.AF_INET, socket.AF_INET6):
-                sock = NFCTSocket(nfgen_family=family)
-                try:
-                    for msg in sock.dump(mark=mark, mark_mask=MARK_MASK):
-                        flow = _flow_from_msg(family, msg)
-                        if flow is not None and flow.mark == mark:
-                            out.append(flow)
-                except NetlinkError as exc:
-                    raise ConntrackError(f"conntrack dump by mark {mark:#x} failed: {exc}") from exc
-                finally:
-                    sock.close()
+            # One walk for both families: the kernel walks its whole hash table for every
+            # dump (~8 ms here even when empty), and a mark filter needs no tuple, so the
+            # per-family socket of §3.5 is not needed to read it (it is to write tuples).
+            sock = NFCTSocket(nfgen_family=socket.AF_UNSPEC)
+            try:
+                for msg in sock.dump(mark=mark, mark_mask=MARK_MASK):
+                    family = msg.get("nfgen_family")
+                    if family not in (socket.AF_INET, socket.AF_INET6):
+                        continue
+                    flow = _flow_from_msg(family, msg)
+                    if flow is not None and flow.mark == mark:
+                        out.append(flow)
+            except NetlinkError as exc:
+                raise ConntrackError(f"conntrack dump by mark {mark:#x} failed: {exc}") from exc
+            finally:
+                sock.close()
         return out
 
     def set_marks(self, updates: Sequence[tuple[CtFlow, int]]) -> list[bool]:

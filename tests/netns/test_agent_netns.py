@@ -4,7 +4,9 @@ Node 1 of the shared lab runs the agent (``tests/agent_harness.py``); its pods `
 (group web) and ``a2`` (group client) are managed, node 2's pods and the outside host
 are not. Real probes (``secgroups_lab.probes``) check that what the kernel does matches
 the core evaluator, that a policy change never opens a window, that drift is repaired,
-that a deleted pod's conntrack entries go, and that the libnftables worker can die.
+that a deleted pod's conntrack entries go, and that the libnftables worker can die. The
+conntrack port's mark operations (the post-commit sweep's reads and writes) are checked
+against the kernel in node 2's netns, where no agent runs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import termios
 import threading
 from collections.abc import Iterator
@@ -441,3 +444,57 @@ def test_pod_interfaces_come_from_the_nodes_routes(
         pods["a1"].ipv4: pods["a1"].host_ifname,
         pods["a1"].ipv6: pods["a1"].host_ifname,
     }
+
+
+# ----------------------------------------------------------------------------- conntrack port
+CT_ENTRIES = [  # conntrack -I arguments (after -s/-d), mark
+    ("10.77.0.1 10.77.0.2 -p tcp --sport 40000 --dport 80 --state ESTABLISHED", 5),
+    ("10.77.0.1 10.77.0.2 -p udp --sport 40001 --dport 53", 5),
+    ("10.77.0.1 10.77.0.2 -p icmp --icmp-type 8 --icmp-code 0 --icmp-id 7", 5),
+    ("10.77.0.1 10.77.0.2 -p gre --srckey 0 --dstkey 0", 5),
+    ("10.77.0.3 10.77.0.2 -p tcp --sport 40002 --dport 80 --state ESTABLISHED -w 7", 5),
+    ("fd77::1 fd77::2 -p tcp --sport 40003 --dport 443 --state ESTABLISHED", 5),
+    ("fd77::1 fd77::2 -p icmpv6 --icmpv6-type 128 --icmpv6-code 0 --icmpv6-id 9", 5),
+    ("10.77.0.1 10.77.0.2 -p tcp --sport 40004 --dport 80 --state ESTABLISHED", 6),
+]
+PORT_SNIPPET = """
+import dataclasses, json
+from secgroups_agent.conntrack import NetlinkConntrack
+ct = NetlinkConntrack()
+flows = ct.dump_mark(5)
+gone = dataclasses.replace(flows[0], orig_src="10.77.0.99" if flows[0].family == 4 else "fd77::99")
+done = ct.set_marks([(f, 0xFFFFFFFF if i % 2 else 9) for i, f in enumerate(flows)] + [(gone, 9)])
+print(json.dumps({"flows": [dataclasses.asdict(f) for f in flows], "done": done,
+                  "after": [len(ct.dump_mark(m)) for m in (5, 6, 9, 0xFFFFFFFF)]}))
+"""
+
+
+def test_the_conntrack_port_reads_and_marks_entries_by_mark(lab: Lab) -> None:
+    """dump_mark: one kernel-side filter returns both families, every protocol's tuple (TCP,
+    UDP, ICMP, GRE keys, ICMPv6) and the zone; set_marks finds each entry by its original
+    tuple and zone (dataplane.md §3.5 pitfalls) and reports an entry that is gone."""
+    netns = lab.node_netns(2)
+    try:
+        for args, mark in CT_ENTRIES:
+            src, dst, *rest = args.split()
+            cmd = ["conntrack", "-I", "-s", src, "-d", dst, *rest, "-t", "120", "-m", str(mark)]
+            run_in(netns, cmd)
+        proc = run_in(netns, [sys.executable, "-c", PORT_SNIPPET])
+        got = json.loads(proc.stdout)
+        flows = got["flows"]
+        assert len(flows) == 7 and {f["mark"] for f in flows} == {5}
+        assert {(f["family"], f["proto"]) for f in flows} == {
+            (4, 6), (4, 17), (4, 1), (4, 47), (6, 6), (6, 58)
+        }  # fmt: skip
+        icmp = next(f for f in flows if f["proto"] == 1)
+        assert (icmp["icmp_type"], icmp["icmp_code"], icmp["icmp_id"]) == (8, 0, 7)
+        assert next(f for f in flows if f["proto"] == 47)["orig_sport"] == 0  # GRE key
+        tcp = next(f for f in flows if f["orig_sport"] == 40003)
+        assert (tcp["reply_src"], tcp["reply_sport"]) == ("fd77::2", 443)
+        assert next(f for f in flows if f["orig_src"] == "10.77.0.3")["zone"] == 7
+        assert got["done"] == [True] * 7 + [False]
+        assert got["after"] == [0, 1, 4, 3]  # mark 5 gone, 6 untouched, 9 and the tombstone
+    finally:
+        for family, src in (("ipv4", "10.77.0.1"), ("ipv4", "10.77.0.3"), ("ipv6", "fd77::1")):
+            run_in(netns, ["conntrack", "-D", "-f", family, "-s", src], check=False)
+            run_in(netns, ["conntrack", "-D", "-f", family, "-s", src, "-w", "7"], check=False)
