@@ -255,9 +255,7 @@ class NftModel:
             obj["flags"] = ["interval"]
         if with_elements and s.elements:
             if d.value == "mark":  # as nft -j lists a mark map: [key, integer]
-                obj["elem"] = [
-                    [k, int(e.split(" : ", 1)[1], 16)] for k, e in s.elements.items()
-                ]
+                obj["elem"] = [[k, int(e.split(" : ", 1)[1], 16)] for k, e in s.elements.items()]
             else:
                 obj["elem"] = list(s.elements.values())
         return obj
