@@ -17,18 +17,19 @@ so no new entry for the IP can be accepted by a stale rule afterwards.
 :class:`NetlinkConntrack` uses pyroute2's ``NFCTSocket`` with kernel-side filters only
 (§3.5 pitfalls, each handled here):
 
-* one socket per family — IPv6 needs ``NFCTSocket(nfgen_family=AF_INET6)`` (pyroute2 #701)
-  wherever a tuple is sent; a dump by mark alone uses one ``AF_UNSPEC`` socket for both
-  families (every dump walks the kernel's whole table: one walk, not two);
+* one socket per family — IPv6 needs ``NFCTSocket(nfgen_family=AF_INET6)`` (pyroute2 #701);
 * ``CTA_FILTER`` tuple filters (kernel ≥ 5.8) for orig-src and reply-src, two dumps per
   IP, never a full-table dump parsed in Python;
 * deletion by the entry's own tuple *and zone* (``Conntrack.delete`` drops the zone);
 * the tuple is rebuilt from the raw attributes, because ``NFCTAttrTuple.from_netlink``
   keeps ports only for TCP/UDP, so GRE/SCTP entries could not be deleted by tuple;
-* ``flush(mark=None)`` would flush the whole table: :meth:`flush_mark` refuses that; a
-  falsy mark in ``dump()`` means no filter, so :meth:`dump_mark` refuses mark 0;
-* a mark-filtered dump is the kernel's filter on every kernel (§3.5); pyroute2 drops the
-  mark filter when a tuple filter is given, so none is.
+* ``flush(mark=None)`` would flush the whole table: :meth:`flush_mark` refuses that.
+
+The sweep's two operations go through :mod:`~secgroups_agent.ctnetlink` instead (pyroute2
+costs ~1.4 ms per entry read and re-marked; the sweep touches every inbound flow of a
+re-checked pod): a dump filtered by mark in the kernel (every kernel, §3.5), one
+``AF_UNSPEC`` walk for both families, and mark updates by original tuple and zone, each
+in its family, batched; :meth:`dump_mark` refuses mark 0 (no filter: every entry).
 
 :class:`FakeConntrack` records calls for unit tests.
 """
@@ -42,6 +43,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+
+from secgroups_agent.ctnetlink import CtNetlink
 
 MARK_MASK = 0xFFFFFFFF
 
@@ -142,62 +145,13 @@ def _tuple_from_raw(family: int, nla: Any) -> Any:
     )
 
 
-def _flow_from_msg(family: int, msg: Any) -> CtFlow | None:
-    """A :class:`CtFlow` from one dumped message; None if it is not of ``family``."""
-    orig, reply = msg.get_attr("CTA_TUPLE_ORIG"), msg.get_attr("CTA_TUPLE_REPLY")
-    if orig is None or reply is None:
-        return None
-    v = "V4" if family == socket.AF_INET else "V6"
-    icmp = "ICMP" if family == socket.AF_INET else "ICMPV6"
-    oip, rip = orig.get_attr("CTA_TUPLE_IP"), reply.get_attr("CTA_TUPLE_IP")
-    oproto, rproto = orig.get_attr("CTA_TUPLE_PROTO"), reply.get_attr("CTA_TUPLE_PROTO")
-    if oip is None or rip is None or oproto is None or rproto is None:
-        return None
-    addrs = [ip.get_attr(f"CTA_IP_{v}_{end}") for ip in (oip, rip) for end in ("SRC", "DST")]
-    if any(a is None for a in addrs):
-        return None  # not of ``family`` after all
-    o_src, o_dst, r_src, r_dst = (str(ipaddress.ip_address(a)) for a in addrs)
-    return CtFlow(
-        family=4 if family == socket.AF_INET else 6,
-        proto=int(oproto.get_attr("CTA_PROTO_NUM")),
-        orig_src=o_src,
-        orig_dst=o_dst,
-        reply_src=r_src,
-        reply_dst=r_dst,
-        orig_sport=oproto.get_attr("CTA_PROTO_SRC_PORT"),
-        orig_dport=oproto.get_attr("CTA_PROTO_DST_PORT"),
-        reply_sport=rproto.get_attr("CTA_PROTO_SRC_PORT"),
-        icmp_id=oproto.get_attr(f"CTA_PROTO_{icmp}_ID"),
-        icmp_type=oproto.get_attr(f"CTA_PROTO_{icmp}_TYPE"),
-        icmp_code=oproto.get_attr(f"CTA_PROTO_{icmp}_CODE"),
-        zone=int(msg.get_attr("CTA_ZONE") or 0),
-        mark=int(msg.get_attr("CTA_MARK") or 0),
-    )
-
-
-def _tuple_of(flow: CtFlow) -> Any:
-    """The ``NFCTAttrTuple`` of the flow's original direction (every field it has)."""
-    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-
-    return NFCTAttrTuple(
-        family=socket.AF_INET if flow.family == 4 else socket.AF_INET6,
-        saddr=flow.orig_src,
-        daddr=flow.orig_dst,
-        proto=flow.proto,
-        sport=flow.orig_sport,
-        dport=flow.orig_dport,
-        icmp_id=flow.icmp_id,
-        icmp_type=flow.icmp_type,
-        icmp_code=flow.icmp_code,
-    )
-
-
 class NetlinkConntrack:
     """pyroute2 NFCTSocket, one per family, opened per call (calls are rare: pod deletes,
     sweeps after epoch bumps)."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch: int = 256) -> None:
         self._lock = threading.Lock()
+        self.batch = batch  # mark updates per sendmsg (ctnetlink)
 
     def delete_ips(self, ips: Iterable[str]) -> int:
         from pyroute2.netlink.exceptions import NetlinkError
@@ -254,61 +208,25 @@ class NetlinkConntrack:
                 sock.close()
 
     def dump_mark(self, mark: int) -> list[CtFlow]:
-        from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
-
         if not mark:
-            raise ValueError("refusing a conntrack dump by mark 0 (pyroute2 would dump all)")
-        out: list[CtFlow] = []
+            raise ValueError("refusing a conntrack dump by mark 0 (it would read every entry)")
         with self._lock:
-            # One walk for both families: the kernel walks its whole hash table for every
-            # dump (~8 ms here even when empty), and a mark filter needs no tuple, so the
-            # per-family socket of §3.5 is not needed to read it (it is to write tuples).
-            sock = NFCTSocket(nfgen_family=socket.AF_UNSPEC)
             try:
-                for msg in sock.dump(mark=mark, mark_mask=MARK_MASK):
-                    family = msg.get("nfgen_family")
-                    if family not in (socket.AF_INET, socket.AF_INET6):
-                        continue
-                    flow = _flow_from_msg(family, msg)
-                    if flow is not None and flow.mark == mark:
-                        out.append(flow)
-            except NetlinkError as exc:
+                with CtNetlink() as nl:
+                    return [f for f in nl.dump_mark(mark) if f.mark == mark]
+            except OSError as exc:
                 raise ConntrackError(f"conntrack dump by mark {mark:#x} failed: {exc}") from exc
-            finally:
-                sock.close()
-        return out
 
     def set_marks(self, updates: Sequence[tuple[CtFlow, int]]) -> list[bool]:
-        from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
-
-        by_family: dict[int, list[int]] = {}
-        for i, (flow, mark) in enumerate(updates):
+        for _, mark in updates:
             if not 0 <= mark <= MARK_MASK:
                 raise ValueError(f"ct mark {mark} is not a 32-bit value")
-            by_family.setdefault(flow.family, []).append(i)
-        done = [False] * len(updates)
         with self._lock:
-            for family, indices in sorted(by_family.items()):
-                sock = NFCTSocket(nfgen_family=socket.AF_INET if family == 4 else socket.AF_INET6)
-                try:
-                    for i in indices:
-                        flow, mark = updates[i]
-                        args: dict[str, Any] = {"tuple_orig": _tuple_of(flow), "mark": mark}
-                        if flow.zone:
-                            args["zone"] = flow.zone
-                        try:
-                            sock.entry("set", **args)
-                            done[i] = True
-                        except NetlinkError as exc:
-                            if exc.code != errno.ENOENT:  # ended meanwhile: nothing to cut
-                                raise ConntrackError(
-                                    f"setting the mark of a conntrack entry: {exc}"
-                                ) from exc
-                finally:
-                    sock.close()
-        return done
+            try:
+                with CtNetlink(self.batch) as nl:
+                    return nl.set_marks(updates)
+            except OSError as exc:
+                raise ConntrackError(f"setting conntrack marks failed: {exc}") from exc
 
 
 @dataclass

@@ -115,30 +115,40 @@ def decide(
             ips.add(ipaddress.ip_address(ip))
         except ValueError:
             continue
-    ours: list[tuple[CtFlow, InboundFlow]] = []
+    updates: list[tuple[CtFlow, int]] = []
     foreign = 0
+    # Flows of one client to one port share a verdict (a stream of short UDP flows from
+    # one host differs only in source ports): judge each distinct key once.
+    verdicts: dict[tuple[object, ...], bool] = {}
     for flow in flows:
-        try:
-            inbound = InboundFlow.make(
-                flow.orig_src,
-                flow.reply_src,
-                flow.proto,
-                flow.reply_sport,
-                flow.icmp_type,
-                flow.icmp_code,
-            )
-        except ValueError:
-            foreign += 1
-            continue
-        if inbound.pod_ip not in ips:
-            foreign += 1
-            continue
-        ours.append((flow, inbound))
-    verdicts = still_allowed(policy, pod, [i for _, i in ours], evaluator=evaluator)
-    updates = [
-        (flow, new_mark if ok else MARK_TOMBSTONE)
-        for (flow, _), ok in zip(ours, verdicts, strict=True)
-    ]
+        key: tuple[object, ...] = (
+            flow.orig_src,
+            flow.reply_src,
+            flow.proto,
+            flow.reply_sport,
+            flow.icmp_type,
+            flow.icmp_code,
+        )
+        ok = verdicts.get(key)
+        if ok is None:
+            try:
+                inbound = InboundFlow.make(
+                    flow.orig_src,
+                    flow.reply_src,
+                    flow.proto,
+                    flow.reply_sport,
+                    flow.icmp_type,
+                    flow.icmp_code,
+                )
+            except ValueError:
+                foreign += 1
+                continue
+            if inbound.pod_ip not in ips:
+                foreign += 1
+                continue
+            (ok,) = still_allowed(policy, pod, [inbound], evaluator=evaluator)
+            verdicts[key] = ok
+        updates.append((flow, new_mark if ok else MARK_TOMBSTONE))
     return updates, foreign
 
 

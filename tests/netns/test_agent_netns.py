@@ -460,7 +460,7 @@ CT_ENTRIES = [  # conntrack -I arguments (after -s/-d), mark
 PORT_SNIPPET = """
 import dataclasses, json
 from secgroups_agent.conntrack import NetlinkConntrack
-ct = NetlinkConntrack()
+ct = NetlinkConntrack(batch=3)  # several batches, the vanished entry in the last one
 flows = ct.dump_mark(5)
 gone = dataclasses.replace(flows[0], orig_src="10.77.0.99" if flows[0].family == 4 else "fd77::99")
 done = ct.set_marks([(f, 0xFFFFFFFF if i % 2 else 9) for i, f in enumerate(flows)] + [(gone, 9)])
