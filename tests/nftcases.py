@@ -28,6 +28,7 @@ from secgroups.compiled import (
 )
 from secgroups.compiling import default_rules
 from secgroups.models import Action, Direction, IPFamily, Protocol
+from secgroups.nft.dispatch import Limits
 from secgroups.nft.rendering import RenderOptions
 
 NODE = "n1"
@@ -240,9 +241,50 @@ def strict_node() -> Scenario:
     )
 
 
+def dispatched() -> Scenario:
+    """Group chains dispatched by protocol and port (``secgroups.nft.dispatch``), both ways:
+    the ``api`` group's ingress has a run of ten specific rules (overlapping TCP ranges, a
+    port-less TCP rule, UDP, ICMP, ICMPv6, GRE), an All rule, then a run of three; with
+    ``min_rules=3`` both runs are dispatched, the first through a segment chain. Its egress
+    has two specific rules: too few, linear."""
+    blocked = ipag_set("shop", "blocked", BLOCKED)
+    web = sg_set("shop", "web", [WEB1[0], WEB2[0]], [WEB1[1], WEB2[1]])
+    api = group(
+        "shop",
+        "api",
+        [
+            rule("shop/deny-blocked", IN, "All", remote=ref(blocked[0]), action=DENY),
+            rule("shop/ssh-office", IN, "TCP", [22], cidr(OFFICE), priority=10),
+            rule("shop/no-8080-office", IN, "TCP", [8080], cidr(OFFICE), priority=15, action=DENY),
+            rule("shop/http", IN, "TCP", [80, 443], priority=20),
+            rule("shop/alt-from-web", IN, "TCP", [(8000, 8090)], ref(web[0]), priority=20),
+            rule("shop/tcp-office", IN, "TCP", remote=cidr(OFFICE), priority=30),
+            rule("shop/dns", IN, "UDP", [53], priority=30),
+            rule("shop/media", IN, "UDP", [(5000, 6000)], ref(web[0]), priority=30),
+            rule("shop/ping", IN, "ICMP", icmp_type=8, priority=40),
+            rule("shop/ping6", IN, "ICMP", icmp_type=128, priority=40, family=V6),
+            rule("shop/gre-office", IN, "GRE", remote=cidr(OFFICE), priority=40),
+            rule("shop/all-from-web", IN, "All", remote=ref(web[0]), priority=50),
+            rule("shop/no-9000", IN, "TCP", [9000], priority=60, action=DENY),
+            rule("shop/syslog", IN, "UDP", [514], priority=60),
+            rule("shop/metrics", IN, "TCP", [9000, 9100], cidr(OFFICE), priority=70),
+            rule("shop/no-smtp", EG, "TCP", [25], action=DENY, priority=5),
+            rule("shop/dns-out", EG, "UDP", [53], priority=10),
+            rule("shop/all4", EG, "All", priority=50),
+        ],
+    )
+    pods = [pod("shop", "api-1", WEB1, [api[0]])]
+    return Scenario(
+        "dispatched",
+        policy([api], [blocked, web], pods),
+        interfaces(pods),
+        RenderOptions(dispatch=Limits(min_rules=3)),
+    )
+
+
 def empty_node() -> Scenario:
     """No managed pod: only the static part (and empty sets and maps)."""
     return Scenario("empty-node", policy([], [], []), {})
 
 
-SCENARIOS = (default_group, web_and_db, strict_node, empty_node)
+SCENARIOS = (default_group, web_and_db, strict_node, dispatched, empty_node)

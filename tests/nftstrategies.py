@@ -21,6 +21,7 @@ from tests import nftcases as nc
 from secgroups.compiled import CompiledAddressSetSpec, CompiledPolicy, CompiledRemote, RemoteKind
 from secgroups.evaluating import Packet
 from secgroups.models import Action, Direction, IPFamily, Protocol
+from secgroups.nft.dispatch import Limits
 from secgroups.nft.rendering import RenderOptions
 
 POD_V4 = [f"100.64.0.{i}" for i in range(1, 9)]
@@ -31,8 +32,19 @@ CIDRS = {
     4: ["100.64.0.0/30", "100.64.0.5/32", "192.0.2.0/24", "198.51.100.7/32", "0.0.0.0/0"],
     6: ["fd64:5ec::/126", "fd64:5ec::7/128", "2001:db8::/64", "::/0"],
 }
-PORT_SPANS = [(22, 22), (25, 27), (53, 53), (80, 80), (443, 443), (8000, 8080)]
-DPORTS = (22, 24, 25, 26, 27, 28, 53, 80, 443, 7999, 8000, 8042, 8080, 8081)  # span edges
+# Overlapping spans (24-26 / 25-27, 8000-8080 / 8042-8100) cut the port space of a group
+# into pieces that several rules cover (secgroups.nft.dispatch).
+PORT_SPANS = [
+    (22, 22),
+    (24, 26),
+    (25, 27),
+    (53, 53),
+    (80, 80),
+    (443, 443),
+    (8000, 8080),
+    (8042, 8100),
+]
+DPORTS = (22, 23, 24, 25, 26, 27, 28, 53, 80, 443, 7999, 8000, 8041, 8042, 8080, 8081, 8100, 8101)
 GROUPS = [nc.naming.compiled_group_name("x", n) for n in ("a", "b", "c")]
 SETS = ["sg.x.a", "sg.x.b", "ipag.x.o", "ipag.x.missing"]
 
@@ -153,8 +165,9 @@ def aimed_packets(draw: st.DrawFn, policy: CompiledPolicy) -> Packet:
         if rule.ports:
             span = draw(st.sampled_from(rule.ports))
             dport = draw(st.sampled_from((span.lo, span.hi, (span.lo + span.hi) // 2, span.hi + 1)))
-        else:
-            dport = draw(st.sampled_from(DPORTS))
+        else:  # often a port of another rule: a port-less rule must be seen there too
+            edges = {e for r in rules for p in r.ports for e in (p.lo, p.hi, p.hi + 1)}
+            dport = draw(st.sampled_from(sorted(edges.union(DPORTS))))
     icmp_type = icmp_code = None
     if proto == "icmp":
         icmp_type = (
@@ -258,4 +271,9 @@ def policy_pairs(draw: st.DrawFn) -> tuple[CompiledPolicy, CompiledPolicy]:
 
 
 def render_options() -> st.SearchStrategy[RenderOptions]:
-    return st.builds(RenderOptions, allow_node_to_pod=st.booleans(), counters=st.booleans())
+    """Node knobs, and the group-chain layout: linear, the default dispatch limits, or
+    dispatched wherever possible (so a pair of options switches between layouts)."""
+    layouts = st.sampled_from((None, Limits(), Limits(min_rules=1, max_growth=1e9)))
+    return st.builds(
+        RenderOptions, allow_node_to_pod=st.booleans(), counters=st.booleans(), dispatch=layouts
+    )

@@ -85,8 +85,11 @@ class TwinRef:
 
 @dataclass(frozen=True)
 class GroupPart:
+    """A group's chains (with the sub-chains of its dispatch), its port sets and dispatch
+    maps, and the address-set twins its rules use."""
+
     chains: tuple[Chain, ...]
-    port_sets: tuple[Set, ...]
+    sets: tuple[Set | Map, ...]
     twins: tuple[TwinRef, ...]
 
 
@@ -248,7 +251,8 @@ class PartRenderer:
     def group(
         self, key: str, spec: CompiledGroupSpec, sets: Mapping[str, CompiledAddressSetSpec]
     ) -> GroupPart:
-        """``key``'s chains and port sets, and the set twins its rules use."""
+        """``key``'s chains (group chains and their dispatch sub-chains), port sets and
+        dispatch maps, and the set twins its rules use."""
         hollow = {
             s: sets[s].model_copy(update={"ipv4": (), "ipv6": ()})
             for s in used_sets(spec)
@@ -256,12 +260,9 @@ class PartRenderer:
         }
         pod = _PROBE_POD.model_copy(update={"groups": (key,)})
         rs = self._render(pods=(pod,), groups={key: spec}, sets=hollow)
-        chain_names = {
-            names.group_chain(key, spec.group.namespace, spec.group.name, d) for d in Direction
-        }
         twins = {twin_name(s, hollow[s], f): (s, f) for s in hollow for f in FAMILIES}
         static = self.static().names
-        port_sets: list[Set] = []
+        owned: list[Set | Map] = []
         refs: list[TwinRef] = []
         for obj in rs.sets:
             if obj.name in static:
@@ -269,10 +270,13 @@ class PartRenderer:
             if obj.name in twins:
                 s, f = twins[obj.name]
                 refs.append(TwinRef(s, f, obj.name))
-            elif isinstance(obj, Set):
-                port_sets.append(obj)
-        chains = tuple(c for c in rs.chains if c.name in chain_names)
-        return GroupPart(chains, tuple(port_sets), tuple(refs))
+            else:
+                owned.append(obj)  # port sets, dispatch maps
+        # Everything else is the group's: its two chains and their dispatch sub-chains,
+        # whatever the renderer names them; only the probe pod's group-list chains are not.
+        lists = {names.group_list_chain((key,), [spec.group.name], d) for d in Direction}
+        chains = tuple(c for c in rs.chains if c.name not in static and c.name not in lists)
+        return GroupPart(chains, tuple(owned), tuple(refs))
 
     def twin_skeletons(self, key: str, spec: CompiledAddressSetSpec) -> dict[Family, Set]:
         """The declarations (no elements) of both families of a compiled address set."""

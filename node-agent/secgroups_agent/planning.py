@@ -6,8 +6,9 @@ elements, so the desired table is kept as parts, each recomputed only when its o
 inputs change:
 
 * the **static** part (base chains, shared chains, ct timeouts) — once;
-* one part per **group** (its two chains, its port sets, which set twins it uses) —
-  when its spec or the identity of a set it references changes;
+* one part per **group** (its two chains and their dispatch sub-chains, its port sets and
+  dispatch maps, which set twins it uses) — when its spec or the identity of a set it
+  references changes;
 * one part per **pod** (its group-list chains, its elements of the pod sets and maps) —
   when the pod, its groups' identities or its interfaces change;
 * the **elements** of each address-set twin (one per compiled set and family), kept per
@@ -343,8 +344,8 @@ class Planner:
         for gpart in group_parts:
             for chain in gpart.chains:
                 objects[(RefKind.CHAIN, chain.name)] = chain
-            for ps in gpart.port_sets:
-                objects[(RefKind.SET, ps.name)] = ps
+            for obj in gpart.sets:
+                objects[(RefKind.SET, obj.name)] = obj
             for ref in gpart.twins:
                 refs[ref.name] = ref
         for name, ref in refs.items():

@@ -2,7 +2,9 @@
 
 * every representative ruleset loads, and loads again (resync) without deleting the table;
 * ``diff_transaction(old, new)`` applied onto ``old`` gives exactly the listing of a
-  fresh ``new`` (``nft -j list table``, canonicalised), for Hypothesis-random pairs;
+  fresh ``new`` (``nft -j list table``, canonicalised), for Hypothesis-random pairs
+  (render options too: linear and dispatched group chains), and so does
+  ``staged_diff``'s stage then switch;
 * ``nft -c`` accepts the full transaction of random compiled policies (real compiler);
 * the nft behaviours the transactions rely on (``transactions`` module docstring);
 * S-CT-3: a live flow keeps its ``ct timeout`` policy across a full resync.
@@ -38,7 +40,12 @@ from tests import strategies as sgst  # noqa: E402
 from secgroups.compiled import CompiledPolicy  # noqa: E402
 from secgroups.compiling import compile_policy  # noqa: E402
 from secgroups.nft.rendering import RenderOptions, render  # noqa: E402
-from secgroups.nft.transactions import Inventory, diff_transaction, full_transaction  # noqa: E402
+from secgroups.nft.transactions import (  # noqa: E402
+    Inventory,
+    diff_transaction,
+    full_transaction,
+    staged_diff,
+)
 
 PREFIX = "sgnft"
 TABLE = "inet secgroups"
@@ -190,8 +197,18 @@ def test_diff_onto_old_equals_fresh_new(
     if text:
         nft(a, text)
     nft(b, full_transaction(new))
-    assert canonical_listing(listing(a)) == canonical_listing(listing(b))
+    fresh = canonical_listing(listing(b))
+    assert canonical_listing(listing(a)) == fresh
     assert table_handle(a) == handle
+    # What the agent applies: new interval sets and maps (and the chains they send to) one
+    # transaction ahead, then the switch.
+    _reset(a)
+    nft(a, full_transaction(old))
+    stage, switch = staged_diff(old, new)
+    for step in (stage, switch):
+        if step:
+            nft(a, step)
+    assert canonical_listing(listing(a)) == fresh
 
 
 @settings(

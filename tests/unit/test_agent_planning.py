@@ -17,6 +17,7 @@ from tests import nftcases as nc
 from tests.nftmodel import NftModel
 
 from secgroups.compiled import CompiledPolicy
+from secgroups.nft.dispatch import Limits
 from secgroups.nft.reading import canonical
 from secgroups.nft.rendering import RenderError, RenderOptions, render
 from secgroups_agent.parts import cidr_elements, member_block
@@ -279,15 +280,26 @@ def test_after_forget_the_next_plan_is_full_and_still_reports_removed_pods() -> 
     assert plan.removed_ips == set(node.pods[0].ips)
 
 
-def test_random_walk_of_changes_keeps_the_kernel_equal_to_the_renderer() -> None:
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param(RenderOptions(), id="default"),
+        pytest.param(RenderOptions(dispatch=Limits(min_rules=1, max_growth=1e9)), id="dispatched"),
+    ],
+)
+def test_random_walk_of_changes_keeps_the_kernel_equal_to_the_renderer(
+    options: RenderOptions,
+) -> None:
     """Members, epochs, pods, rules and interfaces change in turn; after every
-    incremental transaction the model kernel equals a fresh render."""
+    incremental transaction the model kernel equals a fresh render. Also with every
+    group chain dispatched by protocol and port (rule changes then replace sub-chains and
+    dispatch maps, created one transaction ahead)."""
     import random
 
     rng = random.Random(7)
     policy = ac.big_node(pods=12, groups=5, rules=10, sets=3, members=40)
     ifaces = nc.interfaces(policy.nodes[NODE].pods)
-    d = Driver()
+    d = Driver(options)
     d.step(policy, ifaces)
     for _ in range(60):
         node = policy.nodes[NODE]

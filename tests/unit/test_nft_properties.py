@@ -16,6 +16,11 @@ missing groups and sets, collapsed member CIDRs) and random packets, on every no
 * the agent's sweep decision (``rechecking.still_allowed``) on an established inbound flow
   is the kernel's re-check verdict.
 
+Every check runs on two renderings of the node: group chains as linear lists, and
+dispatched by protocol and port wherever possible (``secgroups.nft.dispatch`` with
+``min_rules=1``: every run of specific rules goes through interval verdict maps and
+sub-chains), so both layouts must give the evaluator's verdict and deciding rule.
+
 Example counts stay modest: the unit tier must stay fast.
 """
 
@@ -35,11 +40,13 @@ from secgroups.compiled import CompiledPolicy
 from secgroups.compiling import compile_policy
 from secgroups.evaluating import Evaluator, Packet
 from secgroups.nft import names
+from secgroups.nft.dispatch import Limits
 from secgroups.nft.epochs import MARK_TOMBSTONE, epoch_mark
 from secgroups.nft.rendering import RenderOptions, render
 from secgroups.nft.tracing import Trace, TracePacket, Tracer
 from secgroups.rechecking import InboundFlow, still_allowed
 
+LAYOUTS = (None, Limits(min_rules=1, max_growth=1e9))  # linear; dispatched wherever it can
 PROFILE = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NO_MATCH = "no rule matched (S-X-2)"
 TOMBSTONE_RULE = "revoked inbound flow: replies from the pod (S-CT-2)"
@@ -60,15 +67,18 @@ def check_node(
     established: bool = False,
     tombstoned: bool = False,
 ) -> int:
-    """Trace ``packets`` on ``node`` and compare with the evaluator; return how many were local."""
+    """Trace ``packets`` on ``node`` in both layouts and compare with the evaluator; return
+    how many traces were checked (local packets times layouts)."""
     spec = policy.nodes[node]
     local = {ipaddress.ip_address(ip): pod for pod in spec.pods for ip in pod.ips}
     ifaces = {str(ip): f"veth{i}" for i, ip in enumerate(sorted(local, key=str))}
-    options = RenderOptions(allow_node_to_pod=allow_node_to_pod)
-    tracer = Tracer(render(policy, node, ifaces, options))
+    tracers = [
+        Tracer(render(policy, node, ifaces, RenderOptions(allow_node_to_pod, dispatch=layout)))
+        for layout in LAYOUTS
+    ]
     evaluator = Evaluator(policy, allow_node_to_pod=allow_node_to_pod)
     checked = 0
-    for packet in packets:
+    for packet, tracer in ((p, t) for p in packets for t in tracers):
         src_local, dst_local = packet.src in local, packet.dst in local
         if packet.from_node is not None and (packet.from_node != node or not dst_local):
             continue

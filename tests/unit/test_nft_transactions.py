@@ -6,9 +6,11 @@ import dataclasses
 
 import pytest
 from tests import nftcases as nc
+from tests.nftmodel import NftModel
 
 from secgroups.compiled import CompiledPolicy
 from secgroups.nft.objects import Ruleset
+from secgroups.nft.reading import canonical
 from secgroups.nft.rendering import RenderOptions, render
 from secgroups.nft.transactions import (
     Inventory,
@@ -271,3 +273,45 @@ def test_a_full_resync_stages_interval_sets_the_kernel_lacks() -> None:
     assert all(f"\tset {name} {{" in stage for name in interval)
     assert full_staging(rs, None) == ("", None)  # no table yet: nothing to keep in force
     assert full_staging(rs, Inventory()) == ("", Inventory())
+
+
+def test_new_dispatch_maps_are_staged_with_the_sub_chains_they_send_to() -> None:
+    """Interval verdict maps (secgroups.nft.dispatch) are interval sets for the kernel: a new
+    one is created a transaction ahead, and with it the new chains its elements name (a
+    map cannot name a chain that does not exist); the chains that use it come in the switch."""
+    d = nc.dispatched()
+    old = render(d.policy, nc.NODE, d.pod_interfaces, RenderOptions())  # linear
+    new = render(d.policy, nc.NODE, d.pod_interfaces, d.options)
+    stage, switch = staged_diff(old, new)
+    staged = {line.split()[1] for line in stage.splitlines() if line.startswith("\t")
+              and line.split()[0] in ("map", "chain", "set")}  # fmt: skip
+    maps = {s.name for s in new.sets if s.name.startswith("gd_")}
+    targets = {el.text().split()[-1] for s in new.sets if s.name in maps for el in s.elements}
+    assert maps and maps | targets <= staged
+    assert not any(f"vmap @{m}" in stage for m in maps)  # nothing in the stage uses a map
+    for name in maps:
+        assert f"\tmap {name} " not in switch and f"@{name}" in switch
+    model = NftModel()
+    for text in (full_transaction(old), stage, switch):
+        model.apply(text)
+    assert canonical(model.text()) == canonical(new.text())
+
+
+def test_a_full_resync_stages_dispatch_maps_and_their_chains() -> None:
+    d = nc.dispatched()
+    old = render(d.policy, nc.NODE, d.pod_interfaces, RenderOptions())
+    new = render(d.policy, nc.NODE, d.pod_interfaces, d.options)
+    present = Inventory(
+        chains={c.name: c.decl() for c in old.chains}, sets={s.name: s.decl() for s in old.sets}
+    )
+    stage, present2 = full_staging(new, present)
+    assert present2 is not None
+    maps = {s.name for s in new.sets if s.name.startswith("gd_")}
+    assert maps <= set(present2.sets) and all(f"\tmap {m} {{" in stage for m in maps)
+    assert set(present2.chains) - set(present.chains) == {
+        line.split()[1] for line in stage.splitlines() if line.startswith("\tchain ")
+    }
+    model = NftModel()
+    for text in (full_transaction(old), stage, full_transaction(new, present2)):
+        model.apply(text)
+    assert canonical(model.text()) == canonical(new.text())

@@ -299,6 +299,9 @@ def parse_rule(text: str) -> tuple[list[Op], str | None]:
                 if t != "tcp":
                     raise UnsupportedTextError(f"{text!r}: udp flags")
                 ops.append(("tcp_not_syn",))
+            elif i < len(toks) and toks[i] == "vmap":
+                take("vmap")
+                ops.append(("dport_vmap", L4_NUMBERS[t], setname()))
             else:
                 val = toks[i]
                 port: object = ("set", setname()) if val.startswith("@") else _ports(take())
@@ -369,7 +372,7 @@ def parse_rule(text: str) -> tuple[list[Op], str | None]:
         else:
             raise UnsupportedTextError(f"{text!r}: unknown token {t!r}")
     for op in ops[:-1]:
-        if op[0] in ("verdict", "vmap"):
+        if op[0] in ("verdict", "vmap", "dport_vmap"):
             raise UnsupportedTextError(f"{text!r}: verdict before the end of the rule")
     return ops, comment
 

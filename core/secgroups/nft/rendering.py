@@ -13,15 +13,19 @@ the node agent, which turns the result into an nft transaction
   enforced as soon as its IP is in the node object, whatever the CNI;
 * one chain per group and direction (``g_…_in``/``g_…_eg``), shared by all pods of
   the group, rules in compiled order with terminal verdicts (S-X-1: first match
-  wins; a chain that matches nothing returns); one chain per distinct ordered
-  group list (``gl_…``) that jumps to each group and ends in ``drop`` (S-X-2);
+  wins; a chain that matches nothing returns); runs of protocol-specific rules
+  dispatched by protocol and destination port to sub-chains that hold only the
+  rules that can match (``dispatch``; same verdicts, fewer rules walked); one chain
+  per distinct ordered group list (``gl_…``) that jumps to each group and ends in
+  ``drop`` (S-X-2);
 * egress (``filter + 10``) and ingress (``filter + 20``) as separate base chains on
   ``forward``, so same-node pod→pod traffic is checked by both (dataplane.md M7);
 * stateful (S-X-3) with the epoch stamp of DESIGN.md §4 for S-CT-2 and the TCP
   non-SYN guard; ``ct timeout`` objects for S-CT-3 on new pod flows.
 
 Neighbours: ``basechains`` (the static part), ``names`` (object names), ``epochs``
-(mark values), ``statements``, ``elements`` and ``objects`` (what is built),
+(mark values), ``dispatch`` (group chains by protocol and port), ``statements``,
+``elements`` and ``objects`` (what is built),
 ``transactions`` (what the agent applies), ``tracing`` (runs packets through it).
 """
 
@@ -47,6 +51,7 @@ from secgroups.models import Action, Direction, Protocol
 from secgroups.naming import bounded
 from secgroups.nft import names
 from secgroups.nft.basechains import FAMILIES, static_objects
+from secgroups.nft.dispatch import Classified, Limits, dispatch_chain
 from secgroups.nft.elements import DataType, Element, Ifname, Mark, element
 from secgroups.nft.epochs import epoch_mark
 from secgroups.nft.names import fam
@@ -107,6 +112,9 @@ class RenderOptions:
     tcp_timeouts: tuple[tuple[str, int], ...] = TCP_TIMEOUTS
     udp_timeouts: tuple[tuple[str, int], ...] = UDP_TIMEOUTS
     counters: bool = False  # a `counter` on every compiled rule (per-rule hit statistics)
+    # Group chains dispatched by protocol and destination port where it pays (``dispatch``);
+    # None: every group chain is one linear list of rules.
+    dispatch: Limits | None = None
     table: Table = field(default_factory=Table)
 
 
@@ -116,6 +124,7 @@ class _Context:
 
     policy: CompiledPolicy
     counters: bool
+    dispatch: Limits | None = None
     address_sets: dict[tuple[str, Family], str] = field(default_factory=dict)
     port_sets: dict[tuple[PortRange, ...], str] = field(default_factory=dict)
 
@@ -180,7 +189,7 @@ def _render(
     policy: CompiledPolicy, node: str, pod_interfaces: Mapping[str, str], opts: RenderOptions
 ) -> Ruleset:
     spec = policy.nodes.get(node) or CompiledNodeSpec(node=node)
-    ctx = _Context(policy=policy, counters=opts.counters)
+    ctx = _Context(policy=policy, counters=opts.counters, dispatch=opts.dispatch)
     objects: list[TableObject] = []
 
     pods = sorted(spec.pods, key=lambda p: (p.namespace, p.name))
@@ -188,11 +197,11 @@ def _render(
     group_chain: dict[tuple[str, Direction], str] = {}
     for key in used_groups:
         group = policy.groups[key]
-        for chain in _group_chains(key, group, ctx):
-            objects.append(chain)
+        objects.extend(_group_objects(key, group, ctx))
         for direction in Direction:
             group_chain[(key, direction)] = _group_chain_name(key, group, direction)
 
+    used = {r.name for obj in objects for r in obj.refs()}  # dispatched rules drop port sets
     objects.extend(_address_sets(ctx))
     objects.extend(
         Set(
@@ -202,6 +211,7 @@ def _render(
             elements=tuple(element(r) for r in ranges),
         )
         for ranges, name in ctx.port_sets.items()
+        if name in used
     )
     objects.extend(_pod_objects(policy, pods, pod_interfaces, group_chain))
     objects.extend(static_objects(opts.allow_node_to_pod, opts.tcp_timeouts, opts.udp_timeouts))
@@ -215,20 +225,23 @@ def _group_chain_name(key: str, group: CompiledGroupSpec, direction: Direction) 
     return names.group_chain(key, group.group.namespace, group.group.name, direction)
 
 
-def _group_chains(key: str, group: CompiledGroupSpec, ctx: _Context) -> list[Chain]:
-    chains = []
+def _group_objects(key: str, group: CompiledGroupSpec, ctx: _Context) -> list[Chain | Map]:
+    """The group's chain per direction, plus the sub-chains and maps of its dispatch."""
+    out: list[Chain | Map] = []
     for direction in Direction:
-        rules: list[Rule] = []
+        rules: list[Classified] = []
         for rule in group.rules(direction):  # compiled match order, kept exactly (S-X-1)
             if rule.direction is not direction:
                 raise RenderError(f"rule {rule.id} of {key} is listed under {direction}")
             rules.extend(_compiled_rule(rule, ctx))
-        chains.append(Chain(_group_chain_name(key, group, direction), tuple(rules)))
-    return chains
+        done = dispatch_chain(_group_chain_name(key, group, direction), rules, ctx.dispatch)
+        out += [done.chain, *done.chains, *done.maps]
+    return out
 
 
-def _compiled_rule(rule: CompiledRule, ctx: _Context) -> list[Rule]:
-    """One compiled rule as nft rules (one per inline CIDR), all with the same terminal verdict."""
+def _compiled_rule(rule: CompiledRule, ctx: _Context) -> list[Classified]:
+    """One compiled rule as nft rules (one per inline CIDR), all with the same terminal verdict,
+    each with what it requires of the packet's protocol and port (for ``dispatch``)."""
     family: Family = rule.family.version
     field_ = AddrField.SADDR if rule.direction is Direction.INGRESS else AddrField.DADDR
     remote = rule.remote
@@ -243,6 +256,7 @@ def _compiled_rule(rule: CompiledRule, ctx: _Context) -> list[Rule]:
         addrs = [] if name is None else [AddrMatch(family, field_, SetRef(name))]
 
     proto = _protocol_parts(rule, family, ctx)
+    l4, ports = _l4(rule, family)
     tail: list[Part] = [Counter()] if ctx.counters else []
     if rule.action is Action.DENY:
         tail.append(DROP)
@@ -253,7 +267,19 @@ def _compiled_rule(rule: CompiledRule, ctx: _Context) -> list[Rule]:
     comment = bounded(
         "".join(c if c.isprintable() and c not in '"\\' else "_" for c in rule.id), 128
     )
-    return [Rule((addr, *proto, *tail), comment or None) for addr in addrs]
+    return [Classified(Rule((addr, *proto, *tail), comment or None), l4, ports) for addr in addrs]
+
+
+def _l4(rule: CompiledRule, family: Family) -> tuple[L4Proto | None, tuple[PortRange, ...] | None]:
+    """The protocol (None: any) and destination ports (None: every port) a rule matches."""
+    if rule.protocol in (Protocol.TCP, Protocol.UDP):
+        ranges = merge_ranges(PortRange(s.lo, s.hi) for s in rule.ports)
+        return (L4Proto.TCP if rule.protocol is Protocol.TCP else L4Proto.UDP), ranges or None
+    if rule.protocol is Protocol.ICMP:
+        return (L4Proto.ICMP if family == 4 else L4Proto.ICMPV6), None
+    if rule.protocol is Protocol.GRE:
+        return L4Proto.GRE, None
+    return None, None
 
 
 def _protocol_parts(rule: CompiledRule, family: Family, ctx: _Context) -> list[Part]:

@@ -476,6 +476,26 @@ class VmapLookup:
         return (Ref(RefKind.SET, self.map.name),)
 
 
+@dataclass(frozen=True, slots=True)
+class PortVmap:
+    """``tcp dport vmap @gd_…``: dispatch a group chain on the destination port (``rendering``
+    and ``dispatch``). The map is ``inet_service : verdict`` with ``flags interval``; a port
+    with no element (or a packet of another protocol) does not match: the next rule runs."""
+
+    proto: L4Proto
+    map: SetRef
+
+    def __post_init__(self) -> None:
+        if self.proto not in (L4Proto.TCP, L4Proto.UDP):
+            raise ValueError(f"port dispatch only for tcp/udp, not {self.proto}")
+
+    def text(self) -> str:
+        return f"{self.proto} dport vmap {self.map.text()}"
+
+    def refs(self) -> tuple[Ref, ...]:
+        return (Ref(RefKind.SET, self.map.name),)
+
+
 Match = (
     MetaNfproto
     | MetaL4proto
@@ -493,7 +513,7 @@ Match = (
     | DaddrMarkInSet
 )
 Statement = Counter | CtMarkSetFromMap | CtTimeoutSet
-Terminal = Verdict | VmapLookup
+Terminal = Verdict | VmapLookup | PortVmap
 Part = Match | Statement | Terminal
 
 
@@ -512,7 +532,7 @@ class Rule:
         if not self.parts:
             raise ValueError("empty rule")
         for part in self.parts[:-1]:
-            if isinstance(part, Verdict | VmapLookup):
+            if isinstance(part, Verdict | VmapLookup | PortVmap):
                 raise ValueError(f"terminal {part.text()!r} must end the rule")
         if self.comment is not None:
             check_comment(self.comment)
@@ -520,7 +540,7 @@ class Rule:
     @property
     def terminal(self) -> Terminal | None:
         last = self.parts[-1]
-        return last if isinstance(last, Verdict | VmapLookup) else None
+        return last if isinstance(last, Verdict | VmapLookup | PortVmap) else None
 
     def text(self) -> str:
         body = " ".join(p.text() for p in self.parts)

@@ -18,7 +18,9 @@ wrongly. Kernel semantics it models (with their sources):
 * ``jump`` returns to the next rule, ``goto`` returns to the caller's caller;
   a non-base chain that ends returns; a base chain that ends applies its policy;
 * a map lookup that misses (``vmap``, ``ct mark set … map``) breaks the rule:
-  the rule does not match (nft_lookup / nft_map eval set NFT_BREAK);
+  the rule does not match (nft_lookup / nft_map eval set NFT_BREAK); so does
+  ``tcp dport vmap`` (the group-chain dispatch of ``dispatch``, an interval map) for a
+  packet of another protocol or a port with no element;
 * ``ct`` keys do not exist before conntrack (priority < -200) or for packets
   without an entry (invalid, untracked): the rule breaks; ``ct timeout set`` only
   acts on a new (unconfirmed) entry of the object's protocol (nft_ct_timeout_obj_eval);
@@ -164,6 +166,7 @@ class _Lookup:
 
     key: tuple[str, ...]
     value: str | None
+    interval: bool = False
     exact: dict[tuple[object, ...], str | None] = field(default_factory=dict)
     ranges: list[tuple[int, int, str | None]] = field(default_factory=list)
 
@@ -215,7 +218,7 @@ def _lookup(s: TextSet) -> _Lookup:
         raise UnsupportedShapeError(f"map value type {s.value} is not modelled")
     if s.interval and len(s.key) != 1:
         raise UnsupportedShapeError(f"concatenated interval set {s.name} is not modelled")
-    out = _Lookup(s.key, s.value)
+    out = _Lookup(s.key, s.value, s.interval)
     for text in s.elements:
         key_text, sep, val = text.partition(" : ")
         if bool(sep) != (s.value is not None):
@@ -276,9 +279,18 @@ class Tracer:
             for ops, _ in rules:
                 for op in ops:
                     if op[0] == "verdict" and op[2] is not None:
-                        target = self.table.chains.get(str(op[2]))
-                        if target is None or target.hook is not None:
-                            raise UnsupportedShapeError(f"{name}: bad jump target {op[2]}")
+                        self._check_target(name, str(op[2]))
+        for name, lookup in self.sets.items():
+            if lookup.value == "verdict":
+                for val in (*lookup.exact.values(), *(v for _, _, v in lookup.ranges)):
+                    _, _, target = (val or "").partition(" ")
+                    if target:
+                        self._check_target(name, target)
+
+    def _check_target(self, where: str, target: str) -> None:
+        chain = self.table.chains.get(target)
+        if chain is None or chain.hook is not None:
+            raise UnsupportedShapeError(f"{where}: bad jump target {target}")
 
     def trace(self, packet: TracePacket) -> Trace:
         return _Run(self, packet).run()
@@ -406,6 +418,18 @@ class _Run:
                     hit = lo <= p.dport <= hi
                 if not hit:
                     return None
+            elif tag == "dport_vmap":
+                _, proto, name = op
+                lookup = self._set(str(name), ("inet_service",), "verdict")
+                if not lookup.interval:
+                    raise UnsupportedShapeError(f"@{name}: port dispatch needs an interval map")
+                if p.proto != proto or p.dport is None:
+                    return None  # another protocol; no port to load: the rule breaks
+                found, verdict = lookup.get((p.dport,))
+                if not found or verdict is None:
+                    return None
+                kind, _, target = verdict.partition(" ")
+                return (kind, target or None)
             elif tag == "icmp":
                 _, proto, what, val = op
                 got = p.icmp_type if what == "type" else p.icmp_code

@@ -26,7 +26,7 @@ rulesets), the agent's nft port (runs the text), ``reading`` (our text format).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -198,9 +198,11 @@ def diff_transaction(old: Ruleset, new: Ruleset) -> str:
 def staged_diff(old: Ruleset, new: Ruleset) -> tuple[str, str]:
     """``(stage, switch)``: the incremental change as two transactions, applied in order.
 
-    ``stage`` declares, with their elements, the interval sets that ``new`` adds (nothing
-    references them yet, so it changes no verdict); ``switch`` is :func:`diff_transaction`
-    from ``old`` plus those sets to ``new`` — the one atomic policy change.
+    ``stage`` declares, with their elements, the interval sets and maps that ``new`` adds,
+    and the other new objects they reference (a dispatch map's sub-chains, with their
+    rules, and the sets those use): nothing in force references them yet, so it changes
+    no verdict. ``switch`` is :func:`diff_transaction` from ``old`` plus those objects to
+    ``new`` — the one atomic policy change.
 
     Why: a rule that references an interval set created in the same transaction misses
     lookups for a moment after the commit. Measured on kernel 6.18 / nft 1.0.6 (client →
@@ -208,15 +210,12 @@ def staged_diff(old: Ruleset, new: Ruleset) -> tuple[str, str]:
     using a new ``flags interval`` port set, 2,000 switches): 2–11 of ~11,000 datagrams
     dropped; with the set created one transaction earlier, 0 (also 0 for new hash sets,
     for element changes in existing interval sets, and for deleting a set in the
-    switching transaction). Found by tests/netns/test_atomicity.py. Remove when the
-    kernel makes new interval sets visible atomically with the rules that use them.
+    switching transaction). Found by tests/netns/test_atomicity.py, which also covers the
+    interval verdict maps of ``dispatch``. Remove when the kernel makes new interval sets
+    visible atomically with the rules that use them.
     """
     before, after = _index(old), _index(new)
-    fresh = [
-        obj
-        for key in sorted(after.keys() - before.keys())
-        if isinstance(obj := after[key], Set) and obj.interval
-    ]
+    fresh = _staged_closure(after, lambda key: key not in before)
     if not fresh:
         return "", diff_transaction(old, new)
     stage = block(new.table, _canonical(list(fresh)))
@@ -224,18 +223,48 @@ def staged_diff(old: Ruleset, new: Ruleset) -> tuple[str, str]:
 
 
 def full_staging(ruleset: Ruleset, present: Inventory | None) -> tuple[str, Inventory | None]:
-    """``(stage, present')`` for a full resync over an existing table: the interval sets the
-    kernel lacks are created first (see :func:`staged_diff`), and ``present'`` lists them
-    so that :func:`full_transaction` empties and refills them like any existing set."""
+    """``(stage, present')`` for a full resync over an existing table: the interval sets and
+    maps the kernel lacks, and the new objects they reference, are created first (see
+    :func:`staged_diff`), and ``present'`` lists them so that :func:`full_transaction`
+    empties and refills them like any existing object."""
     if present is None or not present.chains:
         return "", present  # no live table: there is no policy to keep in force
-    fresh = [
-        s for s in ruleset.sets if isinstance(s, Set) and s.interval and s.name not in present.sets
-    ]
+    after = _index(ruleset)
+
+    def lacking(key: Key) -> bool:
+        if key[0] is RefKind.CHAIN:
+            return key[1] not in present.chains
+        if key[0] is RefKind.SET:
+            return key[1] not in present.sets
+        return key[1] not in present.ct_timeouts
+
+    fresh = _staged_closure(after, lacking)
     if not fresh:
         return "", present
-    sets = {**present.sets, **{s.name: s.decl() for s in fresh}}
-    return block(ruleset.table, _canonical(list(fresh))), replace(present, sets=sets)
+    chains = {**present.chains, **{o.name: o.decl() for o in fresh if isinstance(o, Chain)}}
+    sets = {**present.sets, **{o.name: o.decl() for o in fresh if isinstance(o, Set | Map)}}
+    timeouts = present.ct_timeouts | {o.name for o in fresh if isinstance(o, CtTimeout)}
+    stage = block(ruleset.table, _canonical(list(fresh)))
+    return stage, replace(present, chains=chains, sets=sets, ct_timeouts=timeouts)
+
+
+def _staged_closure(
+    after: Mapping[Key, TableObject], new: Callable[[Key], bool]
+) -> list[TableObject]:
+    """The new interval sets and maps of ``after`` (``new(key)``: the kernel lacks it), plus
+    every new object they reference, directly or not, for the stage transaction."""
+    todo = [k for k in sorted(after) if new(k) and _interval(after[k])]
+    seen = set(todo)
+    while todo:
+        for ref in _refs(after[todo.pop()]):
+            if ref not in seen and ref in after and new(ref):
+                seen.add(ref)
+                todo.append(ref)
+    return [after[k] for k in sorted(seen)]
+
+
+def _interval(obj: TableObject) -> bool:
+    return isinstance(obj, Set | Map) and obj.interval
 
 
 def _refs(obj: TableObject) -> Iterable[Key]:
