@@ -18,9 +18,12 @@ alike; each figure is the median over all rounds. Variants:
 * ``ours`` — ``table inet secgroups`` rendered by ``secgroups.nft`` from a compiled policy:
   the server pod in 5 groups × 120 ingress rules (remote groups, CIDRs, port lists, a
   Deny now and then) and 20 remote groups of 6,000 members each (120k set elements);
-  the rule that admits the client is the 116th rule of the 5th group, so a new
-  connection walks ~595 rules first (5 groups, the most a pod has without a warning,
-  each at the 120-rule quota);
+  the rule that admits the client is the 116th rule of the 5th group, so a linear walk
+  passes ~595 rules first (5 groups, the most a pod has without a warning, each at the
+  120-rule quota); group chains dispatched by protocol and port (the default), so the
+  connection walks only the rules for TCP port 8080 (~120: 24 per group);
+* ``ours-linear`` — the same policy with every group chain linear
+  (``RenderOptions(dispatch=None)``, the layout before dispatch);
 * ``ours-1st`` — the same table with the client's rule first: the layout's fixed cost.
 
 Figures: **first-packet connect p50** — a single-threaded client doing ``connect()`` +
@@ -66,11 +69,11 @@ from tests import nftcases as nc  # noqa: E402
 
 from secgroups.compiled import CompiledPolicy, CompiledRule  # noqa: E402
 from secgroups.models import IPFamily  # noqa: E402
-from secgroups.nft.rendering import render  # noqa: E402
+from secgroups.nft.rendering import RenderOptions, render  # noqa: E402
 from secgroups.nft.transactions import full_transaction  # noqa: E402
 
 PREFIX = "ksgdp"
-VARIANTS = ("none", "ct-only", "linear-10k", "ours", "ours-1st")
+VARIANTS = ("none", "ct-only", "linear-10k", "ours", "ours-linear", "ours-1st")
 CLIENT, GW_C, GW_S, SERVER = "100.80.1.2", "100.80.1.1", "100.80.2.1", "100.80.2.2"
 CONNECT_PORT, BULK_PORT = 8080, 5001
 NODE = nc.NODE
@@ -132,9 +135,15 @@ def bench_policy(
     return nc.policy(group_items, set_items, [server], node=NODE)
 
 
-def ours_text(first: bool = False) -> tuple[str, dict[str, int]]:
-    ruleset = render(bench_policy(first=first), NODE, {SERVER: "s0"})
-    size = {"rules": ruleset.rule_count, "elements": ruleset.element_count}
+def ours_text(first: bool = False, *, linear: bool = False) -> tuple[str, dict[str, int]]:
+    options = RenderOptions(dispatch=None) if linear else RenderOptions()
+    ruleset = render(bench_policy(first=first), NODE, {SERVER: "s0"}, options)
+    size = {
+        "rules": ruleset.rule_count,
+        "chains": len(ruleset.chains),
+        "elements": ruleset.element_count,
+        "maps": sum(1 for s in ruleset.sets if s.name.startswith("gd_")),
+    }
     return full_transaction(ruleset), size
 
 
@@ -277,7 +286,7 @@ print(json.dumps({"bytes": sent, "seconds": time.perf_counter() - t}))
 @dataclass
 class Dataplane:
     servers: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
-    sizes: dict[str, int] = field(default_factory=dict)
+    sizes: dict[str, dict[str, int]] = field(default_factory=dict)
     load_seconds: dict[str, float] = field(default_factory=dict)
 
     def up(self, variants: Sequence[str]) -> None:
@@ -291,7 +300,9 @@ class Dataplane:
             elif v == "linear-10k":
                 text = linear_text()
             elif v == "ours":
-                text, self.sizes = ours_text()
+                text, self.sizes[v] = ours_text()
+            elif v == "ours-linear":
+                text, self.sizes[v] = ours_text(linear=True)
             elif v == "ours-1st":
                 text, _ = ours_text(first=True)
             if text is not None:
@@ -345,11 +356,13 @@ def measure_dataplane(quick: bool) -> dict[str, dict[str, float]]:
     dp = Dataplane()
     try:
         dp.up(VARIANTS)
-        print(
-            f"ours: {dp.sizes['rules']} rules, {dp.sizes['elements']} set elements; loads: "
-            + ", ".join(f"{v} {s:.2f} s" for v, s in dp.load_seconds.items()),
-            flush=True,
-        )
+        for v, size in dp.sizes.items():
+            print(
+                f"{v}: {size['rules']} rules, {size['chains']} chains, {size['maps']} dispatch"
+                f" maps, {size['elements']} set and map elements",
+                flush=True,
+            )
+        print("loads: " + ", ".join(f"{v} {s:.2f} s" for v, s in dp.load_seconds.items()))
         for v in VARIANTS:  # warm-up: neighbours, caches, a working path
             r = dp.client(v, CONNECT_CODE, CONNECT_PORT, 0.2)
             if r["failed"] or not r["lat"]:
@@ -462,6 +475,7 @@ class Row:
 def dataplane_rows(d: dict[str, dict[str, float]]) -> list[Row]:
     p50, gbit = d["connect_p50_us"], d["gbit"]
     ours_ct = p50["ours"] / p50["ct-only"]
+    linear_ct = p50["ours-linear"] / p50["ct-only"]
     lin_ours = p50["linear-10k"] / p50["ours"]
     thr = gbit["ours"] / gbit["none"]
     return [
@@ -471,6 +485,16 @@ def dataplane_rows(d: dict[str, dict[str, float]]) -> list[Row]:
             "≤ 1.25x",
             ours_ct,
             ours_ct <= 1.25,
+        ),
+        Row(
+            "connect p50: ours-linear / ct-only (before)",
+            f"{p50['ours-linear']:.1f} / {p50['ct-only']:.1f} µs",
+            ratio=linear_ct,
+        ),
+        Row(
+            "connect p50: ours / ours-linear (dispatch)",
+            f"{p50['ours']:.1f} / {p50['ours-linear']:.1f} µs",
+            ratio=p50["ours"] / p50["ours-linear"],
         ),
         Row(
             "connect p50: linear-10k / ours",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from secgroups.compiled import NodeAgentStatus
+from secgroups.nft.dispatch import Limits
 from secgroups.nft.rendering import RenderOptions
 from secgroups_agent import logs
 from secgroups_agent.conntrack import NetlinkConntrack
@@ -73,6 +74,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--no-node-to-pod",
         action="store_true",
         help="do not allow all traffic from this node to its pods (kubelet probes!)",
+    )
+    p.add_argument(
+        "--linear-group-chains",
+        action="store_true",
+        help="walk every group's rules in a line (no dispatch by protocol and port)",
     )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = p.parse_args(argv)
@@ -140,7 +146,13 @@ async def run(args: argparse.Namespace) -> int:
     watcher = RouteWatcher()
     sync = SyncLoop(
         source=source,
-        planner=Planner(args.node, RenderOptions(allow_node_to_pod=not args.no_node_to_pod)),
+        planner=Planner(
+            args.node,
+            RenderOptions(
+                allow_node_to_pod=not args.no_node_to_pod,
+                dispatch=None if args.linear_group_chains else Limits(),
+            ),
+        ),
         nft=nft,
         conntrack=NetlinkConntrack(),
         interfaces=RouteInterfaces(watcher),

@@ -19,7 +19,12 @@ or P2's number of rules, and a1's dispatch element must point at a chain with ru
 
 P1 and P2 differ in every way an incremental transaction can: a1's group list (new
 group-list chains, the dispatch map element swapped), the group chains (added and
-deleted), a port set and a remote-group set (created and deleted), and a1's epoch.
+deleted), a remote-group set (created and deleted), and a1's epoch. Both groups have
+enough ingress rules to be dispatched by port (``secgroups.nft.dispatch``): every flip
+also creates an interval verdict map and its sub-chains (one transaction ahead, in the
+stage) and deletes the other's. Without the stage, a flip loses datagrams: measured with
+the stage and switch sent as one transaction, 8 of ~3,100 UDP/80 datagrams over 8,000
+flips, against none of ~3,500 staged (kernel 6.18, nft 1.0.6).
 
 **Who flips.** The first 50 flips go through the real agent process
 (``tests/agent_harness.py``: policy file → sync loop → planner → libnftables worker).
@@ -81,11 +86,19 @@ CLASSES: dict[tuple[int, int], tuple[bool, bool]] = {
 
 
 # ----------------------------------------------------------------------------- policies
+def _fillers(prefix: str, base: int) -> list[nc.CompiledRule]:
+    """Six rules on ports nobody probes: enough for the group's ingress to be dispatched."""
+    return [
+        nc.rule(f"default/{prefix}-fill{i}", nc.IN, "UDP", [base + i], priority=4, action=nc.DENY)
+        for i in range(6)
+    ]
+
+
 def flip_policy(pods: dict[str, PodNet], outside: str, second: bool) -> CompiledPolicy:
     """P1 (``second=False``): a1 in group flip-a — UDP/80 from the outside address,
     UDP/22 from anywhere, UDP/80 over IPv6. P2: a1 in group flip-b (epoch 1) — UDP 80
-    and 443 (a port set) from the remote group ``clients`` (the outside address),
-    UDP/22 denied, UDP/80 over IPv6."""
+    and 443 from the remote group ``clients`` (the outside address), UDP/22 denied,
+    UDP/80 over IPv6. Each also denies six ports that nobody probes (``_fillers``)."""
     a1 = pods["a1"]
     if not second:
         group = nc.group(
@@ -95,6 +108,7 @@ def flip_policy(pods: dict[str, PodNet], outside: str, second: bool) -> Compiled
                 nc.rule("default/a-http", nc.IN, "UDP", [80], nc.cidr(f"{outside}/32")),
                 nc.rule("default/a-ssh", nc.IN, "UDP", [22], priority=2),
                 nc.rule("default/a-http6", nc.IN, "UDP", [80], family=nc.V6, priority=3),
+                *_fillers("a", 10000),
                 nc.rule("default/a-out", nc.EG, "All"),
             ],
         )
@@ -108,6 +122,7 @@ def flip_policy(pods: dict[str, PodNet], outside: str, second: bool) -> Compiled
             nc.rule("default/b-no-ssh", nc.IN, "UDP", [22], action=nc.DENY),
             nc.rule("default/b-web", nc.IN, "UDP", [80, 443], nc.ref(clients[0]), priority=2),
             nc.rule("default/b-http6", nc.IN, "UDP", [80], family=nc.V6, priority=3),
+            *_fillers("b", 11000),
             nc.rule("default/b-out", nc.EG, "All"),
         ],
     )

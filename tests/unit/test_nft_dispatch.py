@@ -173,12 +173,14 @@ def test_port_sets_of_dispatched_rules_are_not_rendered() -> None:
     extra = nc.rule("shop/list", nc.IN, "TCP", [25, 587], priority=35)
     groups = {**policy.groups, API: spec.model_copy(update={"ingress": (*spec.ingress, extra)})}
     changed = policy.model_copy(update={"groups": groups})
-    assert any(s.name.startswith("ps_") for s in _render(RenderOptions(), changed).sets)
+    assert any(
+        s.name.startswith("ps_") for s in _render(RenderOptions(dispatch=None), changed).sets
+    )
     assert not any(s.name.startswith("ps_") for s in _render(D.options, changed).sets)
 
 
 def test_limits_keep_small_or_costly_runs_linear() -> None:
-    linear = _render(RenderOptions())
+    linear = _render(RenderOptions(dispatch=None))
     assert not any(s.name.startswith("gd_") for s in linear.sets)
     assert _render(RenderOptions(dispatch=Limits(min_rules=11))).rule_count == linear.rule_count
     first_run_only = _render(RenderOptions(dispatch=Limits(min_rules=4)))

@@ -280,7 +280,7 @@ def test_new_dispatch_maps_are_staged_with_the_sub_chains_they_send_to() -> None
     one is created a transaction ahead, and with it the new chains its elements name (a
     map cannot name a chain that does not exist); the chains that use it come in the switch."""
     d = nc.dispatched()
-    old = render(d.policy, nc.NODE, d.pod_interfaces, RenderOptions())  # linear
+    old = render(d.policy, nc.NODE, d.pod_interfaces, RenderOptions(dispatch=None))
     new = render(d.policy, nc.NODE, d.pod_interfaces, d.options)
     stage, switch = staged_diff(old, new)
     staged = {line.split()[1] for line in stage.splitlines() if line.startswith("\t")
@@ -299,7 +299,7 @@ def test_new_dispatch_maps_are_staged_with_the_sub_chains_they_send_to() -> None
 
 def test_a_full_resync_stages_dispatch_maps_and_their_chains() -> None:
     d = nc.dispatched()
-    old = render(d.policy, nc.NODE, d.pod_interfaces, RenderOptions())
+    old = render(d.policy, nc.NODE, d.pod_interfaces, RenderOptions(dispatch=None))
     new = render(d.policy, nc.NODE, d.pod_interfaces, d.options)
     present = Inventory(
         chains={c.name: c.decl() for c in old.chains}, sets={s.name: s.decl() for s in old.sets}

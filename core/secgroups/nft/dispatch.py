@@ -42,6 +42,7 @@ Neighbours: ``rendering`` (classifies the rules and calls :func:`dispatch_chain`
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,15 +85,12 @@ class Classified:
         if self.ports is not None and (self.proto not in PORTED or not self.ports):
             raise ValueError(f"ports for {self.proto}: {self.rule.text()}")
 
-    @property
+    @functools.cached_property
     def bare(self) -> Rule:
         if self.proto is None:
             return self.rule
         parts = tuple(p for p in self.rule.parts if not isinstance(p, MetaL4proto | PortMatch))
         return Rule(parts, self.rule.comment)
-
-    def covers(self, port: int) -> bool:
-        return self.ports is None or any(port in r for r in self.ports)
 
 
 @dataclass(frozen=True)
@@ -201,19 +199,31 @@ class _Builder:
 def _pieces(mine: list[Classified]) -> list[tuple[PortRange, tuple[Rule, ...]]]:
     """The port space of one protocol cut at every bound of ``mine``'s port ranges: each
     piece that some port rule covers, with the rules that match all of it, in order
-    (adjacent pieces with the same rules merged)."""
+    (adjacent pieces with the same rules merged). Linear in the size of the result."""
     bounds = {MIN_PORT, MAX_PORT + 1}
     for c in mine:
         for r in c.ports or ():
             bounds.update((r.lo, r.hi + 1))
     cuts = sorted(bounds)
+    at = {cut: i for i, cut in enumerate(cuts)}
+    rules: list[list[Rule]] = [[] for _ in cuts[1:]]
+    ported = [False] * len(rules)
+    for c in mine:  # in order, so every piece's list is in order too
+        if c.ports is None:
+            for held in rules:
+                held.append(c.bare)
+            continue
+        for r in c.ports:  # merged ranges: disjoint, so a rule enters a piece once
+            for i in range(at[r.lo], at[r.hi + 1]):
+                rules[i].append(c.bare)
+                ported[i] = True
     out: list[tuple[PortRange, tuple[Rule, ...]]] = []
-    for lo, end in itertools.pairwise(cuts):
-        if not any(c.ports is not None and c.covers(lo) for c in mine):
+    for i, (lo, end) in enumerate(itertools.pairwise(cuts)):
+        if not ported[i]:
             continue  # only port-less rules: the fall-through rule takes it
-        rules = tuple(c.bare for c in mine if c.covers(lo))
-        if out and out[-1][1] == rules and out[-1][0].hi + 1 == lo:
-            out[-1] = (PortRange(out[-1][0].lo, end - 1), rules)
+        held = tuple(rules[i])
+        if out and out[-1][1] == held and out[-1][0].hi + 1 == lo:
+            out[-1] = (PortRange(out[-1][0].lo, end - 1), held)
         else:
-            out.append((PortRange(lo, end - 1), rules))
+            out.append((PortRange(lo, end - 1), held))
     return out

@@ -114,7 +114,7 @@ class RenderOptions:
     counters: bool = False  # a `counter` on every compiled rule (per-rule hit statistics)
     # Group chains dispatched by protocol and destination port where it pays (``dispatch``);
     # None: every group chain is one linear list of rules.
-    dispatch: Limits | None = None
+    dispatch: Limits | None = field(default_factory=Limits)
     table: Table = field(default_factory=Table)
 
 
