@@ -4,11 +4,12 @@
 #   ${KSG_CACHE:-$HOME/.cache/kube-secgroups}/bin/kubernetes-<v>/{kube-apiserver,kube-controller-manager,kubectl}
 #   ${KSG_CACHE:-...}/bin/etcd-<v>/etcd
 #   ${KSG_CACHE:-...}/bin/helm-<v>/helm
+#   ${KSG_CACHE:-...}/bin/kubeconform-<v>/kubeconform   (schema check of the chart's manifests)
 # GOMODCACHE and GOCACHE live under the same cache dir, so CI can keep one directory.
 # A binary that already exists for its pinned version is not rebuilt (no Go invocation at all).
 #
 # Usage: hack/build-binaries.sh [--regen-modules] [--print-paths] [component ...]
-#   components: kube-apiserver kube-controller-manager kubectl etcd helm (default: all)
+#   components: kube-apiserver kube-controller-manager kubectl etcd helm kubeconform (default: all)
 #   --regen-modules  regenerate hack/k8sbin/go.{mod,sum} and hack/etcdbin/go.{mod,sum} from the
 #                    pinned tags (k8s staging replaces generated from the tag's own go.mod)
 #   --print-paths    only print the binary paths (no build)
@@ -36,17 +37,18 @@ for a in "$@"; do
     --regen-modules) regen=1 ;;
     --print-paths) print_only=1 ;;
     -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
-    kube-apiserver|kube-controller-manager|kubectl|etcd|helm) want+=("$a") ;;
+    kube-apiserver|kube-controller-manager|kubectl|etcd|helm|kubeconform) want+=("$a") ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
-[ ${#want[@]} -gt 0 ] || want=(kube-apiserver kube-controller-manager kubectl etcd helm)
+[ ${#want[@]} -gt 0 ] || want=(kube-apiserver kube-controller-manager kubectl etcd helm kubeconform)
 
 path_of() {
   case $1 in
     kube-apiserver|kube-controller-manager|kubectl) echo "$BIN/kubernetes-$K8S/$1" ;;
     etcd) echo "$BIN/etcd-$ETCD_VERSION/etcd" ;;
     helm) echo "$BIN/helm-$HELM_VERSION/helm" ;;
+    kubeconform) echo "$BIN/kubeconform-$KUBECONFORM_VERSION/kubeconform" ;;
   esac
 }
 
@@ -152,6 +154,12 @@ for c in "${want[@]}"; do
       (cd / && GOBIN=$gb go install -p 2 -trimpath -tags "$TAGS" -ldflags "$HELM_LDFLAGS" \
           "helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
       mv "$gb/helm" "$tmp"; rmdir "$gb" ;;
+    kubeconform)
+      step "building kubeconform $KUBECONFORM_VERSION ..."
+      gb=$(mktemp -d)
+      (cd / && GOBIN=$gb go install -p 2 -trimpath -ldflags "-s -w" \
+          "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION")
+      mv "$gb/kubeconform" "$tmp"; rmdir "$gb" ;;
   esac
   mv "$tmp" "$out"; tmp=""
   echo " $(( $(now) - t0 )) s"
