@@ -18,18 +18,27 @@ compiler uses. Reference counts keep "which sets exist" and "which groups and se
 each node needs" exact without rescanning (the reasons of DESIGN.md §1's split:
 one rule change writes O(1) objects).
 
+Besides the objects, a flush reports what the operator needs around them, each
+equal to what the full-cluster functions give for the same two states (property
+tests): the pods whose inbound connections must be re-checked
+(``clearing.plan_clearing`` of the facts before and after the flush, computed from
+what the flush touched), the groups and sets whose set of nodes changed (a compiled
+object is labelled with the nodes that use it, so each agent watches only its own),
+and the groups whose member count changed (their status).
+
 Pure: no I/O; the operator feeds it from its watches and writes what it returns.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from secgroups import naming
+from secgroups.addresses import collapse_entries
 from secgroups.compiled import (
     CompiledAddressSetSpec,
     CompiledGroupSpec,
@@ -48,6 +57,7 @@ from secgroups.compiling import (
     compile_ipag_set,
     compile_pod,
     compile_rule,
+    default_rules,
     gc_paused,
     missing_remote_problem,
     orphan_rule_problem,
@@ -65,6 +75,8 @@ from secgroups.membership import (
 )
 from secgroups.models import (
     DEFAULT_GROUP_NAME,
+    Action,
+    Direction,
     IPAddressGroup,
     SecurityGroup,
     SecurityGroupRule,
@@ -122,11 +134,23 @@ Event = Upsert | Delete | SetEpochs
 
 @dataclass
 class Changes:
-    """Compiled objects to write: name → new spec, or None to delete the object."""
+    """Compiled objects to write: name → new spec, or None to delete the object.
+
+    The other fields say what else the flush changed (they do not take part in
+    equality, which compares the objects only): ``recheck`` — the pods whose inbound
+    connections must be re-checked (S-CT-2, as ``clearing.plan_clearing``);
+    ``placed_groups`` / ``placed_sets`` — compiled objects whose set of nodes changed
+    (:meth:`IncrementalCompiler.nodes_of_group`); ``member_groups`` — groups whose
+    member count changed.
+    """
 
     groups: dict[str, CompiledGroupSpec | None] = field(default_factory=dict)
     sets: dict[str, CompiledAddressSetSpec | None] = field(default_factory=dict)
     nodes: dict[str, CompiledNodeSpec | None] = field(default_factory=dict)
+    recheck: set[PodKey] = field(default_factory=set, compare=False)
+    placed_groups: set[str] = field(default_factory=set, compare=False)
+    placed_sets: set[str] = field(default_factory=set, compare=False)
+    member_groups: set[GroupKey] = field(default_factory=set, compare=False)
 
     def __bool__(self) -> bool:
         return bool(self.groups or self.sets or self.nodes)
@@ -139,6 +163,73 @@ class Changes:
         self.groups.update(later.groups)
         self.sets.update(later.sets)
         self.nodes.update(later.nodes)
+        self.recheck |= later.recheck
+        self.placed_groups |= later.placed_groups
+        self.placed_sets |= later.placed_sets
+        self.member_groups |= later.member_groups
+
+
+@dataclass(frozen=True, slots=True)
+class _EffRule:
+    """An effective rule of a group, as S-CT-2 compares them (``clearing``'s rows 3-6).
+
+    Effective: attached to a group that exists, or one of the S-D-1 rules of a
+    namespace's default group that is in use and has no object.
+    """
+
+    group: GroupKey
+    rule: CompiledRule
+    remote_group: GroupKey | None
+    remote_ipag: GroupKey | None
+
+    @property
+    def inbound(self) -> bool:
+        return self.rule.direction is Direction.INGRESS
+
+    def identity(self) -> tuple[object, ...]:
+        return (self.group, self.rule.direction, self.rule.family)
+
+    def match_fields(self) -> tuple[object, ...]:
+        r = self.rule
+        return (r.priority, r.action, r.protocol, r.ports, r.icmp_type, r.icmp_code, r.remote)
+
+    def meaning(self) -> tuple[object, ...]:
+        return (*self.identity(), *self.match_fields())
+
+
+def _eff_rule(group: GroupKey, crule: CompiledRule, source: SetSource | None) -> _EffRule:
+    remote_group = remote_ipag = None
+    if source is not None:
+        kind, key = source
+        if kind is SourceKind.SECURITY_GROUP:
+            remote_group = key
+        else:
+            remote_ipag = key
+    return _EffRule(group, crule, remote_group, remote_ipag)
+
+
+# Where a managed pod is, as S-CT-2 rows 1-2 compare it: its IPs and its node.
+_Place = tuple[frozenset[str], str | None]
+
+
+# One pod's change in a flush: key, groups before/after (None: not managed), places.
+_Delta = tuple[
+    PodKey, tuple[GroupKey, ...] | None, tuple[GroupKey, ...] | None, _Place | None, _Place | None
+]
+# One effective rule's change: id, before (None: added), after (None: deleted).
+_RuleChange = tuple[str, "_EffRule | None", "_EffRule | None"]
+
+
+def _entries(ipag: IPAddressGroup | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """An address group's entries as collapsed CIDRs (what S-CT-2 row 6 compares)."""
+    return collapse_entries(ipag.spec.addresses) if ipag is not None else ((), ())
+
+
+def _arrived(now: _Place, before: _Place | None) -> bool:
+    """The member brings its group something new: an IP, or a (new) node."""
+    if before is None:
+        return True
+    return bool(now[0] - before[0]) or (now[1] is not None and now[1] != before[1])
 
 
 def _key(namespace: str | None, name: str) -> tuple[str, str]:
@@ -183,7 +274,16 @@ class IncrementalCompiler:
         self._node_groups: dict[str, _SortedCounts] = defaultdict(_SortedCounts)
         self._node_sets: dict[str, _SortedCounts] = defaultdict(_SortedCounts)
         self._group_nodes: dict[str, set[str]] = defaultdict(set)
+        self._set_nodes: dict[str, set[str]] = defaultdict(set)
         self._out_nodes: dict[str, CompiledNodeSpec] = {}
+        # --- S-CT-2 bookkeeping: managed pods' places, effective rules and their indexes
+        self._places: dict[PodKey, _Place] = {}
+        self._eff_of: dict[GroupKey, dict[str, _EffRule]] = {}
+        self._meanings: Counter[tuple[object, ...]] = Counter()
+        self._inbound_from_group: dict[GroupKey, dict[str, _EffRule]] = defaultdict(dict)
+        self._inbound_from_ipag: dict[GroupKey, dict[str, _EffRule]] = defaultdict(dict)
+        self._ipag_before: dict[GroupKey, IPAddressGroup | None] = {}
+        self._loading = False
         # --- dirty marks, cleared by _flush
         self._dirty_pods: set[PodKey] = set()
         self._dirty_groups: set[GroupKey] = set()
@@ -192,6 +292,7 @@ class IncrementalCompiler:
         self._dirty_node_pods: set[str] = set()  # its pod list changed
         self._dirty_node_groups: set[str] = set()  # the groups its pods use changed
         self._dirty_node_sets: set[str] = set()  # the sets those groups use changed
+        self._changes = Changes()  # what the running flush reports beside the objects
         if facts is not None:
             self._load(facts)
 
@@ -220,6 +321,31 @@ class IncrementalCompiler:
             rules=tuple(v for _, v in sorted(self._rules.items())),
             address_groups=tuple(v for _, v in sorted(self._ipags.items())),
         )
+
+    def nodes_of_group(self, name: str) -> frozenset[str]:
+        """Nodes whose pods use compiled group ``name`` (its node object lists it)."""
+        return frozenset(self._group_nodes.get(name, ()))
+
+    def nodes_of_set(self, name: str) -> frozenset[str]:
+        """Nodes whose node object lists address set ``name``."""
+        return frozenset(self._set_nodes.get(name, ()))
+
+    def member_count(self, group: GroupKey) -> int:
+        """Managed pods in ``group`` (its status's member count)."""
+        return len(self._members.get(group, ()))
+
+    def group_exists(self, group: GroupKey) -> bool:
+        return group in self._groups
+
+    def ipag_exists(self, key: GroupKey) -> bool:
+        return key in self._ipags
+
+    def rules_of(self, group: GroupKey) -> dict[RuleKey, SecurityGroupRule]:
+        """The rule objects attached to ``group`` (whether or not the group exists)."""
+        return {k: self._rules[k] for k in self._rules_of.get(group, {})}
+
+    def epoch(self, pod: PodKey) -> int:
+        return self._epochs.get(pod, 0)
 
     def memberships(self) -> Memberships:
         keys = sorted(self._groups_of)
@@ -281,6 +407,7 @@ class IncrementalCompiler:
     # ------------------------------------------------------------------ input bookkeeping
 
     def _load(self, facts: ClusterFacts) -> None:
+        self._loading = True  # nothing to compare with: no S-CT-2 plan for the first build
         with gc_paused():  # see compiling.gc_paused: the first build is a full compile
             for ns in facts.namespaces:
                 self._put_namespace(ns)
@@ -295,6 +422,7 @@ class IncrementalCompiler:
             for p in facts.pods:
                 self._put_pod(p)
             self._flush()
+        self._loading = False
 
     def _upsert(self, obj: Object) -> None:
         if isinstance(obj, PodFacts):
@@ -395,11 +523,14 @@ class IncrementalCompiler:
 
     def _put_ipag(self, ipag: IPAddressGroup) -> None:
         key = _key(ipag.metadata.namespace, ipag.metadata.name)
+        self._ipag_before.setdefault(key, self._ipags.get(key))
         self._ipags[key] = ipag
         self._dirty_sets.add(naming.ipag_set_name(*key))
 
     def _drop_ipag(self, key: GroupKey) -> None:
-        if self._ipags.pop(key, None) is not None:
+        if key in self._ipags:
+            self._ipag_before.setdefault(key, self._ipags[key])
+            del self._ipags[key]
             self._dirty_sets.add(naming.ipag_set_name(*key))
 
     def _set_epochs(self, epochs: Mapping[PodKey, int]) -> None:
@@ -410,13 +541,18 @@ class IncrementalCompiler:
     # ------------------------------------------------------------------ recompilation
 
     def _flush(self) -> Changes:
-        changes = Changes()
+        changes = self._changes = Changes()
+        deltas: list[_Delta] = []
         for pod in sorted(self._dirty_pods):
-            self._refresh_pod(pod)
+            self._refresh_pod(pod, deltas)
         self._dirty_pods.clear()
+        rules, had = self._refresh_effective_rules(sorted(self._dirty_groups))
         for group in sorted(self._dirty_groups):
             self._refresh_group(group, changes)
         self._dirty_groups.clear()
+        if not self._loading:
+            self._plan(deltas, rules, had, changes.recheck)
+        self._ipag_before.clear()
         for name in sorted(self._dirty_sets):
             self._refresh_set(name, changes)
         self._dirty_sets.clear()
@@ -428,13 +564,169 @@ class IncrementalCompiler:
         self._dirty_node_sets.clear()
         return changes
 
-    def _refresh_pod(self, key: PodKey) -> None:
+    # ------------------------------------------------------------------ S-CT-2
+
+    def _effective(self, group: GroupKey) -> dict[str, _EffRule]:
+        """The group's effective rules by id (see :class:`_EffRule`)."""
+        if group in self._groups:
+            return {
+                crule.id: _eff_rule(group, crule, source)
+                for crule, source in self._rules_of.get(group, {}).values()
+            }
+        if group[1] == DEFAULT_GROUP_NAME and self._members.get(group):
+            own: SetSource = (SourceKind.SECURITY_GROUP, group)
+            return {
+                crule.id: _eff_rule(group, crule, own if crule.remote.set else None)
+                for crule in default_rules(group[0])
+            }
+        return {}
+
+    def _refresh_effective_rules(
+        self, groups: Iterable[GroupKey]
+    ) -> tuple[list[_RuleChange], dict[tuple[object, ...], bool]]:
+        """Bring the effective rules of ``groups`` up to date.
+
+        Returns the rules that changed, by id (a rule that moved between groups is one
+        change), and, for the meaning of every new rule, whether some effective rule
+        had that meaning before.
+        """
+        old_by_id: dict[str, _EffRule] = {}
+        new_by_id: dict[str, _EffRule] = {}
+        for group in groups:
+            old = self._eff_of.get(group, {})
+            new = self._effective(group)
+            if old == new:
+                continue
+            old_by_id.update(old)
+            new_by_id.update(new)
+            if new:
+                self._eff_of[group] = new
+            else:
+                self._eff_of.pop(group, None)
+        changed = [
+            (rid, old_by_id.get(rid), new_by_id.get(rid))
+            for rid in sorted(old_by_id.keys() | new_by_id.keys())
+            if old_by_id.get(rid) != new_by_id.get(rid)
+        ]
+        had = {n.meaning(): self._meanings[n.meaning()] > 0 for _, _, n in changed if n}
+        for rid, o, n in changed:
+            if o is not None:
+                m = o.meaning()
+                self._meanings[m] -= 1
+                if not self._meanings[m]:
+                    del self._meanings[m]
+                self._index_inbound(rid, o, remove=True)
+            if n is not None:
+                self._meanings[n.meaning()] += 1
+                self._index_inbound(rid, n, remove=False)
+        return changed, had
+
+    def _index_inbound(self, rid: str, rule: _EffRule, *, remove: bool) -> None:
+        if not rule.inbound:
+            return
+        for index, remote in (
+            (self._inbound_from_group, rule.remote_group),
+            (self._inbound_from_ipag, rule.remote_ipag),
+        ):
+            if remote is None:
+                continue
+            if remove:
+                users = index[remote]
+                users.pop(rid, None)
+                if not users:
+                    del index[remote]
+            else:
+                index[remote][rid] = rule
+
+    def _plan(
+        self,
+        deltas: list[_Delta],
+        rules: list[_RuleChange],
+        had: Mapping[tuple[object, ...], bool],
+        recheck: set[PodKey],
+    ) -> None:
+        """The S-CT-2 plan of this flush (``clearing.plan_clearing``'s rows, by delta)."""
+        left: dict[GroupKey, set[PodKey]] = defaultdict(set)
+        added: dict[GroupKey, set[PodKey]] = defaultdict(set)
+        removed: dict[GroupKey, set[PodKey]] = defaultdict(set)
+        for pod, old_groups, new_groups, old_place, new_place in deltas:
+            before, after = old_groups or (), new_groups or ()
+            for g in before:
+                assert old_place is not None
+                if g not in after:
+                    left[g].add(pod)
+                    removed[g].add(pod)
+                elif new_place is not None and old_place[0] - new_place[0]:
+                    removed[g].add(pod)  # it lost an IP
+            for g in after:
+                assert new_place is not None
+                if _arrived(new_place, old_place if g in before else None):
+                    added[g].add(pod)
+            # Same groups in another order: S-X-1 makes the order decide verdicts.
+            same_set = old_groups and new_groups and set(old_groups) == set(new_groups)
+            if same_set and old_groups != new_groups:
+                recheck.add(pod)
+
+        def pods_of(group: GroupKey) -> set[PodKey]:
+            return set(self._members.get(group, ())) | left.get(group, set())
+
+        # Rows 1 and 2: membership, judged by the inbound rules in force now.
+        for g in sorted(added.keys() | removed.keys()):
+            users = self._inbound_from_group.get(g, {}).values()
+            if added.get(g):
+                recheck |= added[g]
+                for r in users:
+                    if r.rule.action is Action.DENY:
+                        recheck |= pods_of(r.group)
+            if removed.get(g):
+                recheck |= pods_of(g)
+                for r in users:
+                    if r.rule.action is Action.ALLOW:
+                        recheck |= pods_of(r.group)
+
+        # Rows 3, 4 and 5: rules, by meaning (a rename or a duplicate changes nothing).
+        def rule_added(n: _EffRule) -> None:
+            if n.rule.action is Action.DENY and not had[n.meaning()]:
+                recheck.update(pods_of(n.group))
+
+        def rule_deleted(o: _EffRule) -> None:
+            if o.inbound and o.rule.action is Action.ALLOW and not self._meanings.get(o.meaning()):
+                recheck.update(pods_of(o.group))
+
+        for _, o, n in rules:
+            if o is None:
+                if n is not None:
+                    rule_added(n)
+            elif n is None:
+                rule_deleted(o)
+            elif o.identity() != n.identity():
+                rule_deleted(o)
+                rule_added(n)
+            elif n.inbound and o.match_fields() != n.match_fields():
+                recheck |= pods_of(n.group)
+
+        # Row 6: entries of an IP address group that an inbound rule uses.
+        for key, before_ipag in sorted(self._ipag_before.items()):
+            users_of = {r.group for r in self._inbound_from_ipag.get(key, {}).values()}
+            users_of |= {
+                o.group for _, o, _ in rules if o is not None and o.inbound and o.remote_ipag == key
+            }
+            if users_of and _entries(before_ipag) != _entries(self._ipags.get(key)):
+                for g in users_of:
+                    recheck |= pods_of(g)
+
+    # ------------------------------------------------------------------ recompilation
+
+    def _refresh_pod(self, key: PodKey, deltas: list[_Delta]) -> None:
         """Recompute one pod's memberships and its entry in its node object."""
         pod = self._pods.get(key)
         old_groups = self._groups_of.get(key, ())
         old_ips = self._member_ips.get(key, ())
+        old_place = self._places.get(key)
+        was_managed = key in self._groups_of
         new_groups: tuple[GroupKey, ...] = ()
         new_ips: tuple[str, ...] = ()
+        new_place: _Place | None = None
         cpod: CompiledPod | None = None
         self._unknown.pop(key, None)
         if pod is not None and is_managed(pod, self._enforced):
@@ -447,9 +739,22 @@ class IncrementalCompiler:
             cpod = compile_pod(pod, new_groups, self._epochs.get(key, 0))
             self._groups_of[key] = new_groups
             self._member_ips[key] = new_ips
+            new_place = (frozenset(pod.ips), pod.node)
+            self._places[key] = new_place
         else:
             self._groups_of.pop(key, None)
             self._member_ips.pop(key, None)
+            self._places.pop(key, None)
+        if (old_groups, old_place) != (new_groups, new_place):
+            deltas.append(
+                (
+                    key,
+                    old_groups if was_managed else None,
+                    new_groups if new_place is not None else None,
+                    old_place,
+                    new_place,
+                )
+            )
 
         before, after = set(old_groups), set(new_groups)
         for g in before - after:
@@ -462,6 +767,7 @@ class IncrementalCompiler:
             if not self._members[g]:
                 self._dirty_groups.add(g)  # newly in use
             self._members[g].add(key)
+        self._changes.member_groups |= before ^ after
         touched = before ^ after if old_ips == new_ips else before | after
         self._dirty_sets.update(naming.sg_set_name(*g) for g in touched)
         self._place_pod(key, cpod)
@@ -491,14 +797,33 @@ class IncrementalCompiler:
         for g in groups:
             if delta > 0 and node_groups.add((g,)):  # the group appears on the node
                 self._group_nodes[g].add(node)
+                self._changes.placed_groups.add(g)
                 self._dirty_node_groups.add(node)
-                if node_sets.add(self._group_sets.get(g, ())):
-                    self._dirty_node_sets.add(node)
+                self._place_sets(node, node_sets.add(self._group_sets.get(g, ())), True)
             elif delta < 0 and node_groups.remove((g,)):  # the group leaves the node
-                self._group_nodes[g].discard(node)
+                nodes = self._group_nodes[g]
+                nodes.discard(node)
+                if not nodes:
+                    del self._group_nodes[g]
+                self._changes.placed_groups.add(g)
                 self._dirty_node_groups.add(node)
-                if node_sets.remove(self._group_sets.get(g, ())):
-                    self._dirty_node_sets.add(node)
+                self._place_sets(node, node_sets.remove(self._group_sets.get(g, ())), False)
+
+    def _place_sets(self, node: str, names: list[str], present: bool) -> None:
+        """Sets that appeared on (or left) ``node``'s list: record where each set is used."""
+        if not names:
+            return
+        self._dirty_node_sets.add(node)
+        self._dirty_nodes.add(node)
+        for name in names:
+            if present:
+                self._set_nodes[name].add(node)
+            else:
+                nodes = self._set_nodes[name]
+                nodes.discard(node)
+                if not nodes:
+                    del self._set_nodes[name]
+        self._changes.placed_sets.update(names)
 
     def _refresh_group(self, key: GroupKey, changes: Changes) -> None:
         """Recompile one group if it is in use (has members); delete it if not."""
@@ -532,11 +857,10 @@ class IncrementalCompiler:
         for s in new_sets - old_sets:
             self._set_users[s].add(gname)
             self._dirty_sets.add(s)
-        for node in self._group_nodes.get(gname, ()):
+        for node in sorted(self._group_nodes.get(gname, ())):
             node_sets = self._node_sets[node]
-            if node_sets.remove(old_sets - new_sets) | node_sets.add(new_sets - old_sets):
-                self._dirty_nodes.add(node)
-                self._dirty_node_sets.add(node)
+            self._place_sets(node, node_sets.remove(old_sets - new_sets), False)
+            self._place_sets(node, node_sets.add(new_sets - old_sets), True)
 
     def _refresh_set(self, name: str, changes: Changes) -> None:
         old = self._out_sets.get(name)
@@ -591,9 +915,10 @@ class IncrementalCompiler:
 class _SortedCounts:
     """A multiset of names that keeps its distinct names sorted: a node's groups or sets.
 
-    ``add`` and ``remove`` say whether the distinct names changed; ``names`` is always
-    sorted (bisect on insert and delete), so a node object never re-sorts hundreds of
-    set names when one rule adds a remote.
+    ``add`` and ``remove`` return the names that appeared or went (empty when the
+    distinct names did not change); ``names`` is always sorted (bisect on insert and
+    delete), so a node object never re-sorts hundreds of set names when one rule adds
+    a remote.
     """
 
     __slots__ = ("counts", "names")
@@ -602,18 +927,18 @@ class _SortedCounts:
         self.counts: dict[str, int] = {}
         self.names: list[str] = []
 
-    def add(self, items: Iterable[str]) -> bool:
-        changed = False
+    def add(self, items: Iterable[str]) -> list[str]:
+        appeared = []
         for item in items:
             n = self.counts.get(item, 0)
             self.counts[item] = n + 1
             if n == 0:
                 bisect.insort(self.names, item)
-                changed = True
-        return changed
+                appeared.append(item)
+        return appeared
 
-    def remove(self, items: Iterable[str]) -> bool:
-        changed = False
+    def remove(self, items: Iterable[str]) -> list[str]:
+        gone = []
         for item in items:
             n = self.counts[item] - 1
             if n:
@@ -621,5 +946,5 @@ class _SortedCounts:
             else:
                 del self.counts[item]
                 del self.names[bisect.bisect_left(self.names, item)]
-                changed = True
-        return changed
+                gone.append(item)
+        return gone

@@ -1,0 +1,102 @@
+"""What a flush of the incremental compiler reports beside the objects, against the
+full-cluster functions on the same two states (Hypothesis):
+
+* ``Changes.recheck`` equals ``clearing.plan_clearing(old facts, new facts).pods``
+  for any batch of events — the operator raises epochs from it without re-planning
+  the whole cluster;
+* ``nodes_of_group`` / ``nodes_of_set`` equal the nodes whose compiled node object
+  lists the group or set, and ``placed_*`` names exactly those whose nodes changed
+  (the labels that let each agent watch only its own objects);
+* ``member_groups`` names exactly the groups whose member count changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tests import strategies as sgst
+from tests.corecases import facts, ns, pod, rule, sg
+
+from secgroups.clearing import plan_clearing
+from secgroups.compiled import CompiledPolicy
+from secgroups.facts import ClusterFacts
+from secgroups.incremental import Delete, IncrementalCompiler, Kind
+
+
+def _where(policy: CompiledPolicy) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    groups: dict[str, set[str]] = {}
+    sets: dict[str, set[str]] = {}
+    for node, spec in policy.nodes.items():
+        for g in spec.groups:
+            groups.setdefault(g, set()).add(node)
+        for s in spec.sets:
+            sets.setdefault(s, set()).add(node)
+    return groups, sets
+
+
+def _counts(inc: IncrementalCompiler) -> dict[Any, int]:
+    members = inc.memberships().members()
+    return {g: len(p) for g, p in members.items()}
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> tuple[ClusterFacts, list[list[Any]]]:
+    start = draw(sgst.cluster_facts(max_pods=8, max_rules=10))
+    steps = draw(st.lists(st.lists(sgst.events(start), min_size=1, max_size=4), max_size=4))
+    return start, steps
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches())
+def test_a_flush_reports_what_the_full_functions_say(
+    case: tuple[ClusterFacts, list[list[Any]]],
+) -> None:
+    start, steps = case
+    inc = IncrementalCompiler(start)
+    for batch in steps:
+        old = inc.facts()
+        old_groups, old_sets = _where(inc.policy)
+        old_counts = _counts(inc)
+        changes = inc.apply_all(batch)
+        new = inc.facts()
+        assert changes.recheck == set(plan_clearing(old, new, inc.scope).pods), batch
+        groups, sets = _where(inc.policy)
+        for name in groups.keys() | old_groups.keys():
+            assert inc.nodes_of_group(name) == groups.get(name, set())
+        for name in sets.keys() | old_sets.keys():
+            assert inc.nodes_of_set(name) == sets.get(name, set())
+        moved = {n for n in groups.keys() | old_groups.keys() if groups.get(n) != old_groups.get(n)}
+        assert moved <= changes.placed_groups
+        moved_sets = {n for n in sets.keys() | old_sets.keys() if sets.get(n) != old_sets.get(n)}
+        assert moved_sets <= changes.placed_sets
+        counts = _counts(inc)
+        recounted = {
+            g for g in counts.keys() | old_counts.keys() if counts.get(g) != old_counts.get(g)
+        }
+        assert recounted <= changes.member_groups
+
+
+def test_rule_deleted_rechecks_the_group_and_a_pod_churn_touches_only_itself() -> None:
+    inc = IncrementalCompiler(
+        facts(
+            ns(),
+            sg("web", selector={"app": "web"}),
+            sg("db"),
+            pod("w1", "100.64.1.2", labels={"app": "web"}, node="n1"),
+            pod("d1", "100.64.2.2", groups="db", node="n2"),
+            rule("db-from-web", "db", protocol="TCP", ports="5432", remote_sg="web"),
+            nodes=("n1", "n2"),
+        )
+    )
+    changes = inc.upsert(pod("w2", "100.64.1.3", labels={"app": "web"}, node="n1"))
+    assert changes.recheck == {("demo", "w2")}
+    assert set(changes.sets) == {"sg.demo.web"}
+    assert set(changes.nodes) == {"n1"}
+    assert changes.placed_groups == set()  # web was on n1 already
+    changes = inc.delete(Kind.SECURITY_GROUP_RULE, "db-from-web", "demo")
+    assert changes.recheck == {("demo", "d1")}
+    changes = inc.apply_all([Delete(Kind.POD, "w1", "demo"), Delete(Kind.POD, "w2", "demo")])
+    assert changes.placed_groups == {"sg.demo.web"}
+    assert inc.nodes_of_group("sg.demo.web") == frozenset()
