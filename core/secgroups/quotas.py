@@ -6,15 +6,27 @@
 * S-L-2 — at most 6,000 member pods per group.
 * S-L-3 — more than 5 groups on one pod is allowed but warned about.
 
+And the size limits of what the operator publishes (docs/architecture.md, "Limits"):
+every compiled object must fit one etcd request, so the operator checks each one
+before writing it (:data:`MAX_COMPILED_OBJECT_BYTES`) and never writes one that does
+not fit; the user-facing limits below keep objects well inside that bound, and an
+admission webhook or ``lint`` can refuse what would break them:
+
+* :data:`MAX_RULES_PER_GROUP` rules attached to one security group, whatever they are
+  (S-L-1 counts only some of them);
+* :data:`MAX_ADDRESS_GROUP_CIDRS` CIDRs in one IP address group once compiled
+  (:func:`address_group_cidrs`: an IPv6 range can split into up to 254 CIDRs).
+
 Pure: the operator reports the result in status (and a webhook can reject on it),
 the CLI's ``lint`` prints it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from secgroups.addresses import parse_entry
 from secgroups.facts import ClusterFacts
 from secgroups.membership import GroupKey, PodKey, Scope, resolve
 from secgroups.models import Direction, IPFamily, SecurityGroupRule
@@ -24,6 +36,50 @@ RULE_QUOTA = 120
 MEMBER_LIMIT = 6000
 GROUPS_PER_POD_ADVISED = 5
 NEAR_FRACTION = 0.8
+
+# etcd refuses requests over 1.5 MiB (its --max-request-bytes default); the API server
+# adds metadata and managedFields to what we send. One compiled object's JSON (spec and
+# labels) must stay under this, checked before every write.
+MAX_COMPILED_OBJECT_BYTES = 1_000_000
+# A compiled rule is ~150-400 bytes (up to ~3 KB with a 255-character description and a
+# long port list): 1,000 typical rules are ~300 KB.
+MAX_RULES_PER_GROUP = 1000
+# A compiled IPv6 CIDR is up to 46 bytes of JSON: 10,000 are ~460 KB.
+MAX_ADDRESS_GROUP_CIDRS = 10_000
+
+
+def address_group_cidrs(entries: Iterable[str], limit: int = MAX_ADDRESS_GROUP_CIDRS) -> int:
+    """How many CIDRs an IP address group's entries compile to (both families).
+
+    Exact (overlapping and adjacent entries are merged first, as the compiler does), but
+    computed on integers without formatting a CIDR, and it stops counting at ``limit + 1``:
+    a hostile group of 5,000 IPv6 ranges (about a million CIDRs) is refused in
+    milliseconds instead of compiled. ValueError for an entry that does not parse.
+    """
+    by_version: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+    for text in entries:
+        entry = parse_entry(text)
+        by_version[entry.version].append((int(entry.first), int(entry.last)))
+    count = 0
+    for version, intervals in by_version.items():
+        bits = 32 if version == 4 else 128
+        merged: list[list[int]] = []
+        for lo, hi in sorted(intervals):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        for first, last in merged:
+            lo = first
+            while lo <= last:  # the fewest aligned blocks, as addresses._to_cidrs splits them
+                size = lo & -lo if lo else 1 << bits
+                while size > last - lo + 1:
+                    size >>= 1
+                lo += size
+                count += 1
+                if count > limit:
+                    return count
+    return count
 
 
 def quota_reasons(rule: SecurityGroupRule) -> tuple[str, ...]:

@@ -9,7 +9,9 @@ import pytest
 from tests.corecases import facts, ipag, ns, pod, rule, sg
 
 from secgroups import quotas
+from secgroups.addresses import collapse_entries
 from secgroups.models import Direction, IPFamily, SecurityGroupRule
+from secgroups.quotas import MAX_ADDRESS_GROUP_CIDRS, address_group_cidrs
 
 
 @pytest.mark.parametrize(
@@ -163,3 +165,28 @@ def test_every_group_is_reported_even_unused_or_missing() -> None:
     groups = quotas.account(f).groups
     assert sorted(groups) == [("demo", "ghost"), ("demo", "idle")]
     assert groups[("demo", "idle")].members == 0
+
+
+# ----------------------------------------------------------------------------- size limits
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [],
+        ["192.0.2.0/24"],
+        ["192.0.2.1-192.0.2.9", "192.0.2.5-192.0.2.30", "10.0.0.0/8"],
+        ["2001:db8::1-2001:db8::ffff:ffff:fffe"],
+        ["fd00::1-fd00::ff", "fd00::100-fd00::1ff", "fd00::200/120"],
+    ],
+)
+def test_address_group_cidrs_counts_what_the_compiler_writes(entries: list[str]) -> None:
+    v4, v6 = collapse_entries(entries)
+    assert address_group_cidrs(entries) == len(v4) + len(v6)
+
+
+def test_a_hostile_address_group_is_counted_up_to_the_limit_only() -> None:
+    ranges = [f"fd00:{i:x}::1-fd00:{i:x}::ffff:ffff:ffff:fffe" for i in range(5000)]
+    assert address_group_cidrs(ranges, limit=MAX_ADDRESS_GROUP_CIDRS) == (
+        MAX_ADDRESS_GROUP_CIDRS + 1
+    )
