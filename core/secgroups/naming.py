@@ -40,3 +40,17 @@ def sg_set_name(namespace: str, name: str) -> str:
 def ipag_set_name(namespace: str, name: str) -> str:
     """CompiledAddressSet name of IP address group ``namespace/name``."""
     return bounded(f"ipag.{namespace}.{name}", MAX_OBJECT_NAME)
+
+
+# Compiled groups and sets carry one label per node that uses them, so that each node
+# agent watches only its own objects with one label selector per kind.
+NODE_LABEL_PREFIX = "node.secgroups.dev/"
+
+
+def node_label(node: str) -> str:
+    """The label key marking a compiled object as used on ``node`` (value ``""``).
+
+    Node names are DNS subdomains, valid label names when at most 63 characters;
+    longer ones are cut and hashed like object names.
+    """
+    return NODE_LABEL_PREFIX + bounded(node, 63)
