@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from secgroups.analysis import EffectiveRule, PodPolicy
+from secgroups.analysis import EffectiveRule, PodPolicy, missing_groups_note
 from secgroups.models import Direction
 from secgroups_cli.app import POD_WORDS, App, parse_ref
 from secgroups_cli.describe import (
@@ -107,10 +107,7 @@ def render(app: App, policy: PodPolicy) -> str:
         return "".join(lines)
     if policy.unknown_groups:
         lines.append(
-            style.yellow(
-                f"  warning: annotation names unknown group(s): {', '.join(policy.unknown_groups)}"
-            )
-            + "\n"
+            style.yellow(f"  warning: {missing_groups_note(policy.unknown_groups)}") + "\n"
         )
     lines.append(f"\n{style.bold('Groups')} (sequence order: the first is matched first)\n")
     rows = [[str(m.position), short_key(m.group, pod.namespace), m.detail] for m in policy.groups]

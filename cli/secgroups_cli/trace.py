@@ -219,6 +219,8 @@ def _side_text(app: App, side: SideTrace, role: str) -> str:
         )
     headers = ["#", "GROUP", "RULE", "PRIORITY", "ACTION", "PROTOCOL", "PORTS", "RESULT"]
     out = f"\n{style.bold(title)}\n" + table(headers, rows, style, indent="  ")
+    if side.note:
+        out += "  " + style.yellow(f"warning: {side.note}") + "\n"
     v = side.verdict
     if v.rule is None:
         out += "  " + style.red("no rule matched: default deny (S-X-2)") + "\n"

@@ -63,6 +63,14 @@ class Why(StrEnum):
     DEFAULT = "default"
 
 
+def missing_groups_note(names: Iterable[str]) -> str:
+    """What a pod's annotation naming groups that do not exist means (fail-closed)."""
+    return (
+        f"annotation names security group(s) that do not exist: {', '.join(names)}; "
+        "they match nothing (fail-closed: no fallback to the default group)"
+    )
+
+
 @dataclass(frozen=True)
 class GroupMembership:
     """One of a pod's groups, at ``position`` (1 = matched first), and why it is there."""
@@ -157,7 +165,8 @@ class SideTrace:
     """One side of a connection: the egress of the sender or the ingress of the receiver.
 
     ``pod`` is None when the address is no pod at all; ``verdict`` is None when the side
-    is not filtered (no managed pod there), with ``note`` saying why.
+    is not filtered (no managed pod there), with ``note`` saying why. A filtered side's
+    ``note`` names the annotated groups that do not exist (they match nothing).
     """
 
     direction: Direction
@@ -523,16 +532,15 @@ class PolicyView:
                 note = f"not filtered: {self.unmanaged_reason(self.pods[pod_key])}"
             return SideTrace(direction, address, pod_key, None, (), note)
         checks: list[GroupCheck] = []
-        for g in self.compilation.memberships.groups_of.get(
-            (verdict.pod.namespace, verdict.pod.name), ()
-        ):
+        key = (verdict.pod.namespace, verdict.pod.name)
+        missing = self.compilation.memberships.unknown_annotated.get(key, ())
+        for g in self.compilation.memberships.groups_of.get(key, ()):
             rule = self.evaluator.first_match(self.compiled_group(g), direction, packet)
             checks.append(GroupCheck(g, rule))
             if rule is not None:
                 break
-        return SideTrace(
-            direction, address, (verdict.pod.namespace, verdict.pod.name), verdict, tuple(checks)
-        )
+        note = missing_groups_note(missing) if missing else ""
+        return SideTrace(direction, address, key, verdict, tuple(checks), note)
 
     # -- shadowing
     def shadowed_rules(self) -> tuple[Shadowing, ...]:

@@ -33,7 +33,10 @@ Readings the table leaves open, decided here and documented in docs/semantics.md
 * a member pod whose IPs change (it gets its first IP, or another one) counts as
   added (the group's address set gains the new IPs) and, if it lost an IP, removed;
   one that lands on a node (its node object starts enforcing it) counts as added:
-  flows it had before were never checked.
+  flows it had before were never checked;
+* a pod in no group at all (its annotation names only groups that do not exist, so it
+  is denied everything rather than given the default group) is re-checked when it
+  arrives the way a member would be: newly managed, a new IP, or a new node.
 
 The operator turns the plan into new ingress epochs (DESIGN.md §4); the node agent
 never needs to know why.
@@ -202,6 +205,19 @@ def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = No
                         f"S-CT-2 row 2: {label} lost members and inbound Allow rule "
                         f"{rule.id} names it",
                     )
+
+    # Extension: a pod in no group at all (its annotation names only missing groups:
+    # fail-closed, docs/semantics.md decision 6) is denied everything. Rows 1-2 see no
+    # membership change, so re-check it when it arrives as rows 1-2 would: newly
+    # managed (it was unfiltered), a new IP, or a node that starts enforcing it.
+    for pod, groups in new_ms.groups_of.items():
+        if groups:
+            continue
+        was = old_ms.pods.get(pod)
+        now = new_ms.pods[pod]
+        before_place = None if was is None else (frozenset(was.ips), was.node)
+        if _arrived((frozenset(now.ips), now.node), before_place):
+            reasons[pod].append("in no security group (annotated groups missing): denied all")
 
     # Extension: same groups, new order (S-X-1 makes order matter).
     for pod, groups in new_ms.groups_of.items():

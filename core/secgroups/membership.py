@@ -5,7 +5,13 @@ managed; hostNetwork pods never are, nor finished ones (their IPs may be reused)
 A pod's groups are, in order: the groups named in its
 ``secgroups.dev/security-groups`` annotation, as written; then the groups of its
 namespace whose podSelector selects it, by ``spec.sequence`` then name; and if
-that leaves none, its namespace's default group (S-D-1).
+that leaves none *and the annotation names no group*, its namespace's default
+group (S-D-1).
+
+An annotated name whose group does not exist is fail-closed (docs/semantics.md,
+decision 6): the missing group matches nothing — it is left out of the sequence,
+its would-be members are in no address set — and it never sends the pod to the
+default group, whose egress allows everything. A typo must not open a pod up.
 
 Used by the compiler, the clearing planner and the CLI, so all three agree.
 """
@@ -109,6 +115,8 @@ def sequence_of(
 
     ``groups`` holds the keys of every existing group; ``selected`` the groups of the
     pod's namespace that select it, in sequence order (:meth:`Selection.selected`).
+    The default group is the fallback only for a pod whose annotation names no group:
+    a pod that names only missing groups has none (it is denied everything).
     """
     order: list[GroupKey] = []
     missing: list[str] = []
@@ -119,7 +127,7 @@ def sequence_of(
         else:
             missing.append(name)
     order.extend(key for key in selected if key not in order)
-    if not order:
+    if not order and not missing:
         order.append((pod.namespace, DEFAULT_GROUP_NAME))
     return tuple(order), tuple(missing)
 

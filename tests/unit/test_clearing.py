@@ -327,6 +327,32 @@ CASES = [
         set(),
         id="decision-duplicate-deny-added-nothing",
     ),
+    pytest.param(
+        *_case(base(), pod("t1", "10.0.3.1", groups="tpyo")),
+        {"t1"},
+        id="decision-pod-naming-only-missing-groups-arrives-rechecked",
+    ),
+    pytest.param(
+        *_case(
+            base(pod("t1", "10.0.3.1", groups="tpyo", node=None)),
+            pod("t1", "10.0.3.1", groups="tpyo"),
+        ),
+        {"t1"},
+        id="decision-groupless-pod-lands-on-a-node-rechecked",
+    ),
+    pytest.param(
+        *_case(
+            base(pod("t1", "10.0.3.1", groups="tpyo")),
+            pod("t1", "10.0.3.1", groups="tpyo", labels={"x": "y"}),
+        ),
+        set(),
+        id="decision-groupless-pod-unchanged-place-nothing",
+    ),
+    pytest.param(
+        *_case(base(A1), drop=("SecurityGroup/web",)),
+        {"a1", "a2"},
+        id="decision-annotated-group-deleted-members-rechecked-no-default",
+    ),
     pytest.param(*_case(base(B_DENIES_A)), set(), id="no-change-nothing"),
     pytest.param(
         *_case(base(), pod("c1", "10.0.2.1", groups="misc", labels={"new": "label"})),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import yaml
-from clirun import SCENARIO, offline
+from clirun import SCENARIO, offline, run
 
 
 def test_groups_in_sequence_order_with_the_reason() -> None:
@@ -102,3 +105,50 @@ def test_unknown_pod_lists_the_pods_of_the_namespace() -> None:
         2,
         "error: deployment/x: expected pod/NAME (or pod/NAMESPACE/NAME)\n",
     )
+
+
+TYPO_POD = """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: typo
+  namespace: demo
+  annotations: {secgroups.dev/security-groups: "sg-bb"}
+spec:
+  nodeName: node-1
+  containers: [{name: app, image: registry.k8s.io/pause:3.10}]
+status:
+  phase: Running
+  podIPs: [{ip: 10.244.1.99}]
+"""
+
+
+def _with_typo_pod(tmp_path: Path) -> Path:
+    folder = tmp_path / "scenario"
+    shutil.copytree(SCENARIO, folder)
+    (folder / "50-typo.yaml").write_text(TYPO_POD, encoding="utf-8")
+    return folder
+
+
+def test_a_pod_naming_a_missing_group_is_in_no_group_not_the_default(tmp_path: Path) -> None:
+    """Fail-closed (docs/semantics.md, decision 6): no fallback to the default group."""
+    folder = _with_typo_pod(tmp_path)
+    doc = run("explain", "pod/typo", "-f", str(folder), "-n", "demo", "-o", "json").json()
+    assert doc["groups"] == []
+    assert doc["unknownGroups"] == ["sg-bb"]
+    assert (doc["ingress"], doc["egress"]) == ([], [])
+    text = run("explain", "pod/typo", "-f", str(folder), "-n", "demo").out
+    assert "security group(s) that do not exist: sg-bb; they match nothing" in text
+    assert "no fallback to the default group" in text
+
+
+def test_trace_from_a_pod_naming_a_missing_group_is_denied_and_says_why(tmp_path: Path) -> None:
+    folder = _with_typo_pod(tmp_path)
+    argv = ("trace", "--from", "pod/typo", "--to", "pod/c1", "--proto", "tcp", "--port", "80")
+    r = run(*argv, "-f", str(folder), "-n", "demo")
+    assert r.code != 0
+    assert "DENIED" in r.out
+    assert "no rule matched: default deny (egress of demo/typo, S-X-2)" in r.out
+    assert "do not exist: sg-bb; they match nothing" in r.out
+    doc = run(*argv, "-f", str(folder), "-n", "demo", "-o", "json").json()
+    assert "sg-bb" in doc["egress"]["note"]

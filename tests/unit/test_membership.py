@@ -135,13 +135,23 @@ BASE: tuple[Any, ...] = (
         pytest.param(pod("p", "10.0.0.1"), ("demo/default",), id="S-D-1-no-group-gets-default"),
         pytest.param(
             pod("p", "10.0.0.1", groups="ghost"),
-            ("demo/default",),
-            id="S-D-1-only-unknown-names-gets-default",
+            (),
+            id="decision-only-missing-names-fail-closed-no-default",
+        ),
+        pytest.param(
+            pod("p", "10.0.0.1", groups="ghost", labels={"app": "web"}),
+            ("demo/aaa", "demo/api", "demo/web"),
+            id="decision-missing-name-matches-nothing-selected-groups-stay",
         ),
         pytest.param(
             pod("p", "10.0.0.1", groups="ghost,ssh"),
             ("demo/ssh",),
-            id="unknown-annotated-name-ignored",
+            id="decision-missing-annotated-name-matches-nothing",
+        ),
+        pytest.param(
+            pod("p", "10.0.0.1", groups=" , "),
+            ("demo/default",),
+            id="S-D-1-blank-annotation-names-no-group",
         ),
         pytest.param(
             pod("p", "10.0.0.1", groups="default,ssh"),
@@ -150,7 +160,7 @@ BASE: tuple[Any, ...] = (
         ),
         pytest.param(
             pod("p", "10.0.0.1", groups="other/ssh"),
-            ("demo/default",),
+            (),
             id="annotation-names-groups-of-the-pod-namespace-only",
         ),
         pytest.param(
