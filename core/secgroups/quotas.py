@@ -100,6 +100,38 @@ def quota_key(direction: Direction, family: IPFamily) -> str:
     return f"{direction.value.lower()}{family.value}"
 
 
+# The words of each finding, one copy: status conditions, ``lint`` and the admission
+# webhook (``secgroups.admitting``) say the same thing about the same count.
+
+
+def rule_quota_error(direction: Direction, family: IPFamily, count: int) -> str:
+    """S-L-1 exceeded, e.g. ``121 Ingress IPv4 rules with a remote group, ...``."""
+    return (
+        f"{count} {direction.value} {family.value} rules with a remote group, a remote "
+        f"address group or inconsecutive ports; the limit is {RULE_QUOTA}"
+    )
+
+
+def rule_quota_warning(direction: Direction, family: IPFamily, count: int) -> str:
+    """S-L-1 nearly used up (from :data:`NEAR_FRACTION` of the limit)."""
+    return f"{count} of {RULE_QUOTA} {direction.value} {family.value} quota rules used"
+
+
+def member_limit_error(count: int) -> str:
+    """S-L-2 exceeded."""
+    return f"{count} member pods; the limit is {MEMBER_LIMIT}"
+
+
+def member_limit_warning(count: int) -> str:
+    """S-L-2 nearly reached."""
+    return f"{count} of {MEMBER_LIMIT} members"
+
+
+def groups_per_pod_warning(count: int) -> str:
+    """S-L-3: more groups on one pod than advised."""
+    return f"in {count} security groups; at most {GROUPS_PER_POD_ADVISED} are advised"
+
+
 @dataclass(frozen=True)
 class GroupUsage:
     group: GroupKey
@@ -163,45 +195,23 @@ def account(facts: ClusterFacts, scope: Scope | None = None) -> QuotaReport:
     findings: list[Finding] = []
     for g, u in usage.items():
         subject = f"{g[0]}/{g[1]}"
-        for key, n in u.usage().items():
-            if n > RULE_QUOTA:
-                findings.append(
-                    Finding(
-                        "S-L-1",
-                        "error",
-                        subject,
-                        f"{n} {key} rules with a remote group, a remote address group or "
-                        f"inconsecutive ports; the limit is {RULE_QUOTA}",
+        for d in Direction:
+            for fam in IPFamily:
+                n = u.count(quota_key(d, fam))
+                if n > RULE_QUOTA:
+                    findings.append(Finding("S-L-1", "error", subject, rule_quota_error(d, fam, n)))
+                elif n >= RULE_QUOTA * NEAR_FRACTION:
+                    findings.append(
+                        Finding("S-L-1", "warning", subject, rule_quota_warning(d, fam, n))
                     )
-                )
-            elif n >= RULE_QUOTA * NEAR_FRACTION:
-                findings.append(
-                    Finding(
-                        "S-L-1", "warning", subject, f"{n} of {RULE_QUOTA} {key} quota rules used"
-                    )
-                )
         if u.members > MEMBER_LIMIT:
-            findings.append(
-                Finding(
-                    "S-L-2",
-                    "error",
-                    subject,
-                    f"{u.members} member pods; the limit is {MEMBER_LIMIT}",
-                )
-            )
+            findings.append(Finding("S-L-2", "error", subject, member_limit_error(u.members)))
         elif u.members >= MEMBER_LIMIT * NEAR_FRACTION:
-            findings.append(
-                Finding("S-L-2", "warning", subject, f"{u.members} of {MEMBER_LIMIT} members")
-            )
+            findings.append(Finding("S-L-2", "warning", subject, member_limit_warning(u.members)))
     per_pod = {p: len(g) for p, g in ms.groups_of.items()}
     for pod, n in per_pod.items():
         if n > GROUPS_PER_POD_ADVISED:
             findings.append(
-                Finding(
-                    "S-L-3",
-                    "warning",
-                    f"{pod[0]}/{pod[1]}",
-                    f"in {n} security groups; at most {GROUPS_PER_POD_ADVISED} are advised",
-                )
+                Finding("S-L-3", "warning", f"{pod[0]}/{pod[1]}", groups_per_pod_warning(n))
             )
     return QuotaReport(groups=usage, groups_per_pod=per_pod, findings=tuple(findings))

@@ -149,4 +149,4 @@ def test_quota_findings_come_from_the_quota_accounting() -> None:
         ("Pod", "p", "S-L-3", Severity.WARNING),
         ("SecurityGroup", "g", "S-L-1", Severity.ERROR),
     ]
-    assert "121 ingressIPv4 rules" in out[1].message
+    assert "121 Ingress IPv4 rules" in out[1].message

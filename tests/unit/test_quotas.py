@@ -121,7 +121,7 @@ def test_over_quota_message_names_the_group_and_key() -> None:
     f = facts(ns(), sg("web"), *_many(121, "Egress", "IPv6", remote_ipag="office"))
     [finding] = quotas.account(f).findings
     assert finding.subject == "demo/web"
-    assert "121 egressIPv6 rules" in finding.message and "limit is 120" in finding.message
+    assert "121 Egress IPv6 rules" in finding.message and "limit is 120" in finding.message
 
 
 def _members(n: int) -> list[Any]:
