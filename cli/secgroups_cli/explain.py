@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from secgroups.analysis import EffectiveRule, PodPolicy, missing_groups_note
+from secgroups.analysis import EffectiveRule, PodPolicy
+from secgroups.membership import missing_groups_note
 from secgroups.models import Direction
 from secgroups_cli.app import POD_WORDS, App, parse_ref
 from secgroups_cli.describe import (

@@ -40,6 +40,7 @@ from secgroups.membership import (
     Scope,
     enforced_namespaces,
     group_index,
+    missing_groups_note,
 )
 from secgroups.models import (
     DEFAULT_GROUP_NAME,
@@ -61,14 +62,6 @@ class Why(StrEnum):
     ANNOTATION = "annotation"
     SELECTOR = "selector"
     DEFAULT = "default"
-
-
-def missing_groups_note(names: Iterable[str]) -> str:
-    """What a pod's annotation naming groups that do not exist means (fail-closed)."""
-    return (
-        f"annotation names security group(s) that do not exist: {', '.join(names)}; "
-        "they match nothing (fail-closed: no fallback to the default group)"
-    )
 
 
 @dataclass(frozen=True)

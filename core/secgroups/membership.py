@@ -108,6 +108,15 @@ class Selection:
         return hit
 
 
+def missing_groups_note(names: Iterable[str]) -> str:
+    """What an annotation naming groups that do not exist means (fail-closed), in words
+    shared by ``explain``, ``trace``, the operator's pod event and the admission warning."""
+    return (
+        f"annotation names security group(s) that do not exist: {', '.join(names)}; "
+        "they match nothing (fail-closed: no fallback to the default group)"
+    )
+
+
 def sequence_of(
     pod: PodFacts, groups: Container[GroupKey], selected: Iterable[GroupKey]
 ) -> tuple[tuple[GroupKey, ...], tuple[str, ...]]:
