@@ -223,6 +223,11 @@ class LabelSelectorRequirement(_Model):
     )
 
 
+def _no_server_default(schema: JsonDict) -> None:
+    """Leave the default out of the generated schema (the Python default still applies)."""
+    schema.pop("default", None)
+
+
 class LabelSelector(_Model):
     """A Kubernetes label selector; an empty selector selects every pod of the namespace."""
 
@@ -230,7 +235,12 @@ class LabelSelector(_Model):
         default_factory=dict, description="Labels a pod must carry, all of them."
     )
     match_expressions: tuple[LabelSelectorRequirement, ...] = Field(
-        default=(), description="Requirements a pod's labels must meet, all of them.", max_length=32
+        default=(),
+        description="Requirements a pod's labels must meet, all of them.",
+        max_length=32,
+        # No `default: []` in the CRD: the API server would store an empty list that
+        # `kubectl describe` shows as an empty "Match Expressions:" line.
+        json_schema_extra=_no_server_default,
     )
 
 
@@ -283,11 +293,14 @@ class GroupStatus(BaseModel):
     rule_count: int | None = Field(
         default=None, description="Number of rules attached to the group."
     )
-    quota: dict[str, int] = Field(
+    rules_counted_towards_quota: dict[str, int] = Field(
         default_factory=dict,
         description=(
-            "S-L-1 quota usage per direction and IP type (e.g. ingressIPv4): rules with a remote "
-            "group, a remote address group or inconsecutive ports; the limit is 120 each."
+            "How many of the group's rules count towards the S-L-1 quota, per direction and "
+            "IP type (ingressIPv4, ingressIPv6, egressIPv4, egressIPv6; at most 120 each): "
+            "only rules with a remote security group, a remote IP address group or "
+            "inconsecutive ports (a list such as 22,25,27) count, so this can be lower than "
+            "ruleCount."
         ),
     )
 

@@ -100,7 +100,7 @@ def compute_statuses(
             "observedGeneration": g.metadata.generation,
             "memberCount": len(members.get((ns, name), ())),
             "ruleCount": rule_counts.get((ns, name), 0),
-            "quota": usage.usage() if usage else {},
+            "rulesCountedTowardsQuota": usage.usage() if usage else {},
             "conditions": [ready],
         }
 

@@ -119,7 +119,7 @@ def test_group_status_reports_members_and_quota(scenario: LabCluster) -> None:
 
     st = wait_until("db status", status)
     assert st["ruleCount"] == 1
-    assert st["quota"]["ingressIPv4"] == 1  # remote group → counts against S-L-1
+    assert st["rulesCountedTowardsQuota"]["ingressIPv4"] == 1  # a remote group: S-L-1 counts it
     assert st["conditions"][0]["type"] == "Ready"
     assert st["conditions"][0]["status"] == "True"
 

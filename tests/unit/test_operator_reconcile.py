@@ -211,11 +211,29 @@ def test_failed_write_is_retried_with_the_same_result(world: Any) -> None:
 
 
 def test_status_reports_members_rules_and_quota(world: Any) -> None:
-    _, cluster, rec = world
+    store, cluster, rec = world
+    # A second ingress rule that S-L-1 does not count: a CIDR remote, one port.
+    office = rule(
+        "db-from-office",
+        "db",
+        direction="Ingress",
+        protocol="TCP",
+        ports="5432",
+        remote={"cidr": "100.64.250.0/24"},
+    )
+    store.upsert("SecurityGroupRule", office)
+    run(cluster.apply(office))
     run(rec.reconcile_once())
     status = cluster.objects[("SecurityGroup", "demo", "db")]["status"]
     assert status["memberCount"] == 1
-    assert status["ruleCount"] == 1
-    assert status["quota"]["ingressIPv4"] == 1
+    assert status["ruleCount"] == 2
+    # Only the rule with a remote group counts; the field's name says so (issue 11).
+    assert status["rulesCountedTowardsQuota"] == {
+        "ingressIPv4": 1,
+        "ingressIPv6": 0,
+        "egressIPv4": 0,
+        "egressIPv6": 0,
+    }
+    assert "quota" not in status
     assert status["conditions"][0]["type"] == "Ready"
     assert status["conditions"][0]["status"] == "True"
