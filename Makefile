@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy core operator/secgroups_operator node-agent/secgroups_agent cli/secgroups_cli lab/secgroups_lab
+	$(VENV)/bin/mypy core kube/secgroups_kube operator/secgroups_operator node-agent/secgroups_agent cli/secgroups_cli lab/secgroups_lab
 
 contracts: $(STAMP)
 	$(VENV)/bin/lint-imports

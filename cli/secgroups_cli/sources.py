@@ -12,11 +12,12 @@ not define is **assumed enforced** — the files are usually a what-if about enf
 namespaces — and a note says so on stderr; ``--enforced-only`` treats such namespaces
 as not enforced instead. Invalid objects stop the command with ``file:line`` errors.
 
-**Online** (no ``-f``): the kubeconfig (``--kubeconfig``, ``$KUBECONFIG``,
-``~/.kube/config``, or in-cluster) and its context (``--context``) are used through
-lightkube; namespaces, nodes, pods and the three ``secgroups.dev/v1alpha1`` kinds of
-every namespace are read. An object the core cannot parse (say, written before a CRD
-upgrade) is skipped with a warning instead of stopping the command.
+**Online** (no ``-f``): the kubeconfig (``--kubeconfig``, ``$KUBECONFIG``, the
+in-cluster service account, or ``~/.kube/config``) and its context (``--context``) are
+used through ``secgroups_kube``; namespaces, nodes, pods and the three
+``secgroups.dev/v1alpha1`` kinds of every namespace are read. An object the core cannot
+parse (say, written before a CRD upgrade) is skipped with a warning instead of stopping
+the command.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from secgroups.compiled import NodeAgentStatus
 from secgroups.nft.dispatch import Limits
@@ -30,11 +30,15 @@ from secgroups_agent.metrics import Metrics
 from secgroups_agent.nftables import NftCli, make_backend
 from secgroups_agent.planning import Planner
 from secgroups_agent.server import DEFAULT_ADDR, Health, Server
-from secgroups_agent.sources import FileSource, KubeSource, LightkubeApi, Source
+from secgroups_agent.sources import FileSource, KubeSource, Source
 from secgroups_agent.status import FileStatus, KubeStatus, StatusReporter, StatusWriter
 from secgroups_agent.syncing import SyncConfig, SyncLoop
 
+if TYPE_CHECKING:
+    from secgroups_kube import AsyncKube
+
 log = logs.get()
+FIELD_MANAGER = "secgroups-agent"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -50,7 +54,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--kubeconfig", type=Path, help="talk to the API server with this kubeconfig")
     src.add_argument(
-        "--in-cluster", action="store_true", help="use the pod's service account (the default)"
+        "--in-cluster",
+        action="store_true",
+        help="use the pod's service account only (default: $KUBECONFIG, the service account, "
+        "~/.kube/config)",
     )
     src.add_argument(
         "--source-file",
@@ -92,27 +99,6 @@ class _NoStatus:
         del status
 
 
-def _kube_client(args: argparse.Namespace) -> Any:
-    """lightkube's async client, over HTTP/1.1.
-
-    Every referenced object has a watch of its own (a long-lived request), each holding a
-    connection; httpx allows 100, so a node referencing more than ~95 groups and sets
-    would starve. HTTP/2 would share one connection, but with lightkube 1.0 + h2 4 a
-    cancelled watch stream (a reference dropped) leaves the connection unable to serve new
-    streams: an agent stopped applying after a pod left a group and came back (seen in
-    tests/cluster/test_e2e_stack.py::test_relabelled_pod_changes_groups_live). Remove
-    when that is fixed upstream, or move to one label-selected watch per kind.
-    """
-    from lightkube import AsyncClient, KubeConfig
-
-    config = (
-        KubeConfig.from_file(str(args.kubeconfig))
-        if args.kubeconfig
-        else KubeConfig.from_service_account()
-    )
-    return AsyncClient(config=config, field_manager="secgroups-agent", http2=False)
-
-
 async def run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     health = Health()
@@ -122,13 +108,18 @@ async def run(args: argparse.Namespace) -> int:
         log.warning("libnftables worker restarted", extra=logs.fields(previous=why))
 
     nft = make_backend(args.nft_backend, on_restart=worker_restarted)
-    client = None
+    client: AsyncKube | None = None
     source: Source
     if args.source_file is not None:
         source = FileSource(args.source_file, args.node, interval=args.poll_interval)
     else:
-        client = _kube_client(args)
-        source = KubeSource(LightkubeApi(client), args.node)
+        # Imported here: an agent reading a policy file never loads the Kubernetes client.
+        from secgroups_kube import AsyncKube
+
+        client = AsyncKube.connect(
+            args.kubeconfig, field_manager=FIELD_MANAGER, in_cluster=args.in_cluster
+        )
+        source = KubeSource(client, args.node)
     writer: StatusWriter
     if args.status_file is not None:
         writer = FileStatus(args.status_file)

@@ -13,8 +13,8 @@ that the agent never syncs from partial data.
   ready until the node object and every referenced object have been listed, and until
   the generations the node object ``requires`` have been seen (so an epoch raised for a
   rule or member change is never applied before the change itself, DESIGN.md §4).
-  Kubernetes access goes through the :class:`KubeApi` port (:class:`LightkubeApi`, or
-  :class:`FakeKubeApi` in unit tests).
+  Kubernetes access goes through the :class:`KubeApi` port
+  (:class:`secgroups_kube.AsyncKube`, or :class:`FakeKubeApi` in unit tests).
 * :class:`FileSource` reads a ``CompiledPolicy`` dump (JSON or YAML;
   ``model_dump(by_alias=True, mode="json")``) and takes its node's slice; it polls the
   file's mtime/size/inode every ``interval`` seconds. The file is one consistent
@@ -270,47 +270,6 @@ class KubeApi(Protocol):
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Events ``(ADDED|MODIFIED|DELETED, object)`` after ``resource_version``."""
         ...
-
-
-def lightkube_resource(kind: str) -> Any:
-    """The lightkube generic (cluster-scoped) resource class of one of our compiled kinds."""
-    from lightkube.generic_resource import create_global_resource
-
-    from secgroups.kinds import plural
-    from secgroups.models import GROUP, VERSION
-
-    return create_global_resource(GROUP, VERSION, kind, plural(kind))
-
-
-def _as_dict(obj: Any) -> dict[str, Any]:
-    if hasattr(obj, "to_dict"):
-        out: dict[str, Any] = obj.to_dict()
-        return out
-    return dict(obj)
-
-
-class LightkubeApi:
-    """:class:`KubeApi` over a lightkube ``AsyncClient`` (field selector by name)."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-
-    async def list_one(self, kind: str, name: str) -> tuple[dict[str, Any] | None, str]:
-        items = self.client.list(lightkube_resource(kind), fields={"metadata.name": name})
-        found: dict[str, Any] | None = None
-        async for obj in items:
-            found = _as_dict(obj)
-        return found, items.resourceVersion
-
-    async def watch_one(
-        self, kind: str, name: str, resource_version: str
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        async for typ, obj in self.client.watch(
-            lightkube_resource(kind),
-            fields={"metadata.name": name},
-            resource_version=resource_version,
-        ):
-            yield str(typ), _as_dict(obj)
 
 
 @dataclass

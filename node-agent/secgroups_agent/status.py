@@ -9,7 +9,8 @@ a burst of member changes does not become a burst of API writes.
 Writers (:class:`StatusWriter`):
 
 * :class:`KubeStatus` — merge patch of the ``status`` subresource of this node's
-  ``CompiledNodePolicy`` (lightkube); a missing object is not an error;
+  ``CompiledNodePolicy`` (through :class:`secgroups_kube.AsyncKube`); a missing object
+  is not an error;
 * :class:`FileStatus` — a JSON file replaced atomically (what the netns tests read);
 * :class:`FakeStatus` — records every write, for unit tests.
 """
@@ -23,10 +24,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from secgroups.compiled import COMPILED_NODE_KIND, NodeAgentStatus
 from secgroups_agent import logs
+
+if TYPE_CHECKING:  # an agent reading a policy file never loads the Kubernetes client
+    from secgroups_kube import AsyncKube
 
 log = logs.get("status")
 
@@ -40,31 +44,15 @@ def status_body(status: NodeAgentStatus) -> dict[str, Any]:
 
 
 class KubeStatus:
-    """Merge-patches ``CompiledNodePolicy/<node>/status`` through a lightkube AsyncClient."""
+    """Merge-patches ``CompiledNodePolicy/<node>/status`` (the client's field manager)."""
 
-    def __init__(self, client: Any, node: str, field_manager: str = "secgroups-agent") -> None:
+    def __init__(self, client: AsyncKube, node: str) -> None:
         self.client = client
         self.node = node
-        self.field_manager = field_manager
 
     async def write(self, status: NodeAgentStatus) -> None:
-        from lightkube.core.exceptions import ApiError
-        from lightkube.types import PatchType
-
-        from secgroups_agent.sources import lightkube_resource
-
-        res = lightkube_resource(COMPILED_NODE_KIND)
-        try:
-            await self.client.patch(
-                res.Status,
-                self.node,
-                {"status": status_body(status)},
-                patch_type=PatchType.MERGE,
-                field_manager=self.field_manager,
-            )
-        except ApiError as exc:
-            if exc.status.code != 404:  # no node object (yet): nothing to report on
-                raise
+        # No node object (yet) is not an error: there is nothing to report on.
+        await self.client.patch_status(COMPILED_NODE_KIND, self.node, None, status_body(status))
 
 
 class FileStatus:

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
 
 import kopf
-from lightkube import AsyncClient, KubeConfig
 
 from secgroups.membership import Scope
 from secgroups.models import ENFORCE_LABEL
+from secgroups_kube import AsyncKube, credentials
 from secgroups_operator import handlers
-from secgroups_operator.kube import LightkubeCluster
+from secgroups_operator.kube import FIELD_MANAGER
 from secgroups_operator.reconciling import Reconciler
 from secgroups_operator.store import KINDS, FactsStore
 
@@ -28,7 +29,11 @@ log = logging.getLogger("secgroups_operator")
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="secgroups-operator", description=__doc__)
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    p.add_argument(
+        "--kubeconfig",
+        help="kubeconfig file (default: $KUBECONFIG, the in-cluster service account, "
+        "~/.kube/config)",
+    )
     p.add_argument(
         "--enforce-label",
         default=f"{ENFORCE_LABEL}=true",
@@ -52,9 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> None:
     key, _, value = args.enforce_label.partition("=")
     scope = Scope(key=key, value=value or "true")
-    config = KubeConfig.from_file(args.kubeconfig) if args.kubeconfig else KubeConfig.from_env()
-    client = AsyncClient(config)
-    cluster = LightkubeCluster(client)
+    cluster = AsyncKube.connect(args.kubeconfig, field_manager=FIELD_MANAGER)
     store = FactsStore()
     reconciler = Reconciler(
         cluster,
@@ -70,14 +73,17 @@ async def run(args: argparse.Namespace) -> None:
 
     registry = kopf.OperatorRegistry()
     handlers.register(registry, store, reconciler)
+
+    # kopf's watches log in with the same context as our writes (one kubeconfig rule),
+    # instead of kopf's own fallbacks, which prefer the service account to $KUBECONFIG.
+    @kopf.on.login(registry=registry)
+    def login(**_: object) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(**dataclasses.asdict(credentials(cluster.config)))
+
     settings = kopf.OperatorSettings()
     settings.posting.level = logging.WARNING
     settings.watching.chunk_size = 500
     settings.persistence.finalizer = "secgroups.dev/operator"
-    if args.kubeconfig:
-        import os
-
-        os.environ["KUBECONFIG"] = args.kubeconfig
     stop = asyncio.Event()
     loop_task = asyncio.create_task(reconciler.run(stop))
     try:
@@ -91,7 +97,7 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         stop.set()
         await loop_task
-        await client.close()
+        await cluster.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,8 +30,9 @@ from secgroups.compiled import (
 )
 from secgroups.kinds import plural
 from secgroups.models import API_VERSION
-from secgroups_agent.sources import KubeSource, LightkubeApi
+from secgroups_agent.sources import KubeSource
 from secgroups_agent.status import KubeStatus
+from secgroups_kube import AsyncKube
 from secgroups_lab import controlplane, underlay
 from secgroups_lab._cmd import in_netns
 
@@ -124,16 +125,14 @@ def _cleanup(api: Api, policy: CompiledPolicy) -> None:
 def test_kube_source_lists_watches_by_name_and_gates_on_required_generations(
     api: Api, control_plane: controlplane.ControlPlane, tag: str
 ) -> None:
-    from lightkube import AsyncClient, KubeConfig
-
     node = f"agt-{tag}"
     policy = _policy(tag, node)
     decoy = _policy(f"{tag}x", f"agt-{tag}-other")  # another node's objects: never watched
     api.apply(_objects(policy) + _objects(decoy))
 
     async def body() -> None:
-        client = AsyncClient(config=KubeConfig.from_file(str(control_plane.kubeconfig)))
-        src = KubeSource(LightkubeApi(client), node, backoff=(0.1, 1.0))
+        client = AsyncKube.connect(control_plane.kubeconfig, field_manager="secgroups-agent")
+        src = KubeSource(client, node, backoff=(0.1, 1.0))
         changes: list[int] = []
         task = asyncio.create_task(src.run(lambda: changes.append(1)))
         try:
