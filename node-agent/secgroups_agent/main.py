@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from secgroups.compiled import NodeAgentStatus
 from secgroups.nft.dispatch import Limits
 from secgroups.nft.rendering import RenderOptions
-from secgroups_agent import logs
+from secgroups_agent import cleanup, logs
 from secgroups_agent.conntrack import NetlinkConntrack
 from secgroups_agent.interfaces import RouteInterfaces, RouteWatcher
 from secgroups_agent.metrics import Metrics
@@ -88,6 +88,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="walk every group's rules in a line (no dispatch by protocol and port)",
     )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="uninstall mode (the chart's post-delete hook): wait until the agent at "
+        "--agent-addr has exited, delete this node's table, serve /readyz at --metrics-addr",
+    )
+    p.add_argument(
+        "--agent-addr",
+        default=DEFAULT_ADDR,
+        help=f"with --cleanup: the agent's address ({DEFAULT_ADDR})",
+    )
     args = p.parse_args(argv)
     if not args.node:
         p.error("--node is required (or set NODE_NAME)")
@@ -210,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logs.setup(args.log_level)
     try:
+        if args.cleanup:
+            return asyncio.run(cleanup.run(args.node, args.agent_addr, args.metrics_addr))
         return asyncio.run(run(args))
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,84 @@
+{{/*
+Names. Every object is "<prefix>-<component>"; the prefix is the release name unless
+fullnameOverride is set. Cluster-scoped objects carry the same prefix, so two releases
+with different names never collide (one release per cluster is the supported setup:
+the CRDs are cluster-wide).
+*/}}
+{{- define "ksg.prefix" -}}
+{{- default .Release.Name .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "ksg.operator" -}}{{ include "ksg.prefix" . }}-operator{{- end -}}
+{{- define "ksg.agent" -}}{{ include "ksg.prefix" . }}-agent{{- end -}}
+{{- define "ksg.webhook" -}}{{ include "ksg.prefix" . }}-webhook{{- end -}}
+{{- define "ksg.webhookSecret" -}}{{ include "ksg.prefix" . }}-webhook-tls{{- end -}}
+{{- define "ksg.cleanup" -}}{{ include "ksg.prefix" . }}-cleanup{{- end -}}
+{{- define "ksg.lease" -}}{{ include "ksg.prefix" . }}-operator{{- end -}}
+
+{{/* The ServiceAccount user names, as the API server authenticates their tokens. */}}
+{{- define "ksg.operatorUser" -}}system:serviceaccount:{{ .Release.Namespace }}:{{ include "ksg.operator" . }}{{- end -}}
+{{- define "ksg.agentUser" -}}system:serviceaccount:{{ .Release.Namespace }}:{{ include "ksg.agent" . }}{{- end -}}
+
+{{/* Labels on every object; "component" is added per object. */}}
+{{- define "ksg.labels" -}}
+app.kubernetes.io/name: kube-secgroups
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Selector labels of one component: pass (list $ "operator"). */}}
+{{- define "ksg.selector" -}}
+{{- $ := index . 0 -}}
+app.kubernetes.io/name: kube-secgroups
+app.kubernetes.io/instance: {{ $.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "ksg.componentLabels" -}}
+{{- $ := index . 0 -}}
+{{ include "ksg.labels" $ }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "ksg.operatorImage" -}}
+{{ .Values.operator.image.repository }}:{{ .Values.operator.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- define "ksg.agentImage" -}}
+{{ .Values.agent.image.repository }}:{{ .Values.agent.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* The enforced-namespace label, split; fails early on a value that is not key=value. */}}
+{{- define "ksg.enforceKey" -}}
+{{- $parts := splitList "=" .Values.enforcedNamespaceLabel -}}
+{{- if ne (len $parts) 2 -}}
+{{- fail (printf "enforcedNamespaceLabel must be key=value, got %q" .Values.enforcedNamespaceLabel) -}}
+{{- end -}}
+{{- index $parts 0 -}}
+{{- end -}}
+
+{{/* Container security context shared by the operator, the uninstall Job. */}}
+{{- define "ksg.restrictedContainer" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The agent's (and the node cleanup's) container security context: root for the
+capabilities, but only NET_ADMIN (nftables, conntrack) and NET_RAW (see docs/install.md). */}}
+{{- define "ksg.agentContainer" -}}
+privileged: false
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsUser: 0
+runAsNonRoot: false
+capabilities:
+  drop: ["ALL"]
+  add: ["NET_ADMIN", "NET_RAW"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
