@@ -209,7 +209,7 @@ def _eff_rule(group: GroupKey, crule: CompiledRule, source: SetSource | None) ->
 
 
 # Where a managed pod is, as S-CT-2 rows 1-2 compare it: its IPs and its node.
-_Place = tuple[frozenset[str], str | None]
+_Place = tuple[tuple[str, ...], str | None]
 
 
 # One pod's change in a flush: key, groups before/after (None: not managed), places.
@@ -229,7 +229,7 @@ def _arrived(now: _Place, before: _Place | None) -> bool:
     """The member brings its group something new: an IP, or a (new) node."""
     if before is None:
         return True
-    return bool(now[0] - before[0]) or (now[1] is not None and now[1] != before[1])
+    return bool(set(now[0]) - set(before[0])) or (now[1] is not None and now[1] != before[1])
 
 
 def _key(namespace: str | None, name: str) -> tuple[str, str]:
@@ -274,7 +274,6 @@ class IncrementalCompiler:
         self._node_groups: dict[str, _SortedCounts] = defaultdict(_SortedCounts)
         self._node_sets: dict[str, _SortedCounts] = defaultdict(_SortedCounts)
         self._group_nodes: dict[str, set[str]] = defaultdict(set)
-        self._set_nodes: dict[str, set[str]] = defaultdict(set)
         self._out_nodes: dict[str, CompiledNodeSpec] = {}
         # --- S-CT-2 bookkeeping: managed pods' places, effective rules and their indexes
         self._places: dict[PodKey, _Place] = {}
@@ -327,8 +326,12 @@ class IncrementalCompiler:
         return frozenset(self._group_nodes.get(name, ()))
 
     def nodes_of_set(self, name: str) -> frozenset[str]:
-        """Nodes whose node object lists address set ``name``."""
-        return frozenset(self._set_nodes.get(name, ()))
+        """Nodes whose node object lists address set ``name``.
+
+        Scanned (one dict lookup per node) rather than indexed: an index of sets to
+        nodes costs tens of MB at 1,000 nodes, and few sets move per event.
+        """
+        return frozenset(n for n, sets in self._node_sets.items() if name in sets.counts)
 
     def member_count(self, group: GroupKey) -> int:
         """Managed pods in ``group`` (its status's member count)."""
@@ -470,7 +473,7 @@ class IncrementalCompiler:
 
     def _drop_namespace(self, name: str) -> None:
         if self._namespaces.pop(name, None) is not None:
-            self._set_enforced(name, False)
+            self._set_enforced(name)
 
     def _set_enforced(self, name: str, enforced: bool) -> None:
         if enforced != (name in self._enforced):
@@ -656,7 +659,7 @@ class IncrementalCompiler:
                 if g not in after:
                     left[g].add(pod)
                     removed[g].add(pod)
-                elif new_place is not None and old_place[0] - new_place[0]:
+                elif new_place is not None and set(old_place[0]) - set(new_place[0]):
                     removed[g].add(pod)  # it lost an IP
             for g in after:
                 assert new_place is not None
@@ -739,7 +742,7 @@ class IncrementalCompiler:
             cpod = compile_pod(pod, new_groups, self._epochs.get(key, 0))
             self._groups_of[key] = new_groups
             self._member_ips[key] = new_ips
-            new_place = (frozenset(pod.ips), pod.node)
+            new_place = (pod.ips, pod.node)
             self._places[key] = new_place
         else:
             self._groups_of.pop(key, None)
@@ -799,7 +802,7 @@ class IncrementalCompiler:
                 self._group_nodes[g].add(node)
                 self._changes.placed_groups.add(g)
                 self._dirty_node_groups.add(node)
-                self._place_sets(node, node_sets.add(self._group_sets.get(g, ())), True)
+                self._place_sets(node, node_sets.add(self._group_sets.get(g, ())))
             elif delta < 0 and node_groups.remove((g,)):  # the group leaves the node
                 nodes = self._group_nodes[g]
                 nodes.discard(node)
@@ -807,22 +810,14 @@ class IncrementalCompiler:
                     del self._group_nodes[g]
                 self._changes.placed_groups.add(g)
                 self._dirty_node_groups.add(node)
-                self._place_sets(node, node_sets.remove(self._group_sets.get(g, ())), False)
+                self._place_sets(node, node_sets.remove(self._group_sets.get(g, ())))
 
-    def _place_sets(self, node: str, names: list[str], present: bool) -> None:
-        """Sets that appeared on (or left) ``node``'s list: record where each set is used."""
+    def _place_sets(self, node: str, names: list[str]) -> None:
+        """Sets that appeared on or left ``node``'s list."""
         if not names:
             return
         self._dirty_node_sets.add(node)
         self._dirty_nodes.add(node)
-        for name in names:
-            if present:
-                self._set_nodes[name].add(node)
-            else:
-                nodes = self._set_nodes[name]
-                nodes.discard(node)
-                if not nodes:
-                    del self._set_nodes[name]
         self._changes.placed_sets.update(names)
 
     def _refresh_group(self, key: GroupKey, changes: Changes) -> None:
@@ -859,8 +854,8 @@ class IncrementalCompiler:
             self._dirty_sets.add(s)
         for node in sorted(self._group_nodes.get(gname, ())):
             node_sets = self._node_sets[node]
-            self._place_sets(node, node_sets.remove(old_sets - new_sets), False)
-            self._place_sets(node, node_sets.add(new_sets - old_sets), True)
+            self._place_sets(node, node_sets.remove(old_sets - new_sets))
+            self._place_sets(node, node_sets.add(new_sets - old_sets))
 
     def _refresh_set(self, name: str, changes: Changes) -> None:
         old = self._out_sets.get(name)
