@@ -473,7 +473,7 @@ class IncrementalCompiler:
 
     def _drop_namespace(self, name: str) -> None:
         if self._namespaces.pop(name, None) is not None:
-            self._set_enforced(name)
+            self._set_enforced(name, False)
 
     def _set_enforced(self, name: str, enforced: bool) -> None:
         if enforced != (name in self._enforced):
@@ -665,6 +665,11 @@ class IncrementalCompiler:
                 assert new_place is not None
                 if _arrived(new_place, old_place if g in before else None):
                     added[g].add(pod)
+            # A pod in no group at all (its annotation names only missing groups) is
+            # denied everything: re-checked when it arrives as a member would be.
+            if new_groups == () and new_place is not None:
+                before_place = old_place if old_groups is not None else None
+                recheck.update((pod,) if _arrived(new_place, before_place) else ())
             # Same groups in another order: S-X-1 makes the order decide verdicts.
             same_set = old_groups and new_groups and set(old_groups) == set(new_groups)
             if same_set and old_groups != new_groups:
