@@ -12,6 +12,9 @@
 # The base: KSG_IMAGE_BASE if set; with our own dockerd (no registry: this machine class, CI) the
 # debootstrap image of hack/lib/debian.sh; otherwise the Dockerfile's pinned default. apt and pip
 # reach their registries through the host's network (--network host; our dockerd does no NAT).
+#
+# Environment: KSG_IMAGES_REV=<commit> builds from that commit instead of the work tree;
+# KSG_IMAGE_BASE; KSG_BUILD_CA_FILE (extra CAs for pip, see build_ca_certs); KSG_REFRESH_BASE=1.
 set -euo pipefail
 TAG=images
 # shellcheck source=lib/common.sh
@@ -27,18 +30,28 @@ export DOCKER_BUILDKIT=0   # Debian's dockerd 20.10: no buildx; the legacy build
 names() { local t; for t in "${TARGETS[@]}"; do echo "$REPO/$t:$VERSION"; done; }
 
 # The build context, snapshotted once for all three builds (other work may edit the tree
-# meanwhile): git's view of the tree (tracked + untracked, not ignored) minus .dockerignore's
-# entries, as a tar. Prints the hash of its contents; the tar is $CTX_TAR.
+# meanwhile): git's view of the work tree (tracked + untracked, not ignored), or of the commit
+# KSG_IMAGES_REV (e.g. HEAD), minus .dockerignore's entries, as a tar. Prints the hash of its contents; the tar is $CTX_TAR.
 CTX_TAR=$KSG_CACHE/images/context.tar
 snapshot_context() {
   mkdir -p "${CTX_TAR%/*}"
   (cd "$REPO_DIR" && python3 - "$CTX_TAR" <<'PY'
-import fnmatch, hashlib, io, subprocess, sys, tarfile
-pats = [l.strip() for l in open(".dockerignore") if l.strip() and not l.startswith("#")]
+import fnmatch, hashlib, io, os, subprocess, sys, tarfile
+rev = os.environ.get("KSG_IMAGES_REV", "")
+def git(*a):
+    return subprocess.run(["git", *a], check=True, capture_output=True).stdout
+if rev:  # a commit instead of the work tree
+    files = git("ls-tree", "-r", "--name-only", "-z", rev).decode().split("\0")
+else:
+    files = git("ls-files", "-co", "--exclude-standard", "-z").decode().split("\0")
+def read(f):
+    if rev:
+        return git("show", f"{rev}:{f}")
+    with open(f, "rb") as fh:
+        return fh.read()
+pats = [l.strip() for l in read(".dockerignore").decode().splitlines() if l.strip() and not l.startswith("#")]
 deny = [p for p in pats if not p.startswith("!")]
 allow = [p[1:] for p in pats if p.startswith("!")]
-files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], check=True,
-                       capture_output=True).stdout.decode().split("\0")
 def hit(parts, p):  # the path, one of its leading dirs, or (**/x) any component matches
     if p.startswith("**/"):
         return any(fnmatch.fnmatch(c, p[3:]) for c in parts)
@@ -51,8 +64,8 @@ with tarfile.open(sys.argv[1] + ".tmp", "w") as tar:
         if not keep and any(hit(parts, p) for p in deny):
             continue
         try:
-            data = open(f, "rb").read()
-        except (FileNotFoundError, IsADirectoryError):  # deleted in the work tree, submodule
+            data = read(f)
+        except (FileNotFoundError, IsADirectoryError, subprocess.CalledProcessError):  # deleted in the work tree, submodule
             continue
         h.update(f.encode() + b"\0" + hashlib.sha256(data).digest())
         info = tarfile.TarInfo(f)
