@@ -24,18 +24,23 @@ when that is fixed upstream, or move the agent to one label-selected watch per k
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx2
+import msgspec
 from lightkube import ALL_NS, ApiError, AsyncClient, Client, ConfigError, SingleConfig
+from lightkube.models.meta_v1 import Status
 from lightkube.types import PatchType
 
 from secgroups_kube.config import KubeConfigError, load_config
 from secgroups_kube.resources import (
     GLOBAL,
     NAMESPACED,
+    api_path,
+    api_version,
     global_resource,
     namespaced,
     namespaced_resource,
@@ -124,13 +129,18 @@ class AsyncKube:
         ):
             yield str(typ), to_dict(obj, kind)
 
-    async def apply(self, body: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:
+    async def apply(
+        self, body: Mapping[str, Any], *, force: bool = True, field_manager: str | None = None
+    ) -> dict[str, Any]:
         """Server-side apply of a full object we own; returns the stored object.
 
         ``force``: take over fields another manager set (the operator owns what it writes).
+        ``field_manager``: another manager than the client's (the operator writes the node
+        labels of compiled objects under a manager of their own, so a label change never
+        touches the spec and the reverse).
         """
         stored = await self.client.apply(
-            _object(body), field_manager=self.field_manager, force=force
+            _object(body), field_manager=field_manager or self.field_manager, force=force
         )
         return to_dict(stored, str(body["kind"]))
 
@@ -161,6 +171,145 @@ class AsyncKube:
         except ApiError as exc:
             if not is_not_found(exc):
                 raise
+
+    # ---------------------------------------------------------------- raw JSON requests
+    #
+    # What lightkube does not offer, over lightkube's own HTTP client (its authentication,
+    # TLS and server URL): list *pages* as plain dictionaries (the operator reduces each
+    # page of 500 pods to slim facts and drops it: one 20,000-pod list held whole cost
+    # 619 MB), watches with bookmarks (``allowWatchBookmarks``: a quiet watch keeps a
+    # fresh resourceVersion and resumes without a relist), create-if-absent, get,
+    # replace with a resourceVersion precondition (leases), and Events. Responses are
+    # decoded with msgspec (lightkube's decoder). Errors are lightkube's ``ApiError``.
+
+    def _http(self) -> httpx2.AsyncClient:
+        # lightkube 1.x keeps its configured httpx2 client here (pinned <2 in pyproject).
+        http: httpx2.AsyncClient = self.client._client._client
+        return http
+
+    async def _request(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None = None, body: Any = None
+    ) -> Any:
+        content = None if body is None else msgspec.json.encode(body)
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        resp = await self._http().request(
+            method, path, params=dict(params or {}), content=content, headers=headers
+        )
+        if resp.status_code >= 400:
+            raise ApiError(request=resp.request, response=resp)
+        return msgspec.json.decode(resp.content) if resp.content else None
+
+    async def list_page(
+        self,
+        kind: str,
+        *,
+        limit: int = LIST_CHUNK,
+        cont: str | None = None,
+        labels: str | None = None,
+        fields: str | None = None,
+    ) -> tuple[builtins.list[dict[str, Any]], str, str | None]:
+        """One page of ``kind`` in every namespace: (items, the list's resourceVersion,
+        the continue token of the next page or None)."""
+        params: dict[str, Any] = {"limit": limit}
+        if cont:
+            params["continue"] = cont
+        if labels:
+            params["labelSelector"] = labels
+        if fields:
+            params["fieldSelector"] = fields
+        data = await self._request("GET", api_path(kind), params=params)
+        meta = data.get("metadata") or {}
+        items: builtins.list[dict[str, Any]] = data.get("items") or []
+        version = api_version(kind)
+        for item in items:  # list items come without apiVersion and kind
+            item.setdefault("apiVersion", version)
+            item.setdefault("kind", kind)
+        return items, str(meta.get("resourceVersion") or ""), meta.get("continue") or None
+
+    async def watch_events(
+        self,
+        kind: str,
+        *,
+        resource_version: str,
+        labels: str | None = None,
+        fields: str | None = None,
+        timeout_s: int = 300,
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """``(ADDED|MODIFIED|DELETED|BOOKMARK, object)`` of ``kind`` after
+        ``resource_version``, until the server ends the watch (``timeout_s``). An
+        ``ERROR`` event is raised as ``ApiError`` (410 Gone: the version is too old)."""
+        params: dict[str, Any] = {
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": timeout_s,
+        }
+        if labels:
+            params["labelSelector"] = labels
+        if fields:
+            params["fieldSelector"] = fields
+        timeout = httpx2.Timeout(10.0, read=timeout_s + 30.0)
+        async with self._http().stream(
+            "GET", api_path(kind), params=params, timeout=timeout
+        ) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise ApiError(request=resp.request, response=resp)
+            async for line in resp.aiter_lines():
+                if not line:
+                    continue
+                event = msgspec.json.decode(line)
+                typ, obj = str(event.get("type")), event.get("object") or {}
+                if typ == "ERROR":
+                    status: Any = Status.from_dict(obj)
+                    raise ApiError(status=status)
+                yield typ, obj
+
+    async def get(
+        self, kind: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        """The object, or None if there is none."""
+        try:
+            data: dict[str, Any] = await self._request("GET", api_path(kind, namespace, name))
+        except ApiError as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        return data
+
+    async def create(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create ``body``; None if an object of that name exists (it is left as it is)."""
+        meta = body.get("metadata") or {}
+        try:
+            data: dict[str, Any] = await self._request(
+                "POST",
+                api_path(str(body["kind"]), meta.get("namespace")),
+                params={"fieldManager": self.field_manager},
+                body=body,
+            )
+        except ApiError as exc:
+            if exc.status is not None and exc.status.code == 409:
+                return None
+            raise
+        return data
+
+    async def replace(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Update with ``metadata.resourceVersion`` as a precondition (409 if it moved)."""
+        meta = body.get("metadata") or {}
+        data: dict[str, Any] = await self._request(
+            "PUT",
+            api_path(str(body["kind"]), meta.get("namespace"), meta["name"]),
+            params={"fieldManager": self.field_manager},
+            body=body,
+        )
+        return data
+
+    async def post_event(self, body: Mapping[str, Any]) -> None:
+        """Create a core/v1 Event (in ``body``'s namespace)."""
+        meta = body.get("metadata") or {}
+        await self._request(
+            "POST", api_path("Event", meta.get("namespace") or "default"), body=body
+        )
 
 
 class Kube:

@@ -68,6 +68,10 @@ def global_resource(kind: str) -> GlobalResource:
 
 def api_version(kind: str) -> str:
     """``v1`` for the core kinds, ``secgroups.dev/v1alpha1`` for ours."""
+    if kind == "Lease":
+        return "coordination.k8s.io/v1"
+    if kind == "Event":
+        return "v1"
     return CORE[kind][1] if kind in CORE else API_VERSION
 
 
@@ -80,3 +84,31 @@ def to_dict(obj: Any, kind: str) -> dict[str, Any]:
     data.setdefault("apiVersion", api_version(kind))
     data.setdefault("kind", kind)
     return data
+
+
+#: Kinds we only reach through raw requests (``AsyncKube.list_page`` and friends):
+#: (API group path, plural, namespaced).
+_RAW_CORE = {
+    "Namespace": ("api/v1", "namespaces", False),
+    "Node": ("api/v1", "nodes", False),
+    "Pod": ("api/v1", "pods", True),
+    "Event": ("api/v1", "events", True),
+    "Lease": ("apis/coordination.k8s.io/v1", "leases", True),
+}
+
+
+def api_path(kind: str, namespace: str | None = None, name: str | None = None) -> str:
+    """The REST path of ``kind`` (every namespace when ``namespace`` is None), or of one
+    object: ``/api/v1/pods``, ``/apis/secgroups.dev/v1alpha1/namespaces/ns/securitygroups/x``."""
+    if kind in _RAW_CORE:
+        base, plural, is_namespaced = _RAW_CORE[kind]
+    else:
+        k = KINDS[kind]
+        base, plural, is_namespaced = f"apis/{GROUP}/{VERSION}", k.plural, k.namespaced
+    path = f"/{base}"
+    if is_namespaced and namespace:
+        path += f"/namespaces/{namespace}"
+    path += f"/{plural}"
+    if name:
+        path += f"/{name}"
+    return path
