@@ -141,7 +141,8 @@ class Changes:
     connections must be re-checked (S-CT-2, as ``clearing.plan_clearing``);
     ``placed_groups`` / ``placed_sets`` — compiled objects whose set of nodes changed
     (:meth:`IncrementalCompiler.nodes_of_group`); ``member_groups`` — groups whose
-    member count changed.
+    member count changed; ``new_refs`` — per node, the groups and sets its object
+    references now and did not before (``group/<name>``, ``set/<name>``).
     """
 
     groups: dict[str, CompiledGroupSpec | None] = field(default_factory=dict)
@@ -151,6 +152,7 @@ class Changes:
     placed_groups: set[str] = field(default_factory=set, compare=False)
     placed_sets: set[str] = field(default_factory=set, compare=False)
     member_groups: set[GroupKey] = field(default_factory=set, compare=False)
+    new_refs: dict[str, set[str]] = field(default_factory=dict, compare=False)
 
     def __bool__(self) -> bool:
         return bool(self.groups or self.sets or self.nodes)
@@ -167,6 +169,8 @@ class Changes:
         self.placed_groups |= later.placed_groups
         self.placed_sets |= later.placed_sets
         self.member_groups |= later.member_groups
+        for node, refs in later.new_refs.items():
+            self.new_refs.setdefault(node, set()).update(refs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +227,13 @@ _RuleChange = tuple[str, "_EffRule | None", "_EffRule | None"]
 def _entries(ipag: IPAddressGroup | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """An address group's entries as collapsed CIDRs (what S-CT-2 row 6 compares)."""
     return collapse_entries(ipag.spec.addresses) if ipag is not None else ((), ())
+
+
+def _added(before: tuple[str, ...], after: tuple[str, ...]) -> list[str]:
+    if before is after:
+        return []
+    old = set(before)
+    return [x for x in after if x not in old]
 
 
 def _arrived(now: _Place, before: _Place | None) -> bool:
@@ -349,6 +360,30 @@ class IncrementalCompiler:
 
     def epoch(self, pod: PodKey) -> int:
         return self._epochs.get(pod, 0)
+
+    def node_of(self, pod: PodKey) -> str | None:
+        """The node whose object lists ``pod`` (None if it is on none)."""
+        place = self._pod_place.get(pod)
+        return place[0] if place is not None else None
+
+    def compiled_group(self, name: str) -> CompiledGroupSpec | None:
+        return self._out_groups.get(name)
+
+    def compiled_set(self, name: str) -> CompiledAddressSetSpec | None:
+        return self._out_sets.get(name)
+
+    def compiled_node(self, name: str) -> CompiledNodeSpec | None:
+        return self._out_nodes.get(name)
+
+    def load(self, events: Iterable[Event]) -> Changes:
+        """Apply the first batch (the initial lists): like :meth:`apply_all`, with the
+        collector paused and no S-CT-2 plan (there is no earlier state to compare)."""
+        self._loading = True
+        try:
+            with gc_paused():
+                return self.apply_all(events)
+        finally:
+            self._loading = False
 
     def memberships(self) -> Memberships:
         keys = sorted(self._groups_of)
@@ -910,6 +945,10 @@ class IncrementalCompiler:
         if spec != old:
             self._out_nodes[node] = spec
             changes.nodes[node] = spec
+            added = [f"group/{g}" for g in _added(old.groups if old else (), group_names)]
+            added += [f"set/{x}" for x in _added(old.sets if old else (), set_names)]
+            if added:
+                changes.new_refs.setdefault(node, set()).update(added)
 
 
 class _SortedCounts:

@@ -7,7 +7,9 @@ full-cluster functions on the same two states (Hypothesis):
 * ``nodes_of_group`` / ``nodes_of_set`` equal the nodes whose compiled node object
   lists the group or set, and ``placed_*`` names exactly those whose nodes changed
   (the labels that let each agent watch only its own objects);
-* ``member_groups`` names exactly the groups whose member count changed.
+* ``member_groups`` names exactly the groups whose member count changed;
+* ``new_refs`` names, per node, the groups and sets its object references that it did
+  not before (they must be published and labelled before the node object is written).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def test_a_flush_reports_what_the_full_functions_say(
         old = inc.facts()
         old_groups, old_sets = _where(inc.policy)
         old_counts = _counts(inc)
+        old_policy = inc.policy
         changes = inc.apply_all(batch)
         new = inc.facts()
         assert changes.recheck == set(plan_clearing(old, new, inc.scope).pods), batch
@@ -71,6 +74,12 @@ def test_a_flush_reports_what_the_full_functions_say(
         assert moved <= changes.placed_groups
         moved_sets = {n for n in sets.keys() | old_sets.keys() if sets.get(n) != old_sets.get(n)}
         assert moved_sets <= changes.placed_sets
+        for node, spec in inc.policy.nodes.items():
+            before = old_policy.nodes.get(node)
+            refs = {f"group/{g}" for g in spec.groups} | {f"set/{x}" for x in spec.sets}
+            if before is not None:
+                refs -= {f"group/{g}" for g in before.groups} | {f"set/{x}" for x in before.sets}
+            assert changes.new_refs.get(node, set()) == refs
         counts = _counts(inc)
         recounted = {
             g for g in counts.keys() | old_counts.keys() if counts.get(g) != old_counts.get(g)
