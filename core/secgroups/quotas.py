@@ -167,47 +167,55 @@ class QuotaReport:
         return tuple(f for f in self.findings if f.severity == "error")
 
 
+def group_usage(group: GroupKey, rules: Iterable[SecurityGroupRule], members: int) -> GroupUsage:
+    """S-L-1 usage of one group from the rules attached to it, and its member count."""
+    counted: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+    for rule in sorted(rules, key=lambda r: (r.metadata.namespace or "", r.metadata.name)):
+        reasons = quota_reasons(rule)
+        if reasons:
+            key = quota_key(rule.spec.direction, rule.spec.ip_family)
+            counted.setdefault(key, []).append((rule.metadata.name, reasons))
+    return GroupUsage(
+        group=group, members=members, counted={k: tuple(v) for k, v in sorted(counted.items())}
+    )
+
+
+def group_findings(usage: GroupUsage) -> list[Finding]:
+    """S-L-1 and S-L-2 errors and warnings of one group."""
+    findings: list[Finding] = []
+    subject = f"{usage.group[0]}/{usage.group[1]}"
+    for d in Direction:
+        for fam in IPFamily:
+            n = usage.count(quota_key(d, fam))
+            if n > RULE_QUOTA:
+                findings.append(Finding("S-L-1", "error", subject, rule_quota_error(d, fam, n)))
+            elif n >= RULE_QUOTA * NEAR_FRACTION:
+                findings.append(Finding("S-L-1", "warning", subject, rule_quota_warning(d, fam, n)))
+    if usage.members > MEMBER_LIMIT:
+        findings.append(Finding("S-L-2", "error", subject, member_limit_error(usage.members)))
+    elif usage.members >= MEMBER_LIMIT * NEAR_FRACTION:
+        findings.append(Finding("S-L-2", "warning", subject, member_limit_warning(usage.members)))
+    return findings
+
+
 def account(facts: ClusterFacts, scope: Scope | None = None) -> QuotaReport:
-    """Count S-L-1..3 for every group and managed pod."""
+    """Count S-L-1..3 for every group and managed pod (:func:`group_usage` per group)."""
     ms = resolve(facts, scope or Scope())
     members = ms.members()
-    counted: dict[GroupKey, dict[str, list[tuple[str, tuple[str, ...]]]]] = {}
-    for rule in sorted(facts.rules, key=lambda r: (r.metadata.namespace or "", r.metadata.name)):
-        reasons = quota_reasons(rule)
-        if not reasons:
-            continue
+    rules_of: dict[GroupKey, list[SecurityGroupRule]] = {}
+    for rule in facts.rules:
         group = (rule.metadata.namespace or "default", rule.spec.security_group)
-        key = quota_key(rule.spec.direction, rule.spec.ip_family)
-        counted.setdefault(group, {}).setdefault(key, []).append((rule.metadata.name, reasons))
+        rules_of.setdefault(group, []).append(rule)
+    counted = {g for g, rules in rules_of.items() if any(quota_reasons(r) for r in rules)}
     all_groups = sorted(
         {(g.metadata.namespace or "default", g.metadata.name) for g in facts.groups}
         | set(members)
-        | set(counted)
+        | counted
     )
-    usage = {
-        g: GroupUsage(
-            group=g,
-            members=len(members.get(g, ())),
-            counted={k: tuple(v) for k, v in sorted(counted.get(g, {}).items())},
-        )
-        for g in all_groups
-    }
+    usage = {g: group_usage(g, rules_of.get(g, ()), len(members.get(g, ()))) for g in all_groups}
     findings: list[Finding] = []
-    for g, u in usage.items():
-        subject = f"{g[0]}/{g[1]}"
-        for d in Direction:
-            for fam in IPFamily:
-                n = u.count(quota_key(d, fam))
-                if n > RULE_QUOTA:
-                    findings.append(Finding("S-L-1", "error", subject, rule_quota_error(d, fam, n)))
-                elif n >= RULE_QUOTA * NEAR_FRACTION:
-                    findings.append(
-                        Finding("S-L-1", "warning", subject, rule_quota_warning(d, fam, n))
-                    )
-        if u.members > MEMBER_LIMIT:
-            findings.append(Finding("S-L-2", "error", subject, member_limit_error(u.members)))
-        elif u.members >= MEMBER_LIMIT * NEAR_FRACTION:
-            findings.append(Finding("S-L-2", "warning", subject, member_limit_warning(u.members)))
+    for u in usage.values():
+        findings.extend(group_findings(u))
     per_pod = {p: len(g) for p, g in ms.groups_of.items()}
     for pod, n in per_pod.items():
         if n > GROUPS_PER_POD_ADVISED:
