@@ -40,13 +40,15 @@ import fnmatch, hashlib, io, os, subprocess, sys, tarfile
 rev = os.environ.get("KSG_IMAGES_REV", "")
 def git(*a):
     return subprocess.run(["git", *a], check=True, capture_output=True).stdout
-if rev:  # a commit instead of the work tree
-    files = git("ls-tree", "-r", "--name-only", "-z", rev).decode().split("\0")
+if rev:  # a commit instead of the work tree: every file from one `git archive`
+    with tarfile.open(fileobj=io.BytesIO(git("archive", "--format=tar", rev))) as arc:
+        blobs = {m.name: arc.extractfile(m).read() for m in arc.getmembers() if m.isfile()}
+    files = list(blobs)
 else:
     files = git("ls-files", "-co", "--exclude-standard", "-z").decode().split("\0")
 def read(f):
     if rev:
-        return git("show", f"{rev}:{f}")
+        return blobs[f]
     with open(f, "rb") as fh:
         return fh.read()
 pats = [l.strip() for l in read(".dockerignore").decode().splitlines() if l.strip() and not l.startswith("#")]
@@ -65,7 +67,7 @@ with tarfile.open(sys.argv[1] + ".tmp", "w") as tar:
             continue
         try:
             data = read(f)
-        except (FileNotFoundError, IsADirectoryError, subprocess.CalledProcessError):  # deleted in the work tree, submodule
+        except (FileNotFoundError, IsADirectoryError, KeyError):  # deleted in the work tree, submodule
             continue
         h.update(f.encode() + b"\0" + hashlib.sha256(data).digest())
         info = tarfile.TarInfo(f)
@@ -83,6 +85,16 @@ build_ca_certs() {
   find /usr/local/share/ca-certificates -name '*.crt' -type f -exec cat {} + 2>/dev/null || true
 }
 
+# drop our older builds of these targets (other hash tags), so their layers can be freed
+prune_old() {
+  local t old
+  for t in "$@"; do
+    for old in $(docker images --format '{{.Repository}}:{{.Tag}}' "$REPO/$t" | grep -E ":$VERSION-[0-9a-f]{16}\$" | grep -vx "$REPO/$t:$VERSION-$inputs"); do
+      docker rmi "$old" >/dev/null 2>&1 || true
+    done
+  done
+}
+
 cmd_build() {
   local want=("$@") t base base_id inputs ref
   [ ${#want[@]} -gt 0 ] || want=("${TARGETS[@]}")
@@ -96,7 +108,9 @@ cmd_build() {
   base_id=$(docker image inspect -f '{{.Id}}' "$base" 2>/dev/null || echo "$base")
   step_done "$base"
   local ctx
+  step "build context${KSG_IMAGES_REV:+ of $KSG_IMAGES_REV}"
   ctx=$(snapshot_context) || die "cannot snapshot the build context"
+  step_done "$(du -k "$CTX_TAR" | cut -f1) KB"
   inputs=$(echo "$base_id $ctx" | hash16)
   for t in "${want[@]}"; do
     ref=$REPO/$t:$VERSION-$inputs
@@ -110,6 +124,7 @@ cmd_build() {
       --label "org.opencontainers.image.version=$VERSION" -t "$ref" -t "$REPO/$t:$VERSION" - <"$CTX_TAR"
     step_done "$ref, $(docker image inspect -f '{{.Size}}' "$ref" | awk '{printf "%d MB", $1/1e6}')"
   done
+  prune_old "${want[@]}"
 }
 
 case ${1:-build} in
