@@ -70,8 +70,10 @@ def api_version(kind: str) -> str:
     """``v1`` for the core kinds, ``secgroups.dev/v1alpha1`` for ours."""
     if kind == "Lease":
         return "coordination.k8s.io/v1"
-    if kind == "Event":
+    if kind in ("Event", "Secret"):
         return "v1"
+    if kind == "ValidatingWebhookConfiguration":
+        return "admissionregistration.k8s.io/v1"
     return CORE[kind][1] if kind in CORE else API_VERSION
 
 
@@ -94,6 +96,13 @@ _RAW_CORE = {
     "Pod": ("api/v1", "pods", True),
     "Event": ("api/v1", "events", True),
     "Lease": ("apis/coordination.k8s.io/v1", "leases", True),
+    # The operator's admission webhook: its certificate's Secret, its configuration.
+    "Secret": ("api/v1", "secrets", True),
+    "ValidatingWebhookConfiguration": (
+        "apis/admissionregistration.k8s.io/v1",
+        "validatingwebhookconfigurations",
+        False,
+    ),
 }
 
 
