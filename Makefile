@@ -1,5 +1,5 @@
 # kube-secgroups — the two commands:
-#   sudo make demo     the product end to end in the local lab (3 nodes), then `sudo make demo-down`
+#   make demo          (as root) the product end to end in the local lab (3 nodes); `make demo-down`
 #   make test          every test tier this machine can run (netns/cluster tiers need root)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 .PHONY: help dev demo demo-down test lint typecheck contracts unit netns cluster binaries crds bench clean
 
 help:
-	@sed -n '2,4p' Makefile
+	@sed -n '1,3p' Makefile
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,10 @@ dev: $(STAMP)
 binaries:
 	@hack/build-binaries.sh
 
-demo: $(STAMP) binaries
-	@$(VENV)/bin/secgroups-lab demo up
+# Builds the control-plane binaries it needs (not helm) after its own checks; if the lab is
+# already up it says so and changes nothing, unless REPLACE=1 (`make demo REPLACE=1`).
+demo: $(STAMP)
+	@$(VENV)/bin/secgroups-lab demo up$(if $(REPLACE), --replace)
 
 demo-down: $(STAMP)
 	@$(VENV)/bin/secgroups-lab demo down

@@ -6,8 +6,8 @@ value, goal, ratio, pass/miss) and asserts nothing. Targets: docs/performance.md
 ("Dataplane", "Agent"), from notes/dataplane.md §7; method as in §8 (M10).
 
 **Dataplane** — for each variant its own three network namespaces, built here and
-deleted on exit: ``ksgdp-<v>-c`` (client, 100.80.1.2) — ``ksgdp-<v>-r`` (the node:
-forwarding, the variant's ruleset) — ``ksgdp-<v>-s`` (the server pod, 100.80.2.2), joined
+deleted on exit: ``ksgdp-<v>-c`` (client, 100.79.1.2) — ``ksgdp-<v>-r`` (the node:
+forwarding, the variant's ruleset) — ``ksgdp-<v>-s`` (the server pod, 100.79.2.2), joined
 by routed veths. Every variant keeps its ruleset loaded for the whole run, so the
 variants are measured in interleaved rounds (ABCD, BCDA, …) and machine noise hits them
 alike; each figure is the median over all rounds. Variants:
@@ -71,10 +71,15 @@ from secgroups.compiled import CompiledPolicy, CompiledRule  # noqa: E402
 from secgroups.models import IPFamily  # noqa: E402
 from secgroups.nft.rendering import RenderOptions, render  # noqa: E402
 from secgroups.nft.transactions import full_transaction  # noqa: E402
+from secgroups_lab.underlay import check_lab_address  # noqa: E402
 
 PREFIX = "ksgdp"
 VARIANTS = ("none", "ct-only", "linear-10k", "ours", "ours-linear", "ours-1st")
-CLIENT, GW_C, GW_S, SERVER = "100.80.1.2", "100.80.1.1", "100.80.2.1", "100.80.2.2"
+# 100.79.0.0/16 of the lab's block is for benchmarks' own namespaces (docs/lab.md, "Address
+# plan"); only the three netns of a variant hold them, never the root netns.
+CLIENT, GW_C, GW_S, SERVER = "100.79.1.2", "100.79.1.1", "100.79.2.1", "100.79.2.2"
+for _address in (CLIENT, GW_C, GW_S, SERVER):
+    check_lab_address(_address)
 CONNECT_PORT, BULK_PORT = 8080, 5001
 NODE = nc.NODE
 

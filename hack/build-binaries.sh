@@ -8,6 +8,12 @@
 # GOMODCACHE and GOCACHE live under the same cache dir, so CI can keep one directory.
 # A binary that already exists for its pinned version is not rebuilt (no Go invocation at all).
 #
+# A cold build (empty Go caches) on 2 cores, measured: the control plane (kube-apiserver,
+# kcm, kubectl, etcd) 9.5 min, kube-apiserver alone 5 min; all of them 16-18 min; two to
+# three times that on a machine busy with other builds. Output: a line per step with its time and a
+# line every 30 s while Go runs; Go's own output (the `go: downloading` lines) goes to
+# ${KSG_CACHE:-...}/logs/build-<component>.log and is shown only when a build fails.
+#
 # Usage: hack/build-binaries.sh [--regen-modules] [--print-paths] [component ...]
 #   components: kube-apiserver kube-controller-manager kubectl etcd helm kubeconform (default: all)
 #   --regen-modules  regenerate hack/k8sbin/go.{mod,sum} and hack/etcdbin/go.{mod,sum} from the
@@ -36,7 +42,7 @@ for a in "$@"; do
   case $a in
     --regen-modules) regen=1 ;;
     --print-paths) print_only=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo pipefail/{/^set /d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     kube-apiserver|kube-controller-manager|kubectl|etcd|helm|kubeconform) want+=("$a") ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
@@ -57,13 +63,46 @@ if [ $print_only = 1 ]; then
   exit 0
 fi
 
-mkdir -p "$BIN" "$GOMODCACHE" "$GOCACHE"
+LOGS=$CACHE/logs
+mkdir -p "$BIN" "$GOMODCACHE" "$GOCACHE" "$LOGS"
 # One build at a time per cache (parallel test sessions, CI steps).
 exec 9>"$CACHE/build.lock"
-flock 9
+if ! flock -n 9; then
+  echo "another build holds $CACHE/build.lock; waiting for it"
+  flock 9
+fi
 
 now() { date +%s; }
-step() { printf '%s' "$*"; }
+human() { # seconds -> 45s / 2m30s
+  if [ "$1" -ge 60 ]; then printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); else printf '%ds' "$1"; fi
+}
+HEARTBEAT=${KSG_BUILD_HEARTBEAT:-30}
+
+# run_logged NAME LOG DIR CMD...: run CMD in DIR with its output in LOG; while it runs,
+# print a line every $HEARTBEAT seconds; if it fails, print the end of LOG and exit.
+run_logged() {
+  local name=$1 log=$2 dir=$3 t0 pid rc=0 next dl
+  shift 3
+  t0=$(now)
+  next=$((t0 + HEARTBEAT))
+  (cd "$dir" && exec "$@") >"$log" 2>&1 &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    if [ "$(now)" -ge "$next" ] && kill -0 "$pid" 2>/dev/null; then
+      dl=$(grep -c '^go: downloading' "$log" || true)
+      if [ "${dl:-0}" -gt 0 ]; then dl=" ($dl modules downloaded)"; else dl=""; fi
+      echo "    still building $name, $(human $(($(now) - t0)))$dl"
+      next=$((next + HEARTBEAT))
+    fi
+  done
+  wait "$pid" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "    FAILED: building $name exited $rc after $(human $(($(now) - t0))); the end of $log:"
+    grep -v '^go: downloading' "$log" | tail -n 25 | sed 's/^/    | /'
+    exit "$rc"
+  fi
+}
 
 gen_k8s_mod() {
   local d=$HACK/k8sbin gomod
@@ -128,7 +167,18 @@ HELM_LDFLAGS="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
  -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$K8S_MINOR"
 
 tmp=""
-trap '[ -n "$tmp" ] && rm -f "$tmp"' EXIT
+gb=""
+# On exit (Ctrl-C included) no half-written binary stays behind; the background Go process
+# gets the terminal's SIGINT itself.
+trap '[ -n "$tmp" ] && rm -f "$tmp"; [ -n "$gb" ] && rm -rf "$gb"' EXIT
+missing=()
+for c in "${want[@]}"; do [ -x "$(path_of "$c")" ] || missing+=("$c"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "building ${missing[*]} from the Go module proxy into $BIN"
+  echo "  (cold, on 2 cores: about 10 min for the control plane, 16-18 min for everything;"
+  echo "  longer on a busy machine; later builds reuse $CACHE/go)"
+fi
+T0=$(now)
 built=0
 for c in "${want[@]}"; do
   out=$(path_of "$c")
@@ -139,32 +189,38 @@ for c in "${want[@]}"; do
   mkdir -p "$(dirname "$out")"
   tmp=$out.tmp.$$
   t0=$(now)
+  log=$LOGS/build-$c.log
+  built=$((built + 1))
+  step="[$built/${#missing[@]}]"
   case $c in
     kube-apiserver|kube-controller-manager|kubectl)
-      step "building $c $K8S ..."
-      (cd "$HACK/k8sbin" && go build -p 2 -trimpath -tags "$TAGS" -ldflags "$K8S_LDFLAGS" \
-          -o "$tmp" "k8s.io/kubernetes/cmd/$c") ;;
+      echo "$step building $c $K8S (log: $log)"
+      run_logged "$c" "$log" "$HACK/k8sbin" go build -p 2 -trimpath -tags "$TAGS" \
+        -ldflags "$K8S_LDFLAGS" -o "$tmp" "k8s.io/kubernetes/cmd/$c" ;;
     etcd)
-      step "building etcd $ETCD_VERSION ..."
-      (cd "$HACK/etcdbin" && go build -p 2 -trimpath -tags "$TAGS" -ldflags "-s -w" \
-          -o "$tmp" go.etcd.io/etcd/server/v3) ;;
+      echo "$step building etcd $ETCD_VERSION (log: $log)"
+      run_logged etcd "$log" "$HACK/etcdbin" go build -p 2 -trimpath -tags "$TAGS" \
+        -ldflags "-s -w" -o "$tmp" go.etcd.io/etcd/server/v3 ;;
     helm)
-      step "building helm $HELM_VERSION ..."
+      echo "$step building helm $HELM_VERSION (log: $log)"
       gb=$(mktemp -d)
-      (cd / && GOBIN=$gb go install -p 2 -trimpath -tags "$TAGS" -ldflags "$HELM_LDFLAGS" \
-          "helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
-      mv "$gb/helm" "$tmp"; rmdir "$gb" ;;
+      run_logged helm "$log" / env GOBIN="$gb" go install -p 2 -trimpath -tags "$TAGS" \
+        -ldflags "$HELM_LDFLAGS" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+      mv "$gb/helm" "$tmp"; rmdir "$gb"; gb="" ;;
     kubeconform)
-      step "building kubeconform $KUBECONFORM_VERSION ..."
+      echo "$step building kubeconform $KUBECONFORM_VERSION (log: $log)"
       gb=$(mktemp -d)
-      (cd / && GOBIN=$gb go install -p 2 -trimpath -ldflags "-s -w" \
-          "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION")
-      mv "$gb/kubeconform" "$tmp"; rmdir "$gb" ;;
+      run_logged kubeconform "$log" / env GOBIN="$gb" go install -p 2 -trimpath \
+        -ldflags "-s -w" "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+      mv "$gb/kubeconform" "$tmp"; rmdir "$gb"; gb="" ;;
   esac
   mv "$tmp" "$out"; tmp=""
-  echo " $(( $(now) - t0 )) s"
-  built=$((built + 1))
+  echo "    built $c in $(human $(($(now) - t0)))"
 done
 
-echo "binaries ($built built):"
+if [ "$built" -gt 0 ]; then
+  echo "binaries ($built built in $(human $(($(now) - T0)))):"
+else
+  echo "binaries (all cached):"
+fi
 for c in "${want[@]}"; do echo "  $c: $(path_of "$c")"; done

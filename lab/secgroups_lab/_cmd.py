@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 
 class CommandError(RuntimeError):
@@ -57,6 +60,21 @@ def in_netns(netns: str, cmd: Sequence[str]) -> list[str]:
     mount namespace (notes/realnodes.md).
     """
     return ["nsenter", f"--net=/run/netns/{netns}", "--", *cmd]
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT (a second Ctrl-C) while a teardown runs, in this process and in the
+    commands it starts meanwhile (an ignored signal stays ignored across exec).
+    Outside the main thread signal handlers cannot change: then nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 class Progress:

@@ -15,11 +15,17 @@ command returns and the lab keeps running; ``secgroups-lab down`` stops exactly 
 processes (pids recorded in ``lab.json``, and found again by command line if that file
 is gone) and tears everything down. :class:`LabCluster` is the same as a context manager
 for tests.
+
+``lab.json`` also records the lab's owner (:mod:`secgroups_lab.ownership`): :func:`lab_state`
+tells a running lab (never touched by a second ``up``) from leftovers (removed by the next
+``up``). If ``up`` fails or is interrupted, it removes what it started before the exception
+goes on; a failure keeps the logs in the work dir and names them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -30,11 +36,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
-from secgroups_lab import network, underlay
-from secgroups_lab._cmd import Progress, in_netns
+from secgroups_lab import controlplane, network, underlay
+from secgroups_lab._cmd import Progress, in_netns, sigint_ignored
 from secgroups_lab.controlplane import ControlPlane, Daemon, default_workdir, terminate
+from secgroups_lab.ownership import Owner, down_command
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -42,7 +49,126 @@ AGENT_METRICS_PORT = 9750
 
 
 class LabError(RuntimeError):
+    """The lab could not start (the message says why and where the logs are)."""
+
+
+class LabRunningError(LabError):
+    """A live lab of this prefix exists; it was not touched (the message says how to reach
+    or remove it)."""
+
+
+def _quiet(_message: str) -> None:
     pass
+
+
+Status = Literal["absent", "leftovers", "busy", "up", "degraded", "control-plane"]
+
+
+@dataclass(frozen=True)
+class LabState:
+    """What exists of the lab ``prefix`` (see :func:`lab_state`)."""
+
+    prefix: str
+    status: Status
+    owner: Owner | None = None
+    dead: tuple[str, ...] = ()  # components of a running lab that are not running
+    found: tuple[str, ...] = ()  # what exists of it (for leftovers)
+
+    @property
+    def live(self) -> bool:
+        """A lab someone uses: never touched by another ``up``."""
+        return self.status in ("busy", "up", "degraded", "control-plane")
+
+    def describe(self) -> str:
+        owner = f" ({self.owner.describe()})" if self.owner else ""
+        p = self.prefix
+        if self.status == "busy":
+            return f"The lab {p} is being started{owner}"
+        if self.status == "up":
+            return f"The lab {p} is up{owner}"
+        if self.status == "degraded":
+            return f"The lab {p} is up{owner}, but not running: {', '.join(self.dead)}"
+        if self.status == "control-plane":
+            return f"A control plane {p} runs without the rest of the lab ({self.found[0]})"
+        if self.status == "leftovers":
+            return f"The lab {p} left these behind (nothing owns them): {', '.join(self.found)}"
+        return f"There is no lab {p}"
+
+
+class _StartLock:
+    """``<lab dir>/<prefix>.lock``, held (flock) by the command that starts the lab, so that a
+    second command sees it busy instead of racing it; released when the process ends."""
+
+    def __init__(self, prefix: str) -> None:
+        self.path = controlplane.lab_dir() / f"{prefix}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(Owner.me().to_json()).encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> Owner | None:
+        try:
+            return Owner.from_json(json.loads(self.path.read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def busy(self) -> bool:
+        """True if another command holds the lock now."""
+        if self._fd is not None or not self.path.exists():
+            return False
+        if self.acquire():
+            self.release()
+            return False
+        return True
+
+
+def lab_state(prefix: str, *, check_lock: bool = True) -> LabState:
+    """Whether the lab ``prefix`` runs, and whether someone owns what exists of it.
+
+    * ``busy``: another command is starting it now (it holds the start lock);
+    * ``up`` / ``degraded``: ``lab.json`` names an owner that is alive (a detached lab's
+      always is) and all (``up``) or not all (``degraded``) of its processes run;
+    * ``control-plane``: a control plane that someone owns, without a lab record
+      (``secgroups-lab cp-up``, a test session);
+    * ``leftovers``: something exists but nobody owns it (a killed run); ``absent``: nothing.
+    """
+    lock = _StartLock(prefix)
+    if check_lock and lock.busy():
+        return LabState(prefix, "busy", lock.holder())
+    lab = LabCluster(prefix=prefix)
+    record: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(lab.lab_file.read_text())
+    owner = Owner.from_json(record.get("owner"))
+    if owner is not None and owner.alive():
+        dead = [d.name for d in _recorded_daemons(lab.lab_file) if not d.alive()]
+        if not controlplane.running(prefix):
+            dead.insert(0, "control plane")
+        return LabState(prefix, "degraded" if dead else "up", owner, tuple(dead))
+    cp_owner = controlplane.running(prefix)
+    if cp_owner is not None:
+        return LabState(prefix, "control-plane", None, found=(cp_owner,))
+    found = [f"netns {n}" for n in underlay.netns_list() if n.startswith(f"{prefix}-")]
+    found += [f"process {d.name}[{d.pid}]" for d in _stray_processes(lab.workdir)]
+    found += [f"process {n}[{p}]" for p, n in controlplane.find_daemons(lab.workdir).items()]
+    if lab.workdir.exists():
+        found.append(f"directory {lab.workdir}")
+    return LabState(prefix, "leftovers" if found else "absent", found=tuple(found))
 
 
 @dataclass
@@ -55,7 +181,11 @@ class LabCluster:
     # A control plane that is already running (tests share one per session); when None,
     # up() starts one and down() stops it.
     cp: ControlPlane | None = None
+    # Detached: the lab runs on its own once up, until `down` (the CLI); otherwise it
+    # belongs to this process (tests), and is leftovers once that process is gone.
+    detached: bool = False
     daemons: dict[str, Daemon] = field(default_factory=dict)
+    is_up: bool = False
     _own_cp: bool = False
 
     # ------------------------------------------------------------------ paths
@@ -85,12 +215,7 @@ class LabCluster:
 
     # ------------------------------------------------------------------ up
     def __enter__(self) -> LabCluster:
-        try:
-            self.up()
-        except BaseException:
-            self.down()
-            raise
-        return self
+        return self.up()  # a failed up() removes what it started, and never a live lab
 
     def __exit__(
         self,
@@ -101,7 +226,70 @@ class LabCluster:
         self.down()
 
     def up(self) -> LabCluster:
+        """Start the lab; LabRunningError (nothing touched) if a live lab of this prefix
+        exists. Leftovers of a run that is gone are removed first. If starting fails or is
+        interrupted, what was started is removed before the exception goes on."""
+        lock = _StartLock(self.prefix)
+        if not lock.acquire():
+            raise LabRunningError(lab_state(self.prefix).describe() + "; wait for it to finish")
+        try:
+            return self._up_locked()
+        finally:
+            lock.release()
+
+    def _up_locked(self) -> LabCluster:
+        state = lab_state(self.prefix, check_lock=False)
+        if state.live and not (state.status == "control-plane" and self.cp is not None):
+            raise LabRunningError(f"{state.describe()}; `{down_command(self.prefix)}` removes it")
+        if state.status == "leftovers" or (state.status == "control-plane" and self.cp):
+            removed = self._remove_leftovers()
+            if removed:
+                self.progress(
+                    f"removed what an earlier run left (nothing owned it): {', '.join(removed)}"
+                )
         t0 = time.monotonic()
+        try:
+            self._start()
+            if self.detached and self._own_cp and self.cp is not None:
+                self.cp.detach()
+            self._save("up", Owner.me(detached=self.detached))
+        except KeyboardInterrupt:
+            with sigint_ignored():
+                self.progress = _quiet
+                if self.cp is not None:
+                    self.cp.say = _quiet
+                self.down(keep_logs=True)
+            raise
+        except BaseException as exc:
+            with sigint_ignored():
+                self.down(keep_logs=True)
+            if isinstance(exc, LabError | RuntimeError | OSError | TimeoutError):
+                logs = self.workdir / "logs"
+                where = f"\nlogs: {logs}" if logs.is_dir() else ""
+                raise LabError(f"{exc}{where}") from exc
+            raise
+        self.is_up = True
+        self.progress(f"lab {self.prefix} up ({time.monotonic() - t0:.1f} s)")
+        return self
+
+    def _remove_leftovers(self) -> list[str]:
+        """Stop this lab's processes that nobody owns and remove its network (not the
+        control plane: ControlPlane.start removes its own leftovers)."""
+        daemons = _recorded_daemons(self.lab_file)
+        daemons += [
+            d for d in _stray_processes(self.workdir) if d.pid not in {x.pid for x in daemons}
+        ]
+        alive = [d for d in daemons if d.alive()]
+        terminate(alive, grace=5.0)
+        removed = [f"process {d.name}[{d.pid}]" for d in alive]
+        removed += network.cleanup_leftovers(self.prefix, underlay_too=False)
+        if self.cp is None:
+            removed += controlplane.cleanup(self.prefix, self.workdir, grace=5.0)
+        with contextlib.suppress(FileNotFoundError):
+            self.lab_file.unlink()
+        return removed
+
+    def _start(self) -> None:
         if self.cp is None:
             self.cp = ControlPlane(self.prefix, progress=self.progress)
             self._own_cp = True
@@ -164,12 +352,6 @@ class LabCluster:
                     ),
                 )
             self.progress(f"{self.nodes} node agents started")
-        self._save()
-        self.progress(
-            f"lab {self.prefix} up ({time.monotonic() - t0:.1f} s); "
-            f"export KUBECONFIG={self.kubeconfig}"
-        )
-        return self
 
     def _spawn(self, name: str, argv: Sequence[str]) -> Daemon:
         logs = self.workdir / "logs"
@@ -196,27 +378,38 @@ class LabCluster:
         except (OSError, ValueError):
             return False
 
+    def check_alive(self, what: str) -> None:
+        """LabError naming the first process of this lab that exited, with the end of its log."""
+        dead = [d for d in self.daemons.values() if not d.alive()]
+        if dead:
+            raise LabError(
+                f"{', '.join(d.name for d in dead)} exited while waiting for "
+                f"{what}; the end of {dead[0].log}:\n" + _tail(dead[0].log, 10)
+            )
+
     def _wait(self, what: str, check: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not check():
-            dead = [d for d in self.daemons.values() if not d.alive()]
-            if dead:
-                raise LabError(
-                    f"{', '.join(d.name for d in dead)} exited while waiting for "
-                    f"{what}; log:\n" + _tail(dead[0].log)
-                )
+            self.check_alive(what)
             if time.monotonic() > deadline:
                 raise LabError(f"{what} not ready within {timeout:.0f} s")
             time.sleep(0.1)
 
-    def _save(self) -> None:
+    def _save(self, state: str, owner: Owner) -> None:
         data = {name: {"pid": d.pid, "log": str(d.log)} for name, d in self.daemons.items()}
-        self.lab_file.write_text(
-            json.dumps({"prefix": self.prefix, "nodes": self.nodes, "daemons": data}, indent=1)
-        )
+        record = {
+            "prefix": self.prefix,
+            "nodes": self.nodes,
+            "state": state,
+            "owner": owner.to_json(),
+            "daemons": data,
+        }
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.lab_file.write_text(json.dumps(record, indent=1))
 
     # ------------------------------------------------------------------ down
-    def down(self) -> None:
+    def down(self, *, keep_logs: bool = False) -> None:
+        """Stop everything of this lab, owned or not (``keep_logs``: keep the work dir)."""
         t0 = time.monotonic()
         daemons = list(self.daemons.values()) or _recorded_daemons(self.lab_file)
         daemons += [
@@ -231,8 +424,15 @@ class LabCluster:
         with contextlib.suppress(FileNotFoundError):
             self.lab_file.unlink()
         if self.cp is None or self._own_cp:
-            (self.cp or ControlPlane(self.prefix, progress=self.progress)).stop()
+            cp = self.cp or ControlPlane(self.prefix, progress=self.progress)
+            cp.keep_workdir = keep_logs
+            cp.stop()
             underlay.remove_underlay(self.prefix)
+        lock = _StartLock(self.prefix)
+        if lock.acquire():  # nobody is starting this lab now: the lock file can go
+            lock.path.unlink(missing_ok=True)
+            lock.release()
+        self.is_up = False
         self.progress(f"lab {self.prefix} down ({time.monotonic() - t0:.1f} s)")
 
     # ------------------------------------------------------------------ helpers

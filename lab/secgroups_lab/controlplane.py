@@ -46,7 +46,8 @@ import yaml
 
 from secgroups_lab import binaries as binaries_mod
 from secgroups_lab import certs, underlay
-from secgroups_lab._cmd import Progress, in_netns, ip, run
+from secgroups_lab._cmd import Progress, in_netns, ip, run, sigint_ignored
+from secgroups_lab.ownership import Owner, down_command
 
 DEFAULT_PREFIX = "ksg"
 DEFAULT_LAB_DIR = Path("/run/kube-secgroups-lab")
@@ -57,7 +58,7 @@ ETCD_PEER_URL = "http://127.0.0.1:2380"
 UNDERLAY_ADDRESS = "100.64.254.254"
 UNDERLAY_IFNAME = "eth1"
 ROOT_IFNAME_IN_CP = "eth0"
-ROOT_LINK_BLOCK = ipaddress.IPv4Network("100.64.255.0/24")
+ROOT_LINK_BLOCK = ipaddress.IPv4Network(underlay.ROOT_LINK_BLOCK)
 SERVICE_CIDR = "100.65.0.0/16"
 KUBERNETES_SERVICE_IP = "100.65.0.1"
 # Run every controller except those that need real node heartbeats or cloud providers;
@@ -381,7 +382,7 @@ def cleanup(
     removed: list[str] = []
     found = find_daemons(wd, ns)
     if found:
-        say(f"stopping leftover processes {sorted(found.items())}")
+        say(f"stopping {', '.join(f'{n}[{p}]' for p, n in sorted(found.items()))}")
         _stop_in_order([Daemon(n, p, wd / "logs" / f"{n}.log") for p, n in found.items()], grace)
         removed += [f"process {n}[{p}]" for p, n in sorted(found.items())]
     if underlay.delete_netns(ns):
@@ -400,6 +401,22 @@ def cleanup(
         shutil.rmtree(wd)
         removed.append(f"workdir {wd}")
     return removed
+
+
+def running(prefix: str = DEFAULT_PREFIX, workdir: Path | None = None) -> str | None:
+    """Why the control plane ``prefix`` counts as running — its daemons run and its owner
+    (``state.json``, :mod:`secgroups_lab.ownership`) is alive — or None: then whatever exists
+    of it is leftovers that :func:`cleanup` may remove."""
+    wd = workdir or default_workdir(prefix)
+    if not find_daemons(wd, cp_netns(prefix)):
+        return None
+    try:
+        owner = Owner.from_json(json.loads((wd / "state.json").read_text()).get("owner"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    if owner is None or not owner.alive():
+        return None
+    return owner.describe()
 
 
 def bridge_ports(prefix: str) -> list[str]:
@@ -449,6 +466,7 @@ class ControlPlane:
         stop_grace: float = 15.0,
         progress: Callable[[str], None] | None = None,
         bins: binaries_mod.Binaries | None = None,
+        detached: bool = False,
     ) -> None:
         self.prefix = underlay.validate_prefix(prefix)
         self.workdir = (workdir or default_workdir(prefix)).absolute()
@@ -471,6 +489,10 @@ class ControlPlane:
         self.timings = Timings()
         self._started_underlay = False
         self._client: ApiClient | None = None
+        # Owned by this process while it starts; afterwards by nobody if ``detached`` (it
+        # runs until `down`), else by this process (ownership.py: live lab vs leftovers).
+        self.detached = detached
+        self.owner = Owner.me()
 
     # -- paths
     @property
@@ -525,8 +547,19 @@ class ControlPlane:
 
     # -- start
     def start(self) -> ControlPlane:
+        """Start etcd, kube-apiserver and kcm; ControlPlaneError if they cannot start (nothing
+        is left behind) or if a live control plane of this prefix runs (it is not touched).
+
+        What a run whose owner is gone left behind is removed first. On KeyboardInterrupt
+        what was started is removed without a word and the interrupt goes on."""
         t0 = time.monotonic()
         preflight()
+        why = running(self.prefix, self.workdir)
+        if why:
+            raise ControlPlaneError(
+                f"control plane {self.prefix} is already running ({why}); "
+                f"`{down_command(self.prefix)}` removes it"
+            )
         bins = self.bins
         self.say(
             f"control plane {self.prefix}: kubernetes {bins.kubernetes_version}, "
@@ -536,18 +569,25 @@ class ControlPlane:
             self.prefix,
             self.workdir,
             remove_underlay=False,  # someone else may have made it for us (network.py)
-            progress=self.say,
             grace=5.0,
         )
         if leftovers:
-            self.say(f"removed leftovers of an earlier run: {', '.join(leftovers)}")
+            self.say(f"removed what an earlier run left (nothing owned it): {', '.join(leftovers)}")
         self.addresses = addresses(free_slot() if self._slot is None else self._slot)
+        self.owner = Owner.me()
         try:
             self._setup_files()
+            self._write_state()
             self._setup_network()
             self._start_etcd()
             self._start_apiserver()
             self._start_controller_manager()
+        except KeyboardInterrupt:
+            with sigint_ignored():
+                self.say = _quiet
+                self.keep_workdir = True  # the logs stay in files (their path is printed)
+                self.stop()
+            raise
         except BaseException as exc:
             self._report_failure(exc)
             self.stop()
@@ -555,8 +595,16 @@ class ControlPlane:
                 raise ControlPlaneError(f"control plane {self.prefix} failed: {exc}") from exc
             raise
         self.timings.total = self.say_timed("control plane ready", t0)
+        self.owner = Owner.me(detached=self.detached)
         self._write_state()
         return self
+
+    def detach(self) -> None:
+        """From now on the control plane runs on its own, until `down` (a whole lab that its
+        starter hands over once everything is up)."""
+        self.detached = True
+        self.owner = Owner.me(detached=True)
+        self._write_state()
 
     def say_timed(self, message: str, started: float) -> float:
         elapsed = time.monotonic() - started
@@ -823,6 +871,7 @@ class ControlPlane:
             "pids": {d.name: d.pid for d in self.daemons.values()},
             "kubernetes_version": self.bins.kubernetes_version,
             "etcd_version": self.bins.etcd_version,
+            "owner": self.owner.to_json(),
         }
         self.state_file.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
@@ -867,13 +916,22 @@ def control_plane(prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> Iterator[Contr
         cp.stop()
 
 
+def _quiet(_message: str) -> None:
+    pass
+
+
 def preflight() -> None:
-    """Raise ControlPlaneError if this process cannot run the lab (root, tools)."""
+    """Raise ControlPlaneError if this process cannot run the lab: not root, tools missing,
+    or the host routes part of the lab's address blocks (underlay.check_host_routes)."""
     if os.geteuid() != 0:
         raise ControlPlaneError("the lab needs root (network namespaces)")
     missing = [t for t in ("ip", "nsenter", "openssl", "curl") if shutil.which(t) is None]
     if missing:
         raise ControlPlaneError(f"the lab needs these tools on PATH: {', '.join(missing)}")
+    try:
+        underlay.check_host_routes()
+    except underlay.HostRouteConflictError as exc:
+        raise ControlPlaneError(str(exc)) from None
 
 
 def status(prefix: str = DEFAULT_PREFIX, workdir: Path | None = None) -> dict[str, Any]:
@@ -887,6 +945,7 @@ def status(prefix: str = DEFAULT_PREFIX, workdir: Path | None = None) -> dict[st
         "underlay": underlay.netns_exists(underlay.underlay_netns(prefix)),
         "processes": {str(p): n for p, n in sorted(find_daemons(wd, cp_netns(prefix)).items())},
         "blackholes": underlay.blackholes_present(),
+        "running": running(prefix, wd),
     }
     if state_file.exists():
         state = json.loads(state_file.read_text())
@@ -908,7 +967,9 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    cp = ControlPlane(args.prefix, workdir=args.workdir, slot=args.slot, keep_workdir=True)
+    cp = ControlPlane(
+        args.prefix, workdir=args.workdir, slot=args.slot, keep_workdir=True, detached=True
+    )
     try:
         cp.start()
     except ControlPlaneError as exc:

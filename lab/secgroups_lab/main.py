@@ -3,20 +3,26 @@
 Subcommands:
   up / down           the whole lab: control plane, nodes, simulated kubelet, operator, agents
   demo up / demo down the README demo: the lab plus examples/ and the live connectivity matrix
+                      (``make demo`` / ``make demo-down``)
   binaries            build (if missing) and print the pinned binaries
   cp-up / cp-down     start / remove the control plane (etcd, kube-apiserver, kcm)
   cp-status           show the control plane's state
 
-To add a subcommand, write ``cmd_x(args) -> int`` and register it in :func:`build_parser`.
+A lab that is up is never touched by a second ``up``: the command says so and exits 0.
+Ctrl-C prints one line and exits 130 (docs/lab.md, "The demo"); ``down`` ignores it and
+finishes. To add a subcommand, write ``cmd_x(args) -> int`` and register it in
+:func:`build_parser`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 
 from secgroups_lab import binaries, controlplane
+from secgroups_lab._cmd import sigint_ignored
 
 
 def cmd_binaries(args: argparse.Namespace) -> int:
@@ -32,25 +38,36 @@ def cmd_binaries(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from secgroups_lab.cluster import LabCluster, LabError
+    from secgroups_lab import demo
+    from secgroups_lab.cluster import LabCluster, LabError, lab_state
 
+    state = lab_state(args.prefix)
+    if state.live:
+        return demo.already_up(state)
+    lab = LabCluster(
+        prefix=args.prefix,
+        nodes=args.nodes,
+        operator=not args.no_operator,
+        agents=not args.no_agents,
+        detached=True,
+    )
+    t0 = time.monotonic()
     try:
-        LabCluster(
-            prefix=args.prefix,
-            nodes=args.nodes,
-            operator=not args.no_operator,
-            agents=not args.no_agents,
-        ).up()
+        lab.up()
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return demo.interrupted(lab, t0)
+    print(demo.reach(lab))
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     from secgroups_lab.cluster import LabCluster
 
-    LabCluster(prefix=args.prefix).down()
+    with sigint_ignored():  # a half-removed lab is worse than waiting a few seconds
+        LabCluster(prefix=args.prefix).down()
     return 0
 
 
@@ -60,8 +77,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     try:
         if args.action == "up":
-            return demo.up(args.prefix, args.nodes)
-        return demo.down(args.prefix)
+            return demo.up(args.prefix, args.nodes, replace=args.replace)
+        with sigint_ignored():
+            return demo.down(args.prefix)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -86,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("action", choices=("up", "down"))
     dm.add_argument("--prefix", default="ksg", help="name prefix (default %(default)s)")
     dm.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    dm.add_argument(
+        "--replace",
+        action="store_true",
+        help="if the lab is up, remove it and start afresh (default: say it is up, change nothing)",
+    )
     dm.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("binaries", help="build (if missing) and print the pinned binaries")
@@ -113,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rc: int = args.func(args)
+    try:
+        rc: int = args.func(args)
+    except KeyboardInterrupt:
+        # Commands that start something handle Ctrl-C themselves; elsewhere there is
+        # nothing to undo and no traceback to show.
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     return rc
 
 

@@ -101,6 +101,13 @@ class Mismatch:
 
 Cell = tuple[int, int, int]  # (source index, destination index, case index)
 
+LEGEND = (
+    "Rows are sources, columns destinations (numbered, named under each grid); "
+    "one grid per case.\n"
+    ". allowed   X denied   - not probed (a host to itself)   "
+    "! observed differs from expected"
+)
+
 
 @dataclass
 class MatrixResult:
@@ -117,8 +124,9 @@ class MatrixResult:
         return len(self.observed)
 
     def render(self, *, only_mismatching: bool = False) -> str:
-        """Expected, observed and diff grids per case, then the list of mismatches."""
-        blocks = []
+        """The legend, expected, observed and diff grids per case, then one summary line
+        and the list of mismatches."""
+        blocks = [LEGEND]
         for ci, case in enumerate(self.cases):
             bad = sum(
                 1

@@ -408,6 +408,7 @@ class Lab:
             if self._is_up:
                 return self
             t0 = time.monotonic()
+            underlay.check_host_routes()  # before anything is made (HostRouteConflictError)
             self._is_up = True
             if not self.run_dir.exists():
                 self._made_run_dir = True
@@ -468,7 +469,10 @@ class Lab:
 
     def _new_netns(self, name: str, sysctls: Mapping[str, str]) -> None:
         if underlay.netns_exists(name):
-            raise LabNetworkError(f"netns {name} already exists (leftover? cleanup_leftovers)")
+            raise LabNetworkError(
+                f"netns {name} already exists: lab {self.prefix} is running, or a killed run "
+                f"left it (`.venv/bin/secgroups-lab down --prefix {self.prefix}` removes it)"
+            )
         underlay.create_netns(name)
         self._netns.append(name)
         set_sysctls(name, sysctls)

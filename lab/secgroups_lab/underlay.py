@@ -4,28 +4,38 @@
   pair whose bridge end is enslaved to ``br0`` and whose other end is moved into a given netns
   with the given addresses. The underlay IPv4 subnet is ``100.64.254.0/24`` (the control plane
   is ``100.64.254.254``).
-* The root netns has a default route out of this machine, so while a lab exists the root netns
-  carries ``blackhole`` routes for the lab's whole supernets (``100.64.0.0/10`` and
-  ``fd64:5ec::/48``): lab traffic from the root netns can never leave the machine. More specific
-  routes (the control plane's /30 veth) win. They are removed with the last lab's underlay.
+* The lab owns two blocks: ``100.64.0.0/12`` (100.64.0.0-100.79.255.255) and the ULA
+  ``fd64:5ec::/48``; the rest of 100.64.0.0/10 is left to the host (kind's Docker networks use
+  100.88.0.0/13, Tailscale-style VPNs the whole range). The root netns has a default route out
+  of this machine, so while a lab exists the root netns carries ``blackhole`` routes for both
+  blocks: lab traffic from the root netns can never leave the machine. More specific routes
+  (the control plane's /30 veth) win. They are removed with the last lab's underlay.
+* Before it installs them, :func:`check_host_routes` refuses to start a lab on a host that
+  already routes part of a block (the lab would shadow those routes): only the lab's own
+  blackholes and control-plane veths may be there.
 
-Addresses: only 100.64.0.0/10, ULA IPv6 (``fd64:5ec::/48``) and loopback; never RFC 1918.
+Addresses: only the lab blocks and loopback; never RFC 1918.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from secgroups_lab._cmd import ip
 
 BRIDGE = "br0"
-LAB_V4_SUPERNET = "100.64.0.0/10"
+# The blocks the lab owns and blackholes in the root netns (docs/lab.md, "Address plan").
+LAB_V4_SUPERNET = "100.64.0.0/12"
 LAB_V6_SUPERNET = "fd64:5ec::/48"
+# The root-netns ends of the control planes' veths: /30s of this block on links named
+# ``<prefix>-cp`` (secgroups_lab.controlplane); the only lab routes besides the blackholes.
+ROOT_LINK_BLOCK = "100.64.255.0/24"
 UNDERLAY_V4 = "100.64.254.0/24"
 UNDERLAY_V4_PREFIXLEN = 24
 NETNS_DIR = Path("/run/netns")
@@ -53,8 +63,8 @@ def check_lab_address(addr: str) -> None:
             raise ValueError(f"{addr}: RFC 1918 addresses are forbidden in the lab")
         if not (a in ipaddress.ip_network(LAB_V4_SUPERNET) or a.is_loopback):
             raise ValueError(f"{addr}: lab IPv4 addresses must be in {LAB_V4_SUPERNET}")
-    elif not (a in ipaddress.ip_network("fc00::/7") or a.is_loopback):
-        raise ValueError(f"{addr}: lab IPv6 addresses must be ULA (fc00::/7)")
+    elif not (a in ipaddress.ip_network(LAB_V6_SUPERNET) or a.is_loopback):
+        raise ValueError(f"{addr}: lab IPv6 addresses must be in {LAB_V6_SUPERNET}")
 
 
 def underlay_netns(prefix: str) -> str:
@@ -89,6 +99,72 @@ def link_exists(name: str, netns: str | None = None) -> bool:
     return bool(ip("-o", "link", "show", "dev", name, netns=netns, check=False).strip())
 
 
+class HostRouteConflictError(RuntimeError):
+    """The host already routes part of a lab block; the lab would shadow that route."""
+
+
+def conflicting_routes(routes: Iterable[Mapping[str, object]]) -> list[str]:
+    """The routes (``ip -j route show table all`` objects) that overlap a lab block and are not
+    the lab's own, as ``"<dst> dev <dev>"`` strings.
+
+    Not conflicts: the control planes' /30s inside ``ROOT_LINK_BLOCK`` on links named
+    ``*-cp`` (of this or another lab, or a killed run); blackhole, unreachable and prohibit
+    routes (the lab's own, an older lab's ``100.64.0.0/10``: they send nothing anywhere, so
+    the lab's blackhole takes no traffic from them); default routes (they are why the
+    blackholes exist). Any other route that overlaps a block is, whether inside it (a
+    Docker bridge, a VPN peer) or around it (a VPN's whole 100.64.0.0/10): the blackhole
+    would take that traffic from the host.
+    """
+    blocks = [ipaddress.ip_network(LAB_V4_SUPERNET), ipaddress.ip_network(LAB_V6_SUPERNET)]
+    cp_block = ipaddress.ip_network(ROOT_LINK_BLOCK)
+    out: list[str] = []
+    for r in routes:
+        dst = str(r.get("dst", ""))
+        if dst in ("", "default"):
+            continue
+        try:
+            net = ipaddress.ip_network(dst, strict=False)
+        except ValueError:
+            continue
+        if net.prefixlen == 0 or not any(
+            net.version == b.version and net.overlaps(b) for b in blocks
+        ):
+            continue
+        dev = str(r.get("dev", ""))
+        kind = str(r.get("type", "unicast"))
+        if kind in ("blackhole", "unreachable", "prohibit"):
+            continue
+        if dev.endswith("-cp") and net.version == 4 and net.subnet_of(cp_block):  # type: ignore[arg-type]
+            continue
+        where = f" dev {dev}" if dev else f" ({kind})"
+        table = r.get("table")
+        out.append(f"{dst}{where}" + (f" table {table}" if table not in (None, "main") else ""))
+    return sorted(set(out))
+
+
+def host_routes() -> list[dict[str, object]]:
+    """Every route of this netns, all tables, both families (``ip -j route show table all``)."""
+    routes: list[dict[str, object]] = []
+    for family in ("-4", "-6"):
+        text = ip("-j", family, "route", "show", "table", "all", check=False).strip()
+        if text:
+            routes += json.loads(text)
+    return routes
+
+
+def check_host_routes() -> None:
+    """Raise HostRouteConflictError (saying which routes and what to do) if this host routes part
+    of a lab block; nothing is changed either way."""
+    conflicts = conflicting_routes(host_routes())
+    if conflicts:
+        raise HostRouteConflictError(
+            f"this host already routes {', '.join(conflicts)}, which overlaps the lab's "
+            f"address blocks {LAB_V4_SUPERNET} and {LAB_V6_SUPERNET}: the lab blackholes "
+            "those blocks and would cut that traffic off. Nothing was started. Remove or "
+            'move that network (docs/lab.md, "Address plan"), then try again.'
+        )
+
+
 @dataclass(frozen=True)
 class Underlay:
     prefix: str
@@ -98,8 +174,10 @@ class Underlay:
 
 
 def ensure_underlay(prefix: str) -> Underlay:
-    """Create ``<prefix>-ul`` with bridge ``br0`` if missing; install the root blackhole routes."""
+    """Create ``<prefix>-ul`` with bridge ``br0`` if missing; install the root blackhole routes
+    (after :func:`check_host_routes`: HostRouteConflictError if the host routes part of a block)."""
     ns = underlay_netns(prefix)
+    check_host_routes()
     install_blackholes()
     created = False
     if not netns_exists(ns):

@@ -11,11 +11,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import socket
 import sys
 import time
 
 import pytest
+from tests.labchecks import assert_root_cannot_reach
 
 from secgroups_lab import underlay
 from secgroups_lab._cmd import in_netns, run
@@ -189,44 +189,10 @@ def test_pods_come_and_go_while_the_lab_runs(lab: Lab, pods: dict[str, PodNet]) 
     assert set(lab.pods) == {"default/a1", "default/a2", "default/b1", "default/b2"}
 
 
-def _root_route_kind(addr: str) -> str:
-    fam = "-6" if ":" in addr else "-4"
-    proc = run(["ip", fam, "route", "get", addr], check=False)
-    if proc.returncode != 0:
-        return "error: " + proc.stderr.strip()
-    return proc.stdout.strip()
-
-
 def test_root_netns_cannot_reach_lab_addresses(lab: Lab, pods: dict[str, PodNet]) -> None:
-    """While a lab is up, the root netns blackholes the lab supernets, and no lab address of
+    """While a lab is up, the root netns blackholes the lab's blocks, and no lab address of
     this network is reachable from it (only a control plane's API /30, which is not ours)."""
-    assert sorted(underlay.blackholes_present()) == sorted(
-        [underlay.LAB_V4_SUPERNET, underlay.LAB_V6_SUPERNET]
-    )
-    assert lab.outside is not None
-    addrs = [a for p in pods.values() for a in p.ips]
-    addrs += [lab.outside.ipv4, lab.outside.ipv6, lab.outside.underlay_v4, lab.outside.underlay_v6]
-    for n in lab.nodes.values():
-        addrs += [n.underlay_v4, n.underlay_v6, n.gateway_v4]
-    api = ipaddress.IPv4Network("100.64.255.0/24")  # the control planes' root /30s
-    for addr in addrs:
-        assert ipaddress.ip_address(addr) not in api
-        kind = _root_route_kind(addr)
-        # IPv4 `route get` fails on a blackhole; IPv6 answers with the blackhole route.
-        assert kind.startswith(("error", "blackhole", "unreachable", "prohibit")), (addr, kind)
-    # Every root route into the lab supernets is the blackhole or an API /30.
-    for fam, sup in (("-4", underlay.LAB_V4_SUPERNET), ("-6", underlay.LAB_V6_SUPERNET)):
-        out = run(["ip", fam, "route", "show", "root", sup]).stdout
-        for line in out.splitlines():
-            if line.startswith(("blackhole", "unreachable", "prohibit")):
-                continue
-            dst = ipaddress.ip_network(line.split()[0])
-            assert isinstance(dst, ipaddress.IPv4Network) and dst.subnet_of(api), line
-    # Now that routing is known to be safe, a send from the root netns fails at once.
-    for addr in (pods["a1"].ipv4, pods["a1"].ipv6):
-        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as s, pytest.raises(OSError):
-            s.sendto(b"x", (addr, 80))
+    assert_root_cannot_reach(lab, [pods[k] for k in sorted(pods)])
 
 
 def test_probe_latency_is_reported(lab: Lab, pods: dict[str, PodNet]) -> None:

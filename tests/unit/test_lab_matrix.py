@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from secgroups_lab.matrix import Case, MatrixResult, Mismatch, cases
+from secgroups_lab.matrix import LEGEND, Case, MatrixResult, Mismatch, cases
 from secgroups_lab.probes import ProbeResult
 from secgroups_lab.probewire import (
     FORGED,
@@ -45,7 +45,11 @@ def test_cases_cover_protocols_ports_and_families() -> None:
 
 def test_grids_side_by_side_with_diff() -> None:
     text = _result().render()
-    assert text.splitlines()[:5] == [
+    # The legend comes first, once; then a blank line and the grids.
+    assert text.splitlines()[:3] == [*LEGEND.splitlines(), ""]
+    assert text.count(LEGEND) == 1
+    assert "Rows are sources, columns destinations" in LEGEND and ". allowed" in LEGEND
+    assert text.splitlines()[3:8] == [
         "== tcp/80 IPv4: 1 mismatch ==",
         "         expected   observed   diff",
         "         1 2        1 2        1 2",
