@@ -62,3 +62,15 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# Images and the kind cluster (docs/images.md, docs/kind.md). Root; Docker comes from Debian
+# and is started by hack/docker.sh where none runs. `make kind-up` ends by loading the images.
+.PHONY: images kind-up kind-down
+images:
+	@hack/images.sh build
+
+kind-up: images
+	@hack/kind.sh up
+
+kind-down:
+	@hack/kind.sh down

@@ -1,0 +1,437 @@
+#!/usr/bin/env bash
+# A 3-node kind cluster (1 control plane + 2 workers, kind-config.yaml) on this machine, with or
+# without a container registry.
+#
+#   hack/kind.sh up       Docker (hack/docker.sh start), kind, the node image, the cluster; waits
+#                         until every node is Ready and every kube-system pod Running, then loads
+#                         our images (hack/images.sh) if they were built
+#   hack/kind.sh down     delete the cluster; with our own dockerd: every kind cluster on it, the
+#                         `kind` network and dockerd itself (no container, network, bridge, route
+#                         or dockerd process is left)
+#   hack/kind.sh build    kind and the node image only (cached), no cluster
+#   hack/kind.sh load [IMAGE...]   `kind load docker-image` (default: our three images)
+#   hack/kind.sh status   daemon, cluster, nodes, pods, cached artefacts
+#   hack/kind.sh env      `export` lines: KUBECONFIG, PATH (kind, kubectl), KSG_KIND_* for tests
+#
+# Which node image:
+#   * KSG_KIND_NODE_IMAGE=<image> if set (e.g. kindest/node:v1.36.x on a machine with a registry);
+#   * otherwise, when a Docker daemon that is not ours already runs (a developer machine with
+#     Docker and a registry): kind's default kindest/node image for its version;
+#   * otherwise (no registry: this machine class and CI) one built offline, as below, cached by
+#     content. KSG_KIND_BUILD_NODE=1 forces the offline build.
+# The offline node image, from package registries only:
+#   apt/debootstrap -> Debian rootfs image (hack/lib/debian.sh) -> kind's base image
+#   (hack/kind/base.Dockerfile: kind's own image files + Debian's containerd, runc, CNI plugins);
+#   Go module proxy -> kind, kubeadm, kubelet, kube-scheduler, kube-proxy (and kube-apiserver,
+#   kube-controller-manager, kubectl unless hack/build-binaries.sh already built them), etcd,
+#   CoreDNS and crictl at the versions this kubeadm asks for; gcc -> pause;
+#   -> component images tagged as kubeadm expects, imported into the node's containerd ->
+#   node image with ksg-podnet (pod networking) and ksg-egress-guard (hack/kind/).
+#
+# Environment: KSG_CACHE [~/.cache/kube-secgroups] (everything built lives in $KSG_CACHE/kind; Go's
+# module and build caches are the project's, shared with hack/build-binaries.sh),
+# KSG_KIND_NAME [ksg], KSG_KIND_KUBECONFIG [$KSG_CACHE/kind/kubeconfig],
+# KSG_KIND_NODE_IMAGE, KSG_KIND_BUILD_NODE, KSG_REFRESH_BASE (hack/lib/debian.sh).
+set -euo pipefail
+TAG=kind
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=lib/debian.sh
+source "$HACK_DIR/lib/debian.sh"
+# shellcheck source=versions.env
+source "$HACK_DIR/versions.env"
+# shellcheck source=kind/versions.env
+source "$HACK_DIR/kind/versions.env"
+
+K8S=$KUBERNETES_VERSION
+MINOR=$(echo "$K8S" | cut -d. -f2)
+CRICTL_VERSION=v1.$MINOR.0
+NAME=${KSG_KIND_NAME:-ksg}
+C=$KSG_CACHE/kind
+LOG_DIR=$C/logs
+B=$C/build
+KUBECONFIG_FILE=${KSG_KIND_KUBECONFIG:-$C/kubeconfig}
+CONFIG=$REPO_DIR/kind-config.yaml
+KIND_NET=100.90.0.0/24
+KIND_GW=100.90.0.1
+KIND_BIN=$C/kind-$KIND_VERSION/kind
+K8S_DIR=$C/kubernetes-$K8S
+BASE_IMAGE=kube-secgroups/kind-base:$KIND_VERSION
+OFFLINE_NODE_IMAGE=kube-secgroups/kind-node:$K8S
+K8S_CMDS="kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy"
+export DOCKER_BUILDKIT=0   # Debian's dockerd 20.10 has no buildx; the legacy builder honours --network host
+mkdir -p "$C" "$LOG_DIR" "$B"
+
+img_label() { docker image inspect -f "{{index .Config.Labels \"$2\"}}" "$1" 2>/dev/null || true; }
+mod_dir() { (cd / && go mod download -json "$1" | jq -r .Dir); }
+mod_gomod() { (cd / && go mod download -json "$1" | jq -r .GoMod); }
+kctl() { "$K8S_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+# ------------------------------------------------------------------------------ Go binaries
+build_kind() {
+  step "kind $KIND_VERSION"
+  if [ -x "$KIND_BIN" ]; then step_done cached; return; fi
+  mkdir -p "${KIND_BIN%/*}"
+  run_logged build-kind env GOBIN="${KIND_BIN%/*}" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kind@$KIND_VERSION"
+  step_done built
+}
+
+# A wrapper module per version: it requires k8s.io/kubernetes and points every staging module
+# (k8s.io/api, ...) at its published v0.<minor>.<patch>, since the upstream go.mod points them at
+# ./staging, which a module consumer cannot use (hack/k8sbin does the same for the lab's three).
+k8s_module() {
+  local m=$C/mod/k8s-$K8S gomod
+  mkdir -p "$m"
+  if ! grep -q "^require k8s.io/kubernetes $K8S\$" "$m/go.mod" 2>/dev/null || [ ! -s "$m/go.sum" ]; then
+    gomod=$(mod_gomod "k8s.io/kubernetes@$K8S")
+    {
+      echo "module example.invalid/ksgkind"; echo
+      grep -E '^go ' "$gomod"; grep -E '^godebug ' "$gomod" || true
+      echo; echo "require k8s.io/kubernetes $K8S"; echo
+      grep -oE 'k8s\.io/[a-z0-9-]+ => \./staging/src/k8s\.io/[a-z0-9-]+' "$gomod" \
+        | awk -v v="v0.${K8S#v1.}" '{print "replace " $1 " => " $1 " " v}'
+    } >"$m/go.mod"
+    rm -f "$m/go.sum"
+    # shellcheck disable=SC2046
+    run_logged k8s-go-get sh -c "cd '$m' && go get $(for c in $K8S_CMDS; do printf 'k8s.io/kubernetes/cmd/%s@%s ' "$c" "$K8S"; done)"
+  fi
+  echo "$m"
+}
+
+build_k8s() {
+  step "kubernetes $K8S binaries"
+  local missing=() copied=() c m
+  mkdir -p "$K8S_DIR"
+  for c in $K8S_CMDS; do
+    [ -x "$K8S_DIR/$c" ] && continue
+    if [ -x "$KSG_CACHE/bin/kubernetes-$K8S/$c" ]; then   # built by hack/build-binaries.sh, same flags
+      cp "$KSG_CACHE/bin/kubernetes-$K8S/$c" "$K8S_DIR/$c.tmp" && mv "$K8S_DIR/$c.tmp" "$K8S_DIR/$c"
+      copied+=("$c"); continue
+    fi
+    missing+=("$c")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then step_done "cached${copied:+; copied ${copied[*]}}"; return; fi
+  m=$(k8s_module)
+  # the ldflags and tags of hack/build-binaries.sh: its compiled packages are cache hits here
+  local ld="-s -w -X k8s.io/component-base/version.gitVersion=$K8S \
+ -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$MINOR \
+ -X k8s.io/component-base/version.gitTreeState=clean \
+ -X k8s.io/client-go/pkg/version.gitVersion=$K8S \
+ -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$MINOR"
+  log "go build ${missing[*]} (the slow part with a cold Go cache)"
+  rm -rf "$K8S_DIR.tmp"; mkdir -p "$K8S_DIR.tmp"
+  # shellcheck disable=SC2046
+  run_logged build-k8s sh -c "cd '$m' && /usr/bin/time -f 'go build: %e s, %M KB max RSS' go build -trimpath -tags selinux,notest -ldflags '$ld' -o '$K8S_DIR.tmp/' $(for c in "${missing[@]}"; do printf 'k8s.io/kubernetes/cmd/%s ' "$c"; done)"
+  for c in "${missing[@]}"; do mv "$K8S_DIR.tmp/$c" "$K8S_DIR/$c"; done
+  rmdir "$K8S_DIR.tmp"
+  step_done "built ${missing[*]}${copied:+; copied ${copied[*]}}; $(tail -n 1 "$LOG_DIR/build-k8s.log")"
+}
+
+# etcd, CoreDNS and pause at the tags this kubeadm pulls (kubeadm config images list)
+resolve_component_tags() {
+  local f=$K8S_DIR/images.txt kdir
+  [ -s "$f" ] || "$K8S_DIR/kubeadm" config images list --kubernetes-version "$K8S" >"$f"
+  ETCD_TAG=$(sed -n 's|.*/etcd:||p' "$f"); COREDNS_TAG=$(sed -n 's|.*/coredns:||p' "$f")
+  PAUSE_TAG=$(sed -n 's|.*/pause:||p' "$f")
+  [ -n "$ETCD_TAG" ] && [ -n "$COREDNS_TAG" ] && [ -n "$PAUSE_TAG" ] || die "cannot read the image tags from $f"
+  ETCD_VERSION=v${ETCD_TAG%-*}   # 3.6.8-0 -> v3.6.8
+  KIND_SRC=$(mod_dir "sigs.k8s.io/kind@$KIND_VERSION")
+  # kind's containerd config pins its own sandbox (pause) image tag
+  SANDBOX_TAG=$(sed -n 's|^ *sandbox_image = "registry.k8s.io/pause:\(.*\)"|\1|p' "$KIND_SRC/images/base/files/etc/containerd/config.toml")
+  [ -n "$SANDBOX_TAG" ] || die "cannot read sandbox_image from kind's containerd config"
+}
+
+build_etcd() {
+  step "etcd $ETCD_VERSION"
+  local out=$C/etcd-$ETCD_VERSION/etcd m=$C/mod/etcd-$ETCD_VERSION
+  if [ -x "$out" ]; then step_done cached; return; fi
+  mkdir -p "${out%/*}" "$m"
+  # etcd's server module has replace directives, so `go install ...@version` refuses it: a wrapper module
+  if [ ! -s "$m/go.sum" ]; then
+    { echo "module example.invalid/ksgetcd"; echo; grep -E '^go ' "$(mod_gomod "go.etcd.io/etcd/server/v3@$ETCD_VERSION")"; } >"$m/go.mod"
+    run_logged etcd-go-get sh -c "cd '$m' && go get go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  fi
+  run_logged build-etcd sh -c "cd '$m' && go build -trimpath -ldflags '-s -w' -o '$out.tmp' go.etcd.io/etcd/server/v3"
+  mv "$out.tmp" "$out"
+  step_done built
+}
+
+go_install_step() { # NAME VERSION PACKAGE@VERSION BINARY
+  step "$1 $2"
+  local dir=$C/$1-$2
+  if [ -x "$dir/$4" ]; then step_done cached; return; fi
+  mkdir -p "$dir"
+  run_logged "build-$1" env GOBIN="$dir" go install -trimpath -ldflags "-s -w" "$3"
+  step_done built
+}
+
+build_pause() {
+  step "pause $PAUSE_TAG"
+  local out=$C/pause-$PAUSE_TAG/pause
+  if [ -x "$out" ]; then step_done cached; return; fi
+  apt_install gcc libc6-dev
+  mkdir -p "${out%/*}"
+  # build/pause/linux/pause.c ships in the k8s.io/kubernetes module
+  gcc -Os -Wall -Werror -static -DVERSION="$PAUSE_TAG" -o "$out.tmp" "$(mod_dir "k8s.io/kubernetes@$K8S")/build/pause/linux/pause.c"
+  strip "$out.tmp" && mv "$out.tmp" "$out"
+  step_done built
+}
+
+# ------------------------------------------------------------------------------ images
+build_base_image() {
+  step "kind base image"
+  local ctx=$B/base h
+  rm -rf "$ctx"; mkdir -p "$ctx"
+  cp -r "$KIND_SRC/images/base/files" "$ctx/files"; chmod -R u+w "$ctx"
+  cp "$HACK_DIR/kind/base.Dockerfile" "$ctx/Dockerfile"
+  h=$( { echo "$DEBIAN_IMAGE"; cat "$ctx/Dockerfile"; (cd "$ctx" && find files -type f -exec sha256sum {} + | sort); } | hash16)
+  if [ "$(img_label "$BASE_IMAGE" dev.kube-secgroups.inputs)" = "$h" ]; then step_done cached; return; fi
+  run_logged build-base docker build --network host --build-arg "BASE=$DEBIAN_IMAGE" \
+    --label "dev.kube-secgroups.inputs=$h" -t "$BASE_IMAGE" "$ctx"
+  step_done "$(docker image inspect -f '{{.Size}}' "$BASE_IMAGE" | awk '{printf "%d MB", $1/1e6}')"
+}
+
+node_image_inputs() { # the content key of the offline node image
+  {
+    docker image inspect -f '{{.Id}}' "$BASE_IMAGE" "$DEBIAN_IMAGE"
+    cat "$HACK_DIR"/kind/*
+    echo "$ETCD_TAG $COREDNS_TAG $PAUSE_TAG $SANDBOX_TAG $CRICTL_VERSION"
+    declare -f build_node_image component_image
+    # binaries are rebuilt only when missing, so size + mtime identify them (hashing 600 MB would
+    # cost seconds on every warm `up`)
+    stat -c '%n %s %Y' "$K8S_DIR"/* "$C/etcd-$ETCD_VERSION/etcd" "$C/coredns-$COREDNS_TAG/coredns" \
+      "$C/crictl-$CRICTL_VERSION/crictl" "$C/pause-$PAUSE_TAG/pause"
+  } | hash16
+}
+
+component_image() { # TAG BINARY [PATH-IN-IMAGE]: FROM scratch, one static binary
+  local d bin=${2##*/}
+  d=$(mktemp -d "$B/component.XXXXXX")
+  cp "$2" "$d/"
+  printf 'FROM scratch\nCOPY %s %s\nENV PATH=/usr/local/bin:/usr/bin:/bin\nENTRYPOINT ["%s"]\n' \
+    "$bin" "${3:-/usr/local/bin/$bin}" "${3:-/usr/local/bin/$bin}" >"$d/Dockerfile"
+  run_logged build-component docker build -t "$1" "$d"
+  rm -rf "$d"
+}
+
+build_node_image() {
+  step "node image $OFFLINE_NODE_IMAGE"
+  local h ctx=$B/node c bc=ksg-kind-nodebuild i
+  h=$(node_image_inputs)
+  if [ "$(img_label "$OFFLINE_NODE_IMAGE" dev.kube-secgroups.inputs)" = "$h" ]; then step_done cached; return; fi
+  rm -rf "$ctx"; mkdir -p "$ctx/kube-proxy"
+  # the images kubeadm runs, tagged as it expects (they are never pulled: the node has them)
+  for c in kube-apiserver kube-controller-manager kube-scheduler; do component_image "registry.k8s.io/$c:$K8S" "$K8S_DIR/$c"; done
+  component_image "registry.k8s.io/etcd:$ETCD_TAG" "$C/etcd-$ETCD_VERSION/etcd"
+  component_image "registry.k8s.io/coredns/coredns:$COREDNS_TAG" "$C/coredns-$COREDNS_TAG/coredns" /coredns
+  component_image "registry.k8s.io/pause:$PAUSE_TAG" "$C/pause-$PAUSE_TAG/pause" /pause
+  [ "$SANDBOX_TAG" = "$PAUSE_TAG" ] || docker tag "registry.k8s.io/pause:$PAUSE_TAG" "registry.k8s.io/pause:$SANDBOX_TAG"
+  cp "$K8S_DIR/kube-proxy" "$HACK_DIR/kind/iptables-wrapper" "$ctx/kube-proxy/"
+  run_logged build-kube-proxy docker build --network host --build-arg "BASE=$DEBIAN_IMAGE" \
+    -f "$HACK_DIR/kind/kube-proxy.Dockerfile" -t "registry.k8s.io/kube-proxy:$K8S" "$ctx/kube-proxy"
+  local images="registry.k8s.io/kube-apiserver:$K8S registry.k8s.io/kube-controller-manager:$K8S
+    registry.k8s.io/kube-scheduler:$K8S registry.k8s.io/kube-proxy:$K8S registry.k8s.io/etcd:$ETCD_TAG
+    registry.k8s.io/coredns/coredns:$COREDNS_TAG registry.k8s.io/pause:$PAUSE_TAG registry.k8s.io/pause:$SANDBOX_TAG"
+  # shellcheck disable=SC2086
+  docker save -o "$ctx/images.tar" $images
+  # What `kind build node-image` does, without its pulls: a container of the base image gets the
+  # binaries, /kind/version and the images in containerd's k8s.io namespace, then is committed.
+  docker rm -f "$bc" >/dev/null 2>&1 || true
+  docker run -d --name "$bc" --entrypoint=sleep "$BASE_IMAGE" infinity >/dev/null
+  for c in kubeadm kubelet kubectl; do docker cp "$K8S_DIR/$c" "$bc:/usr/bin/$c"; done
+  docker cp "$C/crictl-$CRICTL_VERSION/crictl" "$bc:/usr/local/bin/crictl"
+  docker cp "$HACK_DIR/kind/ksg-podnet" "$bc:/usr/local/bin/ksg-podnet"
+  docker cp "$HACK_DIR/kind/ksg-podnet.service" "$bc:/etc/systemd/system/ksg-podnet.service"
+  docker cp "$HACK_DIR/kind/ksg-egress-guard.nft" "$bc:/etc/ksg-egress-guard.nft"
+  docker cp "$HACK_DIR/kind/ksg-egress-guard.service" "$bc:/etc/systemd/system/ksg-egress-guard.service"
+  docker exec "$bc" mkdir -p /kind/manifests /etc/cni/net.d
+  docker cp "$HACK_DIR/kind/default-cni.yaml" "$bc:/kind/manifests/default-cni.yaml"
+  docker exec "$bc" sh -c "chmod 755 /usr/local/bin/ksg-podnet && chmod 644 /etc/systemd/system/ksg-*.service /etc/ksg-egress-guard.nft \
+    && systemctl enable ksg-podnet.service ksg-egress-guard.service >/dev/null 2>&1 && printf '%s' '$K8S' >/kind/version \
+    && (nohup containerd >/tmp/containerd.log 2>&1 & echo \$! >/tmp/containerd.pid)"
+  for i in $(seq 60); do docker exec "$bc" ctr version >/dev/null 2>&1 && break; sleep 0.5; done
+  run_logged node-import sh -c "docker exec -i '$bc' ctr --namespace=k8s.io images import \
+    --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack --digests - <'$ctx/images.tar'"
+  # the container's PID 1 (sleep) never reaps: wait until containerd is a zombie, not gone
+  docker exec "$bc" sh -c 'p=$(cat /tmp/containerd.pid); kill $p
+    while [ -e /proc/$p ] && ! grep -q "^State:.*Z" /proc/$p/status; do sleep 0.2; done; rm -f /tmp/containerd.*'
+  docker commit --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' \
+    --change "LABEL dev.kube-secgroups.inputs=$h" "$bc" "$OFFLINE_NODE_IMAGE" >/dev/null
+  docker rm -f "$bc" >/dev/null
+  rm -rf "$ctx"
+  step_done "$(docker image inspect -f '{{.Size}}' "$OFFLINE_NODE_IMAGE" | awk '{printf "%d MB", $1/1e6}')"
+}
+
+# ------------------------------------------------------------------------------ build / up / down
+DEBOOT_PID=""
+cmd_build() {
+  need_root "hack/kind.sh"
+  "$HACK_DIR/docker.sh" start
+  step "tools"
+  apt_install jq gcc libc6-dev
+  setup_go
+  step_done "$(go version | cut -d' ' -f3)"
+  choose_node_image
+  if [ "$NODE_IMAGE" != "$OFFLINE_NODE_IMAGE" ]; then build_kind; return; fi
+  # debootstrap is network-bound: let it run while the Go builds use the CPUs
+  if [ ! -s "$(debian_rootfs_path)" ] || [ "${KSG_REFRESH_BASE:-0}" = 1 ]; then
+    log "debootstrap in the background (log $LOG_DIR/debootstrap.log)"
+    debian_rootfs_build >"$LOG_DIR/debootstrap.log" 2>&1 &
+    DEBOOT_PID=$!
+  fi
+  build_kind
+  build_k8s
+  resolve_component_tags
+  build_etcd
+  go_install_step coredns "$COREDNS_TAG" "github.com/coredns/coredns@$COREDNS_TAG" coredns
+  go_install_step crictl "$CRICTL_VERSION" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" crictl
+  build_pause
+  step "debian base image"
+  if [ -n "$DEBOOT_PID" ]; then
+    wait "$DEBOOT_PID" || { tail -n 30 "$LOG_DIR/debootstrap.log" >&2; die "debootstrap failed (log $LOG_DIR/debootstrap.log)"; }
+  fi
+  ensure_debian_image
+  step_done "$DEBIAN_IMAGE"
+  build_base_image
+  build_node_image
+}
+
+choose_node_image() {
+  if [ -n "${KSG_KIND_NODE_IMAGE:-}" ]; then NODE_IMAGE=$KSG_KIND_NODE_IMAGE; log "node image $NODE_IMAGE (KSG_KIND_NODE_IMAGE)"
+  elif [ "${KSG_KIND_BUILD_NODE:-0}" = 1 ] || "$HACK_DIR/docker.sh" is-ours; then NODE_IMAGE=$OFFLINE_NODE_IMAGE
+  else NODE_IMAGE=""; log "a Docker daemon of this machine runs: kind's default node image"
+  fi
+  NODE_IMAGE=${NODE_IMAGE:-kind-default}
+}
+
+kubectl_for_host() { # kubectl for the host: ours, or the one hack/build-binaries.sh built
+  [ -x "$K8S_DIR/kubectl" ] && return 0
+  if [ -x "$KSG_CACHE/bin/kubernetes-$K8S/kubectl" ]; then mkdir -p "$K8S_DIR"; cp "$KSG_CACHE/bin/kubernetes-$K8S/kubectl" "$K8S_DIR/kubectl"; return 0; fi
+  "$REPO_DIR/hack/build-binaries.sh" kubectl >/dev/null && cp "$KSG_CACHE/bin/kubernetes-$K8S/kubectl" "$K8S_DIR/kubectl"
+}
+
+ensure_kind_network() {
+  local subnet
+  subnet=$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' 2>/dev/null || true)
+  subnet=${subnet% }
+  [ "$subnet" = "$KIND_NET" ] && return 0
+  [ -z "$subnet" ] || die "a docker network 'kind' exists with subnet $subnet, not $KIND_NET: delete it (docker network rm kind)"
+  # kind uses an existing network named "kind"; made by kind itself it would take Docker's
+  # defaults (172.x and an fc00:: IPv6 range)
+  docker network create -d bridge --subnet "$KIND_NET" --gateway "$KIND_GW" \
+    -o com.docker.network.bridge.enable_ip_masquerade=false -o com.docker.network.driver.mtu=1500 kind >/dev/null
+}
+
+cluster_exists() { "$KIND_BIN" get clusters 2>/dev/null | grep -qx "$NAME"; }
+cluster_healthy() {
+  cluster_exists || return 1
+  [ "$(docker ps -q --filter "label=io.x-k8s.kind.cluster=$NAME" --filter status=running | wc -l)" -eq 3 ] \
+    && kctl get --raw /readyz >/dev/null 2>&1
+}
+
+wait_ready() {
+  step "wait: nodes Ready, kube-system Running"
+  local i bad
+  run_logged wait-nodes "$K8S_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" wait --for=condition=Ready node --all --timeout=300s
+  run_logged wait-proxy "$K8S_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" -n kube-system rollout status daemonset/kube-proxy --timeout=300s
+  run_logged wait-coredns "$K8S_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" -n kube-system rollout status deployment/coredns --timeout=300s
+  for i in $(seq 90); do   # deadline 180 s
+    bad=$(kctl -n kube-system get pods --no-headers 2>/dev/null | awk '$3 != "Running"' | wc -l)
+    [ "$bad" -eq 0 ] && break; sleep 2
+  done
+  [ "$bad" -eq 0 ] || { kctl -n kube-system get pods >&2; die "kube-system pods are not Running after 180 s"; }
+  step_done "$(kctl get nodes --no-headers | wc -l) nodes, $(kctl -n kube-system get pods --no-headers | wc -l) kube-system pods"
+}
+
+cmd_up() {
+  SUMMARY_WHAT=up
+  cmd_build
+  kubectl_for_host
+  step "kind create cluster $NAME"
+  if cluster_healthy; then
+    step_done "already running"
+  else
+    if cluster_exists; then log "cluster $NAME exists but is not healthy: deleting it"; "$KIND_BIN" delete cluster --name "$NAME" --kubeconfig "$KUBECONFIG_FILE" >/dev/null 2>&1 || true; fi
+    ensure_kind_network
+    local image_args=()
+    [ "$NODE_IMAGE" = kind-default ] || image_args=(--image "$NODE_IMAGE")
+    run_logged kind-create "$KIND_BIN" create cluster --name "$NAME" "${image_args[@]}" \
+      --config "$CONFIG" --kubeconfig "$KUBECONFIG_FILE" --wait 0s
+    step_done "$(grep -c '✓' "$LOG_DIR/kind-create.log" || true) kind steps"
+  fi
+  wait_ready
+  [ "${KSG_KIND_NO_LOAD:-0}" = 1 ] || load_images
+  kctl get nodes -o custom-columns='NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,VERSION:.status.nodeInfo.kubeletVersion,INTERNAL-IP:.status.addresses[?(@.type=="InternalIP")].address,POD-CIDR:.spec.podCIDR,RUNTIME:.status.nodeInfo.containerRuntimeVersion'
+  summary
+  echo "# use it:  eval \"\$(hack/kind.sh env)\""
+  cmd_env
+}
+
+# our three images, as hack/images.sh tags them
+our_images() { "$HACK_DIR/images.sh" names 2>/dev/null || true; }
+
+load_images() {
+  local imgs=("$@") present=() i
+  [ ${#imgs[@]} -gt 0 ] || mapfile -t imgs < <(our_images)
+  for i in "${imgs[@]}"; do docker image inspect "$i" >/dev/null 2>&1 && present+=("$i"); done
+  if [ ${#present[@]} -eq 0 ]; then log "no image of ours to load (make images builds them)"; return 0; fi
+  step "kind load ${#present[@]} image(s)"
+  run_logged kind-load "$KIND_BIN" load docker-image --name "$NAME" "${present[@]}"
+  step_done "${present[*]}"
+}
+
+cmd_load() {
+  [ -x "$KIND_BIN" ] && cluster_exists || die "no kind cluster $NAME (hack/kind.sh up)"
+  load_images "$@"
+  summary
+}
+
+cmd_down() {
+  need_root "hack/kind.sh down"
+  SUMMARY_WHAT=down
+  local cl
+  if "$HACK_DIR/docker.sh" is-ours; then
+    # every kind cluster on our daemon is ours (or a test's, made from our config)
+    for cl in $( [ -x "$KIND_BIN" ] && "$KIND_BIN" get clusters 2>/dev/null); do
+      step "kind delete cluster $cl"
+      "$KIND_BIN" delete cluster --name "$cl" --kubeconfig "$KUBECONFIG_FILE" >/dev/null 2>&1
+      step_done
+    done
+    if docker network inspect kind >/dev/null 2>&1; then docker network rm kind >/dev/null && log "docker network kind removed"; fi
+    "$HACK_DIR/docker.sh" stop
+  elif [ -x "$KIND_BIN" ] && cluster_exists; then
+    step "kind delete cluster $NAME"
+    "$KIND_BIN" delete cluster --name "$NAME" --kubeconfig "$KUBECONFIG_FILE" >/dev/null 2>&1
+    step_done "the Docker daemon is not ours: left running"
+  else
+    log "no cluster $NAME and no dockerd of ours"
+  fi
+  rm -f "$KUBECONFIG_FILE"
+  summary
+}
+
+cmd_status() {
+  "$HACK_DIR/docker.sh" status
+  if [ -x "$KIND_BIN" ] && timeout 10 docker info >/dev/null 2>&1; then
+    echo "kind clusters: $("$KIND_BIN" get clusters 2>/dev/null | tr '\n' ' ')"
+    if cluster_healthy; then kctl get nodes -o wide; kctl get pods -A -o wide; fi
+    docker images --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' | grep -E '^kube-secgroups/' || true
+  fi
+  echo "cache: $C ($(du -sh "$C" 2>/dev/null | cut -f1))"
+}
+
+cmd_env() {
+  echo "export KUBECONFIG=$KUBECONFIG_FILE"
+  echo "export PATH=${KIND_BIN%/*}:$K8S_DIR:\$PATH"
+  echo "export KSG_KIND_CLUSTER=$NAME KSG_KIND_CONFIG=$CONFIG"
+}
+
+case ${1:-} in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  build) SUMMARY_WHAT=build; cmd_build; summary ;;
+  load) shift; cmd_load "$@" ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  *) sed -n '2,35p' "$0"; exit 2 ;;
+esac
