@@ -366,6 +366,51 @@ class IncrementalCompiler:
         place = self._pod_place.get(pod)
         return place[0] if place is not None else None
 
+    def group(self, key: GroupKey) -> SecurityGroup | None:
+        return self._groups.get(key)
+
+    def rule(self, key: RuleKey) -> SecurityGroupRule | None:
+        return self._rules.get(key)
+
+    def ipag(self, key: GroupKey) -> IPAddressGroup | None:
+        return self._ipags.get(key)
+
+    def members(self, group: GroupKey) -> frozenset[PodKey]:
+        return frozenset(self._members.get(group, ()))
+
+    def set_users(self, name: str) -> frozenset[str]:
+        """Compiled groups whose rules use address set ``name``."""
+        return frozenset(self._set_users.get(name, ()))
+
+    def pods_on(self, node: str) -> frozenset[PodKey]:
+        return frozenset(self._node_pods.get(node, ()))
+
+    def group_keys(self) -> list[GroupKey]:
+        return list(self._groups)
+
+    def rule_keys(self) -> list[RuleKey]:
+        return list(self._rules)
+
+    def ipag_keys(self) -> list[GroupKey]:
+        return list(self._ipags)
+
+    def compiled(
+        self,
+    ) -> tuple[
+        dict[str, CompiledGroupSpec], dict[str, CompiledAddressSetSpec], dict[str, CompiledNodeSpec]
+    ]:
+        """Every compiled group, set and node object now (the compiler's own dicts: read
+        them, do not keep them across events)."""
+        return self._out_groups, self._out_sets, self._out_nodes
+
+    def nodes_of_every_set(self) -> dict[str, set[str]]:
+        """:meth:`nodes_of_set` of every set at once (one pass over the nodes)."""
+        out: dict[str, set[str]] = {}
+        for node, counts in self._node_sets.items():
+            for name in counts.counts:
+                out.setdefault(name, set()).add(node)
+        return out
+
     def compiled_group(self, name: str) -> CompiledGroupSpec | None:
         return self._out_groups.get(name)
 
