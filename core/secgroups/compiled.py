@@ -14,24 +14,85 @@ objects:
 They are cluster-scoped custom resources of their own (kinds below), written only
 by the operator. The same models are the output of ``compiling.compile_policy``
 and the input of ``evaluating``, the nft renderer and the CLI.
+
+Their fields carry types and bounds (names are DNS names, CIDRs and IPs have their
+shape, lists have a maximum length, a remote's kind matches what it holds), so the
+CRDs generated from them (``crdgen``) make the API server refuse a malformed compiled
+object, and the agent, which parses what it watches with these models, refuses the
+same. The list bounds are well above what the limits in ``quotas`` let the operator
+write (which keeps every object under the size etcd accepts).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from secgroups.addresses import IPAddress, IPNetwork
-from secgroups.models import Action, Direction, IPFamily, Protocol
+from secgroups.models import (
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    Action,
+    Direction,
+    IPFamily,
+    Protocol,
+)
 from secgroups.ports import PortRange
 
 COMPILED_GROUP_KIND = "CompiledSecurityGroup"
 COMPILED_SET_KIND = "CompiledAddressSet"
 COMPILED_NODE_KIND = "CompiledNodePolicy"
+
+# Bounds of the schema (see the module docstring). The operator's own limits are lower:
+# quotas.MAX_RULES_PER_GROUP rules per group, quotas.MAX_ADDRESS_GROUP_CIDRS CIDRs per
+# address group, S-L-2's 6,000 members per group; every object under 1 MB.
+MAX_RULES_PER_DIRECTION = 1000
+MAX_PORT_SPANS = 128  # a 256-character port list has at most 128 items
+MAX_SET_CIDRS = 20_000  # per family: ~0.9 MB of IPv6 CIDRs at most
+MAX_PODS_PER_NODE = 5000
+MAX_GROUPS_PER_POD = 1000
+MAX_REFERENCES = 20_000  # groups or sets a node uses
+MAX_ID_LENGTH = 320  # namespace/name of a rule: 63 + 1 + 253, with room
+MAX_TEXT = 255
+
+# Shapes of addresses. The compiler writes every member with its
+# prefix length; a bare address passes the patterns (the agent reads one as a host),
+# and the API server's ``format: cidr`` insists on the prefix. The IPv4 pattern is
+# exact; IPv6 text is checked by its characters here and parsed by the API server and
+# by the agent's renderer.
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4_CIDR_PATTERN = rf"^{_OCTET}(\.{_OCTET}){{3}}(/([0-9]|[12][0-9]|3[0-2]))?$"
+IPV6_CIDR_PATTERN = r"^[0-9a-fA-F:.]*:[0-9a-fA-F:.]*(/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8]))?$"
+CIDR_PATTERN = r"^[0-9a-fA-F:.]+(/[0-9]{1,3})?$"
+IP_PATTERN = r"^[0-9a-fA-F:.]+$"
+
+_CIDR_FORMAT: JsonDict = {"format": "cidr"}
+MSG_POD_IP = "a pod IP must be an IPv4 or IPv6 address"
+_IS_IP: JsonDict = {"x-kubernetes-validations": [{"rule": "isIP(self)", "message": MSG_POD_IP}]}
+
+Namespace = Annotated[str, Field(max_length=63, pattern=DNS_LABEL_PATTERN)]
+ObjectName = Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+# A compiled object referenced by name. Its shape is the API server's business when the
+# object is written; the agent renders probes under names no object can have.
+RefName = Annotated[str, Field(min_length=1, max_length=253)]
+IPv4CIDR = Annotated[
+    str, Field(max_length=18, pattern=IPV4_CIDR_PATTERN, json_schema_extra=_CIDR_FORMAT)
+]
+IPv6CIDR = Annotated[
+    str, Field(max_length=43, pattern=IPV6_CIDR_PATTERN, json_schema_extra=_CIDR_FORMAT)
+]
+CIDR = Annotated[str, Field(max_length=43, pattern=CIDR_PATTERN, json_schema_extra=_CIDR_FORMAT)]
+IP = Annotated[str, Field(max_length=39, pattern=IP_PATTERN, json_schema_extra=_IS_IP)]
+
+MAX_INLINE_CIDRS = 64  # the compiler writes one (a rule has one CIDR remote)
+MSG_REMOTE_KIND = (
+    "a remote of kind Any has no cidrs and no set, CIDR no set, Set a set and no cidrs"
+)
 
 
 class _Model(BaseModel):
@@ -54,8 +115,8 @@ class SourceKind(StrEnum):
 class ObjectKey(_Model):
     """Namespace and name of a user object (a group, a rule, an address group, a pod)."""
 
-    namespace: str = Field(description="Namespace of the object.")
-    name: str = Field(description="Name of the object.")
+    namespace: Namespace = Field(description="Namespace of the object.")
+    name: ObjectName = Field(description="Name of the object.")
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
@@ -81,11 +142,38 @@ class PortSpan(_Model):
 class CompiledRemote(_Model):
     """A rule's peer after compilation: any address, inline CIDRs, or a named address set."""
 
-    kind: RemoteKind = Field(description="Any, CIDR or Set.")
-    cidrs: tuple[str, ...] = Field(
-        default=(), description="For CIDR: the networks, canonical text."
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.kind == 'CIDR' ? !has(self.set) : "
+                    "(self.kind == 'Set') == has(self.set) && "
+                    "(!has(self.cidrs) || size(self.cidrs) == 0)",
+                    "message": MSG_REMOTE_KIND,
+                }
+            ]
+        }
     )
-    set: str | None = Field(default=None, description="For Set: the CompiledAddressSet name.")
+
+    kind: RemoteKind = Field(description="Any, CIDR or Set.")
+    cidrs: tuple[CIDR, ...] = Field(
+        default=(),
+        max_length=MAX_INLINE_CIDRS,
+        description="For CIDR: the networks, canonical text.",
+    )
+    set: RefName | None = Field(default=None, description="For Set: the CompiledAddressSet name.")
+
+    @model_validator(mode="after")
+    def _kind_matches(self) -> CompiledRemote:
+        has_cidrs, has_set = bool(self.cidrs), self.set is not None
+        ok = {
+            RemoteKind.ANY: not has_cidrs and not has_set,
+            RemoteKind.CIDR: not has_set,  # no CIDR at all matches nothing
+            RemoteKind.SET: has_set and not has_cidrs,
+        }
+        if not ok[self.kind]:
+            raise ValueError(MSG_REMOTE_KIND)
+        return self
 
     def networks(self) -> tuple[IPNetwork, ...]:
         return tuple(ipaddress.ip_network(c) for c in self.cidrs)
@@ -94,19 +182,26 @@ class CompiledRemote(_Model):
 class CompiledRule(_Model):
     """One rule in match order; ``id`` names its origin (``ns/rule`` or a default rule)."""
 
-    id: str = Field(description="Origin of the rule: namespace/name of the SecurityGroupRule.")
+    id: str = Field(
+        max_length=MAX_ID_LENGTH,
+        description="Origin of the rule: namespace/name of the SecurityGroupRule.",
+    )
     direction: Direction = Field(description="Ingress or Egress.")
     action: Action = Field(description="Allow or Deny.")
     priority: int = Field(ge=1, le=100, description="1-100, smaller first.")
     family: IPFamily = Field(description="IPv4 or IPv6.")
     protocol: Protocol = Field(description="TCP, UDP, ICMP, GRE or All.")
     ports: tuple[PortSpan, ...] = Field(
-        default=(), description="Merged destination port ranges; empty = all ports."
+        default=(),
+        max_length=MAX_PORT_SPANS,
+        description="Merged destination port ranges; empty = all ports.",
     )
     icmp_type: int | None = Field(default=None, ge=0, le=255, description="ICMP type, if any.")
     icmp_code: int | None = Field(default=None, ge=0, le=255, description="ICMP code, if any.")
     remote: CompiledRemote = Field(description="The peer the rule matches.")
-    description: str = Field(default="", description="The user's description of the rule.")
+    description: str = Field(
+        default="", max_length=MAX_TEXT, description="The user's description of the rule."
+    )
 
     def sort_key(self) -> tuple[int, int, str]:
         """S-X-1: priority first, Deny before Allow at equal priority, then id for determinism."""
@@ -122,9 +217,11 @@ class CompiledGroupSpec(_Model):
         description="True for a namespace default group compiled before its object exists.",
     )
     ingress: tuple[CompiledRule, ...] = Field(
-        default=(), description="Ingress rules in match order."
+        default=(), max_length=MAX_RULES_PER_DIRECTION, description="Ingress rules in match order."
     )
-    egress: tuple[CompiledRule, ...] = Field(default=(), description="Egress rules in match order.")
+    egress: tuple[CompiledRule, ...] = Field(
+        default=(), max_length=MAX_RULES_PER_DIRECTION, description="Egress rules in match order."
+    )
 
     def rules(self, direction: Direction) -> tuple[CompiledRule, ...]:
         return self.ingress if direction is Direction.INGRESS else self.egress
@@ -135,8 +232,12 @@ class CompiledAddressSetSpec(_Model):
 
     source_kind: SourceKind = Field(description="SecurityGroup or IPAddressGroup.")
     source: ObjectKey = Field(description="The object the members come from.")
-    ipv4: tuple[str, ...] = Field(default=(), description="IPv4 members as collapsed CIDRs.")
-    ipv6: tuple[str, ...] = Field(default=(), description="IPv6 members as collapsed CIDRs.")
+    ipv4: tuple[IPv4CIDR, ...] = Field(
+        default=(), max_length=MAX_SET_CIDRS, description="IPv4 members as collapsed CIDRs."
+    )
+    ipv6: tuple[IPv6CIDR, ...] = Field(
+        default=(), max_length=MAX_SET_CIDRS, description="IPv6 members as collapsed CIDRs."
+    )
 
     def networks(self, family: IPFamily) -> tuple[IPNetwork, ...]:
         items = self.ipv4 if family is IPFamily.IPV4 else self.ipv6
@@ -150,14 +251,19 @@ class CompiledAddressSetSpec(_Model):
 class CompiledPod(_Model):
     """A managed pod on a node: its IPs, groups in sequence order, and ingress epoch."""
 
-    namespace: str = Field(description="Pod namespace.")
-    name: str = Field(description="Pod name.")
+    namespace: Namespace = Field(description="Pod namespace.")
+    name: ObjectName = Field(description="Pod name.")
     uid: str = Field(
-        description="Pod UID (epochs are stamped per UID, so a new pod never reuses one)."
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        description="Pod UID (epochs are stamped per UID, so a new pod never reuses one).",
     )
-    ips: tuple[str, ...] = Field(description="The pod's IPs (status.podIPs), IPv4 and/or IPv6.")
-    groups: tuple[str, ...] = Field(
-        description="CompiledSecurityGroup names in the pod's sequence order (S-X-1)."
+    ips: tuple[IP, ...] = Field(
+        max_length=2, description="The pod's IPs (status.podIPs), IPv4 and/or IPv6."
+    )
+    groups: tuple[RefName, ...] = Field(
+        max_length=MAX_GROUPS_PER_POD,
+        description="CompiledSecurityGroup names in the pod's sequence order (S-X-1).",
     )
     epoch: int = Field(
         default=0,
@@ -175,18 +281,27 @@ class CompiledPod(_Model):
 class CompiledNodeSpec(_Model):
     """Everything one node's agent needs to find: its pods, and the groups and sets they use."""
 
-    node: str = Field(description="Node name.")
+    # No pattern: the CLI places unscheduled pods on a pseudo node "(unscheduled)"; the
+    # API server checks the object's name, which is the node name.
+    node: str = Field(max_length=253, description="Node name.")
     pods: tuple[CompiledPod, ...] = Field(
-        default=(), description="Managed pods, sorted by namespace/name."
+        default=(),
+        max_length=MAX_PODS_PER_NODE,
+        description="Managed pods, sorted by namespace/name.",
     )
-    groups: tuple[str, ...] = Field(
-        default=(), description="CompiledSecurityGroup names used here, sorted."
+    groups: tuple[RefName, ...] = Field(
+        default=(),
+        max_length=MAX_REFERENCES,
+        description="CompiledSecurityGroup names used here, sorted.",
     )
-    sets: tuple[str, ...] = Field(
-        default=(), description="CompiledAddressSet names used here, sorted."
+    sets: tuple[RefName, ...] = Field(
+        default=(),
+        max_length=MAX_REFERENCES,
+        description="CompiledAddressSet names used here, sorted.",
     )
-    requires: dict[str, int] = Field(
+    requires: dict[str, Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict,
+        max_length=2 * MAX_REFERENCES,
         description=(
             "Minimum metadata.generation of referenced objects ('group/<name>' or 'set/<name>') "
             "the agent must have seen before applying this object, so that an epoch raised for "
@@ -242,13 +357,21 @@ class CompiledAddressSet(_Model):
 class NodeAgentStatus(_Model):
     """What the node agent last applied, reported on its CompiledNodePolicy."""
 
-    applied_generation: int | None = Field(default=None, description="metadata.generation applied.")
-    applied_at: str | None = Field(default=None, description="When it was applied (RFC 3339).")
-    pods: int = Field(default=0, description="Managed pods programmed on the node.")
-    rules: int = Field(default=0, description="nftables rules in the table.")
-    set_elements: int = Field(default=0, description="Elements in the address sets.")
-    error: str | None = Field(default=None, description="Why the last sync failed, if it did.")
-    reason: str | None = Field(default=None, description="CamelCase reason of the error.")
+    applied_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation applied."
+    )
+    applied_at: str | None = Field(
+        default=None, max_length=64, description="When it was applied (RFC 3339)."
+    )
+    pods: int = Field(default=0, ge=0, description="Managed pods programmed on the node.")
+    rules: int = Field(default=0, ge=0, description="nftables rules in the table.")
+    set_elements: int = Field(default=0, ge=0, description="Elements in the address sets.")
+    error: str | None = Field(
+        default=None, max_length=32768, description="Why the last sync failed, if it did."
+    )
+    reason: str | None = Field(
+        default=None, max_length=1024, description="CamelCase reason of the error."
+    )
 
 
 class CompiledNodePolicy(_Model):

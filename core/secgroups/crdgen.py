@@ -132,6 +132,10 @@ class Resource:
     category: str
     status_subresource: bool
     columns: tuple[PrinterColumn, ...] = field(default=())
+    # Fields a LIST or WATCH may select on (``--field-selector``; Kubernetes 1.32+, beta
+    # in 1.31): the admission webhook lists only the rules of one group, or those naming
+    # one remote, instead of a namespace or the whole cluster.
+    selectable_fields: tuple[str, ...] = field(default=())
 
     @property
     def crd_name(self) -> str:
@@ -193,6 +197,11 @@ RESOURCES: tuple[Resource, ...] = (
                 priority=1,
             ),
             AGE,
+        ),
+        selectable_fields=(
+            ".spec.securityGroup",
+            ".spec.remote.securityGroup.name",
+            ".spec.remote.ipAddressGroup.name",
         ),
     ),
     Resource(
@@ -381,6 +390,8 @@ def crd(resource: Resource) -> dict[str, Any]:
     }
     if resource.status_subresource:
         version["subresources"] = {"status": {}}
+    if resource.selectable_fields:
+        version["selectableFields"] = [{"jsonPath": p} for p in resource.selectable_fields]
     return {
         "apiVersion": CRD_API_VERSION,
         "kind": "CustomResourceDefinition",

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from secgroups import crdgen, models, ports
+from secgroups import compiled, crdgen, models, ports
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS_DIR = REPO / "crds"
@@ -157,7 +157,7 @@ def test_cel_rules_pass_through_with_the_python_messages() -> None:
     """Every CEL message is one of the messages the Python validators raise."""
     python_messages = {
         v
-        for module in (models, ports)
+        for module in (models, ports, compiled)
         for k, v in vars(module).items()
         if k.startswith("MSG_") and isinstance(v, str)
     }
@@ -167,8 +167,9 @@ def test_cel_rules_pass_through_with_the_python_messages() -> None:
             for rule in node.get("x-kubernetes-validations", []):
                 seen.append(rule["message"])
                 assert rule["message"] in python_messages, f"{resource.kind} {path}"
-    # SG name 1, selector 2, ports 4, rule spec 3, remote 1, cidr 1, addresses 2.
-    assert len(seen) == 14
+    # SG name 1, selector 2, ports 4, rule spec 3, remote 1, cidr 1, addresses 2; compiled:
+    # remote kind 2 (ingress, egress), pod IP 1.
+    assert len(seen) == 17
 
 
 def test_ip_address_entries_are_a_bounded_set() -> None:
