@@ -10,6 +10,8 @@
 #                         or dockerd process is left)
 #   hack/kind.sh build    kind and the node image only (cached), no cluster
 #   hack/kind.sh load [IMAGE...]   `kind load docker-image` (default: our three images)
+#   hack/kind.sh selftest probe pods on every node: pods across nodes (TCP/UDP/ICMP/GRE), a
+#                         Service by ClusterIP, DNS name and NodePort, egress refused
 #   hack/kind.sh status   daemon, cluster, nodes, pods, cached artefacts
 #   hack/kind.sh env      `export` lines: KUBECONFIG, PATH (kind, kubectl), KSG_KIND_* for tests
 #
@@ -410,6 +412,92 @@ cmd_down() {
   summary
 }
 
+# A workload check of the running cluster with our probe image: one probe pod per node and a
+# NodePort Service; from every pod, every pod by IP (TCP, UDP, ICMP, GRE) across nodes, the
+# Service by ClusterIP and by DNS name, the NodePort on every node, and an address outside the
+# cluster refused by the egress guard (hack/kind/selftest.py). Deletes its namespace at the end.
+cmd_selftest() {
+  cluster_healthy || die "no healthy cluster $NAME (hack/kind.sh up)"
+  local ns=ksg-selftest img plan pods p ok fail
+  img=$("$HACK_DIR/images.sh" names | grep /probe:)
+  SUMMARY_WHAT=selftest
+  load_images "$img"
+  step "selftest: probe pods"
+  kctl delete namespace "$ns" --ignore-not-found --wait=true >/dev/null
+  kctl create namespace "$ns" >/dev/null
+  kctl -n "$ns" apply -f - >/dev/null <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: probe}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: probe}}
+  template:
+    metadata: {labels: {app: probe}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      # ICMP probes use ping sockets; containerd (unlike Docker) leaves ping_group_range closed
+      securityContext: {sysctls: [{name: net.ipv4.ping_group_range, value: "0 2147483647"}]}
+      tolerations: [{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}]
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: probe}}}
+      containers:
+      - name: probe
+        image: $img
+        imagePullPolicy: Never
+        args: ["--name", "\$(POD_NAME)", "--control", "/run/probed.sock"]
+        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+        readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: probe}
+spec:
+  type: NodePort
+  selector: {app: probe}
+  ports: [{name: tcp, port: 80, protocol: TCP}, {name: udp, port: 80, protocol: UDP}]
+YAML
+  run_logged selftest-rollout "$K8S_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" -n "$ns" rollout status deployment/probe --timeout=180s
+  step_done "$(kctl -n "$ns" get pods -l app=probe -o jsonpath='{range .items[*]}{.spec.nodeName}{" "}{end}')"
+  step "selftest: probes"
+  plan=$(kctl -n "$ns" get pods,svc,nodes -o json | python3 -c '
+import json, sys
+items = json.load(sys.stdin)["items"]
+pods = {i["metadata"]["name"]: i["status"]["podIP"] for i in items if i["kind"] == "Pod"}
+svc = next(i for i in items if i["kind"] == "Service")
+nodes = {i["metadata"]["name"]: next(a["address"] for a in i["status"]["addresses"] if a["type"] == "InternalIP")
+         for i in items if i["kind"] == "Node"}
+print(json.dumps({"pods": pods, "cluster_ip": svc["spec"]["clusterIP"], "nodes": nodes,
+                  "node_port": next(p["nodePort"] for p in svc["spec"]["ports"] if p["protocol"] == "TCP"),
+                  "service_name": "probe.ksg-selftest.svc.cluster.local", "outside": "100.64.250.10"}))')
+  ok=0; fail=0
+  for p in $(kctl -n "$ns" get pods -l app=probe -o jsonpath='{.items[*].metadata.name}'); do
+    kctl -n "$ns" exec -i "$p" -- python3 - "$plan" <"$HACK_DIR/kind/selftest.py" >"$LOG_DIR/selftest-$p.jsonl" 2>&1 || true
+    read -r o f < <(python3 - "$LOG_DIR/selftest-$p.jsonl" "$p" <<'PY'
+import json, sys
+rows, bad = [], []
+for line in open(sys.argv[1]):
+    try:
+        rows.append(json.loads(line))
+    except ValueError:
+        bad.append(line.rstrip())
+fails = [r for r in rows if r["ok"] != r["expect"]]
+for r in fails:
+    print(f"  FAIL {sys.argv[2]} -> {r['target']} {r['what']}: {r['detail']}", file=sys.stderr)
+for b in bad:
+    print(f"  {sys.argv[2]}: {b}", file=sys.stderr)
+print(len(rows) - len(fails), len(fails) + (1 if bad or not rows else 0))
+PY
+    )
+    log "  from $p: $o ok, $f failed"
+    ok=$((ok + o)); fail=$((fail + f))
+  done
+  kctl delete namespace "$ns" --wait=false >/dev/null
+  step_done "$ok ok, $fail failed"
+  summary
+  [ "$fail" -eq 0 ] || die "selftest: $fail checks failed (logs $LOG_DIR/selftest-*.jsonl)"
+}
+
 cmd_status() {
   "$HACK_DIR/docker.sh" status
   if [ -x "$KIND_BIN" ] && timeout 10 docker info >/dev/null 2>&1; then
@@ -432,6 +520,7 @@ case ${1:-} in
   build) SUMMARY_WHAT=build; cmd_build; summary ;;
   load) shift; cmd_load "$@" ;;
   status) cmd_status ;;
+  selftest) cmd_selftest ;;
   env) cmd_env ;;
   *) sed -n '2,35p' "$0"; exit 2 ;;
 esac
