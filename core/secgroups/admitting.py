@@ -31,7 +31,7 @@ Neighbours: ``quotas`` (limits and words), ``membership`` (who is in which group
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from secgroups.compiling import rule_group
@@ -186,12 +186,6 @@ def admit_address_group(new: IPAddressGroup) -> Decision:
 # ----------------------------------------------------------------------------- pods
 
 
-def _member_count(group: SecurityGroup | None) -> int | None:
-    if group is None or group.status is None:
-        return None
-    return group.status.member_count
-
-
 def pod_groups(
     pod: PodFacts, namespace: NamespaceFacts | None, groups: Sequence[SecurityGroup], scope: Scope
 ) -> tuple[tuple[GroupKey, ...], tuple[str, ...]] | None:
@@ -216,13 +210,15 @@ def admit_pod(
     old: PodFacts | None,
     namespace: NamespaceFacts | None,
     groups: Sequence[SecurityGroup],
+    member_counts: Mapping[GroupKey, int],
     scope: Scope | None = None,
 ) -> Decision:
     """A Pod create (``old`` None) or update (labels or the groups annotation).
 
-    S-L-2 is judged on each group the pod *joins* against the member count the operator
-    last reported in the group's status (eventually consistent: a burst of pods can
-    overshoot by what was created since; the status reports the overrun).
+    S-L-2 is judged on each group the pod *joins* against ``member_counts``, the member
+    count the operator last reported in each group's status (``status.memberCount``):
+    eventually consistent, so a burst of pods can overshoot by what was created since;
+    the status then reports the overrun.
     """
     scope = scope or Scope()
     now = pod_groups(pod, namespace, groups, scope)
@@ -231,11 +227,10 @@ def admit_pod(
     order, missing = now
     before = pod_groups(old, namespace, groups, scope) if old is not None else None
     had = set(before[0]) if before is not None else set()
-    by_key = {(g.metadata.namespace or pod.namespace, g.metadata.name): g for g in groups}
     for key in order:
         if key in had:
             continue
-        count = _member_count(by_key.get(key))
+        count = member_counts.get(key)
         if count is not None and count + 1 > MEMBER_LIMIT:
             return Decision.deny(
                 "TooManyMembers",

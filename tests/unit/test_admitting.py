@@ -153,11 +153,8 @@ def test_an_address_group_must_compile_to_a_bounded_number_of_cidrs() -> None:
 # ----------------------------------------------------------------------------- pods
 
 
-def _with_members(name: str, count: int, **kw: Any) -> SecurityGroup:
-    group = sg(name, **kw)
-    return group.model_validate(
-        {**group.model_dump(by_alias=True), "status": {"memberCount": count}}
-    )
+def _with_members(name: str, count: int, **kw: Any) -> tuple[SecurityGroup, int]:
+    return sg(name, **kw), count
 
 
 @pytest.mark.parametrize(
@@ -204,10 +201,12 @@ def _with_members(name: str, count: int, **kw: Any) -> SecurityGroup:
     ],
 )
 def test_member_limit_at_pod_admission(
-    groups: list[SecurityGroup], the_pod: Any, old: Any, allowed: bool
+    groups: list[tuple[SecurityGroup, int] | SecurityGroup], the_pod: Any, old: Any, allowed: bool
 ) -> None:
     namespace = ns() if the_pod.namespace == "demo" else ns(the_pod.namespace, enforced=False)
-    d = admitting.admit_pod(the_pod, old, namespace, groups)
+    counts = {("demo", g[0].metadata.name): g[1] for g in groups if isinstance(g, tuple)}
+    objs = [g[0] if isinstance(g, tuple) else g for g in groups]
+    d = admitting.admit_pod(the_pod, old, namespace, objs, counts)
     assert d.allowed is allowed, d.message
     if not allowed:
         assert d.reason == "TooManyMembers"
@@ -219,14 +218,15 @@ def test_member_limit_at_pod_admission(
 
 def test_more_than_five_groups_is_a_warning_not_a_refusal() -> None:
     groups = [sg(f"g{i}") for i in range(6)]
-    d = admitting.admit_pod(pod("p", groups="g0,g1,g2,g3,g4,g5"), None, ns(), groups)
+    d = admitting.admit_pod(pod("p", groups="g0,g1,g2,g3,g4,g5"), None, ns(), groups, {})
     assert d.allowed
     assert d.warnings == ("S-L-3: pod demo/p in 6 security groups; at most 5 are advised",)
-    assert admitting.admit_pod(pod("p", groups="g0,g1,g2,g3,g4"), None, ns(), groups).warnings == ()
+    five = pod("p", groups="g0,g1,g2,g3,g4")
+    assert admitting.admit_pod(five, None, ns(), groups, {}).warnings == ()
 
 
 def test_a_pod_naming_a_missing_group_is_admitted_with_a_warning() -> None:
-    d = admitting.admit_pod(pod("p", groups="web,wbe"), None, ns(), [sg("web")])
+    d = admitting.admit_pod(pod("p", groups="web,wbe"), None, ns(), [sg("web")], {})
     assert d.allowed
     assert d.warnings == (
         "pod demo/p: annotation names security group(s) that do not exist: wbe; they match "
