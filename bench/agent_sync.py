@@ -2,7 +2,8 @@
 
 Run as root: ``.venv/bin/python bench/agent_sync.py [--repeat 200]``. It re-executes
 itself inside a scratch netns (created and deleted here) and prints one line per figure.
-Not a test: nothing is asserted. Figures (notes/dataplane.md §7 targets):
+Not a test: nothing is asserted. Figures (targets: docs/performance.md, "Targets and the
+reference node"):
 
 * one small transaction (add + delete one element of a 6,000-element set), libnftables
   worker vs ``nft -f -``;

@@ -3,7 +3,8 @@
 Run as root: ``sudo .venv/bin/python bench/dataplane.py`` (``--quick`` for a short smoke
 run; ``--only dataplane|agent``). A script, not a test: it prints one table (figure,
 value, goal, ratio, pass/miss) and asserts nothing. Targets: docs/performance.md
-("Dataplane", "Agent"), from notes/dataplane.md §7; method as in §8 (M10).
+("Dataplane", "Agent", "Targets and the reference node"); the method is the one of
+docs/nftables.md#where-and-how-they-were-measured.
 
 **Dataplane** — for each variant its own three network namespaces, built here and
 deleted on exit: ``ksgdp-<v>-c`` (client, 100.79.1.2) — ``ksgdp-<v>-r`` (the node:
@@ -34,7 +35,7 @@ one second to the next).
 
 **Agent** — ``bench/agent_sync.py --json`` (in its own scratch netns: the sync loop,
 planner and libnftables worker in-process, change notification → commit) for member
-add/remove in a 6,000-member group and the full resync of notes/dataplane.md's big node
+add/remove in a 6,000-member group and the full resync of the reference node
 (100 pods, 20 groups × 50 rules, 20 × 6,000 members: cold = empty caches and table,
 as at agent start; warm = the periodic resync; compute and apply reported apart); then the
 **real agent process** (``tests/agent_harness.py``) started on the same node from a policy
@@ -163,7 +164,8 @@ table inet bench {
 
 
 def linear_text(n: int = 10_000) -> str:
-    """M10's linear chain: established first, then ``n`` rules that never match."""
+    """The measured linear chain (docs/nftables.md#what-rules-and-sets-cost-per-packet):
+    established first, then ``n`` rules that never match."""
     lines = [CT_ONLY.rstrip().rstrip("}").rstrip().rstrip("}")]
     for i in range(n):
         lines.append(f"    ip saddr 198.18.{i // 250}.{i % 250 + 1} tcp dport 443 accept")

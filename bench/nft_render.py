@@ -4,9 +4,9 @@ Run: ``.venv/bin/python bench/nft_render.py [--repeat N]`` (as root for the load
 they run in a scratch netns created and deleted here). A script, not a test: it prints
 one line per figure and asserts nothing.
 
-The node is notes/dataplane.md's realistic one (§6 M3): 100 dual-stack pods, each in 2-3
+The node is the reference node of docs/performance.md: 100 dual-stack pods, each in 2-3
 of 20 groups of 50 rules (remote groups, CIDRs, port lists, ICMP, both families), 20
-remote groups of 6,000 member IPs each (120k set elements). Targets (§7): full resync
+remote groups of 6,000 member IPs each (120k set elements). Targets (same page): full resync
 of such a node < 1 s (the prototype's kernel part: 449 ms); pod add, epoch bump and a
 50-rule group rewrite in milliseconds.
 """

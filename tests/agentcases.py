@@ -2,8 +2,8 @@
 
 Shared by the agent's unit tests, netns tests and benchmarks. Built with the
 renderer's builders (``tests/nftcases.py``). The big node is the sizing of
-notes/dataplane.md §7: 100 pods, 20 groups x 50 rules, 20 remote groups x 6,000 IPs
-(120k set elements). Addresses: pods from 100.64.0.0/16 and fd64:5ec::/48; remote
+the reference node of docs/performance.md: 100 pods, 20 groups x 50 rules, 20 remote
+groups x 6,000 IPs (120k set elements). Addresses: pods from 100.64.0.0/16 and fd64:5ec::/48; remote
 members from 10.0.0.0/8 (not routed in the lab).
 """
 

@@ -57,7 +57,7 @@ UNSCHEDULED_NODE = "(unscheduled)"
 
 
 class Why(StrEnum):
-    """How a pod came to be in a group (DESIGN.md §2)."""
+    """How a pod came to be in a group (docs/architecture.md#membership-and-scope)."""
 
     ANNOTATION = "annotation"
     SELECTOR = "selector"

@@ -38,8 +38,8 @@ Readings the table leaves open, decided here and documented in docs/semantics.md
   is denied everything rather than given the default group) is re-checked when it
   arrives the way a member would be: newly managed, a new IP, or a new node.
 
-The operator turns the plan into new ingress epochs (DESIGN.md §4); the node agent
-never needs to know why.
+The operator turns the plan into new ingress epochs
+(docs/architecture.md#existing-connections-epochs); the node agent never needs to know why.
 """
 
 from __future__ import annotations
@@ -282,7 +282,10 @@ def _rule_deleted(rule: _Rule, recheck: _Recheck) -> None:
 
 
 def bump_epochs(epochs: Mapping[PodKey, int], plan: ClearingPlan) -> dict[PodKey, int]:
-    """New ingress epochs: every planned pod's epoch goes up by one (DESIGN.md §4)."""
+    """New ingress epochs: every planned pod's epoch goes up by one.
+
+    See docs/architecture.md#existing-connections-epochs.
+    """
     out = dict(epochs)
     for pod in plan.pods:
         out[pod] = out.get(pod, 0) + 1

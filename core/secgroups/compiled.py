@@ -1,4 +1,6 @@
-"""The compiled objects the operator publishes and the node agents consume (DESIGN.md §1).
+"""The compiled objects the operator publishes and the node agents consume.
+
+See docs/architecture.md#compiled-objects.
 
 Split as Antrea splits its internal policy, so that one user change writes O(1)
 objects:
@@ -9,7 +11,8 @@ objects:
 * :class:`CompiledAddressSetSpec` — one per remote (a security group used as a remote,
   or an IP address group): its members as collapsed IPv4 and IPv6 CIDRs;
 * :class:`CompiledNodeSpec` — one per node: the managed pods on it, each with its IPs,
-  its ordered group list and its ingress epoch (S-CT-2 clearing, DESIGN.md §4).
+  its ordered group list and its ingress epoch (S-CT-2 clearing,
+  docs/architecture.md#existing-connections-epochs).
 
 They are cluster-scoped custom resources of their own (kinds below), written only
 by the operator. The same models are the output of ``compiling.compile_policy``
@@ -305,7 +308,7 @@ class CompiledNodeSpec(_Model):
         description=(
             "Minimum metadata.generation of referenced objects ('group/<name>' or 'set/<name>') "
             "the agent must have seen before applying this object, so that an epoch raised for "
-            "a rule or member change is never applied before that change itself (DESIGN.md §4)."
+            "a rule or member change is never applied before that change itself."
         ),
     )
 

@@ -3,7 +3,8 @@
 Pure and deterministic: the same facts in any order give byte-identical output,
 so an operator restart rewrites nothing. Steps:
 
-1. ``membership.resolve`` — managed pods and their group sequences (DESIGN.md §2);
+1. ``membership.resolve`` — managed pods and their group sequences
+   (docs/architecture.md#membership-and-scope);
 2. each group in use → its rules in match order (S-X-1: priority, Deny before
    Allow, then rule id), remotes reduced to inline CIDRs or address-set references;
    a namespace's ``default`` group is synthesized with the S-D-1 rules until its
@@ -86,7 +87,8 @@ class Problem:
 class CompileOptions:
     scope: Scope = field(default_factory=Scope)
     # Ingress epochs of pods, kept by the operator from one compilation to the next
-    # (S-CT-2 clearing, DESIGN.md §4). Pods not listed get epoch 0.
+    # (S-CT-2 clearing, docs/architecture.md#existing-connections-epochs). Pods not listed
+    # get epoch 0.
     epochs: Mapping[PodKey, int] = field(default_factory=dict)
 
 

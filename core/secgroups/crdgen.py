@@ -7,7 +7,7 @@ inlined, ``anyOf: [X, {type: null}]`` becomes X (optional = not required), title
 an unknown keyword is an error, never silently lost. The CEL rules
 (``x-kubernetes-validations``) and list types the models declare in
 ``json_schema_extra`` pass through unchanged, so the API server rejects bad input
-with the same messages as the Python validators (DESIGN.md §2).
+with the same messages as the Python validators (docs/api.md).
 
 ``python -m secgroups.crdgen --write crds/`` writes one file per CRD;
 ``--check crds/`` exits 1 with a diff when the committed files drift from the models

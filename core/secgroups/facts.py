@@ -2,8 +2,8 @@
 
 The operator builds them from its watch caches, the CLI from manifest files or a
 live cluster, tests from literals. Pods and Namespaces are reduced to the slim
-facts the policy depends on (DESIGN.md §2): labels, node, IPs, the groups
-annotation, hostNetwork and phase.
+facts the policy depends on (docs/architecture.md#membership-and-scope): labels, node,
+IPs, the groups annotation, hostNetwork and phase.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ recomputed, groups whose rules changed, address sets whose members changed, node
 whose pods changed); :meth:`_flush` then recomputes just those, in dependency order
 (memberships → groups → sets → nodes), with the same per-object functions the full
 compiler uses. Reference counts keep "which sets exist" and "which groups and sets
-each node needs" exact without rescanning (the reasons of DESIGN.md §1's split:
-one rule change writes O(1) objects).
+each node needs" exact without rescanning (the reason for the split of the compiled
+objects, docs/architecture.md#compiled-objects: one rule change writes O(1) objects).
 
 Besides the objects, a flush reports what the operator needs around them, each
 equal to what the full-cluster functions give for the same two states (property
@@ -124,7 +124,10 @@ class Delete:
 
 @dataclass(frozen=True)
 class SetEpochs:
-    """New ingress epochs for some pods (the operator's S-CT-2 plan, DESIGN.md §4)."""
+    """New ingress epochs for some pods (the operator's S-CT-2 plan).
+
+    See docs/architecture.md#existing-connections-epochs.
+    """
 
     epochs: Mapping[PodKey, int]
 

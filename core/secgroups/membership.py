@@ -1,6 +1,7 @@
 """Which pods are managed, and which groups each managed pod is in, in sequence order.
 
-DESIGN.md §2: only pods in namespaces labelled ``secgroups.dev/enforce=true`` are
+docs/architecture.md#membership-and-scope: only pods in namespaces labelled
+``secgroups.dev/enforce=true`` are
 managed; hostNetwork pods never are, nor finished ones (their IPs may be reused).
 A pod's groups are, in order: the groups named in its
 ``secgroups.dev/security-groups`` annotation, as written; then the groups of its
@@ -142,7 +143,7 @@ def sequence_of(
 
 
 def resolve(facts: ClusterFacts, scope: Scope | None = None) -> Memberships:
-    """Compute every managed pod's group sequence (DESIGN.md §2, S-M-1, S-D-1)."""
+    """Compute every managed pod's group sequence (S-M-1, S-D-1; see the module docstring)."""
     enforced = enforced_namespaces(facts, scope or Scope())
     groups = group_index(facts)
     by_namespace: dict[str, list[SecurityGroup]] = {}

@@ -1,6 +1,6 @@
 """The user-facing resources: SecurityGroup, SecurityGroupRule and IPAddressGroup.
 
-API group ``secgroups.dev``, version ``v1alpha1``, all namespaced (DESIGN.md §2).
+API group ``secgroups.dev``, version ``v1alpha1``, all namespaced (docs/api.md).
 These frozen pydantic models are the one copy of the schema: the CRDs in
 ``crds/`` are generated from them (``crdgen``), their ``x-kubernetes-validations``
 (CEL) rules live beside the Python validators that enforce the same thing with
@@ -29,7 +29,8 @@ GROUP = "secgroups.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Pod annotation naming the pod's groups in sequence order (DESIGN.md §2).
+# Pod annotation naming the pod's groups in sequence order
+# (docs/architecture.md#membership-and-scope).
 GROUPS_ANNOTATION = "secgroups.dev/security-groups"
 # Namespace label that puts a namespace's pods under enforcement (Helm value).
 ENFORCE_LABEL = "secgroups.dev/enforce"

@@ -1,7 +1,7 @@
 """Re-check live inbound flows of a pod against a new policy (S-CT-2): which still pass.
 
 Role: the decision behind the agent's post-commit conntrack sweep (``docs/agent.md``,
-"Conntrack"; dataplane.md §3.4 B.6 and C). When a pod's ingress epoch is raised, the
+"Conntrack"; ``docs/nftables.md``, "Epochs"). When a pod's ingress epoch is raised, the
 kernel re-checks each of its inbound flows at the *remote's* next packet; the sweep
 re-judges the same flows at once, so that what the *pod* sends on a denied flow is cut
 too. This module says, for conntrack entries already known to be inbound flows of one

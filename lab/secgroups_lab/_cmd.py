@@ -57,7 +57,7 @@ def in_netns(netns: str, cmd: Sequence[str]) -> list[str]:
     """The argv that runs ``cmd`` in the network namespace ``netns`` (only the net namespace).
 
     ``nsenter --net`` rather than ``ip netns exec``: the latter remounts /sys and changes the
-    mount namespace (notes/realnodes.md).
+    mount namespace.
     """
     return ["nsenter", f"--net=/run/netns/{netns}", "--", *cmd]
 

@@ -1,4 +1,4 @@
-"""A simulated kubelet for the lab's nodes (kwok-style "simulated-pod mode", DESIGN.md §6).
+"""A simulated kubelet for the lab's nodes (kwok-style "simulated-pod mode", docs/lab.md).
 
 It registers one Node object per lab node (named like its netns, e.g. ``ksg-n1``, with
 ``spec.podCIDRs`` and its underlay addresses) and then does for Pods what a kubelet

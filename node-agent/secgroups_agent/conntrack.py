@@ -1,6 +1,6 @@
 """The conntrack port: forget the flows of deleted pods' IPs; read and re-mark flows by mark.
 
-DESIGN.md §4 and notes/dataplane.md §3.2: when a pod goes away, its IPs may be reused,
+docs/nftables.md#a-pods-inbound-flows-in-conntrack: when a pod goes away, its IPs may be reused,
 so the entries whose original source or reply source is one of its IPs are deleted
 (the pod was either the originator or the responder; ``orig-dst`` would miss Service
 traffic, whose original destination is the VIP — Calico felix PR #1500 made the same
@@ -9,7 +9,8 @@ choice). The TCP non-SYN guard in the ruleset makes deletion flip-safe.
 The post-commit sweep (:mod:`~secgroups_agent.sweeping`) needs two more operations: every
 entry that carries one ``ct mark`` (a re-checked pod's old epoch), and setting the mark of
 given entries (the pod's new epoch, or the tombstone). Entries are never deleted for
-that: deleting a live flow's entry invites a direction flip (dataplane.md §3.3).
+that: deleting a live flow's entry invites a direction flip
+(docs/nftables.md#a-deleted-tcp-entry-comes-back-with-its-direction-flipped).
 
 The sync loop calls this only after the nft transaction that removed the pod committed,
 so no new entry for the IP can be accepted by a stale rule afterwards.

@@ -1,7 +1,7 @@
 """Pod IP → host-side interface, discovered from the node's routes.
 
 The renderer needs each local pod's host-side interface (anti-spoofing pairs and the
-``pod_ifaces`` gate, notes/dataplane.md §2.3). CNIs that route pod traffic through the
+``pod_ifaces`` gate, docs/nftables.md "Static objects"). CNIs that route pod traffic through the
 host (Calico, kindnet, CNI ``ptp``, the lab's routed veths) install a /32 (IPv4) or
 /128 (IPv6) route to each pod IP via its veth; that route is the source of truth here.
 A pod whose route is not there yet is left out and retried when the routes change

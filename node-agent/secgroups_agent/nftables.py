@@ -8,7 +8,8 @@ Implementations of :class:`NftBackend`:
 * :class:`LibNftWorker` — libnftables in-process (ctypes), in a long-lived worker
   subprocess (:mod:`secgroups_agent.nftworker`). A libnftables crash (segfault) kills
   only the worker: the call raises :class:`NftWorkerCrashedError`, the next call starts a new
-  worker, and the sync loop falls back to a full resync (notes/dataplane.md §4.1);
+  worker, and the sync loop falls back to a full resync
+  (docs/nftables.md#libnftables-crashes-on-some-json-input);
 * :class:`NftCli` — ``nft -f -`` per transaction: crash-isolated but ~40x slower per
   small change (process start);
 * :class:`WorkerWithCliFallback` — the worker, except that the transaction after a

@@ -3,7 +3,8 @@
 Started by :class:`secgroups_agent.nftables.LibNftWorker` as
 ``python -m secgroups_agent.nftworker REQ_FD RESP_FD``. It loads ``libnftables.so.1``
 with ctypes and serves one request at a time over two inherited pipes, so that a crash
-inside libnftables (nft 1.0.6 segfaults on some JSON objects, notes/dataplane.md §3.1)
+inside libnftables (nft 1.0.6 segfaults on some JSON objects,
+docs/nftables.md#libnftables-crashes-on-some-json-input)
 kills only this process: the agent sees EOF, reports the error, restarts the worker and
 falls back to a full resync.
 

@@ -12,7 +12,8 @@ that the agent never syncs from partial data.
   from the list's resourceVersion (relisting after errors, 410 Gone included). It is not
   ready until the node object and every referenced object have been listed, and until
   the generations the node object ``requires`` have been seen (so an epoch raised for a
-  rule or member change is never applied before the change itself, DESIGN.md §4).
+  rule or member change is never applied before the change itself,
+  docs/architecture.md#existing-connections-epochs).
   Kubernetes access goes through the :class:`KubeApi` port
   (:class:`secgroups_kube.AsyncKube`, or :class:`FakeKubeApi` in unit tests).
 * :class:`FileSource` reads a ``CompiledPolicy`` dump (JSON or YAML;

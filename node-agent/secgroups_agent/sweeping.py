@@ -1,10 +1,11 @@
 """The post-commit conntrack sweep: cut the pod's side of inbound flows a re-check denies.
 
 S-CT-2 says a re-checked pod's denied inbound flows are interrupted. The epochs
-(DESIGN.md §4) re-check each flow in the kernel at the *remote's* next packet, but the
-pod's own packets on the flow are replies, accepted whatever the flow's mark: a one-way
-UDP stream from the pod would keep reaching a revoked client (dataplane.md §3.4 B.6).
-So after every commit that raised a pod's epoch, the agent sweeps that pod's flows:
+(docs/architecture.md#existing-connections-epochs) re-check each flow in the kernel at the
+*remote's* next packet, but the pod's own packets on the flow are replies, accepted
+whatever the flow's mark: a one-way UDP stream from the pod would keep reaching a revoked
+client (docs/nftables.md, "Epochs"). So after every commit that raised a pod's epoch, the
+agent sweeps that pod's flows:
 
 1. the entries still carrying one of the pod's **old** marks (a kernel-side mark filter:
    an inbound flow of the pod is stamped with the pod's mark, so nothing else is read);
@@ -16,12 +17,13 @@ So after every commit that raised a pod's epoch, the agent sweeps that pod's flo
    (``MARK_TOMBSTONE``, never an epoch mark), whose replies ``pod_egress`` drops.
 
 Nothing is deleted (a deleted live entry can come back with its direction flipped,
-dataplane.md §3.3), and only the reply direction is cut by the tombstone: the remote's
-packets still go through the re-check, so a flow the policy allows again resumes,
-re-stamped by the kernel, and an evaluator that disagreed with the kernel would only
-delay the pod's packets until the remote's next one. An entry that carries the mark but
-whose reply source is not one of the pod's IPs is left alone (not an inbound flow of the
-pod as we understand it). Outbound flows are never stamped, so never read (S-CT-1).
+docs/nftables.md#a-deleted-tcp-entry-comes-back-with-its-direction-flipped), and only the
+reply direction is cut by the tombstone: the remote's packets still go through the
+re-check, so a flow the policy allows again resumes, re-stamped by the kernel, and an
+evaluator that disagreed with the kernel would only delay the pod's packets until the
+remote's next one. An entry that carries the mark but whose reply source is not one of the
+pod's IPs is left alone (not an inbound flow of the pod as we understand it). Outbound
+flows are never stamped, so never read (S-CT-1).
 
 Old marks come from the previous commit (pod UID → mark); at the agent's first commit,
 from the ``in_epoch*`` maps the kernel still holds (epochs raised while the agent was

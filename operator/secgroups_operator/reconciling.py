@@ -4,9 +4,10 @@ Every watch event marks the state dirty; one reconcile (debounced) then
 
 1. takes a consistent snapshot of the facts store;
 2. plans S-CT-2 clearing against the facts of the last successful round and
-   raises the ingress epoch of every pod in the plan (DESIGN.md §4); right after a
-   restart, when there is no previous round, it re-checks conservatively every pod
-   whose groups or sets differ from what is published (a re-check is always safe);
+   raises the ingress epoch of every pod in the plan
+   (docs/architecture.md#existing-connections-epochs); right after a restart, when
+   there is no previous round, it re-checks conservatively every pod whose groups or
+   sets differ from what is published (a re-check is always safe);
 3. compiles (``secgroups.compiling``) and creates the namespace default groups the
    compilation synthesized (rules first, then the group, S-D-1);
 4. publishes changed CompiledSecurityGroup and CompiledAddressSet objects, then

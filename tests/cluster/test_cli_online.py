@@ -12,7 +12,7 @@ prefixed files), and the machine outputs must be equal, apart from ``source``
 
 What this does not show: that the verdicts match packets on real nodes. That needs the
 node agent programming nftables in the lab's node namespaces; the lab's probes will
-compare them with the same evaluator (DESIGN.md §6).
+compare them with the same evaluator (docs/testing.md).
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def test_api_server_accepts_valid_manifest(
 def test_api_server_rejects_invalid_manifest(
     control_plane: ControlPlane, namespace: str, path: Path
 ) -> None:
-    """The API server itself rejects the manifest, saying what pydantic says (DESIGN.md §2)."""
+    """The API server itself rejects the manifest, saying what pydantic says (docs/api.md)."""
     proc = control_plane.kubectl(
         "apply", "--dry-run=server", "-n", namespace, "-f", str(path), check=False, timeout=30
     )

@@ -122,8 +122,8 @@ def test_outbound_change_spares_existing_connections(stack: LabCluster) -> None:
 
 
 def test_relabelled_pod_changes_groups_live(stack: LabCluster) -> None:
-    """DESIGN.md §2: moving d1 into Sg-B (label tier=b) lets b1 reach it and cuts it off
-    from nothing it had (the default group allowed only itself)."""
+    """docs/architecture.md#membership-and-scope: moving d1 into Sg-B (label tier=b) lets
+    b1 reach it and cuts it off from nothing it had (the default group allowed only itself)."""
     b1 = client(stack, "b1")
     assert not b1.probe("tcp", ip(stack, "d1"), 80, timeout=1.0).ok
     stack.kubectl("label", "pod", "-n", "demo", "d1", "tier=b", "--overwrite")

@@ -1,5 +1,5 @@
 """The operator against the real API server: pods from the simulated kubelet, groups and
-rules as custom objects, compiled objects and statuses read back (DESIGN.md §1, §4)."""
+rules as custom objects, compiled objects and statuses read back (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -150,7 +150,8 @@ spec: {{securityGroup: db, direction: Ingress, protocol: TCP, ports: "22",
 
 def test_inbound_allow_deleted_raises_epoch_after_the_rule_change(scenario: LabCluster) -> None:
     """S-CT-2 row 4 through the operator: d1's epoch goes up, and its node object requires
-    the group generation that no longer has the rule (DESIGN.md §4)."""
+    the group generation that no longer has the rule
+    (docs/architecture.md#existing-connections-epochs)."""
     _, n2, _ = scenario.node_names()
     before = pod_entry(scenario, n2, "d1").epoch
     scenario.kubectl("delete", "sgr", "-n", NS, "db-from-web")
@@ -166,7 +167,7 @@ def test_inbound_allow_deleted_raises_epoch_after_the_rule_change(scenario: LabC
 
 
 def test_relabelled_pod_moves_between_groups_live(scenario: LabCluster) -> None:
-    """DESIGN.md §2: membership changes apply to running pods."""
+    """docs/architecture.md#membership-and-scope: membership changes apply to running pods."""
     n1, _, _ = scenario.node_names()
     scenario.kubectl("label", "pod", "-n", NS, "w1", "app=other", "--overwrite")
     moved = wait_until(

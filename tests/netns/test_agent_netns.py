@@ -472,7 +472,8 @@ print(json.dumps({"flows": [dataclasses.asdict(f) for f in flows], "done": done,
 def test_the_conntrack_port_reads_and_marks_entries_by_mark(lab: Lab) -> None:
     """dump_mark: one kernel-side filter returns both families, every protocol's tuple (TCP,
     UDP, ICMP, GRE keys, ICMPv6) and the zone; set_marks finds each entry by its original
-    tuple and zone (dataplane.md §3.5 pitfalls) and reports an entry that is gone."""
+    tuple and zone (the pitfalls of docs/nftables.md#conntrack-over-netlink-filters-pitfalls-speed)
+    and reports an entry that is gone."""
     netns = lab.node_netns(2)
     try:
         for args, mark in CT_ENTRIES:

@@ -13,7 +13,7 @@ several outside addresses — BEFORE the change. After every agent applied the c
   (S-CT-1), continue whatever the new egress rules say;
 * when the pod speaks first on a cut flow, the exchange fails and ``conntrack -L`` on both
   nodes shows no entry with the pod as the original source for that 5-tuple (no direction
-  flip, dataplane.md §3.3);
+  flip, docs/nftables.md#a-deleted-tcp-entry-comes-back-with-its-direction-flipped);
 * new connections for every flow's 5-tuple follow the evaluator's verdict of the new policy.
 
 Then, the agent's post-commit sweep (``secgroups_agent/sweeping.py``): after a revocation
@@ -575,11 +575,12 @@ def svc_open_to_outside(dp: DataplaneLab) -> list[Manifest]:
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_a_deleted_entry_never_comes_back_flipped(dp: DataplaneLab, family: Family) -> None:
-    """dataplane.md §3.3: once a live TCP flow's conntrack entry is gone (an admin's
-    ``conntrack -D``, an expiry), a packet from the pod must not re-create it with the pod as
-    the originator (which would make the remote's packets replies, bypassing ingress,
-    S-CT-2). The non-SYN guard drops the pod's mid-stream packet: no entry appears, and the
-    remote's own mid-stream packets are not picked up either; a new connection still works."""
+    """docs/nftables.md#a-deleted-tcp-entry-comes-back-with-its-direction-flipped: once a
+    live TCP flow's conntrack entry is gone (an admin's ``conntrack -D``, an expiry), a
+    packet from the pod must not re-create it with the pod as the originator (which would
+    make the remote's packets replies, bypassing ingress, S-CT-2). The non-SYN guard drops
+    the pod's mid-stream packet: no entry appears, and the remote's own mid-stream packets
+    are not picked up either; a new connection still works."""
     dp.operator.apply(svc_open_to_outside(dp))
     with closing_flows([]) as opened:
         live = open_flow(dp, FlowSpec(OUT, "srv-1", "tcp", family))
@@ -726,7 +727,8 @@ def test_conntrack_timeouts_are_the_specs(dp: DataplaneLab) -> None:
     """S-CT-3, read back from ``conntrack -L`` in the node netns, for pod flows both ways
     and both families: TCP established 600 s (kernel default 432,000), after FIN 30 s
     (TIME_WAIT; kernel 120), ICMP 30 s, UDP 30 s unreplied and 180 s once replied (kernel
-    120; the kernel moves to "replied" only ≥ 2 s after the first packet, dataplane.md M5),
+    120; the kernel moves to "replied" only ≥ 2 s after the first packet,
+    docs/nftables.md#conntrack-timeouts-and-ct-timeout-objects),
     GRE 30 s / 180 s (the kernel defaults already say what the spec says)."""
     dp.operator.apply(svc_open_to_outside(dp))
     specs = [
@@ -785,11 +787,11 @@ def test_conntrack_timeouts_are_the_specs(dp: DataplaneLab) -> None:
 # ----------------------------------------------------------------------------- spoofing, ND
 @pytest.mark.parametrize("family", [4, 6])
 def test_a_forged_source_from_a_pod_is_dropped(dp: DataplaneLab, family: Family) -> None:
-    """Anti-spoofing (DESIGN.md §3): srv-1 sends UDP and ICMP with the address of its
-    neighbour cli-1 (a pod the outside would accept) and with an unused pod-CIDR address:
-    nothing arrives, while the same packets with its own address do. With srv-1 out of the
-    policy (its pod gone from the cluster's view), the forged packets arrive: the lab does
-    not filter them, the agent does."""
+    """Anti-spoofing (docs/architecture.md#the-dataplane): srv-1 sends UDP and ICMP with
+    the address of its neighbour cli-1 (a pod the outside would accept) and with an unused
+    pod-CIDR address: nothing arrives, while the same packets with its own address do.
+    With srv-1 out of the policy (its pod gone from the cluster's view), the forged
+    packets arrive: the lab does not filter them, the agent does."""
     srv, cli = dp.pods["srv-1"], dp.pods["cli-1"]
     own = srv.ipv4 if family == 4 else srv.ipv6
     dst = dp.outside.ipv4 if family == 4 else dp.outside.ipv6
@@ -819,10 +821,11 @@ def test_a_forged_source_from_a_pod_is_dropped(dp: DataplaneLab, family: Family)
 
 
 def test_neighbour_discovery_works_after_flushing_caches(dp: DataplaneLab) -> None:
-    """ICMPv6 ND (and ARP) under policy (DESIGN.md §3): srv-1 admits only TCP/80 — no ICMP
-    rule at all — yet after every neighbour cache of the lab is flushed, IPv6 and IPv4
-    connections to and from it resolve their neighbours and behave as the evaluator says,
-    and the pod has learnt its gateway fe80::1 again."""
+    """ICMPv6 ND (and ARP) under policy
+    (docs/nftables.md#neighbour-discovery-is-untracked): srv-1 admits only TCP/80 — no
+    ICMP rule at all — yet after every neighbour cache of the lab is flushed, IPv6 and
+    IPv4 connections to and from it resolve their neighbours and behave as the evaluator
+    says, and the pod has learnt its gateway fe80::1 again."""
     web = (
         ct_rule("web", "svc", protocol="TCP", ports="80"),
         ct_rule("web6", "svc", protocol="TCP", ports="80", family="IPv6"),

@@ -8,7 +8,7 @@ every pod, and every pod probes the outside addresses and the nodes — TCP on e
 UDP on two, ICMP/ICMPv6 echo, and GRE, over IPv4 and IPv6 — and each observed cell must be
 the evaluator's verdict (``test_every_cell_agrees_with_the_evaluator``).
 
-``test_spec_cell`` then pins, cell by cell, what SEMANTICS.md says for the cases that
+``test_spec_cell`` then pins, cell by cell, what docs/spec.md says for the cases that
 prove a requirement (ids cite S- numbers): the spec's verdict must be the evaluator's and
 the packets'. The last tests check what the matrix cannot show: related ICMP errors reach
 a pod that has no ingress rule (S-X-3), and live membership and address-group changes

@@ -1,5 +1,5 @@
 """The compiler: rule order, remotes as shared address sets, the default group, node objects,
-problems and deterministic names (DESIGN.md §1-2, S-X-1, S-M-4, S-D-1)."""
+problems and deterministic names (docs/architecture.md, S-X-1, S-M-4, S-D-1)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The random-sequence property (tests/unit/test_properties.py) proves the result equals
 the full compiler; these cases pin down that an event reaches only what it must
-(DESIGN.md §1: one change writes O(1) objects).
+(docs/architecture.md#compiled-objects: one change writes O(1) objects).
 """
 
 from __future__ import annotations

@@ -158,7 +158,8 @@ NEW_CONNECTIONS = [
         {"egress_fwd": "shop/all4"},
         id="anything-out-over-ipv4",
     ),
-    # --- same node: the sender's egress AND the receiver's ingress (S-X-2, M7)
+    # --- same node: the sender's egress AND the receiver's ingress (S-X-2; an accept ends
+    # only its base chain, docs/nftables.md#an-accept-ends-only-its-base-chain)
     pytest.param(
         fwd(WEB1, DB1, TCP, 5432),
         "accept",
@@ -295,7 +296,7 @@ def test_new_connections(
 
 
 def test_ingress_allow_stamps_the_pods_current_epoch() -> None:
-    """S-CT-2 (DESIGN.md §4): the accepted flow carries web-1's epoch in ct mark."""
+    """S-CT-2 (docs/nftables.md, "Epochs"): the accepted flow carries web-1's epoch in ct mark."""
     result = TRACER.trace(fwd("203.0.113.9", WEB1, TCP, 22))
     assert result.ct_mark == MARK_WEB1
 
@@ -458,7 +459,8 @@ def test_fast_path_skips_the_group_rules() -> None:
 )
 def test_new_pod_flows_get_the_spec_timeouts(packet: TracePacket, timeout: str | None) -> None:
     """S-CT-3: TCP established 600 s / closing 30 s, UDP 30 s / 180 s; ICMP and GRE keep the
-    kernel defaults, which already match (dataplane.md §3.1)."""
+    kernel defaults, which already match
+    (docs/nftables.md#conntrack-timeouts-and-ct-timeout-objects)."""
     got = TRACER.trace(packet).ct_timeout
     assert (got or "")[:4] == (timeout or "")
     if got is not None:

@@ -145,7 +145,7 @@ def test_nothing_changed_is_the_empty_transaction() -> None:
 
 
 def test_a_new_pod_of_an_existing_group_list_is_element_adds_only() -> None:
-    """dataplane.md §2.1: per-pod state lives in elements; no rule is rewritten."""
+    """Per-pod state lives in elements; no rule is rewritten (docs/nftables.md, "Transactions")."""
     old_pods = list(S.policy.nodes[nc.NODE].pods)
     new = _with_pods(
         [

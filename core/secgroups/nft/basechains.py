@@ -1,7 +1,7 @@
 """The static part of the ruleset: base chains, shared per-path chains, ct timeout objects.
 
 Role: everything in ``table inet secgroups`` that does not depend on the policy
-(dataplane.md §2.2, §2.5; ``docs/nftables.md``): the anti-spoofing chain in
+(``docs/nftables.md``, "Hooks and priorities", "Static objects"): the anti-spoofing chain in
 ``prerouting`` at ``raw``; the policy gates on ``forward``/``input``/``output`` that
 send local pod traffic (matched by pod IP) to ``pod_egress``/``pod_ingress``; those
 two shared chains (conntrack states, the epoch fast path, the reply-path tombstone,
@@ -84,7 +84,7 @@ def static_objects(
     tcp_timeouts: tuple[tuple[str, int], ...],
     udp_timeouts: tuple[tuple[str, int], ...],
 ) -> Iterable[TableObject]:
-    """Base chains, the shared per-path chains and the ct timeout objects (dataplane.md §2.5)."""
+    """Base chains, the shared per-path chains and the ct timeout objects (docs/nftables.md)."""
     timeouts = {
         (proto, f): CtTimeout(names.ct_timeout(proto, f, policy), proto, f, policy)
         for proto, policy in ((L4Proto.TCP, tcp_timeouts), (L4Proto.UDP, udp_timeouts))
@@ -132,7 +132,8 @@ def static_objects(
         Hook.INPUT,
         Priority("filter", 10),
         [
-            # ND/MLD to the node are untracked (dataplane.md §2.6) and must pass first.
+            # ND/MLD to the node are untracked and must pass first
+            # (docs/nftables.md#neighbour-discovery-is-untracked).
             _rule(
                 AddrMatch(6, ip4, pods[6]), Icmpv6TypeIn(ND_FROM_POD_LINK + MLD_FROM_POD), ACCEPT
             ),

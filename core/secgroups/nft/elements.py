@@ -2,7 +2,7 @@
 
 Role: the values that fill ``objects.Set`` and ``objects.Map``; per-pod state and
 remote-group members are elements, so a node's ruleset is mostly these (120k of
-121k items in notes/dataplane.md's realistic node). An :class:`Element` computes its
+121k items in the reference node of docs/performance.md). An :class:`Element` computes its
 text and sort key once, because sets of 6,000 members are serialised, sorted and
 compared on every sync and ``ipaddress`` objects are slow to format; elements are
 equal when their texts are. :func:`canonical_elements` sorts them and rejects

@@ -1,9 +1,9 @@
 """Ingress epoch marks: the ``ct mark`` stamp that ties an inbound flow to a pod's policy version.
 
-Role: map (pod UID, epoch) to the 32-bit value the renderer puts into ``in_epoch*``
-and ``in_valid*`` (DESIGN.md §4, dataplane.md §3.4 B). The operator raises a pod's
-epoch (``CompiledPod.epoch``) when its inbound connections must be re-checked
-(S-CT-2); the new mark makes ``{pod IP . ct mark}`` miss the fast path, so each
+Role: map (pod UID, epoch) to the 32-bit value the renderer puts into ``in_epoch*`` and
+``in_valid*`` (docs/nftables.md#epochs-re-checking-inbound-flows-s-ct-2). The operator
+raises a pod's epoch (``CompiledPod.epoch``) when its inbound connections must be
+re-checked (S-CT-2); the new mark makes ``{pod IP . ct mark}`` miss the fast path, so each
 established inbound flow goes back through the pod's rules at its next packet.
 
 The mark is a hash, not a counter, so that no state is needed to avoid reuse:
@@ -11,8 +11,8 @@ an agent restart computes the same marks (nothing is re-checked needlessly), and
 new pod (new UID) that inherits an IP gets marks unrelated to the old pod's live
 entries. Two reserved values are never produced: 0 (unstamped entries, e.g. flows
 that predate the agent, or node-originated ones) and 0xffffffff (the tombstone of
-dataplane.md §3.4 C). A collision needs the same pod IP and two epochs hashing
-equal: probability 2**-32 per bump, and its only effect is one flow kept on the
+the agent's sweep, docs/agent.md#conntrack). A collision needs the same pod IP and two
+epochs hashing equal: probability 2**-32 per bump, and its only effect is one flow kept on the
 fast path until the next bump.
 
 Neighbours: ``rendering`` (writes the marks), the agent (filters conntrack by mark).

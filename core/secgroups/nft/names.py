@@ -23,7 +23,7 @@ from secgroups.ports import PortRange
 
 READABLE = 24
 
-# Static objects (dataplane.md §2.3). `ingress`/`egress` are nft keywords (netdev
+# Static objects (docs/nftables.md, "Static objects"). `ingress`/`egress` are nft keywords (netdev
 # hooks), so the shared policy chains are `pod_ingress`/`pod_egress`.
 POD_IFACES = "pod_ifaces"
 POD_EGRESS = "pod_egress"

@@ -187,7 +187,9 @@ UDP_STATES = ("unreplied", "replied")
 
 @dataclass(frozen=True)
 class CtTimeout:
-    """A ``ct timeout`` object (nft 1.0.6 builds them for tcp and udp only, dataplane.md M4).
+    """A ``ct timeout`` object (nft 1.0.6 builds them for tcp and udp only).
+
+    See docs/nftables.md#conntrack-timeouts-and-ct-timeout-objects.
 
     The kernel silently ignores ``add`` of an existing object with a new policy
     (verified on nft 1.0.6 / kernel 6.18), and deleting one strips the timeouts of

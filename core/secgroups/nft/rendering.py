@@ -2,8 +2,7 @@
 
 Role: the pure function between the compiled objects (``secgroups.compiled``) and
 the node agent, which turns the result into an nft transaction
-(``transactions``) and runs it. The layout is dataplane.md §2, as documented in
-``docs/nftables.md``:
+(``transactions``) and runs it. The layout is documented in ``docs/nftables.md``:
 
 * one table ``inet secgroups``; static base chains; per-pod state only in set and
   map elements, so a pod that comes or goes changes elements, not rules;
@@ -19,8 +18,9 @@ the node agent, which turns the result into an nft transaction
   per distinct ordered group list (``gl_…``) that jumps to each group and ends in
   ``drop`` (S-X-2);
 * egress (``filter + 10``) and ingress (``filter + 20``) as separate base chains on
-  ``forward``, so same-node pod→pod traffic is checked by both (dataplane.md M7);
-* stateful (S-X-3) with the epoch stamp of DESIGN.md §4 for S-CT-2 and the TCP
+  ``forward``, so same-node pod→pod traffic is checked by both
+  (docs/nftables.md#an-accept-ends-only-its-base-chain);
+* stateful (S-X-3) with the epoch stamp for S-CT-2 (docs/nftables.md, "Epochs") and the TCP
   non-SYN guard; ``ct timeout`` objects for S-CT-3 on new pod flows.
 
 Neighbours: ``basechains`` (the static part), ``names`` (object names), ``epochs``
@@ -84,7 +84,8 @@ from secgroups.nft.statements import (
 )
 from secgroups.ports import PortRange, merge_ranges
 
-# S-CT-3. "FIN-WAIT 30 s" is read as the whole closing phase (dataplane.md §3.1).
+# S-CT-3. "FIN-WAIT 30 s" is read as the whole closing phase
+# (docs/nftables.md#conntrack-timeouts-and-ct-timeout-objects).
 TCP_TIMEOUTS: tuple[tuple[str, int], ...] = (
     ("established", 600),
     ("fin_wait", 30),
@@ -292,7 +293,8 @@ def _protocol_parts(rule: CompiledRule, family: Family, ctx: _Context) -> list[P
             return [MetaL4proto(l4)]
         if len(ranges) == 1:
             return [PortMatch(l4, ranges[0])]
-        return [PortMatch(l4, SetRef(ctx.port_set(ranges)))]  # named: no anonymous sets (M1)
+        # A named set, never an anonymous one (docs/nftables.md, "Anonymous sets ...").
+        return [PortMatch(l4, SetRef(ctx.port_set(ranges)))]
     if rule.protocol is Protocol.ICMP:
         if rule.icmp_type is None and rule.icmp_code is None:
             return [MetaL4proto(L4Proto.ICMP if family == 4 else L4Proto.ICMPV6)]
@@ -315,7 +317,7 @@ def _address_sets(ctx: _Context) -> Iterable[Set]:
 @functools.lru_cache(maxsize=256)
 def _address_set(name: str, family: Family, is_group: bool, cidrs: tuple[str, ...]) -> Set:
     """One nft address set. Memoised: the sets are the bulk of a node's ruleset (120k of
-    its 121k elements in notes/dataplane.md's realistic node) and rarely change between
+    its 121k elements in the reference node of docs/performance.md) and rarely change between
     two renders, so an agent's re-render costs a hash of each member list, not a rebuild."""
     dtype = DataType.IPV4_ADDR if family == 4 else DataType.IPV6_ADDR
     if is_group:
@@ -330,7 +332,7 @@ def _hosts(
     """Every address of ``cidrs`` (member IPs, collapsed by the compiler), in order.
 
     IPv4 is parsed by hand: ``ipaddress.ip_network`` costs tens of µs per call, and a
-    node may hold 20 sets of 6,000 members (notes/dataplane.md §6 M3).
+    node may hold 20 sets of 6,000 members (the reference node of docs/performance.md).
     """
     out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     bits = 32 if family == 4 else 128

@@ -24,8 +24,9 @@ Family = Literal[4, 6]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Our own names: lower-case identifiers. nft's scanner also takes '-', '.' and '/',
-# but keywords (`fwd`, `ingress`, ...) are rejected in some positions (dataplane.md
-# §2.5: a chain named `fwd` fails to parse), so every name we make has a prefix or
+# but keywords (`fwd`, `ingress`, ...) are rejected in some positions (a chain named
+# `fwd` fails to parse: docs/nftables.md#what-nft-106-parses-and-rejects), so every
+# name we make has a prefix or
 # an underscore that no keyword has. Kernel limit is 256 (NFT_NAME_MAXLEN); we keep
 # to 64 for readable listings.
 NAME_PATTERN = r"[a-z][a-z0-9_]{0,63}"
@@ -245,8 +246,9 @@ ICMPV6_NAMES: dict[str, int] = {
 class Icmpv6TypeIn:
     """``icmpv6 type { nd-neighbor-solicit, ... }``: for the static ND/MLD rules only.
 
-    An anonymous set, which dataplane.md §0.4 warns about: harmless in a handful of
-    static rules, 30x slower to load when thousands of compiled rules carry one.
+    An anonymous set (docs/nftables.md#anonymous-sets-in-rules-load-30-times-slower):
+    harmless in a handful of static rules, 30x slower to load when thousands of compiled
+    rules carry one.
     """
 
     types: tuple[str, ...]
@@ -325,7 +327,8 @@ class TcpNotSyn:
 
     With ``ct state new`` it is the guard against conntrack's mid-stream pickup
     (``nf_conntrack_tcp_loose``), which would otherwise flip a re-created flow's
-    direction (dataplane.md §3.3, measured M6). nft lists it as
+    direction (docs/nftables.md#a-deleted-tcp-entry-comes-back-with-its-direction-flipped).
+    nft lists it as
     ``tcp flags != syn / fin,syn,rst,ack``.
     """
 
@@ -367,7 +370,7 @@ class IfaceSaddrInSet:
 
 @dataclass(frozen=True, slots=True)
 class DaddrMarkInSet:
-    """``ip daddr . ct mark @in_valid4``: the epoch fast path (DESIGN.md §4)."""
+    """``ip daddr . ct mark @in_valid4``: the epoch fast path (docs/nftables.md, "Epochs")."""
 
     family: Family
     set: SetRef
@@ -397,7 +400,8 @@ class CtMarkSetFromMap:
 
     If the key is missing the lookup breaks the rule (the rule does not match), so
     the renderer keeps ``in_epoch*`` keyed by exactly the IPs of ``in_disp*``.
-    nft 1.0.6 rejects a masked form (``ct mark and … or … map``), see dataplane.md §2.5.
+    nft 1.0.6 rejects a masked form (``ct mark and … or … map``), see
+    docs/nftables.md#what-nft-106-parses-and-rejects.
     """
 
     family: Family

@@ -14,7 +14,7 @@ renderer change the tracer does not model fails loudly instead of being traced
 wrongly. Kernel semantics it models (with their sources):
 
 * base chains of one hook run in priority order; ``accept`` ends only the current
-  base chain, ``drop`` ends the packet (dataplane.md M7);
+  base chain, ``drop`` ends the packet (docs/nftables.md#an-accept-ends-only-its-base-chain);
 * ``jump`` returns to the next rule, ``goto`` returns to the caller's caller;
   a non-base chain that ends returns; a base chain that ends applies its policy;
 * a map lookup that misses (``vmap``, ``ct mark set … map``) breaks the rule:
