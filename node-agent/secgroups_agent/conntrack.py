@@ -16,7 +16,8 @@ The sync loop calls this only after the nft transaction that removed the pod com
 so no new entry for the IP can be accepted by a stale rule afterwards.
 
 :class:`NetlinkConntrack` uses pyroute2's ``NFCTSocket`` with kernel-side filters only
-(§3.5 pitfalls, each handled here):
+(the pitfalls of docs/nftables.md#conntrack-over-netlink-filters-pitfalls-speed, each
+handled here):
 
 * one socket per family — IPv6 needs ``NFCTSocket(nfgen_family=AF_INET6)`` (pyroute2 #701);
 * ``CTA_FILTER`` tuple filters (kernel ≥ 5.8) for orig-src and reply-src, two dumps per
@@ -28,7 +29,7 @@ so no new entry for the IP can be accepted by a stale rule afterwards.
 
 The sweep's two operations go through :mod:`~secgroups_agent.ctnetlink` instead (pyroute2
 costs ~1.4 ms per entry read and re-marked; the sweep touches every inbound flow of a
-re-checked pod): a dump filtered by mark in the kernel (every kernel, §3.5), one
+re-checked pod): a dump filtered by mark in the kernel (every kernel), one
 ``AF_UNSPEC`` walk for both families, and mark updates by original tuple and zone, each
 in its family, batched; :meth:`dump_mark` refuses mark 0 (no filter: every entry).
 

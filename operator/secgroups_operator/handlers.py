@@ -1,6 +1,7 @@
 """kopf handlers: every watch event of the six kinds updates the facts store and marks
 the reconciler dirty. They are ``on.event`` handlers — silent, storing nothing on the
-objects (testinfra.md §4.1: no per-pod annotations at scale) — and hold no policy logic.
+objects (kopf's per-object progress annotations would be one write per pod at scale) —
+and hold no policy logic.
 """
 
 from __future__ import annotations
