@@ -196,7 +196,7 @@ build_base_image() {
 node_image_inputs() { # the content key of the offline node image
   {
     docker image inspect -f '{{.Id}}' "$BASE_IMAGE" "$DEBIAN_IMAGE"
-    cat "$HACK_DIR"/kind/*
+    (cd "$HACK_DIR/kind" && cat versions.env kube-proxy.Dockerfile iptables-wrapper default-cni.yaml ksg-podnet* ksg-egress-guard*)
     echo "$ETCD_TAG $COREDNS_TAG $PAUSE_TAG $SANDBOX_TAG $CRICTL_VERSION"
     declare -f build_node_image component_image
     # binaries are rebuilt only when missing, so size + mtime identify them (hashing 600 MB would
@@ -239,7 +239,7 @@ build_node_image() {
   # What `kind build node-image` does, without its pulls: a container of the base image gets the
   # binaries, /kind/version and the images in containerd's k8s.io namespace, then is committed.
   docker rm -f "$bc" >/dev/null 2>&1 || true
-  docker run -d --name "$bc" --entrypoint=sleep "$BASE_IMAGE" infinity >/dev/null
+  docker run -d --name "$bc" --network none --entrypoint=sleep "$BASE_IMAGE" infinity >/dev/null
   for c in kubeadm kubelet kubectl; do docker cp "$K8S_DIR/$c" "$bc:/usr/bin/$c"; done
   docker cp "$C/crictl-$CRICTL_VERSION/crictl" "$bc:/usr/local/bin/crictl"
   docker cp "$HACK_DIR/kind/ksg-podnet" "$bc:/usr/local/bin/ksg-podnet"
@@ -361,8 +361,18 @@ cmd_up() {
       --config "$CONFIG" --kubeconfig "$KUBECONFIG_FILE" --wait 0s
     step_done "$(grep -c '✓' "$LOG_DIR/kind-create.log" || true) kind steps"
   fi
+  # loading the images (tens of seconds) overlaps the wait for Ready: containerd already runs
+  local load_pid=""
+  if [ "${KSG_KIND_NO_LOAD:-0}" != 1 ]; then
+    load_images >"$LOG_DIR/load.out" 2>&1 &
+    load_pid=$!
+  fi
   wait_ready
-  [ "${KSG_KIND_NO_LOAD:-0}" = 1 ] || load_images
+  if [ -n "$load_pid" ]; then
+    step "kind load (ran during the wait)"
+    wait "$load_pid" || { cat "$LOG_DIR/load.out" >&2; die "kind load failed"; }
+    step_done "$(sed -n 's/.*kind load [0-9]* image(s): \([0-9.]* s\).*/\1 in all/p' "$LOG_DIR/load.out")$(grep -q 'no image of ours' "$LOG_DIR/load.out" && echo 'no image of ours: make images')"
+  fi
   kctl get nodes -o custom-columns='NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,VERSION:.status.nodeInfo.kubeletVersion,INTERNAL-IP:.status.addresses[?(@.type=="InternalIP")].address,POD-CIDR:.spec.podCIDR,RUNTIME:.status.nodeInfo.containerRuntimeVersion'
   summary
   echo "# use it:  eval \"\$(hack/kind.sh env)\""
