@@ -1,7 +1,10 @@
 """IP addresses, CIDRs and ranges as written in rules and IP address groups (S-M-4).
 
-Parsing is strict about syntax (no leading zeros, valid prefix lengths) and lenient
-about host bits (``192.0.2.1/24`` means ``192.0.2.0/24``), as cloud consoles are.
+Parsing accepts exactly what the API server's CEL ``isIP``/``isCIDR`` accept (Go's
+``net/netip``, docs/semantics.md decision 12): no leading zeros in IPv4 octets or in
+prefix lengths (``/024``, ``/00``), no signs, no IPv6 zones, no IPv4-mapped IPv6. It is
+lenient about host bits (``192.0.2.1/24`` means ``192.0.2.0/24``), as cloud consoles
+and ``netip.ParsePrefix`` are.
 Ranges ``a-b`` are kept exact: the compiler turns them into the minimal list of
 CIDRs, which nft interval sets and the evaluator both understand.
 """
@@ -17,6 +20,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Memoised (the results are immutable): a manifest of 10,000 rules parses each CIDR in
+# several validators; ipaddress is slow enough for that to show in `lint`.
+@functools.lru_cache(maxsize=1 << 16)
 def parse_ip(text: str) -> IPAddress:
     """Parse one IP address; ValueError if it is not one.
 
@@ -34,11 +40,14 @@ def parse_ip(text: str) -> IPAddress:
     return addr
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_network(text: str) -> IPNetwork:
     """Parse an IP (as a /32 or /128) or a CIDR (host bits cleared); ValueError if neither."""
     if "/" in text:
         addr_text, _, length = text.partition("/")
-        if not (length.isascii() and length.isdigit()):
+        # ASCII digits without a leading zero (``/024``, ``/00``): netip.ParsePrefix rejects
+        # those, so the API server does, where int() would read 24 and 0.
+        if not (length.isascii() and length.isdigit()) or (len(length) > 1 and length[0] == "0"):
             raise ValueError(f"bad prefix length in {text!r}")
         parse_ip(addr_text)  # reject junk before ip_network's own leniency
         return ipaddress.ip_network(text, strict=False)

@@ -16,11 +16,19 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
+from pydantic_core import PydanticCustomError
 
 from secgroups import addresses
 from secgroups import ports as portspec
@@ -56,6 +64,27 @@ MSG_ADDRESS_FAMILY = "every address must be of the group's ipFamily"
 MSG_ADDRESS_DUPLICATE = "addresses must not repeat"
 MSG_SELECTOR_VALUES_NEEDED = "values must be non-empty for operators In and NotIn"
 MSG_SELECTOR_VALUES_FORBIDDEN = "values must be empty for operators Exists and DoesNotExist"
+# The API server's words for a value of the wrong JSON type (the catalogue's shared text).
+MSG_INTEGER = "must be of type integer"
+
+
+def _json_integer(value: Any) -> Any:
+    """What the API server takes for ``type: integer``: a JSON number without a fraction.
+
+    ``5`` and ``5.0`` pass (as 5); ``"5"``, ``true`` and ``5.5`` do not — pydantic's lax
+    mode would read the first two as 5 and 1 (docs/semantics.md, decision 12).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        got = type(value).__name__
+    elif isinstance(value, float) and not value.is_integer():
+        got = repr(value)
+    else:
+        return int(value)
+    raise PydanticCustomError("int_type", MSG_INTEGER + ", got {got}", {"got": got})
+
+
+# An integer field as the API server validates it (see _json_integer).
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 # CEL fragments, shared by several rules below (crdgen copies the rules into crds/).
 
@@ -172,7 +201,12 @@ class Protocol(StrEnum):
 
 
 class ObjectMeta(BaseModel):
-    """The slice of Kubernetes ObjectMeta the product reads; other fields are ignored."""
+    """The slice of Kubernetes ObjectMeta the product reads; other fields are ignored.
+
+    Not validated beyond types: the API server has checked the metadata of every object
+    it stores, and ``decoding.parse_manifest`` checks a manifest's as the API server
+    would (``metarules``).
+    """
 
     model_config = ConfigDict(
         frozen=True, extra="ignore", populate_by_name=True, alias_generator=to_camel
@@ -328,7 +362,7 @@ class SecurityGroupSpec(_Model):
     """What the group is and which pods join it by label; its rules are SecurityGroupRules."""
 
     description: str = Field(default="", description="Free text shown by kubectl.", max_length=255)
-    sequence: int = Field(
+    sequence: JsonInt = Field(
         default=100,
         ge=1,
         le=10000,
@@ -467,12 +501,18 @@ class Remote(_Model):
 
 
 class ICMPMatch(_Model):
-    type: int = Field(
+    type: JsonInt = Field(
         ge=0, le=255, description="ICMP (or ICMPv6 in IPv6 rules) type, e.g. 8 = echo request."
     )
     code: int | None = Field(
         default=None, ge=0, le=255, description="ICMP code; absent = any code."
     )
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _code_is_json_integer(cls, value: Any) -> Any:
+        # JsonInt inside Optional loses ge/le in the JSON schema (pydantic), hence by hand.
+        return value if value is None else _json_integer(value)
 
 
 class SecurityGroupRuleSpec(_Model):
@@ -508,7 +548,7 @@ class SecurityGroupRuleSpec(_Model):
     action: Action = Field(
         default=Action.ALLOW, description="Allow or Deny; at equal priority Deny wins."
     )
-    priority: int = Field(
+    priority: JsonInt = Field(
         default=1, ge=1, le=100, description="1 (matched first) to 100 (matched last)."
     )
     ip_family: IPFamily = Field(
@@ -674,13 +714,20 @@ RESOURCE_KINDS: dict[str, type[SecurityGroup] | type[SecurityGroupRule] | type[I
 
 
 def parse_resource(doc: dict[str, Any]) -> Resource:
-    """Parse one manifest of our API group; raise ValueError (pydantic's) if invalid."""
+    """Parse one object of our API group as the API server stores it; raise ValueError
+    (pydantic's ValidationError) if invalid.
+
+    Fields are read by their JSON names only (``securityGroup``, never ``security_group``:
+    the API server knows no other). A manifest as a user writes it — with nulls, a
+    status, fields the API server would reject as unknown — goes through
+    ``decoding.parse_manifest`` instead, which does what the API server does first.
+    """
     kind = doc.get("kind")
     if doc.get("apiVersion") != API_VERSION or kind not in RESOURCE_KINDS:
         raise ValueError(
             f"not a {API_VERSION} SecurityGroup, SecurityGroupRule or IPAddressGroup: {kind}"
         )
-    return RESOURCE_KINDS[kind].model_validate(doc)
+    return RESOURCE_KINDS[kind].model_validate(doc, by_alias=True, by_name=False)
 
 
 def _match(pattern: str, value: str) -> bool:

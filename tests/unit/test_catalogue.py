@@ -1,5 +1,7 @@
-"""The manifest catalogue, offline: the pydantic models accept ``tests/data/valid`` and
-reject every ``tests/data/invalid`` manifest with the message the API server gives too.
+"""The manifest catalogue, offline: ``decoding.parse_manifest`` (the API server's decoding,
+then the pydantic models — what ``kubectl secgroups lint -f`` uses) accepts
+``tests/data/valid`` and rejects every ``tests/data/invalid`` manifest with the message
+the API server gives too.
 
 Each invalid file starts with ``# expect: <substring>`` lines (all must appear in the
 error) and, rarely, ``# expect-offline: <substring>`` lines that replace them here when
@@ -17,7 +19,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from secgroups import models
+from secgroups import decoding, models
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 INVALID = sorted((DATA / "invalid").glob("*.yaml"))
@@ -59,7 +61,7 @@ def test_invalid_manifest_has_expectation(path: Path) -> None:
 @pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
 def test_models_reject_invalid_manifest(path: Path) -> None:
     with pytest.raises(ValidationError) as info:
-        models.parse_resource(load(path))
+        decoding.parse_manifest(load(path))
     text = str(info.value)
     for expected in offline_expectations(path):
         assert expected in text, f"{path.name}: {expected!r} not in:\n{text}"
@@ -67,7 +69,7 @@ def test_models_reject_invalid_manifest(path: Path) -> None:
 
 @pytest.mark.parametrize("path", VALID, ids=[p.stem for p in VALID])
 def test_models_accept_valid_manifest(path: Path) -> None:
-    resource = models.parse_resource(load(path))
+    resource = decoding.parse_manifest(load(path))
     assert resource.metadata.name == load(path)["metadata"]["name"]
 
 
@@ -92,10 +94,54 @@ def test_valid_catalogue_covers_every_port_form_and_remote_kind() -> None:
     assert any("," in p and "-" not in p for p in ports), "an inconsecutive list"
     assert any("," in p and "-" in p for p in ports), "a mixed list"
     assert any(any(c.isalpha() for c in p) for p in ports), "a named port"
-    remotes = {k for s in specs for k in s.get("remote", {})}
+    remotes = {k for s in specs for k in s.get("remote") or {}}
     assert remotes == {"cidr", "securityGroup", "ipAddressGroup"}
     assert any("remote" not in s for s in specs), "no remote = any address"
     assert {s["protocol"] for s in specs} == {p.value for p in models.Protocol}
-    assert {s.get("ipFamily", "IPv4") for s in specs} == {"IPv4", "IPv6"}
+    assert {s.get("ipFamily") or "IPv4" for s in specs} == {"IPv4", "IPv6"}
     assert any("icmp" in s and "code" in s["icmp"] for s in specs)
     assert any("icmp" in s and "code" not in s["icmp"] for s in specs)
+
+
+# Issue 11: each way the offline answer once differed from the API server's, by file.
+DECODING_CLASSES = {
+    "leading-zero prefix lengths": [
+        "invalid/sgr-cidr-prefix-leading-zero",
+        "invalid/sgr-cidr-prefix-00",
+        "invalid/ipag-prefix-leading-zero",
+    ],
+    "no coercion of strings and booleans to integers": [
+        "invalid/sgr-priority-string",
+        "invalid/sgr-priority-bool",
+        "invalid/sgr-priority-fraction",
+        "invalid/sg-sequence-string",
+        "invalid/sgr-icmp-type-string",
+        "invalid/sgr-icmp-code-bool",
+        "valid/sgr-priority-integral-float",
+    ],
+    "nulls pruned or defaulted": [
+        "valid/sgr-action-null",
+        "valid/sgr-optional-nulls",
+        "valid/sg-selector-nulls",
+        "valid/sg-status-ignored",
+        "invalid/sgr-direction-null",
+    ],
+    "metadata as the API server checks it": [
+        "invalid/sgr-name-not-subdomain",
+        "invalid/sgr-name-too-long",
+        "invalid/ipag-name-unicode",
+        "invalid/sg-label-bad-key",
+        "valid/sgr-name-subdomain",
+    ],
+    "unknown fields anywhere": [
+        "invalid/sgr-field-snake-case",
+        "invalid/sg-metadata-unknown-field",
+        "invalid/sg-status-unknown-field",
+    ],
+}
+
+
+@pytest.mark.parametrize("cls", sorted(DECODING_CLASSES))
+def test_catalogue_has_an_entry_for_each_decoding_class(cls: str) -> None:
+    have = {f"{p.parent.name}/{p.stem}" for p in (*VALID, *INVALID)}
+    assert set(DECODING_CLASSES[cls]) <= have
