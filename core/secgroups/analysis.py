@@ -16,7 +16,7 @@ compiled objects, sees them; the node never changes a verdict the CLI shows.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
@@ -48,10 +48,10 @@ from secgroups.models import (
     Direction,
     IPAddressGroup,
     IPFamily,
-    Protocol,
     SecurityGroup,
     SecurityGroupRule,
 )
+from secgroups.shadowing import Shadowing, covers, shadowed
 
 UNSCHEDULED_NODE = "(unscheduled)"
 
@@ -191,20 +191,6 @@ class Trace:
         return sides[-1] if sides else None
 
 
-@dataclass(frozen=True)
-class Shadowing:
-    """``rule`` never decides: ``by``, earlier in the same group and direction, covers it."""
-
-    group: GroupKey
-    direction: Direction
-    rule: CompiledRule
-    by: CompiledRule
-
-    @property
-    def same_action(self) -> bool:
-        return self.rule.action is self.by.action
-
-
 def rule_name(rule: CompiledRule) -> str:
     """The name part of a compiled rule id (``ns/name`` → ``name``)."""
     return rule.id.split("/", 1)[1] if "/" in rule.id else rule.id
@@ -213,81 +199,6 @@ def rule_name(rule: CompiledRule) -> str:
 def group_rules(rules: Iterable[SecurityGroupRule]) -> tuple[CompiledRule, ...]:
     """Rules of one group compiled and sorted in match order (priority, Deny first, id)."""
     return tuple(sorted((compile_rule(r)[0] for r in rules), key=CompiledRule.sort_key))
-
-
-# ----------------------------------------------------------------------------- shadowing
-
-
-def _ports_cover(a: CompiledRule, b: CompiledRule) -> bool:
-    if not a.ports:
-        return True
-    if not b.ports:
-        return False
-    # a's spans are merged (disjoint, not adjacent), so each of b's spans must fit in one.
-    return all(any(x.lo <= y.lo and y.hi <= x.hi for x in a.ports) for y in b.ports)
-
-
-def _protocol_covers(a: CompiledRule, b: CompiledRule) -> bool:
-    if a.protocol is Protocol.ALL:
-        return True
-    if a.protocol is not b.protocol:
-        return False
-    if a.protocol in (Protocol.TCP, Protocol.UDP):
-        return _ports_cover(a, b)
-    if a.protocol is Protocol.ICMP:
-        if a.icmp_type is None:
-            return True
-        return b.icmp_type == a.icmp_type and (a.icmp_code is None or b.icmp_code == a.icmp_code)
-    return True  # GRE has no further fields
-
-
-def _remote_covers(a: CompiledRule, b: CompiledRule) -> bool:
-    ra, rb = a.remote, b.remote
-    if ra.kind is RemoteKind.ANY:
-        return True
-    if ra.kind is RemoteKind.CIDR and rb.kind is RemoteKind.CIDR:
-        nets_a = ra.networks()
-        return all(
-            any(
-                nb.version == na.version and nb.subnet_of(na)  # type: ignore[arg-type]
-                for na in nets_a
-            )
-            for nb in rb.networks()
-        )
-    # A set's contents change live (members come and go), so a set covers only itself;
-    # a CIDR never covers a set, whatever the set holds today.
-    return ra.kind is RemoteKind.SET and rb.kind is RemoteKind.SET and ra.set == rb.set
-
-
-def covers(a: CompiledRule, b: CompiledRule) -> bool:
-    """Every packet ``b`` matches, ``a`` matches too (same direction and family).
-
-    A sound approximation: when it says yes, it is so for every packet; it may say no
-    for a rule covered only by several earlier rules together, or by a set that happens
-    to hold the right addresses today.
-    """
-    return (
-        a.direction is b.direction
-        and a.family is b.family
-        and _protocol_covers(a, b)
-        and _remote_covers(a, b)
-    )
-
-
-def shadowed(group: GroupKey, rules: Sequence[CompiledRule]) -> tuple[Shadowing, ...]:
-    """Rules of one group (in match order) that an earlier rule of the group covers.
-
-    Within a group the first matching rule decides (S-X-1), so a covered rule never
-    decides: redundant if both have the same action, dead if they differ. Each rule is
-    reported once, against the first rule that covers it.
-    """
-    out: list[Shadowing] = []
-    for j, later in enumerate(rules):
-        for earlier in rules[:j]:
-            if covers(earlier, later):
-                out.append(Shadowing(group, later.direction, later, earlier))
-                break
-    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- the view
@@ -301,6 +212,8 @@ class PolicyView:
         self.facts = _placed(facts)
         self.compilation: Compilation = compile_policy(self.facts, CompileOptions(scope=self.scope))
         self.evaluator = Evaluator(self.compilation.policy)
+        # Groups the compilation left out (no members), compiled when first asked for.
+        self._unpublished: dict[GroupKey, CompiledGroupSpec] = {}
 
     # -- indexes
     @property
@@ -371,9 +284,17 @@ class PolicyView:
         spec = self.policy.groups.get(naming.compiled_group_name(*key))
         if spec is not None:
             return spec
+        if key not in self._unpublished:
+            self._unpublished[key] = self._group_spec(key)
+        return self._unpublished[key]
+
+    def _group_spec(self, key: GroupKey) -> CompiledGroupSpec:
         ordered = group_rules(self.rules_of.get(key, ()))
-        return CompiledGroupSpec(
+        # Not validated: a what-if view of a group, never published, so the bounds of the
+        # published object (rules per direction) must not stop lint from reporting on it.
+        return CompiledGroupSpec.model_construct(
             group=ObjectKey(namespace=key[0], name=key[1]),
+            synthesized=False,
             ingress=tuple(r for r in ordered if r.direction is Direction.INGRESS),
             egress=tuple(r for r in ordered if r.direction is Direction.EGRESS),
         )

@@ -11,8 +11,10 @@ Severities, decided here and listed in ``docs/cli.md``:
   group (the rule matches nothing), a pod annotation naming a missing group, a quota
   exceeded (S-L-1, S-L-2).
 * **warning** — valid but risky or wasteful (S-O-2): SSH/RDP, all ports or database
-  ports open to the world; a rule shadowed by an earlier rule of its group; a group or
-  address group nobody uses; a quota nearly used up; more than 5 groups on a pod (S-L-3).
+  ports open to the world; a rule shadowed by an earlier rule of its group; an ICMP
+  type that its family does not have (an IPv6 rule for type 8, IPv4's echo request:
+  ICMPv6's is 128); a group or address group nobody uses; a quota nearly used up; more
+  than 5 groups on a pod (S-L-3).
 
 "The world" is a remote that matches every address of the rule's family: no remote,
 ``0.0.0.0/0`` / ``::/0``, or an IP address group containing one of those. Only ingress
@@ -29,7 +31,7 @@ from secgroups.analysis import PolicyView, RemoteType, rule_name
 from secgroups.compiled import CompiledRule, RemoteKind
 from secgroups.facts import ClusterFacts
 from secgroups.membership import GroupKey, Scope
-from secgroups.models import DEFAULT_GROUP_NAME, Action, Direction, Protocol
+from secgroups.models import DEFAULT_GROUP_NAME, Action, Direction, IPFamily, Protocol
 
 SSH_PORT = 22
 RDP_PORT = 3389
@@ -48,6 +50,27 @@ DATABASE_PORTS: dict[int, str] = {
 # Protocols on which a database port is a real exposure (memcached also answers UDP).
 _DATABASE_UDP = frozenset({11211})
 
+# ICMP types in use per family (IANA's ICMP and ICMPv6 registries: assigned, deprecated
+# or experimental; not the unassigned and reserved ones). A rule of the other family's
+# type matches packets no standard stack sends.
+ICMP_TYPES: dict[IPFamily, frozenset[int]] = {
+    IPFamily.IPV4: frozenset({0, *range(3, 7), *range(8, 19), *range(30, 44), 253, 254}),
+    IPFamily.IPV6: frozenset({*range(1, 5), 100, 101, 127, *range(128, 162), 200, 201}),
+}
+# The same message in the other family, for the hint: (IPv4 type, ICMPv6 type, name).
+ICMP_TWINS = (
+    (0, 129, "echo reply"),
+    (3, 1, "destination unreachable"),
+    (5, 137, "redirect"),
+    (8, 128, "echo request"),
+    (9, 134, "router advertisement"),
+    (10, 133, "router solicitation"),
+    (11, 3, "time exceeded"),
+    (12, 4, "parameter problem"),
+    (42, 160, "extended echo request"),
+    (43, 161, "extended echo reply"),
+)
+
 
 class Severity(StrEnum):
     WARNING = "warning"
@@ -63,6 +86,7 @@ class Code(StrEnum):
     ALL_PORTS_OPEN = "all-ports-open-to-world"
     DATABASE_OPEN = "database-port-open-to-world"
     SHADOWED = "shadowed-rule"
+    ICMP_TYPE_FAMILY = "icmp-type-not-in-family"
     UNUSED_GROUP = "unused-group"
     UNUSED_ADDRESS_GROUP = "unused-address-group"
     QUOTA = "quota"
@@ -148,6 +172,35 @@ def _world_findings(view: PolicyView, key: GroupKey, rule: CompiledRule) -> list
             )
         )
     return out
+
+
+def _icmp_findings(key: GroupKey, rule: CompiledRule) -> list[Finding]:
+    """An ICMP type its family does not have (issue 11: IPv6 with type 8 went unnoticed)."""
+    if rule.protocol is not Protocol.ICMP or rule.icmp_type is None:
+        return []
+    if rule.icmp_type in ICMP_TYPES[rule.family]:
+        return []
+    six = rule.family is IPFamily.IPV6
+    name, other = "ICMPv6" if six else "ICMP", "IPv4" if six else "IPv6"
+    message = f"group {key[1]}: {rule.family.value} rule for {name} type {rule.icmp_type}, "
+    message += f"which {name} does not have: it matches nothing a standard stack sends"
+    for v4, v6, what in ICMP_TWINS:
+        if rule.icmp_type == (v4 if six else v6):
+            message += (
+                f" ({rule.icmp_type} is {other}'s {what}; {name} {what} is type "
+                f"{v6 if six else v4})"
+            )
+    return [
+        Finding(
+            key[0],
+            "SecurityGroupRule",
+            rule_name(rule),
+            Code.ICMP_TYPE_FAMILY,
+            Severity.WARNING,
+            "S-M-2",
+            message,
+        )
+    ]
 
 
 def _reference_findings(view: PolicyView) -> list[Finding]:
@@ -316,6 +369,7 @@ def lint_view(view: PolicyView) -> tuple[Finding, ...]:
         spec = view.compiled_group(key)
         for rule in (*spec.ingress, *spec.egress):
             findings.extend(_world_findings(view, key, rule))
+            findings.extend(_icmp_findings(key, rule))
     findings += _shadow_findings(view)
     findings += _unused_findings(view)
     findings += _quota_findings(view)

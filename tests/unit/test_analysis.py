@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sgdocs import ipag, ns, pod, rule, sg
 
 from secgroups.analysis import (
@@ -228,6 +230,15 @@ def crule(
                      id="icmp-code-not-any-code"),
         pytest.param(crule("a", proto=Protocol.GRE), crule("b", proto=Protocol.GRE), True,
                      id="gre-covers-gre"),
+        pytest.param(crule("a", cidrs=("0.0.0.0/0",)), crule("b"), True,
+                     id="world-cidr-covers-any"),
+        pytest.param(crule("a", cidrs=("::/0",), family=IPFamily.IPV6),
+                     crule("b", family=IPFamily.IPV6, set_name="sg.demo.x"), True,
+                     id="world-cidr-covers-a-set"),
+        pytest.param(crule("a", cidrs=("0.0.0.0/1",)), crule("b", set_name="sg.demo.x"), False,
+                     id="half-the-world-does-not-cover-a-set"),
+        pytest.param(crule("a", cidrs=("10.0.0.0/8",)), crule("b", cidrs=("0.0.0.0/0",)), False,
+                     id="cidr-does-not-cover-the-world"),
     ],
 )  # fmt: skip
 def test_covers(earlier: CompiledRule, later: CompiledRule, expected: bool) -> None:
@@ -257,3 +268,72 @@ def test_group_rules_are_in_match_order() -> None:
         )
     ]
     assert [r.id for r in group_rules(objs)] == ["demo/c-deny", "demo/b-allow", "demo/z-late"]
+
+
+# ----------------------------------------------------------------------------- the index
+
+
+def pairwise(rules: tuple[CompiledRule, ...]) -> list[tuple[str, str]]:
+    """The definition: each rule against every earlier one, the first cover wins."""
+    out = []
+    for j, later in enumerate(rules):
+        for earlier in rules[:j]:
+            if covers(earlier, later):
+                out.append((later.id, earlier.id))
+                break
+    return out
+
+
+_V4 = ("0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3/32", "10.2.0.0/16")
+_V6 = ("::/0", "fd00::/8", "fd00:1::/32", "fd00:1::1/128", "fd01::/16")
+
+
+@st.composite
+def compiled_rules(draw: st.DrawFn, rid: str) -> CompiledRule:
+    """Rules over a small space, so that covers (and near misses) are common."""
+    family = draw(st.sampled_from(IPFamily))
+    proto = draw(st.sampled_from(Protocol))
+    ports: tuple[tuple[int, int], ...] = ()
+    if proto in (Protocol.TCP, Protocol.UDP) and draw(st.booleans()):
+        starts = draw(st.lists(st.integers(1, 40), min_size=1, max_size=3, unique=True))
+        spans = sorted((lo, lo + draw(st.integers(0, 6))) for lo in starts)
+        merged: list[tuple[int, int]] = []
+        for lo, hi in spans:  # compiled spans are merged: disjoint and not adjacent
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+            else:
+                merged.append((lo, hi))
+        ports = tuple(merged)
+    icmp: tuple[int | None, int | None] = (None, None)
+    if proto is Protocol.ICMP and draw(st.booleans()):
+        icmp = (draw(st.sampled_from((0, 8))), draw(st.sampled_from((None, 0, 1))))
+    remote = draw(st.sampled_from(("any", "cidr", "cidr2", "set")))
+    nets = _V4 if family is IPFamily.IPV4 else _V6
+    return crule(
+        rid,
+        proto=proto,
+        ports=ports,
+        cidrs=(draw(st.sampled_from(nets)),) if remote == "cidr"
+        else tuple(draw(st.lists(st.sampled_from(nets), min_size=2, max_size=2, unique=True)))
+        if remote == "cidr2" else None,
+        set_name=draw(st.sampled_from(("sg.demo.x", "sg.demo.y"))) if remote == "set" else None,
+        action=draw(st.sampled_from(Action)),
+        family=family,
+        direction=draw(st.sampled_from(Direction)),
+        icmp=icmp,
+    )  # fmt: skip
+
+
+@st.composite
+def rule_lists(draw: st.DrawFn) -> tuple[CompiledRule, ...]:
+    n = draw(st.integers(0, 40))
+    return tuple(draw(compiled_rules(f"r{i:02d}")) for i in range(n))
+
+
+@settings(max_examples=300, deadline=None)
+@given(rule_lists())
+def test_the_index_finds_what_comparing_every_pair_finds(rules: tuple[CompiledRule, ...]) -> None:
+    """The indexed search (issue 11: the pairwise one was quadratic) reports the same
+    rules against the same first cover."""
+    got = [(s.rule.id, s.by.id) for s in shadowed(("demo", "g"), rules)]
+    assert got == pairwise(rules)

@@ -92,6 +92,61 @@ def test_shadowed_rules_are_warned_with_the_covering_rule() -> None:
     assert "allow-lab" in out[0].message and "its Deny never applies" in out[0].message
 
 
+def test_an_allow_after_a_deny_on_the_whole_family_is_dead() -> None:
+    """Issue 11: a Deny on 0.0.0.0/0 covers an Allow with no remote (both: every address)."""
+    out = findings(
+        sg("g"),
+        used(),
+        rule("deny-world", "g", direction="Ingress", protocol="TCP", ports="8080",
+             action="Deny", remote={"cidr": "0.0.0.0/0"}),
+        rule("allow-any", "g", direction="Ingress", protocol="TCP", ports="8080", priority=5),
+        rule("allow-peers", "g", direction="Ingress", protocol="TCP", ports="8080", priority=6,
+             remote={"securityGroup": {"name": "g"}}),
+        rule("allow-v6", "g", direction="Ingress", protocol="TCP", ports="8080", priority=7,
+             ipFamily="IPv6"),
+    )  # fmt: skip
+    dead = {f.name: f.message for f in out if f.code is Code.SHADOWED}
+    assert sorted(dead) == ["allow-any", "allow-peers"]  # not the IPv6 rule
+    assert "deny-world" in dead["allow-any"] and "its Allow never applies" in dead["allow-any"]
+
+
+@pytest.mark.parametrize(
+    ("family", "icmp", "hint"),
+    [
+        pytest.param("IPv6", {"type": 8},
+                     "8 is IPv4's echo request; ICMPv6 echo request is type 128",
+                     id="v6-echo-request-as-8"),
+        pytest.param("IPv6", {"type": 0, "code": 0}, "ICMPv6 echo reply is type 129",
+                     id="v6-echo-reply-as-0"),
+        pytest.param("IPv4", {"type": 128},
+                     "128 is IPv6's echo request; ICMP echo request is type 8",
+                     id="v4-echo-request-as-128"),
+        pytest.param("IPv4", {"type": 77}, "which ICMP does not have", id="v4-unassigned"),
+    ],
+)  # fmt: skip
+def test_an_icmp_type_of_the_other_family_is_warned(
+    family: str, icmp: dict[str, int], hint: str
+) -> None:
+    out = findings(
+        sg("g"), used(), rule("ping", "g", direction="Ingress", protocol="ICMP", ipFamily=family,
+                              icmp=icmp, remote={"securityGroup": {"name": "g"}}),
+    )  # fmt: skip
+    assert [(f.name, f.code, f.severity) for f in out] == [
+        ("ping", Code.ICMP_TYPE_FAMILY, Severity.WARNING)
+    ]
+    assert hint in out[0].message
+
+
+@pytest.mark.parametrize(
+    ("family", "icmp_type"),
+    [("IPv4", 8), ("IPv4", 0), ("IPv4", 3), ("IPv6", 128), ("IPv6", 3), ("IPv6", 135)],
+)
+def test_icmp_types_of_the_rules_family_are_not_warned(family: str, icmp_type: int) -> None:
+    rule_doc = rule("ping", "g", direction="Ingress", protocol="ICMP", ipFamily=family,
+                    icmp={"type": icmp_type}, remote={"securityGroup": {"name": "g"}})  # fmt: skip
+    assert codes(sg("g"), used(), rule_doc) == []
+
+
 def test_unused_groups_and_address_groups() -> None:
     out = codes(
         sg("lonely"),
