@@ -15,11 +15,17 @@ from typing import Any
 
 from secgroups.kinds import plural
 from secgroups.models import GROUP, RESOURCE_KINDS, VERSION
-from secgroups_cli.errors import CliError
+from secgroups_cli.errors import EXIT_BAD_INPUT, EXIT_CLUSTER, CliError
 from secgroups_cli.sources import Options, Snapshot, build_snapshot, object_documents
 from secgroups_kube import ApiError, Kube, KubeConfigError, TransportError
 
 FIELD_MANAGER = "kubectl-secgroups"
+
+
+# API statuses that say the request itself was wrong (the object exists, is invalid, …):
+# bad input. Any other (unauthorized, forbidden, not installed, server errors) says the
+# cluster could not be used.
+_BAD_INPUT_STATUSES = frozenset({400, 409, 422})
 
 
 @contextlib.contextmanager
@@ -33,11 +39,15 @@ def api_errors(what: str, server: str) -> Iterator[None]:
         message = status.message if status is not None else str(exc)
         if code == 404 and what.startswith("list secgroups"):
             raise CliError(
-                f"{what}: the {GROUP}/{VERSION} CRDs are not installed in this cluster ({message})"
+                f"{what}: the {GROUP}/{VERSION} CRDs are not installed in this cluster ({message})",
+                EXIT_CLUSTER,
             ) from None
-        raise CliError(f"{what}: {message} (HTTP {code})") from None
+        exit_code = EXIT_BAD_INPUT if code in _BAD_INPUT_STATUSES else EXIT_CLUSTER
+        raise CliError(f"{what}: {message} (HTTP {code})", exit_code) from None
     except TransportError as exc:
-        raise CliError(f"{what}: cannot reach the API server at {server}: {exc}") from None
+        raise CliError(
+            f"{what}: cannot reach the API server at {server}: {exc}", EXIT_CLUSTER
+        ) from None
 
 
 class Cluster:
@@ -55,7 +65,8 @@ class Cluster:
             )
         except KubeConfigError as exc:
             raise CliError(
-                f"no usable kubeconfig ({exc}); pass --kubeconfig, or -f FILE to work offline"
+                f"no usable kubeconfig ({exc}); pass --kubeconfig, or -f FILE to work offline",
+                EXIT_CLUSTER,
             ) from None
         return cls(kube)
 

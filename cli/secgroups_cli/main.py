@@ -4,23 +4,34 @@ Every command reads either manifest files (``-f``, offline) or the cluster of th
 kubeconfig (online), through ``sources``, and prints a table (``-o json|yaml`` for
 machines). Common options may come before or after the command name.
 
-Exit statuses: 0 success; 1 a negative answer (``trace``: denied, ``lint``: findings at
-or above ``--fail-on``); 2 bad input or an unreachable cluster, reported on one line as
-``error: …`` — never a traceback.
+Exit statuses (``errors``, docs/cli.md): 0 success; 1 a negative answer (``trace``:
+denied, ``lint``: findings at or above ``--fail-on``); 2 bad input; 3 the cluster could
+not be used; 4 a bug. Every failure is one line ``error: …`` on stderr — never a
+traceback (``KSG_DEBUG=1`` adds one for a bug).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import os
 import sys
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 from secgroups.membership import Scope
 from secgroups.models import ENFORCE_LABEL
 from secgroups_cli import clone, explain, lint, matrix, trace
 from secgroups_cli.app import App
-from secgroups_cli.errors import EXIT_USAGE, CliError
+from secgroups_cli.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CliError,
+)
 from secgroups_cli.render import Format, Style, use_color
 from secgroups_cli.sources import Options
 
@@ -82,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         parents=[common],
         description="Explain, trace, lint and clone pod security groups, online or offline.",
-        epilog="Exit status: 0 ok; 1 trace denied / lint failed; 2 bad input. See docs/cli.md.",
+        epilog=(
+            "Exit status: 0 ok; 1 trace denied / lint failed; 2 bad input; 3 cluster "
+            "unusable; 4 a bug. See docs/cli.md."
+        ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
@@ -133,14 +147,52 @@ def main(
             fmt=Format(args.output),
             stdin=stdin,
         )
-        return run(app, args)
+        with _gc_paused():
+            return run(app, args)
     except CliError as exc:
         err.write(f"error: {exc.message}\n")
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `kubectl secgroups matrix | head`
         return 0
+    except RecursionError:  # input shaped to outrun the reader's own limits
+        err.write("error: the input is nested too deeply to read\n")
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        err.write("error: out of memory: the input is too large\n")
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # a bug: still one line, unless asked for more
+        if os.environ.get("KSG_DEBUG"):
+            traceback.print_exception(exc, file=err)
+        err.write(
+            f"error: internal error ({type(exc).__name__}: {_first_line(exc)}); this is a bug — "
+            "KSG_DEBUG=1 shows the traceback\n"
+        )
+        return EXIT_INTERNAL
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a command runs.
+
+    A command builds a few objects per line of its input and keeps them all until it
+    ends, so every collection rescans a growing heap for nothing: linting 10,000 rules
+    took 5.2 s of CPU with it and 2.7 s without, at the same peak memory (210 MB;
+    bench/lint.py). Reference counting still frees everything that is not a cycle.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 if __name__ == "__main__":

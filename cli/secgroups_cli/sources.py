@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from secgroups import models
 from secgroups.analysis import PolicyView
+from secgroups.decoding import parse_manifest
 from secgroups.facts import ClusterFacts, NamespaceFacts, PodFacts
 from secgroups.membership import Scope
 from secgroups.models import API_VERSION, GROUP, RESOURCE_KINDS, parse_resource
@@ -151,8 +152,25 @@ def _check_pod(doc: Document) -> list[str]:
     return errors
 
 
-def _check(doc: Document) -> list[str]:
-    """Why ``doc`` cannot be used (empty when it can)."""
+def _check(doc: Document, online: bool) -> tuple[list[str], models.Resource | None]:
+    """Why ``doc`` cannot be used (empty when it can), and one of our kinds parsed.
+
+    Offline, our kinds are checked as ``kubectl apply`` would be (``decoding``): what
+    the API server rejects is an error here too, and nothing it accepts is.
+    """
+    kind, api = doc.data.get("kind"), doc.data.get("apiVersion")
+    if kind in CORE_KINDS or api != API_VERSION or _name_of(doc) is None:
+        return _check_core(doc), None
+    try:
+        resource = parse_resource(doc.data) if online else parse_manifest(doc.data)
+    except ValidationError as exc:
+        return validation_errors(doc, exc, fields=CROSS_FIELD_PATHS), None
+    except ValueError as exc:
+        return [f"{doc.where()}: {exc}"], None
+    return [], resource
+
+
+def _check_core(doc: Document) -> list[str]:
     kind, api = doc.data.get("kind"), doc.data.get("apiVersion")
     if _name_of(doc) is None:
         return [f"{doc.where(('metadata', 'name'))}: metadata.name: required field is missing"]
@@ -168,15 +186,7 @@ def _check(doc: Document) -> list[str]:
             except ValidationError as exc:
                 return validation_errors(doc, exc, rename={"labels": ("metadata", "labels")})
         return []
-    if api != API_VERSION:
-        return [f"{doc.where(('apiVersion',))}: apiVersion: should be {API_VERSION}, got {api}"]
-    try:
-        parse_resource(doc.data)
-    except ValidationError as exc:
-        return validation_errors(doc, exc, fields=CROSS_FIELD_PATHS)
-    except ValueError as exc:
-        return [f"{doc.where()}: {exc}"]
-    return []
+    return [f"{doc.where(('apiVersion',))}: apiVersion: should be {API_VERSION}, got {api}"]
 
 
 def _ours(doc: Document) -> bool:
@@ -231,7 +241,8 @@ def build_snapshot(
     """Validate ``docs`` and build the facts (see the module docstring for the rules)."""
     errors: list[str] = []
     notes: list[str] = []
-    kept: list[Document] = []
+    kept: list[Document] = []  # Namespaces, Nodes, Pods
+    resources: list[models.Resource] = []  # our kinds, parsed once
     seen: dict[ObjectId, str] = {}
     ignored: dict[str, int] = {}
     for raw in docs:
@@ -240,7 +251,7 @@ def build_snapshot(
             ignored[label] = ignored.get(label, 0) + 1
             continue
         doc = _with_namespace(raw, namespace)
-        problems = _check(doc)
+        problems, resource = _check(doc, online)
         if problems:
             if online:
                 notes.extend(f"warning: skipping {p}" for p in problems)
@@ -255,13 +266,22 @@ def build_snapshot(
             )
             continue
         seen[oid] = doc.where()
-        kept.append(doc)
+        if resource is not None:
+            resources.append(resource)
+        else:
+            kept.append(doc)
     if errors:
         raise CliError("invalid manifests:\n" + "\n".join(f"  {e}" for e in errors))
     if ignored and not online:
         kinds = ", ".join(f"{k} ({n})" for k, n in sorted(ignored.items()))
         notes.append(f"note: ignored objects of other kinds: {kinds}")
-    facts = ClusterFacts.from_manifests(d.data for d in kept)
+    facts = ClusterFacts.from_manifests(d.data for d in kept).model_copy(
+        update={
+            "groups": tuple(r for r in resources if isinstance(r, models.SecurityGroup)),
+            "rules": tuple(r for r in resources if isinstance(r, models.SecurityGroupRule)),
+            "address_groups": tuple(r for r in resources if isinstance(r, models.IPAddressGroup)),
+        }
+    )
     if not online:
         facts = _assume_namespaces(facts, scope, enforced_only, notes)
     origins = seen if not online else {}

@@ -270,7 +270,8 @@ def test_online_errors_are_one_line(scenario: Both, tmp_path: Path) -> None:
     broken = tmp_path / "kubeconfig"
     broken.write_text(scenario.kubeconfig.read_text().replace(":6443", ":1"), encoding="utf-8")
     code, _, err = cli("lint", "--kubeconfig", str(broken))
-    assert code == 2
+    assert code == 3  # the cluster could not be used (docs/cli.md, "Exit status")
     assert err.startswith("error: list namespaces: cannot reach the API server at https://")
+    assert err.count("\n") == 1
     code, _, err = cli("lint", "--kubeconfig", str(tmp_path / "missing"))
-    assert code == 2 and err.startswith("error: ")
+    assert code == 3 and err.startswith("error: ")
