@@ -19,7 +19,7 @@ import kopf
 from secgroups.membership import Scope
 from secgroups.models import ENFORCE_LABEL
 from secgroups_kube import AsyncKube, credentials
-from secgroups_operator import handlers
+from secgroups_operator import admission, handlers
 from secgroups_operator.kube import FIELD_MANAGER
 from secgroups_operator.reconciling import Reconciler
 from secgroups_operator.store import KINDS, FactsStore
@@ -51,6 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--debounce", type=float, default=0.02, help="seconds to batch events")
     p.add_argument("-v", "--verbose", action="store_true")
+    admission.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -58,6 +59,13 @@ async def run(args: argparse.Namespace) -> None:
     key, _, value = args.enforce_label.partition("=")
     scope = Scope(key=key, value=value or "true")
     cluster = AsyncKube.connect(args.kubeconfig, field_manager=FIELD_MANAGER)
+    # Admission first: it needs no cache, so it answers while the lists below load.
+    stop = asyncio.Event()
+    webhook = admission.start(args, cluster, scope, stop)
+    if args.webhook_only:
+        await admission.serve_only(webhook, stop)
+        await cluster.close()
+        return
     store = FactsStore()
     reconciler = Reconciler(
         cluster,
@@ -84,7 +92,6 @@ async def run(args: argparse.Namespace) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.chunk_size = 500
     settings.persistence.finalizer = "secgroups.dev/operator"
-    stop = asyncio.Event()
     loop_task = asyncio.create_task(reconciler.run(stop))
     try:
         await kopf.operator(
@@ -97,6 +104,8 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         stop.set()
         await loop_task
+        if webhook is not None:
+            await asyncio.gather(webhook, return_exceptions=True)
         await cluster.close()
 
 
