@@ -33,13 +33,17 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 from secgroups import naming
 from secgroups.addresses import collapse_entries
 from secgroups.compiled import (
+    COMPILED_GROUP_KIND,
+    COMPILED_NODE_KIND,
+    COMPILED_SET_KIND,
     CompiledAddressSetSpec,
     CompiledGroupSpec,
     CompiledNodeSpec,
@@ -83,6 +87,7 @@ from secgroups.models import (
 )
 
 RuleKey = tuple[str, str]  # (namespace, name)
+_T = TypeVar("_T")
 
 
 class Kind(StrEnum):
@@ -145,7 +150,9 @@ class Changes:
     ``placed_groups`` / ``placed_sets`` — compiled objects whose set of nodes changed
     (:meth:`IncrementalCompiler.nodes_of_group`); ``member_groups`` — groups whose
     member count changed; ``new_refs`` — per node, the groups and sets its object
-    references now and did not before (``group/<name>``, ``set/<name>``).
+    references now and did not before (``group/<name>``, ``set/<name>``); ``failed`` —
+    objects that could not be built, or (None) can again
+    (:meth:`IncrementalCompiler.failures`).
     """
 
     groups: dict[str, CompiledGroupSpec | None] = field(default_factory=dict)
@@ -156,6 +163,7 @@ class Changes:
     placed_sets: set[str] = field(default_factory=set, compare=False)
     member_groups: set[GroupKey] = field(default_factory=set, compare=False)
     new_refs: dict[str, set[str]] = field(default_factory=dict, compare=False)
+    failed: dict[tuple[str, str], str | None] = field(default_factory=dict, compare=False)
 
     def __bool__(self) -> bool:
         return bool(self.groups or self.sets or self.nodes)
@@ -174,6 +182,7 @@ class Changes:
         self.member_groups |= later.member_groups
         for node, refs in later.new_refs.items():
             self.new_refs.setdefault(node, set()).update(refs)
+        self.failed.update(later.failed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +315,10 @@ class IncrementalCompiler:
         self._dirty_node_groups: set[str] = set()  # the groups its pods use changed
         self._dirty_node_sets: set[str] = set()  # the sets those groups use changed
         self._changes = Changes()  # what the running flush reports beside the objects
+        # Objects that cannot be built (a compiled model refuses them): what was built
+        # before stays, the rest of the cluster compiles on (see ``failures``).
+        self._failed: dict[tuple[str, str], str] = {}
+        self._node_failed: set[str] = set()
         if facts is not None:
             self._load(facts)
 
@@ -334,6 +347,26 @@ class IncrementalCompiler:
             rules=tuple(v for _, v in sorted(self._rules.items())),
             address_groups=tuple(v for _, v in sorted(self._ipags.items())),
         )
+
+    def failures(self) -> dict[tuple[str, str], str]:
+        """Objects the compiled models refused, by (kind, name): a group with more rules
+        than a compiled group may hold, a set or node object over its bounds, a pod in
+        more groups than a compiled pod may list. Each keeps what was compiled before
+        (a pod: it is left off its node object) while the rest of the cluster compiles."""
+        return dict(self._failed)
+
+    def _build(self, kind: str, name: str, make: Callable[[], _T]) -> _T | None:
+        try:
+            out = make()
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            text = " ".join(str(exc).split())[:500]
+            if self._failed.get((kind, name)) != text:
+                self._failed[(kind, name)] = text
+                self._changes.failed[(kind, name)] = text
+            return None
+        if self._failed.pop((kind, name), None) is not None:
+            self._changes.failed[(kind, name)] = None
+        return out
 
     def nodes_of_group(self, name: str) -> frozenset[str]:
         """Nodes whose pods use compiled group ``name`` (its node object lists it)."""
@@ -827,7 +860,10 @@ class IncrementalCompiler:
             new_ips = pod.ips
             if missing:
                 self._unknown[key] = missing
-            cpod = compile_pod(pod, new_groups, self._epochs.get(key, 0))
+            epoch = self._epochs.get(key, 0)
+            cpod = self._build(
+                "Pod", f"{key[0]}/{key[1]}", lambda: compile_pod(pod, new_groups, epoch)
+            )
             self._groups_of[key] = new_groups
             self._member_ips[key] = new_ips
             new_place = (pod.ips, pod.node)
@@ -917,7 +953,10 @@ class IncrementalCompiler:
             rules = None
             if key in self._groups or key[1] != DEFAULT_GROUP_NAME:
                 rules = self._rules_of.get(key, {}).values()
-            spec, sources = compile_group(key, rules)
+            built = self._build(COMPILED_GROUP_KIND, gname, lambda: compile_group(key, rules))
+            if built is None:  # cannot be compiled: what was compiled before stays
+                return
+            spec, sources = built
             new_sets = frozenset(sources)
             self._set_source.update(sources)
             if spec != old_spec:
@@ -925,6 +964,7 @@ class IncrementalCompiler:
                 changes.groups[gname] = spec
         else:
             new_sets = frozenset()
+            self._build(COMPILED_GROUP_KIND, gname, lambda: None)  # clears a failure
             if old_spec is not None:
                 del self._out_groups[gname]
                 changes.groups[gname] = None
@@ -950,17 +990,20 @@ class IncrementalCompiler:
         if not self._set_users.get(name):
             self._set_users.pop(name, None)
             self._set_source.pop(name, None)
+            self._build(COMPILED_SET_KIND, name, lambda: None)  # clears a failure
             if old is not None:
                 del self._out_sets[name]
                 changes.sets[name] = None
             return
         kind, key = self._set_source[name]
+        spec: CompiledAddressSetSpec | None
         if kind is SourceKind.SECURITY_GROUP:
             ips = [ip for pod in self._members.get(key, ()) for ip in self._member_ips[pod]]
-            spec = compile_group_set(key, ips)
+            spec = self._build(COMPILED_SET_KIND, name, lambda: compile_group_set(key, ips))
         else:
-            spec = compile_ipag_set(key, self._ipags.get(key))
-        if spec != old:
+            ipag = self._ipags.get(key)
+            spec = self._build(COMPILED_SET_KIND, name, lambda: compile_ipag_set(key, ipag))
+        if spec is not None and spec != old:
             self._out_sets[name] = spec
             changes.sets[name] = spec
 
@@ -977,6 +1020,8 @@ class IncrementalCompiler:
             return
         # Re-sort only what moved: a rule change that adds a remote touches every node
         # of the group, but only their set lists (hundreds of names, a hundred pods).
+        if node in self._node_failed:
+            old = None  # the last compile of this node failed: build it all again
         if old is None or node in self._dirty_node_pods:
             ordered = tuple(v for _, v in sorted((pods or {}).items()))
         else:
@@ -989,7 +1034,16 @@ class IncrementalCompiler:
             set_names = tuple(self._node_sets[node].names)
         else:
             set_names = old.sets
-        spec = CompiledNodeSpec(node=node, pods=ordered, groups=group_names, sets=set_names)
+        spec = self._build(
+            COMPILED_NODE_KIND,
+            node,
+            lambda: CompiledNodeSpec(node=node, pods=ordered, groups=group_names, sets=set_names),
+        )
+        if spec is None:
+            self._node_failed.add(node)
+            return
+        self._node_failed.discard(node)
+        old = self._out_nodes.get(node)
         if spec != old:
             self._out_nodes[node] = spec
             changes.nodes[node] = spec

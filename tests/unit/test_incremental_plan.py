@@ -24,7 +24,7 @@ from tests.corecases import facts, ns, pod, rule, sg
 from secgroups.clearing import plan_clearing
 from secgroups.compiled import CompiledPolicy
 from secgroups.facts import ClusterFacts
-from secgroups.incremental import Delete, IncrementalCompiler, Kind
+from secgroups.incremental import Delete, IncrementalCompiler, Kind, Upsert
 
 
 def _where(policy: CompiledPolicy) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
@@ -109,3 +109,39 @@ def test_rule_deleted_rechecks_the_group_and_a_pod_churn_touches_only_itself() -
     changes = inc.apply_all([Delete(Kind.POD, "w1", "demo"), Delete(Kind.POD, "w2", "demo")])
     assert changes.placed_groups == {"sg.demo.web"}
     assert inc.nodes_of_group("sg.demo.web") == frozenset()
+
+
+def test_an_object_the_compiled_models_refuse_keeps_its_last_form_and_stalls_nothing() -> None:
+    from secgroups.compiled import MAX_RULES_PER_DIRECTION
+
+    inc = IncrementalCompiler(
+        facts(
+            ns(),
+            sg("web", selector={"app": "web"}),
+            sg("db"),
+            pod("w1", "100.64.1.2", labels={"app": "web"}, node="n1"),
+            pod("d1", "100.64.2.2", groups="db", node="n2"),
+            rule("db-ssh", "db", protocol="TCP", ports="22"),
+            nodes=("n1", "n2"),
+        )
+    )
+    before = inc.policy.groups["sg.demo.db"]
+    many = [
+        rule(f"r{i}", "db", protocol="TCP", ports=str(1 + i), cidr="192.0.2.0/24")
+        for i in range(MAX_RULES_PER_DIRECTION + 1)
+    ]
+    changes = inc.apply_all([Upsert(r) for r in many])
+    assert "sg.demo.db" not in changes.groups
+    assert inc.policy.groups["sg.demo.db"] == before
+    assert set(changes.failed) == {("CompiledSecurityGroup", "sg.demo.db")}
+    changes = inc.upsert(pod("w2", "100.64.1.3", labels={"app": "web"}, node="n1"))
+    assert set(changes.nodes) == {"n1"}  # the rest compiles on
+    changes = inc.apply_all(
+        [
+            Delete(Kind.SECURITY_GROUP_RULE, "r0", "demo"),
+            Delete(Kind.SECURITY_GROUP_RULE, "r1", "demo"),
+        ]
+    )
+    assert changes.failed == {("CompiledSecurityGroup", "sg.demo.db"): None}
+    assert len(inc.policy.groups["sg.demo.db"].ingress) == MAX_RULES_PER_DIRECTION
+    assert inc.failures() == {}
