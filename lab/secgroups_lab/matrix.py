@@ -3,7 +3,8 @@ what was expected, printed side by side as the Kubernetes network-policy e2e tes
 
 ``expected(src, dst, case) -> bool`` is a plain callable (later: the core's evaluator). Rows
 are sources, columns destinations; ``.`` allowed, ``X`` denied, ``-`` not probed (a host to
-itself), and in the diff grid ``!`` where observed differs from expected::
+itself), and in the diff grid ``!`` where observed differs from expected. The rendering
+starts with that legend (:data:`LEGEND`, once) and ends with one summary line::
 
     == tcp/80 IPv4: 1 mismatch ==
                   expected   observed   diff

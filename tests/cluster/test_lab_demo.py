@@ -1,6 +1,8 @@
 """The demo as a user runs it: `secgroups-lab demo up` (what `make demo` runs) as a process,
 a second `demo up` while the lab is up, and Ctrl-C (SIGINT to the process group, as a
-terminal sends it) before and after the lab is up (docs/lab.md, "The demo").
+terminal sends it) before and after the lab is up (docs/lab.md, "The demo"); and the
+walkthrough of docs/cli.md ("Debug a denied connection"), its commands run as written
+against the demo's lab with the `export` line the demo prints.
 
 Each test uses its own prefix, so it runs beside the session's lab (and a user's `ksg`).
 They need the control-plane binaries, like the rest of this tier, and take a lab start
@@ -12,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,6 +113,51 @@ def prefix(request: pytest.FixtureRequest, lab_binaries: binaries.Binaries) -> I
         LabCluster(prefix=name).down()
 
 
+def walkthrough() -> list[tuple[str, str]]:
+    """(command, shown output) of every ``$ …`` line of docs/cli.md's walkthrough, in order;
+    a here-document belongs to its command."""
+    text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    section = text[
+        text.index("## Debug a denied connection") : text.index("## What `trace` and `matrix`")
+    ]
+    steps: list[tuple[str, str]] = []
+    for block in re.findall(r"```console\n(.*?)\n *```", section, re.S):
+        lines = textwrap.dedent(block).splitlines()
+        i = 0
+        while i < len(lines):
+            assert lines[i].startswith("$ "), lines[i]
+            command = [lines[i][2:]]
+            i += 1
+            if "<<'EOF'" in command[0]:
+                while lines[i] != "EOF":
+                    command.append(lines[i])
+                    i += 1
+                command.append(lines[i])
+                i += 1
+            shown = []
+            while i < len(lines) and not lines[i].startswith("$ "):
+                shown.append(lines[i])
+                i += 1
+            steps.append(("\n".join(command), "\n".join(shown)))
+    return steps
+
+
+def run_walkthrough(prefix: str, reach: str) -> None:
+    """Every walkthrough command, in a shell after the demo's ``export`` line ``reach``; its
+    output must be what the page shows (the default lab's node names become ``prefix``'s)."""
+    steps = walkthrough()
+    assert len(steps) >= 8
+    for command, shown in steps:
+        script = command.replace("ksg-n", f"{prefix}-n")
+        proc = subprocess.run(
+            ["bash", "-c", f"{reach}\n{script}"], cwd=REPO, capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+        assert proc.stderr == "", (script, proc.stderr)
+        expected = shown.replace("ksg-n", f"{prefix}-n")
+        assert proc.stdout.rstrip("\n") == expected.rstrip("\n"), script
+
+
 def daemon_pids(prefix: str) -> dict[str, int]:
     lab = LabCluster(prefix=prefix)
     pids = {f"cp {n}": p for p, n in controlplane.find_daemons(lab.workdir).items()}
@@ -147,6 +196,11 @@ def test_a_second_demo_says_the_lab_is_up_and_changes_nothing(prefix: str) -> No
     assert lab_state(prefix).status == "up"
     cp = controlplane.status(prefix)
     assert cp["readyz"] == 200
+
+    # The README's walkthrough works as written with what the demo printed.
+    reach = next(line.strip() for line in first.stdout.splitlines() if "KUBECONFIG=" in line)
+    assert reach.startswith("export PATH=") and (Path(sys.prefix) / "bin" / "kubectl").exists()
+    run_walkthrough(prefix, reach)
 
     gone = subprocess.run(
         demo("down", "--prefix", prefix), cwd=REPO, capture_output=True, text=True,
