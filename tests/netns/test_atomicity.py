@@ -44,7 +44,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +184,48 @@ class Probe:
         return min((len(v) for v in self.sent.values()), default=0)
 
 
+def _target(verdict: Any) -> str | None:
+    if isinstance(verdict, dict):
+        for kind in ("jump", "goto"):
+            if kind in verdict:
+                return str(verdict[kind]["target"])
+    return None
+
+
+def _walk(value: Any) -> Iterator[Any]:
+    yield value
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _walk(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk(v)
+
+
+def _reachable_rules(
+    bases: list[str], rules: dict[str, list[Any]], maps: dict[str, list[Any]]
+) -> int:
+    """The rules in force: those of the chains reachable from the base chains (jumps, gotos
+    and verdict-map elements). The stage transaction adds chains that nothing reaches yet."""
+    seen, todo = set(bases), list(bases)
+    while todo:
+        for expr in rules.get(todo.pop(), ()):
+            for node in _walk(expr):
+                name = _target(node)
+                if isinstance(node, dict) and isinstance(node.get("data"), str):
+                    ref = node["data"].lstrip("@")  # vmap @map
+                    name = None
+                    for _key, verdict in maps.get(ref, ()):
+                        t = _target(verdict)
+                        if t is not None and t not in seen:
+                            seen.add(t)
+                            todo.append(t)
+                if name is not None and name not in seen:
+                    seen.add(name)
+                    todo.append(name)
+    return sum(len(rules.get(c, ())) for c in seen)
+
+
 # ----------------------------------------------------------------------------- sampler
 @dataclass
 class Sampler:
@@ -201,23 +243,28 @@ class Sampler:
         if rc != 0:
             return f"listing failed: {err.decode(errors='replace').strip()[:200]}"
         items = json.loads(out)["nftables"]
-        rules: dict[str, int] = {}
+        rules: dict[str, list[Any]] = {}
+        maps: dict[str, list[Any]] = {}
+        bases: list[str] = []
         target = None
         for item in items:
             if "rule" in item:
-                chain = item["rule"]["chain"]
-                rules[chain] = rules.get(chain, 0) + 1
-            elif "map" in item and item["map"]["name"] == "in_disp4":
-                for key, verdict in item["map"].get("elem", ()):
-                    if key == self.a1_ip:
-                        target = verdict.get("goto", {}).get("target")
-        total = sum(rules.values())
+                rules.setdefault(item["rule"]["chain"], []).append(item["rule"]["expr"])
+            elif "chain" in item and "hook" in item["chain"]:
+                bases.append(item["chain"]["name"])
+            elif "map" in item:
+                maps[item["map"]["name"]] = item["map"].get("elem", [])
+                if item["map"]["name"] == "in_disp4":
+                    for key, verdict in item["map"].get("elem", ()):
+                        if key == self.a1_ip:
+                            target = _target(verdict)
+        total = _reachable_rules(bases, rules, maps)
         if total not in self.rule_counts:
-            return f"{total} rules (P1/P2 have {sorted(self.rule_counts)})"
+            return f"{total} rules in force (P1/P2 have {sorted(self.rule_counts)})"
         if target is None:
             return "no in_disp4 element for a1"
-        if rules.get(target, 0) < 2:
-            return f"a1's chain {target} has {rules.get(target, 0)} rules"
+        if len(rules.get(target, ())) < 2:
+            return f"a1's chain {target} has {len(rules.get(target, ()))} rules"
         return None
 
     def loop(self) -> None:

@@ -44,17 +44,21 @@ class Driver:
         self.generation += 1
         snap = slice_policy(policy, NODE, self.generation)
         plan = self.planner.plan(snap, ifaces, full=full)
-        if plan.stage:  # new interval sets, one transaction ahead of the rules using them
+        if plan.stage:  # every new object, one transaction ahead of the switch
             self.kernel.apply(plan.stage)
+        present = set(self.kernel.chains) | set(self.kernel.sets)
         if plan.text:
             self.kernel.apply(plan.text)
+        if plan.kind != "full":  # nothing new in the switch (transactions.staged_diff)
+            created = (set(self.kernel.chains) | set(self.kernel.sets)) - present
+            assert not created, f"the switch created {sorted(created)}"
         self.planner.commit(plan)
         assert canonical(self.kernel.text()) == _expected(policy, ifaces, self.options)
         state = plan.state
         listed = sum(len(s.elements) for s in self.kernel.sets.values())
         assert state.set_elements == listed
         assert state.rules == sum(len(c.rules) for c in self.kernel.chains.values())
-        return plan.text
+        return plan.stage + plan.text
 
 
 SCENARIOS = [pytest.param(make, id=make().name) for make in nc.SCENARIOS]

@@ -201,7 +201,7 @@ def test_a_pod_ip_held_twice_goes_to_the_later_pod() -> None:
     disp = rs.set("in_disp4")
     assert isinstance(disp, Map)
     assert [el.text() for el in disp.elements] == [
-        f"100.64.3.2 : goto {names.group_list_chain([h[0]], ['h'], nc.IN)}"
+        f"100.64.3.2 : jump {names.group_list_chain([h[0]], ['h'], nc.IN)}"
     ]
 
 

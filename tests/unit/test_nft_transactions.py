@@ -159,7 +159,7 @@ def test_a_new_pod_of_an_existing_group_list_is_element_adds_only() -> None:
         _rs(), render(new, nc.NODE, {**S.pod_interfaces, "100.64.1.9": "veth-web-3"})
     )
     assert "flush" not in text and "delete" not in text and "\tchain " not in text
-    assert "100.64.1.9 : goto gl_web_" in text and '"veth-web-3" . 100.64.1.9' in text
+    assert "100.64.1.9 : jump gl_web_" in text and '"veth-web-3" . 100.64.1.9' in text
 
 
 def test_an_epoch_bump_swaps_two_elements_per_ip() -> None:
@@ -243,18 +243,51 @@ def _with_db_ports(ports: list[int | tuple[int, int]]) -> CompiledPolicy:
     return S.policy.model_copy(update={"groups": {**S.policy.groups, key: changed}})
 
 
+def _switch_creates(old: Ruleset, stage: str, switch: str) -> set[str]:
+    """The objects the switch transaction creates, applied after ``old`` and ``stage``."""
+    model = NftModel()
+    model.apply(full_transaction(old))
+    if stage:
+        model.apply(stage)
+    present = set(model.chains) | set(model.sets)
+    model.apply(switch)
+    return (set(model.chains) | set(model.sets)) - present
+
+
 def test_a_new_interval_set_is_created_one_transaction_ahead_of_its_rules() -> None:
     """A rule change that introduces a port set: the set comes in `stage`, the rule in the
-    switch, which no longer declares the set (kernel pitfall in staged_diff's docstring)."""
+    switch, which no longer declares the set (staged_diff's docstring)."""
     old, new = _rs(), _rs(_with_db_ports([5432, 6432]))
     stage, switch = staged_diff(old, new)
     assert stage.startswith("table inet secgroups {")
     assert "flags interval" in stage and "5432" in stage and "6432" in stage
-    assert "chain " not in stage  # nothing references the new set yet
+    assert "chain " not in stage  # the rule goes into an existing chain, refilled in the switch
     new_set = next(line.split()[1] for line in stage.splitlines() if line.startswith("\tset "))
     assert f"\tset {new_set} " not in switch and f"@{new_set}" in switch
+    assert _switch_creates(old, stage, switch) == set()
     # Stage then switch reaches exactly what the one-step diff reaches.
     assert diff_transaction(old, new) != switch
+
+
+def test_new_chains_come_complete_in_the_stage_and_the_switch_only_points_at_them() -> None:
+    """A new pod with a new group list: its group-list chains are created, with their
+    rules, one transaction ahead; the switch adds only elements that name them (a packet
+    crossing the switch's commit must never reach a chain with no rules in the previous
+    generation: docs/nftables.md, "Transactions: nothing new in the switch")."""
+    policy, ifaces = S.policy, S.pod_interfaces
+    node = policy.nodes[nc.NODE]
+    db, web = sorted(policy.groups)
+    pod = nc.pod("shop", "mixed", ["100.64.1.9", "fd64:5ec:0:1::9"], [web, db])
+    grown = policy.model_copy(
+        update={"nodes": {nc.NODE: node.model_copy(update={"pods": (*node.pods, pod)})}}
+    )
+    more = {**ifaces, "100.64.1.9": "veth-mixed", "fd64:5ec:0:1::9": "veth-mixed"}
+    old, new = render(policy, nc.NODE, ifaces), render(grown, nc.NODE, more)
+    stage, switch = staged_diff(old, new)
+    created = {c.name for c in new.chains} - {c.name for c in old.chains}
+    assert created and all(f"\tchain {name} {{" in stage for name in created)
+    assert "chain " not in switch and "jump gl_web_db_" in switch
+    assert _switch_creates(old, stage, switch) == set()
 
 
 def test_no_new_interval_set_means_no_stage() -> None:
@@ -278,7 +311,8 @@ def test_a_full_resync_stages_interval_sets_the_kernel_lacks() -> None:
 def test_new_dispatch_maps_are_staged_with_the_sub_chains_they_send_to() -> None:
     """Interval verdict maps (secgroups.nft.dispatch) are interval sets for the kernel: a new
     one is created a transaction ahead, and with it the new chains its elements name (a
-    map cannot name a chain that does not exist); the chains that use it come in the switch."""
+    map cannot name a chain that does not exist); the existing chains that use it are
+    refilled in the switch, which creates nothing."""
     d = nc.dispatched()
     old = render(d.policy, nc.NODE, d.pod_interfaces, RenderOptions(dispatch=None))
     new = render(d.policy, nc.NODE, d.pod_interfaces, d.options)
@@ -288,9 +322,8 @@ def test_new_dispatch_maps_are_staged_with_the_sub_chains_they_send_to() -> None
     maps = {s.name for s in new.sets if s.name.startswith("gd_")}
     targets = {el.text().split()[-1] for s in new.sets if s.name in maps for el in s.elements}
     assert maps and maps | targets <= staged
-    assert not any(f"vmap @{m}" in stage for m in maps)  # nothing in the stage uses a map
-    for name in maps:
-        assert f"\tmap {name} " not in switch and f"@{name}" in switch
+    assert _switch_creates(old, stage, switch) == set()
+    assert not any(f"\tmap {m} " in switch for m in maps)
     model = NftModel()
     for text in (full_transaction(old), stage, switch):
         model.apply(text)

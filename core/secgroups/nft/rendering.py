@@ -79,7 +79,6 @@ from secgroups.nft.statements import (
     PortMatch,
     Rule,
     SetRef,
-    goto,
     jump,
 )
 from secgroups.ports import PortRange, merge_ranges
@@ -401,8 +400,8 @@ def _pod_objects(
         mark = Mark(epoch_mark(pod.uid, pod.epoch))
         f: Family = 4 if ip.version == 4 else 6
         el.setdefault(fam("pods", f), []).append(element(ip))
-        el.setdefault(fam("eg_disp", f), []).append(element(ip, value=goto(gl_eg)))
-        el.setdefault(fam("in_disp", f), []).append(element(ip, value=goto(gl_in)))
+        el.setdefault(fam("eg_disp", f), []).append(element(ip, value=jump(gl_eg)))
+        el.setdefault(fam("in_disp", f), []).append(element(ip, value=jump(gl_in)))
         el.setdefault(fam("in_epoch", f), []).append(element(ip, value=mark))
         el.setdefault(fam("in_valid", f), []).append(element(ip, mark))
         iface = ifaces.get(ip)

@@ -155,7 +155,7 @@ def diff_transaction(old: Ruleset, new: Ruleset) -> str:
         raise ValueError(f"cannot diff table {old.table} into {new.table}")
     t = new.table
     before, after = _index(old), _index(new)
-    redeclared = {k for k in before.keys() & after.keys() if before[k].decl() != after[k].decl()}
+    redeclared = _redeclared(before, after)
     removed = sorted(before.keys() - after.keys())
     common = sorted((before.keys() & after.keys()) - redeclared)
 
@@ -198,24 +198,27 @@ def diff_transaction(old: Ruleset, new: Ruleset) -> str:
 def staged_diff(old: Ruleset, new: Ruleset) -> tuple[str, str]:
     """``(stage, switch)``: the incremental change as two transactions, applied in order.
 
-    ``stage`` declares, with their elements, the interval sets and maps that ``new`` adds,
-    and the other new objects they reference (a dispatch map's sub-chains, with their
-    rules, and the sets those use): nothing in force references them yet, so it changes
-    no verdict. ``switch`` is :func:`diff_transaction` from ``old`` plus those objects to
-    ``new`` — the one atomic policy change.
+    ``stage`` creates, complete (chains with their rules, sets and maps with their
+    elements), every object that ``new`` adds: nothing in force references them yet, so it
+    changes no verdict. ``switch`` is :func:`diff_transaction` from ``old`` plus those
+    objects to ``new`` — the one atomic policy change; it re-points references (verdict-map
+    elements, gate and member elements, refilled chains) to objects that already exist.
 
-    Why: a rule that references an interval set created in the same transaction misses
-    lookups for a moment after the commit. Measured on kernel 6.18 / nft 1.0.6 (client →
-    router → server netns, UDP to port 80 accepted by both the old chain and a new chain
-    using a new ``flags interval`` port set, 2,000 switches): 2–11 of ~11,000 datagrams
-    dropped; with the set created one transaction earlier, 0 (also 0 for new hash sets,
-    for element changes in existing interval sets, and for deleting a set in the
-    switching transaction). Found by tests/netns/test_atomicity.py, which also covers the
-    interval verdict maps of ``dispatch``. Remove when the kernel makes new interval sets
-    visible atomically with the rules that use them.
+    Why (docs/nftables.md, "Transactions: nothing new in the switch"): the kernel pins a
+    packet's *rules* to the generation current when the packet entered the base chain, but
+    every set or map *lookup* reads the generation current at the lookup. A packet that
+    crosses the commit can therefore take a verdict-map element added by the switch into a
+    chain that the switch created — and a chain created in a transaction has no rules in
+    the previous generation: the packet falls off its end. From a ``goto`` that ends the
+    base chain with its ``accept`` policy (a packet both policies deny was delivered: 1 in
+    ~800 datagrams, ``tests/netns/test_atomicity.py`` under load); from a ``jump`` it drops
+    a packet both allow. Measured by ``tests/netns/test_nft_generations.py``. With every
+    new object created one transaction earlier, both generations of every chain a new
+    element can reach hold its rules. Objects that reference a re-declared object (same
+    name, new type) cannot exist before the switch re-declares it; they stay in the switch.
     """
     before, after = _index(old), _index(new)
-    fresh = _staged_closure(after, lambda key: key not in before)
+    fresh = _staged_closure(after, lambda key: key not in before, _redeclared(before, after))
     if not fresh:
         return "", diff_transaction(old, new)
     stage = block(new.table, _canonical(list(fresh)))
@@ -223,10 +226,10 @@ def staged_diff(old: Ruleset, new: Ruleset) -> tuple[str, str]:
 
 
 def full_staging(ruleset: Ruleset, present: Inventory | None) -> tuple[str, Inventory | None]:
-    """``(stage, present')`` for a full resync over an existing table: the interval sets and
-    maps the kernel lacks, and the new objects they reference, are created first (see
-    :func:`staged_diff`), and ``present'`` lists them so that :func:`full_transaction`
-    empties and refills them like any existing object."""
+    """``(stage, present')`` for a full resync over an existing table: every object the
+    kernel lacks is created first, complete (see :func:`staged_diff`), and ``present'``
+    lists them so that :func:`full_transaction` empties and refills them like any existing
+    object."""
     if present is None or not present.chains:
         return "", present  # no live table: there is no policy to keep in force
     after = _index(ruleset)
@@ -238,7 +241,13 @@ def full_staging(ruleset: Ruleset, present: Inventory | None) -> tuple[str, Inve
             return key[1] not in present.sets
         return key[1] not in present.ct_timeouts
 
-    fresh = _staged_closure(after, lacking)
+    def changed(key: Key) -> bool:
+        if key[0] is RefKind.CT_TIMEOUT:
+            return False
+        held = present.chains if key[0] is RefKind.CHAIN else present.sets
+        return key[1] in held and held[key[1]] != after[key].decl()
+
+    fresh = _staged_closure(after, lacking, {k for k in after if changed(k)})
     if not fresh:
         return "", present
     chains = {**present.chains, **{o.name: o.decl() for o in fresh if isinstance(o, Chain)}}
@@ -248,23 +257,28 @@ def full_staging(ruleset: Ruleset, present: Inventory | None) -> tuple[str, Inve
     return stage, replace(present, chains=chains, sets=sets, ct_timeouts=timeouts)
 
 
+def _redeclared(before: Mapping[Key, TableObject], after: Mapping[Key, TableObject]) -> set[Key]:
+    return {k for k in before.keys() & after.keys() if before[k].decl() != after[k].decl()}
+
+
 def _staged_closure(
-    after: Mapping[Key, TableObject], new: Callable[[Key], bool]
+    after: Mapping[Key, TableObject], new: Callable[[Key], bool], redeclared: set[Key]
 ) -> list[TableObject]:
-    """The new interval sets and maps of ``after`` (``new(key)``: the kernel lacks it), plus
-    every new object they reference, directly or not, for the stage transaction."""
-    todo = [k for k in sorted(after) if new(k) and _interval(after[k])]
-    seen = set(todo)
-    while todo:
-        for ref in _refs(after[todo.pop()]):
-            if ref not in seen and ref in after and new(ref):
-                seen.add(ref)
-                todo.append(ref)
-    return [after[k] for k in sorted(seen)]
-
-
-def _interval(obj: TableObject) -> bool:
-    return isinstance(obj, Set | Map) and obj.interval
+    """Every object of ``after`` that the kernel lacks (``new(key)``), for the stage
+    transaction — except those that reference, directly or not, an object re-declared in
+    the switch (``redeclared``): they can only be created after it."""
+    candidates = {k for k in after if new(k)}
+    if not redeclared:
+        return [after[k] for k in sorted(candidates)]
+    blocked = set(redeclared)
+    changed = True
+    while changed:  # propagate "references a blocked object" to a fixed point
+        changed = False
+        for k in candidates - blocked:
+            if any(ref in blocked for ref in _refs(after[k])):
+                blocked.add(k)
+                changed = True
+    return [after[k] for k in sorted(candidates - blocked)]
 
 
 def _refs(obj: TableObject) -> Iterable[Key]:
