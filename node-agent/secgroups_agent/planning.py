@@ -154,9 +154,11 @@ class TableState:
 class Plan:
     """One transaction and the state it leads to. ``text`` is empty when nothing changes.
 
-    ``stage`` (usually empty) is applied just before ``text``: it creates the interval sets
-    the change introduces, which must exist one transaction before the rules that use them
-    (``secgroups.nft.transactions.staged_diff``); alone it changes no verdict.
+    ``stage`` is applied just before ``text``: it creates, complete, every object the
+    change introduces (new chains with their rules, new sets and maps with their
+    elements), which must exist one transaction before anything in force points at them
+    (``secgroups.nft.transactions.staged_diff``, docs/nftables.md "Nothing new in the
+    switch"); alone it changes no verdict. Empty when the change adds no object.
     """
 
     kind: Literal["full", "incremental"]

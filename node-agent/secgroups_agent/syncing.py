@@ -317,7 +317,7 @@ class SyncLoop:
             if self._marks is None and self._kernel_epochs is None:
                 self._kernel_epochs = self._read_kernel_epochs()
             try:
-                if step.plan.stage:  # new interval sets first (see transactions.staged_diff)
+                if step.plan.stage:  # new objects first, complete (transactions.staged_diff)
                     self.nft.apply(step.plan.stage, timeout=self.config.nft_timeout)
                 self.nft.apply(step.plan.text, timeout=self.config.nft_timeout)
             except NftError as exc:
