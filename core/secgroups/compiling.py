@@ -49,7 +49,15 @@ from secgroups.compiled import (
     SourceKind,
 )
 from secgroups.facts import ClusterFacts, PodFacts
-from secgroups.membership import GroupKey, Memberships, PodKey, Scope, group_index, resolve
+from secgroups.membership import (
+    GroupKey,
+    Memberships,
+    PodKey,
+    Scope,
+    group_index,
+    missing_groups_note,
+    resolve,
+)
 from secgroups.models import (
     DEFAULT_GROUP_NAME,
     Action,
@@ -282,7 +290,7 @@ def unknown_group_problem(pod: PodKey, missing: Iterable[str]) -> Problem:
         *pod,
         Severity.WARNING,
         "UnknownGroup",
-        f"annotation names unknown security group(s): {', '.join(missing)}",
+        missing_groups_note(missing),
     )
 
 
