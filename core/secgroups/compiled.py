@@ -363,6 +363,15 @@ class NodeAgentStatus(_Model):
     applied_generation: int | None = Field(
         default=None, ge=0, description="metadata.generation applied."
     )
+    applied_group_revision: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "The resourceVersion up to which the agent had received the CompiledSecurityGroup "
+            "objects of its node when it applied: a group written at or before it is enforced "
+            "(the operator's realization status)."
+        ),
+    )
     applied_at: str | None = Field(
         default=None, max_length=64, description="When it was applied (RFC 3339)."
     )

@@ -307,6 +307,30 @@ class Condition(BaseModel):
     )
 
 
+class Realization(BaseModel):
+    """Where a group's current compiled rules are enforced (the node agents' reports)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel
+    )
+
+    nodes_desired: int = Field(default=0, ge=0, description="Nodes whose pods use the group.")
+    nodes_realized: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Of those, nodes whose agent has applied the group's current compiled rules "
+            "and its node's latest object."
+        ),
+    )
+    nodes: str = Field(default="0/0", max_length=32, description="nodesRealized/nodesDesired.")
+    generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="metadata.generation of the CompiledSecurityGroup those nodes enforce.",
+    )
+
+
 class GroupStatus(BaseModel):
     """Status the operator reports on a SecurityGroup."""
 
@@ -336,6 +360,13 @@ class GroupStatus(BaseModel):
             "only rules with a remote security group, a remote IP address group or "
             "inconsecutive ports (a list such as 22,25,27) count, so this can be lower than "
             "ruleCount."
+        ),
+    )
+    realization: Realization | None = Field(
+        default=None,
+        description=(
+            "Nodes that enforce the group's current compiled rules / nodes that need them, "
+            "from the node agents' reports (updated at most about once a second)."
         ),
     )
 

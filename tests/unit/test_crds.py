@@ -268,7 +268,11 @@ def test_one_served_storage_version_each() -> None:
 @pytest.mark.parametrize(
     ("kind", "columns"),
     [
-        pytest.param("SecurityGroup", ["Sequence", "Members", "Ready", "Age"], id="sg"),
+        pytest.param(
+            "SecurityGroup",
+            ["Sequence", "Members", "Ready", "Realized", "Generation", "Age"],
+            id="sg",
+        ),
         pytest.param(
             "SecurityGroupRule",
             [
@@ -294,9 +298,11 @@ def test_printer_columns(kind: str, columns: list[str]) -> None:
     got = crdgen.crd(resource)["spec"]["versions"][0]["additionalPrinterColumns"]
     assert [c["name"] for c in got] == columns
     wide = {c["name"] for c in got if c.get("priority")}
-    assert wide == {"SecurityGroupRule": {"RemoteIPAG"}, "IPAddressGroup": {"Description"}}.get(
-        kind, set()
-    )
+    assert wide == {
+        "SecurityGroup": {"Generation"},
+        "SecurityGroupRule": {"RemoteIPAG"},
+        "IPAddressGroup": {"Description"},
+    }.get(kind, set())
 
 
 @pytest.mark.parametrize("resource", crdgen.RESOURCES[:3], ids=IDS[:3])
