@@ -12,6 +12,7 @@
 #   hack/kind.sh load [IMAGE...]   `kind load docker-image` (default: our three images)
 #   hack/kind.sh selftest probe pods on every node: pods across nodes (TCP/UDP/ICMP/GRE), a
 #                         Service by ClusterIP, DNS name and NodePort, egress refused
+#   hack/kind.sh mem      memory of the node containers and of dockerd
 #   hack/kind.sh status   daemon, cluster, nodes, pods, cached artefacts
 #   hack/kind.sh env      `export` lines: KUBECONFIG, PATH (kind, kubectl), KSG_KIND_* for tests
 #
@@ -508,6 +509,30 @@ PY
   [ "$fail" -eq 0 ] || die "selftest: $fail checks failed (logs $LOG_DIR/selftest-*.jsonl)"
 }
 
+# memory of the running cluster: per node container, its memory cgroup's anonymous memory
+# (rss) and page cache (cgroup v1 memory.stat, or v2 anon/file); dockerd and its containerd
+cmd_mem() {
+  cluster_healthy || die "no healthy cluster $NAME"
+  local c id cg rss cache tr=0 tc=0 kb=0 p pid
+  for c in $(docker ps --filter "label=io.x-k8s.kind.cluster=$NAME" --format '{{.Names}}' | sort); do
+    id=$(docker inspect -f '{{.Id}}' "$c"); cg=""
+    for p in /sys/fs/cgroup/memory/docker/"$id" /sys/fs/cgroup/memory/system.slice/docker-"$id".scope \
+             /sys/fs/cgroup/system.slice/docker-"$id".scope /sys/fs/cgroup/docker/"$id"; do
+      [ -f "$p/memory.stat" ] && { cg=$p; break; }
+    done
+    [ -n "$cg" ] || { echo "  $c: memory cgroup not found"; continue; }
+    rss=$(awk '$1 == "total_rss" || $1 == "anon" {print int($2 / 1048576); exit}' "$cg/memory.stat")
+    cache=$(awk '$1 == "total_cache" || $1 == "file" {print int($2 / 1048576); exit}' "$cg/memory.stat")
+    printf '  %-20s anonymous %5d MB, page cache %5d MB\n' "$c" "$rss" "$cache"
+    tr=$((tr + rss)); tc=$((tc + cache))
+  done
+  printf '  %-20s anonymous %5d MB, page cache %5d MB\n' "all nodes" "$tr" "$tc"
+  if pid=$(cat "$KSG_CACHE/docker/dockerd.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; then
+    for p in $pid $(pgrep -P "$pid" containerd || true); do kb=$((kb + $(awk '/^VmRSS/{print $2}' "/proc/$p/status"))); done
+    printf '  %-20s RSS %d MB\n' "dockerd + containerd" $((kb / 1024))
+  fi
+}
+
 cmd_status() {
   "$HACK_DIR/docker.sh" status
   if [ -x "$KIND_BIN" ] && timeout 10 docker info >/dev/null 2>&1; then
@@ -531,6 +556,7 @@ case ${1:-} in
   load) shift; cmd_load "$@" ;;
   status) cmd_status ;;
   selftest) cmd_selftest ;;
+  mem) cmd_mem ;;
   env) cmd_env ;;
   *) sed -n '2,35p' "$0"; exit 2 ;;
 esac
