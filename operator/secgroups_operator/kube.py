@@ -1,74 +1,118 @@
-"""The operator's Kubernetes port: list, server-side apply, delete and status patches.
+"""The operator's Kubernetes port on the shared client: :class:`KubeCluster`.
 
-:class:`Cluster` is the Protocol the reconciler talks to. The real one is
-:class:`secgroups_kube.AsyncKube` (lightkube's async client, one connection, shared
-with the agent and the CLI); :class:`FakeCluster` is an in-memory one for unit tests
-that assigns generations the way the API server does (a spec change bumps
-``metadata.generation``; status patches do not).
+It implements :class:`secgroups_operator.ports.Cluster` over
+:class:`secgroups_kube.AsyncKube` (lightkube's async client, one connection, shared with
+the agent and the CLI), so the reflectors, the publisher, the leader election and the
+event recorder never see lightkube; the unit tests use
+:class:`secgroups_operator.fake.FakeCluster` instead.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
-FIELD_MANAGER = "secgroups-operator"
+from secgroups_operator.ports import FIELD_MANAGER, ConflictError, GoneError, Page
 
 
-class Cluster(Protocol):
-    async def list(self, kind: str) -> list[dict[str, Any]]: ...
+class KubeCluster:
+    """:class:`secgroups_operator.ports.Cluster` on the shared client
+    (:class:`secgroups_kube.AsyncKube`): API errors the callers tell apart become
+    :class:`~secgroups_operator.ports.GoneError` (410) and
+    :class:`~secgroups_operator.ports.ConflictError` (409 on a replace)."""
 
-    async def apply(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply of a full object we own; returns the stored object."""
-        ...
+    def __init__(self, kube: Any) -> None:
+        self.kube = kube
 
-    async def delete(self, kind: str, name: str, namespace: str | None = None) -> None: ...
+    @classmethod
+    def connect(cls, kubeconfig: str | None) -> KubeCluster:
+        from secgroups_kube import AsyncKube
 
-    async def patch_status(
-        self, kind: str, name: str, namespace: str | None, status: Mapping[str, Any]
-    ) -> None: ...
+        return cls(AsyncKube.connect(kubeconfig, field_manager=FIELD_MANAGER))
 
+    async def close(self) -> None:
+        await self.kube.close()
 
-@dataclass
-class FakeCluster:
-    """In-memory API server stand-in for unit tests (generations bump on spec change)."""
+    async def list_page(
+        self,
+        kind: str,
+        *,
+        limit: int,
+        cont: str | None = None,
+        labels: str | None = None,
+        fields: str | None = None,
+    ) -> Page:
+        try:
+            items, rv, nxt = await self.kube.list_page(
+                kind, limit=limit, cont=cont, labels=labels, fields=fields
+            )
+        except Exception as exc:
+            if _code(exc) == 410:  # the continue token expired
+                raise GoneError(str(exc)) from None
+            raise
+        return Page(items, rv, nxt)
 
-    objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
-    writes: list[tuple[str, str, str]] = field(default_factory=list)
-    fail_on: set[tuple[str, str]] = field(default_factory=set)
+    async def watch(
+        self,
+        kind: str,
+        *,
+        resource_version: str,
+        labels: str | None = None,
+        fields: str | None = None,
+        timeout_s: int = 300,
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        try:
+            async for typ, obj in self.kube.watch_events(
+                kind,
+                resource_version=resource_version,
+                labels=labels,
+                fields=fields,
+                timeout_s=timeout_s,
+            ):
+                yield typ, obj
+        except Exception as exc:
+            if _code(exc) == 410:
+                raise GoneError(str(exc)) from None
+            raise
 
-    async def list(self, kind: str) -> list[dict[str, Any]]:
-        return [copy.deepcopy(o) for (k, _, _), o in sorted(self.objects.items()) if k == kind]
+    async def apply(
+        self, body: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = await self.kube.apply(body, field_manager=field_manager)
+        return out
 
-    async def apply(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        kind, meta = body["kind"], body["metadata"]
-        if (kind, meta["name"]) in self.fail_on:
-            raise RuntimeError(f"injected failure writing {kind} {meta['name']}")
-        key = (kind, meta.get("namespace") or "", meta["name"])
-        old = self.objects.get(key)
-        new = copy.deepcopy(dict(body))
-        generation = 1
-        if old is not None:
-            generation = old["metadata"]["generation"]
-            if old.get("spec") != new.get("spec"):
-                generation += 1
-            if "status" in old:
-                new["status"] = old["status"]
-        new["metadata"] = {**new["metadata"], "generation": generation}
-        self.objects[key] = new
-        self.writes.append(("apply", kind, meta["name"]))
-        return copy.deepcopy(new)
+    async def create(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        out: dict[str, Any] | None = await self.kube.create(body)
+        return out
+
+    async def get(
+        self, kind: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        out: dict[str, Any] | None = await self.kube.get(kind, name, namespace)
+        return out
+
+    async def replace(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            out: dict[str, Any] = await self.kube.replace(body)
+        except Exception as exc:
+            if _code(exc) == 409:
+                raise ConflictError(str(exc)) from None
+            raise
+        return out
 
     async def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
-        self.objects.pop((kind, namespace or "", name), None)
-        self.writes.append(("delete", kind, name))
+        await self.kube.delete(kind, name, namespace)
 
     async def patch_status(
         self, kind: str, name: str, namespace: str | None, status: Mapping[str, Any]
     ) -> None:
-        key = (kind, namespace or "", name)
-        if key in self.objects:
-            self.objects[key]["status"] = copy.deepcopy(dict(status))
-            self.writes.append(("status", kind, name))
+        await self.kube.patch_status(kind, name, namespace, status)
+
+    async def post_event(self, body: Mapping[str, Any]) -> None:
+        await self.kube.post_event(body)
+
+
+def _code(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None)
+    code = getattr(status, "code", None)
+    return code if isinstance(code, int) else None

@@ -1,82 +1,814 @@
-"""The operator's one level-triggered loop: facts → epochs → compile → publish → status.
+"""The operator's loop: watch events → incremental compile (off the event loop) →
+epochs → publish, one object at a time → statuses and Events.
 
-Every watch event marks the state dirty; one reconcile (debounced) then
+* **Input.** Reflectors (``watching``) feed every object through the intake
+  (``intake``: slim facts, per-version parse cache, bad objects kept out and reported),
+  which queues compiler events. A round takes the whole queue as one batch.
+* **Compile.** The batch goes to :class:`secgroups.incremental.IncrementalCompiler` in a
+  worker thread (``asyncio.to_thread``): the loop keeps serving watches, health and
+  writes while it runs. One event reaches only what it changes: a pod's churn recompiles
+  its node object and the address sets it is in.
+* **Epochs** (DESIGN.md §4, S-CT-2). The compiler's flush names the pods whose inbound
+  connections must be re-checked; the leader raises their epochs in the same round and
+  marks their nodes, whose objects then wait for and ``require`` the groups and sets
+  they reference (``publishing``).
+* **Publish** (``publishing``): specs, node labels, node objects, deletions; each
+  object's failure is retried alone, oversized objects are held and reported.
+* **Status** (``statuses``) of the objects a batch reached, and the realization of
+  each group (nodes whose agent enforces its current compiled rules / nodes that use
+  it) from the agents' reports, written at most once a second — never once per pod.
+* **Default groups** (S-D-1): created once, rules then group, with create-if-absent —
+  never applied over a user's edits; a namespace that refuses (terminating, an object
+  quota) is retried alone, with an Event.
 
-1. takes a consistent snapshot of the facts store;
-2. plans S-CT-2 clearing against the facts of the last successful round and
-   raises the ingress epoch of every pod in the plan
-   (docs/architecture.md#existing-connections-epochs); right after a restart, when
-   there is no previous round, it re-checks conservatively every pod whose groups or
-   sets differ from what is published (a re-check is always safe);
-3. compiles (``secgroups.compiling``) and creates the namespace default groups the
-   compilation synthesized (rules first, then the group, S-D-1);
-4. publishes changed CompiledSecurityGroup and CompiledAddressSet objects, then
-   CompiledNodePolicy objects — a node object whose pods got a new epoch records the
-   generations of the objects it references in ``spec.requires``, so an agent never
-   applies an epoch before the rule or member change it is for — then deletes what is
-   no longer referenced;
-5. writes the status of the user's objects when it changed.
-
-A failure anywhere leaves the round uncommitted; the next round redoes it with
-the same result (everything is derived from the facts and the committed epochs).
+**Leader and standby.** Both replicas run everything above except the writes: the
+standby compiles with the epochs the leader publishes (mirrored from the node objects
+it watches), so on takeover (``leader``) it only writes what the old leader had not —
+and re-checks, conservatively, every pod whose groups, sets or node object differ from
+what is published (a re-check is always safe; a missed one is not). A fresh start is a
+takeover from nobody.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import gc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from secgroups.clearing import plan_clearing
+from secgroups import naming
 from secgroups.compiled import (
     COMPILED_GROUP_KIND,
     COMPILED_NODE_KIND,
     COMPILED_SET_KIND,
-    CompiledNodeSpec,
-    CompiledPolicy,
+    SourceKind,
 )
-from secgroups.compiling import Compilation, CompileOptions, compile_policy
-from secgroups.facts import ClusterFacts
+from secgroups.compiling import CompileOptions
+from secgroups.incremental import (
+    Changes,
+    Delete,
+    Event,
+    IncrementalCompiler,
+    Kind,
+    SetEpochs,
+    Upsert,
+)
 from secgroups.membership import PodKey, Scope
-from secgroups.models import API_VERSION, DEFAULT_GROUP_NAME
-from secgroups.quotas import account
-from secgroups_operator.kube import Cluster
-from secgroups_operator.statuses import StatusKey, compute_statuses
-from secgroups_operator.store import FactsStore
+from secgroups.models import (
+    API_VERSION,
+    DEFAULT_GROUP_NAME,
+    IPAddressGroup,
+    SecurityGroup,
+    SecurityGroupRule,
+)
+from secgroups.quotas import MAX_ADDRESS_GROUP_CIDRS, MAX_RULES_PER_GROUP, address_group_cidrs
+from secgroups_operator.events import EventRecorder
+from secgroups_operator.intake import Intake, Problem
+from secgroups_operator.ports import Cluster
+from secgroups_operator.publishing import (
+    MANAGED_BY,
+    ObjKey,
+    Publisher,
+    Wanted,
+    wanted_spec,
+)
+from secgroups_operator.statuses import (
+    StatusKey,
+    StatusWriter,
+    group_status,
+    ipag_status,
+    now_stamp,
+    problem_status,
+    rule_status,
+    with_publish_error,
+    with_realization,
+)
 
 log = logging.getLogger(__name__)
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "secgroups-operator"}
-ObjKey = tuple[str, str]  # (kind, name) of a compiled object
+USER_KINDS = ("SecurityGroup", "SecurityGroupRule", "IPAddressGroup")
+KIND_OF = {
+    COMPILED_GROUP_KIND: "group",
+    COMPILED_SET_KIND: "set",
+    COMPILED_NODE_KIND: "node",
+}
 
 
 @dataclass
-class Published:
-    spec: str  # canonical JSON of the spec as written
-    generation: int
+class Options:
+    scope: Scope = field(default_factory=Scope)
+    create_defaults: bool = True
+    debounce_s: float = 0.005
+    status_interval_s: float = 1.0
 
 
 @dataclass
-class RoundResult:
+class _Floor:
+    """Epochs published by another replica: never go below them."""
+
+    epochs: Mapping[PodKey, int]
+
+
+@dataclass
+class _Result:
+    """What one compile round hands back to the loop."""
+
+    specs: list[tuple[ObjKey, Wanted | None]] = field(default_factory=list)
+    labels: list[tuple[ObjKey, frozenset[str]]] = field(default_factory=list)
+    new_refs: dict[str, set[str]] = field(default_factory=dict)
+    bumped_nodes: set[str] = field(default_factory=set)
+    rechecked: int = 0
+    statuses: dict[StatusKey, dict[str, Any]] = field(default_factory=dict)
+    gone_statuses: set[StatusKey] = field(default_factory=set)
+    defaults: set[str] = field(default_factory=set)
+    held: dict[ObjKey, str | None] = field(default_factory=dict)
+    #: Compiled objects the compiled models refuse (held while so), or None again.
+    failed: dict[ObjKey, str | None] = field(default_factory=dict)
+    pod_failures: list[tuple[str, str, str]] = field(default_factory=list)
+    compile_s: float = 0.0
+    events: int = 0
+
+
+@dataclass
+class RoundInfo:
+    events: int = 0
+    compile_s: float = 0.0
+    publish_s: float = 0.0
     writes: int = 0
-    deletes: int = 0
-    bumped: frozenset[PodKey] = frozenset()
-    defaults_created: tuple[str, ...] = ()
-    duration_s: float = 0.0
+    rechecked: int = 0
+    at: float = 0.0
 
 
-def _canon(spec: Any) -> str:
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+class Reconciler:
+    """See the module docstring. ``run()`` after the reflectors have listed once."""
 
+    def __init__(self, cluster: Cluster, options: Options | None = None, *, identity: str = ""):
+        self.cluster = cluster
+        self.options = options or Options()
+        self.identity = identity or "secgroups-operator"
+        self.events = EventRecorder(cluster, instance=self.identity, enabled=False)
+        self.statuses = StatusWriter(cluster, interval_s=self.options.status_interval_s)
+        self.publisher = Publisher(cluster, report=self._write_failed)
+        self.intake = Intake(emit=self._emit, report=self._problem)
+        self.compiler: IncrementalCompiler | None = None
+        self.leading = False
+        self.loaded = asyncio.Event()
+        self.last = RoundInfo()
+        self.rounds = 0
+        self._queue: list[Event | _Floor] = []
+        self._wake = asyncio.Event()
+        self._takeover = False
+        # loop-owned views
+        self._published_epochs: dict[PodKey, int] = {}
+        self._group_nodes: dict[str, frozenset[str]] = {}
+        self._node_groups: dict[str, set[str]] = {}
+        self._group_key_of: dict[str, tuple[str, str]] = {}  # compiled name → (ns, name)
+        self._group_base: dict[StatusKey, dict[str, Any]] = {}
+        self._publish_errors: dict[StatusKey, str] = {}
+        self._defaults_done: set[str] = set()
+        self._defaults_retry: dict[str, tuple[int, float]] = {}
+        self._defaults_wanted: set[str] = set()
+        # compile-thread-owned
+        self._held: dict[ObjKey, str] = {}
+        self._rule_group: dict[tuple[str, str], tuple[str, str]] = {}
+        self._rule_remotes: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+        self._set_owner: dict[str, tuple[str, str, str]] = {}  # compiled set → source
+        self._rules_by_remote: dict[tuple[str, str, str], set[tuple[str, str]]] = {}
+        self._refused: frozenset[tuple[str, str]] = frozenset()
 
-def _spec_json(model: Any) -> dict[str, Any]:
-    data: dict[str, Any] = model.model_dump(by_alias=True, mode="json", exclude_defaults=True)
-    return data
+    # ------------------------------------------------------------------ sinks
+
+    def _emit(self, event: Event) -> None:
+        self._queue.append(event)
+        self._wake.set()
+
+    def input_sink(self) -> _InputSink:
+        return _InputSink(self)
+
+    def compiled_sink(self) -> _CompiledSink:
+        return _CompiledSink(self)
+
+    def _problem(self, problem: Problem) -> None:
+        kind, ns, name = problem.key
+        self.events.warn(kind, ns, name, problem.reason, problem.message, problem.uid)
+        if kind in USER_KINDS:
+            since = self.statuses.since.get(problem.key)
+            self.statuses.want(
+                problem.key, problem_status(problem.reason, problem.message, now_stamp(), since)
+            )
+            self._wake.set()
+
+    def _write_failed(self, key: ObjKey, error: str | None) -> None:
+        owner = self._owner(key)
+        if owner is None:
+            return
+        if error is None:
+            self._publish_errors.pop(owner, None)
+        else:
+            self._publish_errors[owner] = error
+            self.events.warn(
+                owner[0], owner[1], owner[2], "PublishFailed", f"{key[0]} {key[1]}: {error}"
+            )
+        if owner in self._group_base:
+            self.statuses.want(owner, self._group_base[owner])
+
+    def _owner(self, key: ObjKey) -> StatusKey | None:
+        kind, name = key
+        if kind == COMPILED_GROUP_KIND and name in self._group_key_of:
+            ns, gname = self._group_key_of[name]
+            return ("SecurityGroup", ns, gname)
+        if kind == COMPILED_NODE_KIND:
+            return ("Node", "", name)
+        return self._set_owner.get(name)
+
+    # ------------------------------------------------------------------ leadership
+
+    def start_leading(self) -> None:
+        self.leading = True
+        self._takeover = True
+        self.events.enabled = True
+        # What a standby saw and could not post: the problems standing now.
+        for problem in list(self.intake.problems.values()):
+            kind, ns, name = problem.key
+            self.events.warn(kind, ns, name, problem.reason, problem.message, problem.uid)
+        for key, held in self.publisher.held().items():
+            owner = self._owner(key)
+            if owner is not None:
+                reason, _, message = held.partition(": ")
+                self.events.warn(*owner, reason, f"{key[0]} {key[1]} not published: {message}")
+        self._wake.set()
+
+    def stop_leading(self) -> None:
+        self.leading = False
+        self.events.enabled = False
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._initial_build()
+        self.loaded.set()
+        while not stop.is_set():
+            timeout = self._next_timer()
+            waiter = asyncio.ensure_future(self._wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait(
+                {waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            waiter.cancel()
+            stopper.cancel()
+            if stop.is_set():
+                return
+            if self._queue and self.options.debounce_s:
+                await asyncio.sleep(self.options.debounce_s)
+            self._wake.clear()
+            try:
+                await self.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconcile round failed; retrying")
+                await asyncio.sleep(1.0)
+                self._wake.set()
+
+    def _next_timer(self) -> float | None:
+        times: list[float] = []
+        now = time.monotonic()
+        if self.leading:
+            r = self.publisher.next_retry()
+            if r is not None:
+                times.append(max(0.0, r - now))
+            s = self.statuses.due_in()
+            if s is not None:
+                times.append(s)
+            for ns in self._defaults_wanted - self._defaults_done:
+                times.append(max(0.0, self._defaults_retry.get(ns, (0, 0.0))[1] - now))
+        return min(times) if times else None
+
+    async def round(self) -> RoundInfo:
+        """One round: compile the queued batch, then (leading) write what is due."""
+        info = RoundInfo(at=time.monotonic())
+        batch, self._queue = self._queue, []
+        need = set(self.publisher.need_spec)
+        due: list[ObjKey] = []
+        takeover = self.leading and self._takeover
+        if takeover:
+            due = [k for k, w in self.publisher.wanted.items() if self.publisher.spec_due(k, w)]
+        if batch or need or takeover:
+            result = await asyncio.to_thread(
+                self._compute, batch, need, due if takeover else None, self.leading
+            )
+            self._take(result)
+            info.events, info.compile_s, info.rechecked = (
+                result.events,
+                result.compile_s,
+                result.rechecked,
+            )
+        if takeover:
+            self._takeover = False
+        if self.leading:
+            t0 = time.monotonic()
+            stats = await self.publisher.publish()
+            info.writes = stats.writes + stats.label_writes + stats.deletes
+            if self.publisher.need_spec:
+                self._wake.set()  # bodies dropped after writing are needed again
+            if self.options.create_defaults:
+                await self._create_defaults()
+            if self.statuses.due_in() == 0:
+                await self.statuses.flush(self._overlay)
+            info.publish_s = time.monotonic() - t0
+        self.rounds += 1
+        self.last = info
+        if info.writes or info.rechecked:
+            log.info(
+                "round: %d events, compile %.1f ms, %d writes in %.1f ms, %d pods re-checked",
+                info.events,
+                info.compile_s * 1000,
+                info.writes,
+                info.publish_s * 1000,
+                info.rechecked,
+            )
+        return info
+
+    # ------------------------------------------------------------------ initial build
+
+    async def _initial_build(self) -> None:
+        events, self._queue = self._queue, []
+        epochs = dict(self._published_epochs)
+        refused = frozenset(self.intake.refused)
+        t0 = time.monotonic()
+
+        def build() -> _Result:
+            inc = IncrementalCompiler(
+                options=CompileOptions(scope=self.options.scope, epochs=epochs)
+            )
+            self._refused = refused
+            facts_events = [e for e in events if not isinstance(e, _Floor)]
+            changes = inc.load(facts_events)
+            self.compiler = inc
+            out = _Result(events=len(facts_events))
+            self._track(facts_events)
+            for key, text in changes.failed.items():
+                if key[0] != "Pod" and text is not None:
+                    reason = self._failure_reason(inc, *key, text)
+                    out.failed[key] = reason
+                    self._held[key] = reason
+                    out.held[key] = reason
+                elif text is not None:
+                    ns, _, pod_name = key[1].partition("/")
+                    out.pod_failures.append((ns, pod_name, text))
+            self._wanted_all(inc, out)
+            self._defaults_of(inc, changes, out, everything=True)
+            self._statuses_all(inc, out)
+            return out
+
+        result = await asyncio.to_thread(build)
+        # Everything built so far lives as long as the process: keep the collector off it.
+        gc.collect()
+        gc.freeze()
+        wanted = {k for k, _ in result.specs} | set(result.failed)
+        for key in list(self.publisher.stored):
+            if key not in wanted:
+                result.specs.append((key, None))
+        self._take(result)
+        log.info(
+            "initial build: %d objects in, %d compiled objects, %.2f s",
+            result.events,
+            len(wanted),
+            time.monotonic() - t0,
+        )
+
+    # ------------------------------------------------------------------ compile thread
+
+    def _compute(
+        self,
+        batch: list[Event | _Floor],
+        need: set[ObjKey],
+        due: list[ObjKey] | None,
+        leading: bool,
+    ) -> _Result:
+        t0 = time.perf_counter()
+        inc = self.compiler
+        assert inc is not None
+        self._refused = frozenset(self.intake.refused)
+        events: list[Event] = []
+        for e in batch:
+            if isinstance(e, _Floor):
+                raised = {p: v for p, v in e.epochs.items() if v > inc.epoch(p)}
+                if raised:
+                    events.append(SetEpochs(raised))
+            else:
+                events.append(e)
+        out = _Result(events=len(batch))
+        changes = inc.apply_all(events)
+        recheck = set(changes.recheck) if leading else set()
+        if due is not None:
+            recheck |= self._catch_up(inc, due)
+        if recheck:
+            epochs = {p: inc.epoch(p) + 1 for p in recheck}
+            changes.merge(inc.set_epochs(epochs))
+            out.bumped_nodes = {n for p in recheck if (n := inc.node_of(p)) is not None}
+            out.rechecked = len(recheck)
+        touched = self._track(events)
+        self._changed(inc, changes, out)
+        for key in sorted(need):
+            self._regenerate(inc, key, out)
+        self._statuses_of(inc, events, changes, touched, out)
+        self._defaults_of(inc, changes, out)
+        out.compile_s = time.perf_counter() - t0
+        return out
+
+    def _catch_up(self, inc: IncrementalCompiler, due: Iterable[ObjKey]) -> set[PodKey]:
+        """Pods to re-check after a takeover: on node objects that differ from what is
+        published, or using a group or set whose published spec differs."""
+        pods: set[PodKey] = set()
+        for kind, name in due:
+            if kind == COMPILED_NODE_KIND:
+                pods |= inc.pods_on(name)
+            elif kind == COMPILED_GROUP_KIND:
+                spec = inc.compiled_group(name)
+                if spec is not None:
+                    pods |= inc.members((spec.group.namespace, spec.group.name))
+            else:
+                for g in inc.set_users(name):
+                    spec = inc.compiled_group(g)
+                    if spec is not None:
+                        pods |= inc.members((spec.group.namespace, spec.group.name))
+        return pods
+
+    def _wanted_of(self, kind: str, name: str, model: Any) -> Wanted:
+        w = wanted_spec(kind, model)
+        if kind == COMPILED_SET_KIND and model.source_kind is SourceKind.IP_ADDRESS_GROUP:
+            ref = (model.source.namespace, model.source.name)
+            if ref in self._refused:
+                w.held = (
+                    f"TooLarge: IP address group {ref[0]}/{ref[1]} compiles to more than "
+                    f"{MAX_ADDRESS_GROUP_CIDRS} CIDRs"
+                )
+        return w
+
+    def _note_held(self, key: ObjKey, w: Wanted | None, out: _Result) -> None:
+        held = w.held if w is not None else None
+        if self._held.get(key) != held:
+            if held is None:
+                self._held.pop(key, None)
+            else:
+                self._held[key] = held
+            out.held[key] = held
+
+    def _changed(self, inc: IncrementalCompiler, changes: Changes, out: _Result) -> None:
+        for (kind, name), text in changes.failed.items():
+            if kind == "Pod":
+                if text is not None:
+                    ns, _, pod_name = name.partition("/")
+                    out.pod_failures.append((ns, pod_name, text))
+                continue
+            reason = None if text is None else self._failure_reason(inc, kind, name, text)
+            out.failed[(kind, name)] = reason
+            if reason is None:
+                self._held.pop((kind, name), None)
+            else:
+                self._held[(kind, name)] = reason
+            out.held[(kind, name)] = reason
+        for kind, table in (
+            (COMPILED_GROUP_KIND, changes.groups),
+            (COMPILED_SET_KIND, changes.sets),
+            (COMPILED_NODE_KIND, changes.nodes),
+        ):
+            for name, spec in table.items():
+                w = None if spec is None else self._wanted_of(kind, name, spec)
+                out.specs.append(((kind, name), w))
+                self._note_held((kind, name), w, out)
+        for name in changes.placed_groups:
+            out.labels.append(((COMPILED_GROUP_KIND, name), inc.nodes_of_group(name)))
+        for name in changes.placed_sets:
+            out.labels.append(((COMPILED_SET_KIND, name), inc.nodes_of_set(name)))
+        for node, refs in changes.new_refs.items():
+            out.new_refs.setdefault(node, set()).update(refs)
+
+    def _failure_reason(self, inc: IncrementalCompiler, kind: str, name: str, text: str) -> str:
+        if kind == COMPILED_GROUP_KIND:
+            spec = inc.compiled_group(name)
+            key = self._group_key_of.get(name) or (
+                (spec.group.namespace, spec.group.name) if spec is not None else None
+            )
+            if key is not None:
+                n = len(inc.rules_of(key))
+                return (
+                    f"TooManyRules: {n} rules cannot be compiled into one group "
+                    f"(at most {MAX_RULES_PER_GROUP} per group): {text}"
+                )
+        return f"TooLarge: cannot be compiled: {text}"
+
+    def _regenerate(self, inc: IncrementalCompiler, key: ObjKey, out: _Result) -> None:
+        kind, name = key
+        model: Any = (
+            inc.compiled_group(name)
+            if kind == COMPILED_GROUP_KIND
+            else inc.compiled_set(name)
+            if kind == COMPILED_SET_KIND
+            else inc.compiled_node(name)
+        )
+        out.specs.append((key, None if model is None else self._wanted_of(kind, name, model)))
+        if model is not None and kind == COMPILED_GROUP_KIND:
+            out.labels.append((key, inc.nodes_of_group(name)))
+        elif model is not None and kind == COMPILED_SET_KIND:
+            out.labels.append((key, inc.nodes_of_set(name)))
+
+    def _wanted_all(self, inc: IncrementalCompiler, out: _Result) -> None:
+        groups, sets, nodes = inc.compiled()
+        for name, spec in list(groups.items()):
+            w = self._wanted_of(COMPILED_GROUP_KIND, name, spec)
+            out.specs.append(((COMPILED_GROUP_KIND, name), w))
+            self._note_held((COMPILED_GROUP_KIND, name), w, out)
+            out.labels.append(((COMPILED_GROUP_KIND, name), inc.nodes_of_group(name)))
+        sets_on = inc.nodes_of_every_set()
+        for name, set_spec in list(sets.items()):
+            w = self._wanted_of(COMPILED_SET_KIND, name, set_spec)
+            out.specs.append(((COMPILED_SET_KIND, name), w))
+            self._note_held((COMPILED_SET_KIND, name), w, out)
+            out.labels.append(((COMPILED_SET_KIND, name), frozenset(sets_on.get(name, ()))))
+        for name, node_spec in list(nodes.items()):
+            w = self._wanted_of(COMPILED_NODE_KIND, name, node_spec)
+            out.specs.append(((COMPILED_NODE_KIND, name), w))
+            self._note_held((COMPILED_NODE_KIND, name), w, out)
+
+    # ------------------------------------------------------------------ statuses (thread)
+
+    def _track(self, events: Iterable[Event]) -> set[tuple[str, str]]:
+        """Index rules by group and by remote (which statuses an event reaches); returns
+        the groups of the rules the events touched, before and after."""
+        touched: set[tuple[str, str]] = set()
+        for e in events:
+            if isinstance(e, Upsert) and isinstance(e.obj, SecurityGroupRule):
+                key = (e.obj.metadata.namespace or "default", e.obj.metadata.name)
+                touched |= self._untrack_rule(key)
+                group = (key[0], e.obj.spec.security_group)
+                self._rule_group[key] = group
+                touched.add(group)
+                remotes = _remotes(e.obj)
+                self._rule_remotes[key] = remotes
+                for remote in remotes:
+                    self._rules_by_remote.setdefault(remote, set()).add(key)
+            elif isinstance(e, Delete) and e.kind is Kind.SECURITY_GROUP_RULE:
+                touched |= self._untrack_rule((e.namespace or "default", e.name))
+        return touched
+
+    def _untrack_rule(self, key: tuple[str, str]) -> set[tuple[str, str]]:
+        group = self._rule_group.pop(key, None)
+        for remote in self._rule_remotes.pop(key, ()):
+            keys = self._rules_by_remote.get(remote)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._rules_by_remote[remote]
+        return {group} if group is not None else set()
+
+    def _statuses_of(
+        self,
+        inc: IncrementalCompiler,
+        events: Iterable[Event],
+        changes: Changes,
+        touched: set[tuple[str, str]],
+        out: _Result,
+    ) -> None:
+        groups: set[tuple[str, str]] = set(changes.member_groups) | touched
+        rules: set[tuple[str, str]] = set()
+        ipags: set[tuple[str, str]] = set()
+        for e in events:
+            if isinstance(e, Upsert):
+                obj = e.obj
+                if not isinstance(obj, SecurityGroup | SecurityGroupRule | IPAddressGroup):
+                    continue
+                key = (obj.metadata.namespace or "default", obj.metadata.name)
+                kind: str = obj.kind
+            elif isinstance(e, Delete) and e.kind.value in USER_KINDS:
+                key, kind = (e.namespace or "default", e.name), e.kind.value
+            else:
+                continue
+            if kind == "SecurityGroup":
+                groups.add(key)
+                rules |= set(inc.rules_of(key))
+                rules |= self._rules_by_remote.get(("SecurityGroup", *key), set())
+            elif kind == "SecurityGroupRule":
+                rules.add(key)
+            else:
+                ipags.add(key)
+                rules |= self._rules_by_remote.get(("IPAddressGroup", *key), set())
+        for key in out.held:
+            if key[0] == COMPILED_GROUP_KIND:
+                spec = inc.compiled_group(key[1])
+                if spec is not None:
+                    groups.add((spec.group.namespace, spec.group.name))
+        self._statuses_for(inc, groups, rules, ipags, out)
+
+    def _statuses_all(self, inc: IncrementalCompiler, out: _Result) -> None:
+        self._statuses_for(inc, inc.group_keys(), inc.rule_keys(), inc.ipag_keys(), out)
+
+    def _statuses_for(
+        self,
+        inc: IncrementalCompiler,
+        groups: Iterable[tuple[str, str]],
+        rules: Iterable[tuple[str, str]],
+        ipags: Iterable[tuple[str, str]],
+        out: _Result,
+    ) -> None:
+        now = now_stamp()
+        since = self.statuses.since
+        for key in groups:
+            skey = ("SecurityGroup", *key)
+            group = inc.group(key)
+            if group is None:
+                out.gone_statuses.add(skey)
+                continue
+            held = self._held.get((COMPILED_GROUP_KIND, naming.compiled_group_name(*key)))
+            out.statuses[skey] = group_status(
+                group,
+                inc.rules_of(key).values(),
+                inc.member_count(key),
+                held=held,
+                now=now,
+                since=since.get(skey),
+            )
+        for key in rules:
+            skey = ("SecurityGroupRule", *key)
+            rule = inc.rule(key)
+            if rule is None:
+                out.gone_statuses.add(skey)
+                continue
+            out.statuses[skey] = rule_status(
+                rule,
+                group_exists=inc.group_exists((key[0], rule.spec.security_group)),
+                missing_remote=_missing_remote(inc, rule),
+                now=now,
+                since=since.get(skey),
+            )
+        for key in ipags:
+            skey = ("IPAddressGroup", *key)
+            if key in self._refused:
+                continue  # the intake reported it (TooLarge)
+            ipag = inc.ipag(key)
+            if ipag is None:
+                out.gone_statuses.add(skey)
+                continue
+            cidrs = address_group_cidrs(ipag.spec.addresses)
+            out.statuses[skey] = ipag_status(ipag, cidrs=cidrs, now=now, since=since.get(skey))
+
+    def _defaults_of(
+        self, inc: IncrementalCompiler, changes: Changes, out: _Result, everything: bool = False
+    ) -> None:
+        names = inc.compiled()[0].keys() if everything else changes.groups.keys()
+        for name in names:
+            spec = inc.compiled_group(name)
+            if spec is not None and spec.synthesized:
+                out.defaults.add(spec.group.namespace)
+
+    # ------------------------------------------------------------------ back on the loop
+
+    def _take(self, result: _Result) -> None:
+        pub = self.publisher
+        for key, reason in result.failed.items():
+            pub.hold(key, reason)
+        for ns, name, text in result.pod_failures:
+            self.events.warn("Pod", ns, name, "TooLarge", f"cannot be compiled: {text}")
+        for key, w in result.specs:
+            if w is None:
+                pub.want_gone(key)
+            else:
+                pub.want_spec(key, w)
+                if key[0] == COMPILED_GROUP_KIND and w.spec is not None:
+                    group = w.spec.get("group") or {}
+                    self._group_key_of[key[1]] = (
+                        str(group.get("namespace")),
+                        str(group.get("name")),
+                    )
+                elif key[0] == COMPILED_SET_KIND and w.spec is not None:
+                    src = w.spec.get("source") or {}
+                    self._set_owner[key[1]] = (
+                        str(w.spec.get("sourceKind")),
+                        str(src.get("namespace")),
+                        str(src.get("name")),
+                    )
+        for key, nodes in result.labels:
+            pub.want_labels(key, nodes)
+            if key[0] == COMPILED_GROUP_KIND:
+                self._place_group(key[1], nodes)
+        for node, refs in result.new_refs.items():
+            pub.add_new_refs(node, refs)
+        if result.bumped_nodes:
+            pub.bump(result.bumped_nodes)
+        for key, held in result.held.items():
+            owner = self._owner(key)
+            if held is not None and owner is not None:
+                reason, _, message = held.partition(": ")
+                self.events.warn(*owner, reason, f"{key[0]} {key[1]} not published: {message}")
+        for skey in result.gone_statuses:
+            self.statuses.forget(skey)
+            self._group_base.pop(skey, None)
+        for skey, status in result.statuses.items():
+            if skey[0] == "SecurityGroup":
+                self._group_base[skey] = status
+            self.statuses.want(skey, status)
+        self._defaults_wanted |= result.defaults
+
+    def _place_group(self, name: str, nodes: frozenset[str]) -> None:
+        old = self._group_nodes.get(name, frozenset())
+        for n in old - nodes:
+            self._node_groups.get(n, set()).discard(name)
+        for n in nodes - old:
+            self._node_groups.setdefault(n, set()).add(name)
+        if nodes:
+            self._group_nodes[name] = nodes
+        else:
+            self._group_nodes.pop(name, None)
+        key = self._group_key_of.get(name)
+        if key is not None and ("SecurityGroup", *key) in self._group_base:
+            skey = ("SecurityGroup", *key)
+            self.statuses.want(skey, self._group_base[skey])
+
+    def _overlay(self, key: StatusKey, status: dict[str, Any]) -> dict[str, Any]:
+        if key[0] != "SecurityGroup":
+            return status
+        cname = naming.compiled_group_name(key[1], key[2])
+        desired = self._group_nodes.get(cname, frozenset())
+        st = self.publisher.stored.get((COMPILED_GROUP_KIND, cname))
+        realized = 0
+        if st is not None:
+            for node in desired:
+                nst = self.publisher.stored.get((COMPILED_NODE_KIND, node))
+                if (
+                    nst is not None
+                    and (nst.applied or 0) >= nst.generation
+                    and (nst.applied_revision or 0) >= st.rv
+                ):
+                    realized += 1
+        out = with_realization(
+            status, len(desired), realized, st.generation if st is not None else None
+        )
+        error = self._publish_errors.get(key)
+        if error is not None:
+            out = with_publish_error(out, error, now_stamp())
+        return out
+
+    def node_reported(self, node: str) -> None:
+        """A node's agent reported what it applied: its groups' realization may move."""
+        for name in self._node_groups.get(node, ()):
+            key = self._group_key_of.get(name)
+            skey = ("SecurityGroup", *key) if key is not None else None
+            if skey is not None and skey in self._group_base:
+                self.statuses.want(skey, self._group_base[skey])
+        if self.leading:
+            self._wake.set()
+
+    def group_republished(self, name: str) -> None:
+        key = self._group_key_of.get(name)
+        if key is not None:
+            skey = ("SecurityGroup", *key)
+            if skey in self._group_base:
+                self.statuses.want(skey, self._group_base[skey])
+
+    # ------------------------------------------------------------------ default groups
+
+    async def _create_defaults(self) -> None:
+        now = time.monotonic()
+        for ns in sorted(self._defaults_wanted - self._defaults_done):
+            failures, not_before = self._defaults_retry.get(ns, (0, 0.0))
+            if not_before > now:
+                continue
+            try:
+                for obj in default_group_objects(ns):
+                    await self.cluster.create(obj)  # None: it exists — left as the user has it
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = min(2.0**failures, 300.0)
+                self._defaults_retry[ns] = (failures, now + delay)
+                log.warning("default group of %s not created (retry in %.0f s): %s", ns, delay, exc)
+                self.events.warn(
+                    "Namespace", "", ns, "DefaultGroupNotCreated", f"{DEFAULT_GROUP_NAME}: {exc}"
+                )
+                continue
+            self._defaults_done.add(ns)
+            self._defaults_retry.pop(ns, None)
+            log.info("created the default security group of namespace %s (S-D-1)", ns)
+
+    # ------------------------------------------------------------------ standby mirror
+
+    def mirror_node(self, obj: Mapping[str, Any]) -> None:
+        """Epochs another replica published: the compiler never goes below them."""
+        raised: dict[PodKey, int] = {}
+        for pod in (obj.get("spec") or {}).get("pods") or ():
+            key = (pod.get("namespace"), pod.get("name"))
+            epoch = int(pod.get("epoch") or 0)
+            if epoch > self._published_epochs.get(key, 0):
+                self._published_epochs[key] = epoch
+                raised[key] = epoch
+        if raised and self.compiler is not None:
+            self._queue.append(_Floor(raised))
+            self._wake.set()
 
 
 def default_group_objects(namespace: str) -> list[dict[str, Any]]:
@@ -134,228 +866,98 @@ def default_group_objects(namespace: str) -> list[dict[str, Any]]:
     return [*rules, group]
 
 
-@dataclass
-class Reconciler:
-    cluster: Cluster
-    store: FactsStore
-    scope: Scope = field(default_factory=Scope)
-    create_defaults: bool = True
-    debounce_s: float = 0.02
-    published: dict[ObjKey, Published] = field(default_factory=dict)
-    node_requires: dict[str, dict[str, int]] = field(default_factory=dict)
-    epochs: dict[PodKey, int] = field(default_factory=dict)
-    last_facts: ClusterFacts | None = None
-    statuses: dict[StatusKey, dict[str, Any]] = field(default_factory=dict)
-    dirty: asyncio.Event = field(default_factory=asyncio.Event)
-    rounds: int = 0
-    last_result: RoundResult | None = None
-
-    # ------------------------------------------------------------------ start-up
-
-    async def recover(self) -> None:
-        """Read what a previous run published: compiled objects, epochs, requirements."""
-        for kind in (COMPILED_GROUP_KIND, COMPILED_SET_KIND, COMPILED_NODE_KIND):
-            for obj in await self.cluster.list(kind):
-                name = obj["metadata"]["name"]
-                spec = obj.get("spec") or {}
-                self.published[(kind, name)] = Published(
-                    _canon(spec), int(obj["metadata"].get("generation") or 0)
-                )
-                if kind == COMPILED_NODE_KIND:
-                    node = CompiledNodeSpec.model_validate(spec)
-                    self.node_requires[name] = dict(node.requires)
-                    for pod in node.pods:
-                        self.epochs[(pod.namespace, pod.name)] = pod.epoch
-        log.info(
-            "recovered %d compiled objects and %d pod epochs", len(self.published), len(self.epochs)
+def _remotes(rule: SecurityGroupRule) -> list[tuple[str, str, str]]:
+    ns = rule.metadata.namespace or "default"
+    remote = rule.spec.remote
+    out = []
+    if remote is not None and remote.security_group is not None:
+        out.append(
+            ("SecurityGroup", remote.security_group.namespace or ns, remote.security_group.name)
         )
+    if remote is not None and remote.ip_address_group is not None:
+        ref = remote.ip_address_group
+        out.append(("IPAddressGroup", ref.namespace or ns, ref.name))
+    return out
 
-    # ------------------------------------------------------------------ one round
 
-    async def reconcile_once(self) -> RoundResult:
-        t0 = time.perf_counter()
-        result = RoundResult()
-        facts = self.store.snapshot()
-        compilation = compile_policy(facts, CompileOptions(scope=self.scope, epochs=self.epochs))
-        policy = compilation.policy
-        if self.last_facts is not None:
-            bumped = set(plan_clearing(self.last_facts, facts, self.scope).pods)
-        else:
-            bumped = self._catch_up(policy)
-        epochs = dict(self.epochs)
-        for pod in bumped:
-            epochs[pod] = epochs.get(pod, 0) + 1
-        if self.create_defaults:
-            result.defaults_created = await self._create_defaults(facts, compilation)
+def _missing_remote(inc: IncrementalCompiler, rule: SecurityGroupRule) -> str | None:
+    for kind, ns, name in _remotes(rule):
+        if kind == "SecurityGroup":
+            if not inc.group_exists((ns, name)) and name != DEFAULT_GROUP_NAME:
+                return f"remote SecurityGroup {ns}/{name} does not exist"
+        elif not inc.ipag_exists((ns, name)):
+            return f"remote IPAddressGroup {ns}/{name} does not exist"
+    return None
 
-        # Groups and sets first: node objects may require their new generations.
-        changed: dict[ObjKey, int] = {}
-        objects: list[tuple[str, str, Any]] = [
-            *((COMPILED_GROUP_KIND, n, s) for n, s in policy.groups.items()),
-            *((COMPILED_SET_KIND, n, s) for n, s in policy.sets.items()),
-        ]
-        for kind, name, obj_spec in objects:
-            gen = await self._publish(kind, name, _spec_json(obj_spec))
-            if gen is not None:
-                changed[(kind, name)] = gen
-                result.writes += 1
 
-        live_pods: set[PodKey] = set()
-        for node, spec in policy.nodes.items():
-            pods = tuple(
-                p.model_copy(update={"epoch": epochs.get((p.namespace, p.name), 0)})
-                for p in spec.pods
-            )
-            live_pods.update((p.namespace, p.name) for p in spec.pods)
-            refs = {f"group/{g}": (COMPILED_GROUP_KIND, g) for g in spec.groups}
-            refs.update({f"set/{s}": (COMPILED_SET_KIND, s) for s in spec.sets})
-            requires = {k: v for k, v in self.node_requires.get(node, {}).items() if k in refs}
-            if any((p.namespace, p.name) in bumped for p in spec.pods):
-                requires = {
-                    k: self.published[ref].generation
-                    for k, ref in refs.items()
-                    if ref in self.published
-                }
-            full = spec.model_copy(update={"pods": pods, "requires": requires})
-            gen = await self._publish(COMPILED_NODE_KIND, node, _spec_json(full))
-            if gen is not None:
-                result.writes += 1
-            self.node_requires[node] = requires
+class _InputSink:
+    """Reflector sink of the input kinds: the intake, plus our objects' current statuses."""
 
-        # Then delete what is no longer wanted: nodes first, then what they referenced.
-        wanted = {(COMPILED_GROUP_KIND, n) for n in policy.groups}
-        wanted |= {(COMPILED_SET_KIND, n) for n in policy.sets}
-        wanted |= {(COMPILED_NODE_KIND, n) for n in policy.nodes}
-        order = {COMPILED_NODE_KIND: 0, COMPILED_GROUP_KIND: 1, COMPILED_SET_KIND: 2}
-        for kind, name in sorted(set(self.published) - wanted, key=lambda k: (order[k[0]], k[1])):
-            await self.cluster.delete(kind, name)
-            del self.published[(kind, name)]
-            self.node_requires.pop(name, None) if kind == COMPILED_NODE_KIND else None
-            result.deletes += 1
+    def __init__(self, rec: Reconciler) -> None:
+        self.rec = rec
 
-        await self._write_statuses(facts, compilation)
+    def begin_list(self, kind: str) -> None:
+        self.rec.intake.begin_list(kind)
 
-        self.epochs = {k: v for k, v in epochs.items() if k in live_pods or k in bumped}
-        self.last_facts = facts
-        self.rounds += 1
-        result.bumped = frozenset(bumped)
-        result.duration_s = time.perf_counter() - t0
-        self.last_result = result
-        if result.writes or result.deletes or bumped:
-            log.info(
-                "reconciled: %d writes, %d deletes, %d pods re-checked (%.1f ms)",
-                result.writes,
-                result.deletes,
-                len(bumped),
-                result.duration_s * 1000,
-            )
-        return result
+    def end_list(self, kind: str) -> None:
+        self.rec.intake.end_list(kind)
 
-    def _catch_up(self, policy: CompiledPolicy) -> set[PodKey]:
-        """After a restart: pods whose groups, sets or group list differ from what is published."""
-        stale = {
-            (COMPILED_GROUP_KIND, n)
-            for n, s in policy.groups.items()
-            if self._differs(COMPILED_GROUP_KIND, n, _spec_json(s))
-        }
-        stale |= {
-            (COMPILED_SET_KIND, n)
-            for n, s in policy.sets.items()
-            if self._differs(COMPILED_SET_KIND, n, _spec_json(s))
-        }
-        if not self.published:
-            return set()  # first start ever: nothing was enforced before
-        out: set[PodKey] = set()
-        for node, spec in policy.nodes.items():
-            published = self.published.get((COMPILED_NODE_KIND, node))
-            old_groups = {}
-            if published is not None:
-                old = CompiledNodeSpec.model_validate(json.loads(published.spec))
-                old_groups = {(p.namespace, p.name): p.groups for p in old.pods}
-            for pod in spec.pods:
-                key = (pod.namespace, pod.name)
-                sets_of = {
-                    r.remote.set
-                    for g in pod.groups
-                    for r in (*policy.groups[g].ingress, *policy.groups[g].egress)
-                    if r.remote.set
-                }
-                if (
-                    old_groups.get(key) != pod.groups
-                    or any((COMPILED_GROUP_KIND, g) in stale for g in pod.groups)
-                    or any((COMPILED_SET_KIND, s) in stale for s in sets_of)
-                ):
-                    out.add(key)
-        return out
+    def upsert(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind in USER_KINDS:
+            meta = obj.get("metadata") or {}
+            key = (kind, meta.get("namespace") or "default", meta["name"])
+            self.rec.statuses.observe(key, obj.get("status"))
+        self.rec.intake.upsert(kind, obj)
 
-    def _differs(self, kind: str, name: str, spec: Mapping[str, Any]) -> bool:
-        old = self.published.get((kind, name))
-        return old is None or old.spec != _canon(spec)
+    def delete(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind in USER_KINDS:
+            meta = obj.get("metadata") or {}
+            self.rec.statuses.forget((kind, meta.get("namespace") or "default", meta["name"]))
+        self.rec.intake.delete(kind, obj)
 
-    async def _publish(self, kind: str, name: str, spec: dict[str, Any]) -> int | None:
-        """Apply the object if its spec changed; the new generation, or None if unchanged."""
-        if not self._differs(kind, name, spec):
-            return None
-        body = {
-            "apiVersion": API_VERSION,
-            "kind": kind,
-            "metadata": {"name": name, "labels": dict(MANAGED_BY)},
-            "spec": spec,
-        }
-        stored = await self.cluster.apply(body)
-        gen = int(stored["metadata"].get("generation") or 0)
-        self.published[(kind, name)] = Published(_canon(spec), gen)
-        return gen
 
-    async def _create_defaults(
-        self, facts: ClusterFacts, compilation: Compilation
-    ) -> tuple[str, ...]:
-        created = []
-        for spec in compilation.policy.groups.values():
-            if spec.synthesized:
-                ns = spec.group.namespace
-                for obj in default_group_objects(ns):
-                    await self.cluster.apply(obj)
-                created.append(ns)
-                log.info("created the default security group of namespace %s (S-D-1)", ns)
-        return tuple(created)
+class _CompiledSink:
+    """Reflector sink of the compiled kinds: what is published, and the agents' reports."""
 
-    async def _write_statuses(self, facts: ClusterFacts, compilation: Compilation) -> None:
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        desired = compute_statuses(
-            facts, compilation, account(facts, self.scope), now, self.statuses
+    def __init__(self, rec: Reconciler) -> None:
+        self.rec = rec
+        self._seen: dict[str, set[str]] = {}
+
+    def begin_list(self, kind: str) -> None:
+        self._seen[kind] = set()
+
+    def end_list(self, kind: str) -> None:
+        seen = self._seen.pop(kind, set())
+        for key in [k for k in self.rec.publisher.stored if k[0] == kind and k[1] not in seen]:
+            st = self.rec.publisher.stored[key]
+            self.rec.publisher.observe_deleted(kind, key[1], st.rv)
+
+    def upsert(self, kind: str, obj: dict[str, Any]) -> None:
+        name = (obj.get("metadata") or {})["name"]
+        if kind in self._seen:
+            self._seen[kind].add(name)
+        pub = self.rec.publisher
+        before = pub.stored.get((kind, name))
+        st = pub.observe(obj)
+        if st is None:
+            return
+        if kind == COMPILED_NODE_KIND:
+            if before is None or before.generation != st.generation:
+                self.rec.mirror_node(obj)
+            if before is None or (before.applied, before.applied_revision) != (
+                st.applied,
+                st.applied_revision,
+            ):
+                self.rec.node_reported(name)
+        elif kind == COMPILED_GROUP_KIND:
+            self.rec.group_republished(name)
+        if pub.dirty and self.rec.leading:
+            self.rec._wake.set()
+
+    def delete(self, kind: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        self.rec.publisher.observe_deleted(
+            kind, meta["name"], int(meta.get("resourceVersion") or 0)
         )
-        for key, status in desired.items():
-            if self.statuses.get(key) != status:
-                kind, ns, name = key
-                await self.cluster.patch_status(kind, name, ns, status)
-                self.statuses[key] = status
-        for key in set(self.statuses) - set(desired):
-            del self.statuses[key]
-
-    # ------------------------------------------------------------------ the loop
-
-    def mark_dirty(self) -> None:
-        self.dirty.set()
-
-    async def run(self, stop: asyncio.Event, *, backoff_s: float = 1.0) -> None:
-        """Reconcile when dirty (debounced) until ``stop`` is set; retry failures with backoff."""
-        delay = backoff_s
-        while not stop.is_set():
-            waiter = asyncio.ensure_future(self.dirty.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
-            if stop.is_set():
-                return
-            await asyncio.sleep(self.debounce_s)
-            self.dirty.clear()
-            try:
-                await self.reconcile_once()
-                delay = backoff_s
-            except Exception:
-                log.exception("reconcile failed; retrying in %.1f s", delay)
-                self.dirty.set()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        if self.rec.leading:
+            self.rec._wake.set()

@@ -1,0 +1,644 @@
+"""Publishing compiled objects: what is wanted, what the API server has, and the writes
+between them — one object at a time, so that one object's failure stalls nothing else.
+
+**State.** :class:`Stored` is what the API server holds for each compiled object (from
+our writes and from the operator's watch of the compiled kinds, so a standby knows it
+too): a digest of its spec, its generation and resourceVersion, a digest of its node
+labels, and for node objects their ``requires`` and what the node's agent reports
+applied. :class:`Wanted` is what the compiler says it should be: the digest and size of
+its spec, and — only until they are written — the spec itself, the node label keys of
+a group or set, and the references of a node object. Nothing large is kept for objects
+that are in place (at 1,000 nodes, label sets and references would be tens of MB); a
+due object whose spec was dropped is asked for again (:attr:`Publisher.need_spec`).
+
+**A round** (:meth:`Publisher.publish`) looks at the objects marked dirty and writes, in
+this order:
+
+1. the specs of groups and sets (server-side apply, field manager
+   ``secgroups-operator``);
+2. their node labels (field manager ``secgroups-operator-placement``, so a label change
+   never rewrites a spec): a node's agent watches the objects labelled with its node
+   (``naming.node_label``), so an object must carry the label *before* a node object
+   references it (an agent keeps an object it still references when the object leaves
+   its selection, so removing labels early is harmless);
+3. node objects, **pod by pod**: a pod's new entry goes out only once every group and
+   set it uses is in place (its latest spec published, its labels written); until then
+   the node object keeps the pod's published entry (a new pod waits out of it). A pod
+   whose epoch was raised then takes its new epoch with the rules it was raised for:
+   the node object ``requires`` the generations of the groups and sets its pods use, so
+   an agent never applies an epoch before the change (docs/architecture.md,
+   "Ordering");
+4. deletions of groups and sets no longer wanted.
+
+**Isolation.** A failed write is retried for that object alone, with backoff (1 s
+doubling to 5 min, jittered); only the pods that use it wait — other tenants' pods on the
+same node are published as usual.
+**Size bound**: a spec is not written when it would break
+``quotas.MAX_COMPILED_OBJECT_BYTES`` (or when a group has more than
+``quotas.MAX_RULES_PER_GROUP`` rules); the object is *held* — the API server keeps what
+it has and agents keep enforcing that — and its owner is told (status and Event). An IP
+address group the intake refused is held the same way. A node object may reference a
+held object that was never published: agents render it absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from secgroups import naming
+from secgroups.compiled import (
+    COMPILED_GROUP_KIND,
+    COMPILED_NODE_KIND,
+    COMPILED_SET_KIND,
+    CompiledAddressSetSpec,
+    CompiledGroupSpec,
+    CompiledNodeSpec,
+)
+from secgroups.models import API_VERSION
+from secgroups.quotas import MAX_COMPILED_OBJECT_BYTES, MAX_RULES_PER_GROUP
+from secgroups_operator.ports import FIELD_MANAGER, PLACEMENT_MANAGER, Cluster, RequestError
+
+log = logging.getLogger(__name__)
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "secgroups-operator"}
+ObjKey = tuple[str, str]  # (kind, name)
+BACKOFF = (1.0, 300.0)
+SPEC_MODELS: dict[str, Any] = {
+    COMPILED_GROUP_KIND: CompiledGroupSpec,
+    COMPILED_SET_KIND: CompiledAddressSetSpec,
+    COMPILED_NODE_KIND: CompiledNodeSpec,
+}
+
+
+def canonical(data: Any) -> bytes:
+    """The JSON text specs are compared by (sorted keys)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _digest(text: bytes) -> bytes:
+    return hashlib.blake2b(text, digest_size=16).digest()
+
+
+def spec_json(model: Any) -> dict[str, Any]:
+    """A compiled spec model as the JSON we write (defaults left out; never ``requires``)."""
+    data: dict[str, Any] = model.model_dump(by_alias=True, mode="json", exclude_defaults=True)
+    data.pop("requires", None)
+    return data
+
+
+def labels_digest(keys: Iterable[str]) -> bytes:
+    return _digest("\n".join(sorted(keys)).encode())
+
+
+NO_LABELS = labels_digest(())
+
+
+def ref_name(kind: str, name: str) -> str:
+    return f"{'group' if kind == COMPILED_GROUP_KIND else 'set'}/{name}"
+
+
+def ref_key(ref: str) -> ObjKey:
+    prefix, _, name = ref.partition("/")
+    return (COMPILED_GROUP_KIND if prefix == "group" else COMPILED_SET_KIND, name)
+
+
+@dataclass
+class Stored:
+    """A compiled object as the API server has it."""
+
+    digest: bytes
+    generation: int
+    rv: int
+    labels: bytes = NO_LABELS  # groups and sets: digest of the node label keys
+    requires: Mapping[str, int] = field(default_factory=dict)  # node objects
+    applied: int | None = None  # node objects: the agent's status.appliedGeneration
+    applied_revision: int | None = None  # node objects: the agent's group revision
+
+
+@dataclass
+class Wanted:
+    """A compiled object as the compiler wants it (see the module docstring)."""
+
+    digest: bytes
+    size: int
+    spec: dict[str, Any] | None = None
+    labels: tuple[str, ...] | None = None
+    labels_digest: bytes = NO_LABELS
+    refs: frozenset[str] | None = None
+    gone: bool = False
+    held: str | None = None
+    nodes: int = 0  # groups and sets: how many nodes use it
+    sets: tuple[str, ...] = ()  # groups: the address sets their rules use
+
+
+def wanted_spec(kind: str, model: Any) -> Wanted:
+    """A compiled spec as a :class:`Wanted` (JSON, digest, size, size bound): runs in the
+    compile thread."""
+    spec = spec_json(model)
+    text = canonical(spec)
+    held = None
+    if kind == COMPILED_GROUP_KIND:
+        rules = len(spec.get("ingress", ())) + len(spec.get("egress", ()))
+        if rules > MAX_RULES_PER_GROUP:
+            held = f"TooManyRules: {rules} rules; at most {MAX_RULES_PER_GROUP} per group"
+    if held is None and len(text) > MAX_COMPILED_OBJECT_BYTES:
+        held = (
+            f"TooLarge: its compiled form is {len(text):,} bytes; at most "
+            f"{MAX_COMPILED_OBJECT_BYTES:,} can be published"
+        )
+    refs = None
+    sets: tuple[str, ...] = ()
+    if kind == COMPILED_GROUP_KIND:
+        sets = tuple(
+            sorted(
+                {
+                    r["remote"]["set"]
+                    for r in (*spec.get("ingress", ()), *spec.get("egress", ()))
+                    if r.get("remote", {}).get("set")
+                }
+            )
+        )
+    if kind == COMPILED_NODE_KIND:
+        groups = set(spec.get("groups", ()))
+        for pod in spec.get("pods", ()):
+            groups.update(pod.get("groups", ()))
+        refs = frozenset(
+            {f"group/{g}" for g in groups} | {f"set/{s}" for s in spec.get("sets", ())}
+        )
+    return Wanted(_digest(text), len(text), spec=spec, refs=refs, held=held, sets=sets)
+
+
+def stored_digest(kind: str, spec: Mapping[str, Any]) -> bytes:
+    """The digest of a stored spec, comparable with :func:`wanted_spec`'s: parsed with the
+    model and dumped the same way (the API server fills in the CRD's defaults)."""
+    try:
+        model = SPEC_MODELS[kind].model_validate(spec)
+    except ValidationError:
+        return b"invalid"
+    return _digest(canonical(spec_json(model)))
+
+
+@dataclass
+class _Retry:
+    failures: int = 0
+    not_before: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class RoundStats:
+    writes: int = 0
+    label_writes: int = 0
+    deletes: int = 0
+    deferred: int = 0
+    failed: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.writes or self.label_writes or self.deletes or self.failed)
+
+
+@dataclass
+class Publisher:
+    """See the module docstring. ``report(key, error)`` hears about failed writes (and
+    ``None`` when an object that failed is written)."""
+
+    cluster: Cluster
+    report: Callable[[ObjKey, str | None], None] = lambda _k, _e: None
+    concurrency: int = 16
+    stored: dict[ObjKey, Stored] = field(default_factory=dict)
+    wanted: dict[ObjKey, Wanted] = field(default_factory=dict)
+    dirty: set[ObjKey] = field(default_factory=set)
+    #: Due objects whose spec (or labels, or references) must be produced again.
+    need_spec: set[ObjKey] = field(default_factory=set)
+    #: Node objects whose pods got new epochs not yet published (they require all refs).
+    bumped: set[str] = field(default_factory=set)
+    #: Per node, references its object gained since it was last written.
+    new_refs: dict[str, set[str]] = field(default_factory=dict)
+    retry: dict[ObjKey, _Retry] = field(default_factory=dict)
+    #: Address sets each compiled group uses (small; kept for gating node objects).
+    group_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Node objects written with some pods held back: (wanted digest, refs waited on).
+    gated: dict[str, tuple[bytes, frozenset[str]]] = field(default_factory=dict)
+    writes_total: int = 0
+    last: RoundStats = field(default_factory=RoundStats)
+
+    # ------------------------------------------------------------------ state in
+
+    def observe(self, obj: Mapping[str, Any]) -> Stored | None:
+        """A compiled object as listed or watched; returns its :class:`Stored` if newer."""
+        meta = obj.get("metadata") or {}
+        kind = str(obj.get("kind"))
+        key = (kind, str(meta["name"]))
+        rv = int(meta.get("resourceVersion") or 0)
+        old = self.stored.get(key)
+        if old is not None and rv <= old.rv:
+            return None
+        generation = int(meta.get("generation") or 0)
+        spec = obj.get("spec") or {}
+        if old is not None and old.generation == generation:
+            dig = old.digest  # the spec changes only with the generation
+        else:
+            dig = stored_digest(kind, spec)
+        label_keys = [k for k in meta.get("labels") or {} if k.startswith(naming.NODE_LABEL_PREFIX)]
+        st = Stored(dig, generation, rv, labels_digest(label_keys))
+        if kind == COMPILED_NODE_KIND:
+            status = obj.get("status") or {}
+            st.requires = dict(spec.get("requires") or {})
+            st.applied = status.get("appliedGeneration")
+            st.applied_revision = status.get("appliedGroupRevision")
+        self.stored[key] = st
+        w = self.wanted.get(key)
+        if w is not None and not w.gone:
+            if self.spec_due(key, w) or self.labels_due(key, w):
+                self.dirty.add(key)
+            elif key in self.dirty:  # another replica wrote it: nothing left to keep
+                self.dirty.discard(key)
+                self._drop_bodies(key, w)
+        return st
+
+    def observe_deleted(self, kind: str, name: str, rv: int) -> None:
+        key = (kind, name)
+        old = self.stored.get(key)
+        if old is not None and rv >= old.rv:
+            del self.stored[key]
+            if key in self.wanted:
+                self.dirty.add(key)
+
+    def want_spec(self, key: ObjKey, w: Wanted) -> None:
+        old = self.wanted.get(key)
+        if old is not None and not old.gone:  # keep what the label side knows
+            w.labels, w.labels_digest, w.nodes = old.labels, old.labels_digest, old.nodes
+        self.wanted[key] = w
+        self.dirty.add(key)
+        self.need_spec.discard(key)
+        if key[0] == COMPILED_GROUP_KIND:
+            self.group_sets[key[1]] = w.sets
+
+    def hold(self, key: ObjKey, reason: str | None) -> None:
+        """Hold (or release) an object the compiler cannot build: no write, no delete —
+        the API server keeps what it has. Released, it gets its new spec from the same
+        round's compile."""
+        w = self.wanted.get(key)
+        if reason is None:
+            if w is not None and w.held is not None and w.spec is None and not w.digest:
+                del self.wanted[key]
+            return
+        if w is None or w.gone:
+            st = self.stored.get(key)
+            w = Wanted(st.digest if st is not None else b"", 0)
+            self.wanted[key] = w
+        w.held = reason
+
+    def want_labels(self, key: ObjKey, nodes: Iterable[str]) -> None:
+        w = self.wanted.get(key)
+        if w is None or w.gone:
+            return
+        keys = tuple(sorted(naming.node_label(n) for n in nodes))
+        w.labels, w.labels_digest, w.nodes = keys, labels_digest(keys), len(keys)
+        self.dirty.add(key)
+
+    def want_gone(self, key: ObjKey) -> None:
+        if key[0] == COMPILED_GROUP_KIND:
+            self.group_sets.pop(key[1], None)
+        self.wanted[key] = Wanted(b"", 0, gone=True)
+        self.dirty.add(key)
+        self.need_spec.discard(key)
+
+    def add_new_refs(self, node: str, refs: Iterable[str]) -> None:
+        self.new_refs.setdefault(node, set()).update(refs)
+
+    def bump(self, nodes: Iterable[str]) -> None:
+        for node in nodes:
+            self.bumped.add(node)
+            self.dirty.add((COMPILED_NODE_KIND, node))
+
+    # ------------------------------------------------------------------ state queries
+
+    def spec_due(self, key: ObjKey, w: Wanted) -> bool:
+        if w.gone or w.held is not None:
+            return False
+        st = self.stored.get(key)
+        if st is None or st.digest != w.digest:
+            return True
+        return key[0] == COMPILED_NODE_KIND and key[1] in self.bumped
+
+    def labels_due(self, key: ObjKey, w: Wanted) -> bool:
+        if key[0] == COMPILED_NODE_KIND or w.gone:
+            return False
+        st = self.stored.get(key)
+        return st is not None and st.labels != w.labels_digest
+
+    def next_retry(self) -> float | None:
+        """When the earliest object in backoff may be retried (monotonic), if any."""
+        times = [r.not_before for k, r in self.retry.items() if k in self.dirty]
+        return min(times) if times else None
+
+    def held(self) -> dict[ObjKey, str]:
+        return {k: w.held for k, w in self.wanted.items() if w.held is not None}
+
+    def converged(self) -> bool:
+        """Everything wanted is stored (held objects aside)."""
+        return not self.dirty and not self.need_spec
+
+    # ------------------------------------------------------------------ a round
+
+    async def publish(self) -> RoundStats:
+        stats = RoundStats()
+        now = time.monotonic()
+        sem = asyncio.Semaphore(self.concurrency)
+        keys = sorted(k for k in self.dirty if self._ready(k, now))
+        done: set[ObjKey] = set()
+
+        # 1-2. groups and sets: specs, then labels
+        specs, labels = [], []
+        for k in keys:
+            if k[0] == COMPILED_NODE_KIND or k not in self.wanted:
+                continue
+            w = self.wanted[k]
+            if self.spec_due(k, w):
+                if w.spec is None:
+                    self.need_spec.add(k)
+                else:
+                    specs.append(k)
+        await self._run(specs, self._write_spec, sem, stats)
+        for k in keys:
+            if k[0] == COMPILED_NODE_KIND or k not in self.wanted:
+                continue
+            w = self.wanted[k]
+            if self.labels_due(k, w) and self._ready(k, now):
+                if w.labels is None:
+                    self.need_spec.add(k)
+                else:
+                    labels.append(k)
+        await self._run(labels, self._write_labels, sem, stats)
+
+        # 3. node objects
+        nodes = []
+        for k in keys:
+            if k[0] != COMPILED_NODE_KIND or k not in self.wanted or not self._ready(k, now):
+                continue
+            w = self.wanted[k]
+            if w.gone:
+                if k in self.stored:
+                    nodes.append(k)
+            elif self.spec_due(k, w):
+                if w.spec is None or w.refs is None:
+                    self.need_spec.add(k)
+                elif self.gated.get(k[1]) == (w.digest, self._pending_refs(k[1], w)):
+                    stats.deferred += 1  # written already with the same pods held back
+                else:
+                    nodes.append(k)
+        await self._run(nodes, self._write_node, sem, stats)
+
+        # 4. deletions of groups and sets
+        gone = [
+            k
+            for k in keys
+            if k[0] != COMPILED_NODE_KIND
+            and k in self.wanted
+            and self.wanted[k].gone
+            and k in self.stored
+            and self._ready(k, now)
+        ]
+        await self._run(gone, self._delete, sem, stats)
+
+        # What is in place leaves the dirty set; the rest stays for the next round.
+        for k in keys:
+            left = self.wanted.get(k)
+            if left is None:
+                done.add(k)
+                continue
+            w = left
+            if w.gone:
+                if k not in self.stored:
+                    done.add(k)
+                    del self.wanted[k]
+                    self.retry.pop(k, None)
+            elif not self.spec_due(k, w) and not self.labels_due(k, w):
+                done.add(k)
+                self._drop_bodies(k, w)
+        self.dirty -= done
+        self.writes_total += stats.writes + stats.label_writes + stats.deletes
+        self.last = stats
+        return stats
+
+    def _ready(self, key: ObjKey, now: float) -> bool:
+        r = self.retry.get(key)
+        return r is None or r.not_before <= now
+
+    def _drop_bodies(self, key: ObjKey, w: Wanted) -> None:
+        w.spec = None
+        w.labels = None
+        w.refs = None
+
+    def _pending(self, ref: str) -> bool:
+        """Whether a group or set is not (yet) in the state node objects may reference."""
+        key = ref_key(ref)
+        ref_w = self.wanted.get(key)
+        if key not in self.stored:
+            return ref_w is not None and not ref_w.gone and ref_w.held is None
+        return ref_w is not None and (self.spec_due(key, ref_w) or self.labels_due(key, ref_w))
+
+    def _pending_refs(self, node: str, w: Wanted) -> frozenset[str]:
+        assert w.refs is not None
+        return frozenset(r for r in w.refs if self._pending(r))
+
+    def _pod_refs(self, pod: Mapping[str, Any]) -> set[str]:
+        groups = pod.get("groups", ())
+        refs = {f"group/{g}" for g in groups}
+        for g in groups:
+            refs.update(f"set/{s}" for s in self.group_sets.get(g, ()))
+        return refs
+
+    def requires_of(
+        self, node: str, refs: Iterable[str], bumped_refs: Iterable[str]
+    ) -> dict[str, int]:
+        """``spec.requires`` of a node object about to be written with ``refs``.
+
+        The current generations of the refs that are new on the node or used by a pod
+        whose epoch was raised; entries of the stored object are carried over until the
+        node's agent has applied it (then its caches hold at least those generations)."""
+        refs = set(refs)
+        st = self.stored.get((COMPILED_NODE_KIND, node))
+        out: dict[str, int] = {}
+        if st is not None and (st.applied or 0) < st.generation:
+            out = {k: v for k, v in st.requires.items() if k in refs}
+        for ref in (self.new_refs.get(node, set()) | set(bumped_refs)) & refs:
+            ref_st = self.stored.get(ref_key(ref))
+            if ref_st is not None:
+                out[ref] = max(out.get(ref, 0), ref_st.generation)
+        return dict(sorted(out.items()))
+
+    async def _run(
+        self,
+        jobs: list[ObjKey],
+        write: Callable[[ObjKey, RoundStats], Any],
+        sem: asyncio.Semaphore,
+        stats: RoundStats,
+    ) -> None:
+        async def one(key: ObjKey) -> None:
+            async with sem:
+                try:
+                    await write(key, stats)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # one object's failure is that object's alone
+                    self._failed(key, exc, stats)
+                else:
+                    if self.retry.pop(key, None) is not None:
+                        self.report(key, None)
+
+        if jobs:
+            await asyncio.gather(*(one(k) for k in jobs))
+
+    def _failed(self, key: ObjKey, exc: Exception, stats: RoundStats) -> None:
+        r = self.retry.setdefault(key, _Retry())
+        r.failures += 1
+        delay = min(BACKOFF[0] * 2 ** (r.failures - 1), BACKOFF[1])
+        r.not_before = time.monotonic() + delay * (0.5 + random.random() / 2)
+        r.error = str(exc)[:500]
+        stats.failed += 1
+        log.warning(
+            "writing %s %s failed (%d in a row; retrying in about %.0f s): %s",
+            key[0],
+            key[1],
+            r.failures,
+            delay,
+            r.error,
+        )
+        self.report(key, r.error)
+
+    # ------------------------------------------------------------------ writes
+
+    def _stored_after(self, key: ObjKey, obj: Mapping[str, Any], **update: Any) -> Stored:
+        meta = obj.get("metadata") or {}
+        old = self.stored.get(key)
+        st = Stored(
+            update.get("digest", old.digest if old else b""),
+            int(meta.get("generation") or 0),
+            int(meta.get("resourceVersion") or 0),
+            update.get("labels", old.labels if old else NO_LABELS),
+            update.get("requires", old.requires if old else {}),
+            old.applied if old else None,
+            old.applied_revision if old else None,
+        )
+        if old is None or st.rv >= old.rv:
+            self.stored[key] = st
+        return st
+
+    async def _write_spec(self, key: ObjKey, stats: RoundStats) -> None:
+        w = self.wanted[key]
+        assert w.spec is not None
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": key[0],
+            "metadata": {"name": key[1], "labels": dict(MANAGED_BY)},
+            "spec": w.spec,
+        }
+        stored = await self.cluster.apply(body, field_manager=FIELD_MANAGER)
+        labels = [
+            k
+            for k in (stored.get("metadata") or {}).get("labels") or {}
+            if k.startswith(naming.NODE_LABEL_PREFIX)
+        ]
+        self._stored_after(key, stored, digest=w.digest, labels=labels_digest(labels))
+        stats.writes += 1
+
+    async def _write_labels(self, key: ObjKey, stats: RoundStats) -> None:
+        w = self.wanted[key]
+        assert w.labels is not None
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": key[0],
+            "metadata": {"name": key[1], "labels": dict.fromkeys(w.labels, "")},
+        }
+        stored = await self.cluster.apply(body, field_manager=PLACEMENT_MANAGER)
+        self._stored_after(key, stored, labels=w.labels_digest)
+        stats.label_writes += 1
+
+    async def _write_node(self, key: ObjKey, stats: RoundStats) -> None:
+        w = self.wanted[key]
+        node = key[1]
+        if w.gone:
+            await self.cluster.delete(key[0], node)
+            self.stored.pop(key, None)
+            self.bumped.discard(node)
+            self.new_refs.pop(node, None)
+            self.gated.pop(node, None)
+            stats.deletes += 1
+            return
+        assert w.spec is not None and w.refs is not None
+        spec = dict(w.spec)
+        pending = self._pending_refs(node, w)
+        pods = list(spec.get("pods", ()))
+        held_back: set[tuple[str, str]] = set()
+        if pending:
+            # Pods using an object not in place keep their published entry for now.
+            stored = await self.cluster.get(COMPILED_NODE_KIND, node)
+            old = {
+                (p["namespace"], p["name"]): p
+                for p in ((stored or {}).get("spec") or {}).get("pods", ())
+            }
+            gated_pods = []
+            for p in pods:
+                pkey = (p["namespace"], p["name"])
+                if self._pod_refs(p) & pending:
+                    held_back.add(pkey)
+                    if pkey in old:
+                        gated_pods.append(old[pkey])
+                else:
+                    gated_pods.append(p)
+            pods = gated_pods
+            groups = sorted({g for p in pods for g in p.get("groups", ())})
+            spec["pods"] = pods
+            spec["groups"] = groups
+            spec["sets"] = sorted({s for g in groups for s in self.group_sets.get(g, ())})
+            for name in ("pods", "groups", "sets"):
+                if not spec[name]:
+                    del spec[name]
+        refs = set()
+        bumped_refs: set[str] = set()
+        for p in pods:
+            pod_refs = self._pod_refs(p)
+            refs |= pod_refs
+            if node in self.bumped and (p["namespace"], p["name"]) not in held_back:
+                bumped_refs |= pod_refs
+        refs |= {f"set/{s}" for s in spec.get("sets", ())}
+        requires = self.requires_of(node, refs, bumped_refs)
+        if requires:
+            spec["requires"] = requires
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": key[0],
+            "metadata": {"name": node, "labels": dict(MANAGED_BY)},
+            "spec": spec,
+        }
+        if w.size + len(canonical(requires)) > MAX_COMPILED_OBJECT_BYTES:
+            raise RequestError(413, "the node object would exceed the size bound")
+        stored_obj = await self.cluster.apply(body, field_manager=FIELD_MANAGER)
+        if held_back:
+            digest = _digest(canonical({k: v for k, v in spec.items() if k != "requires"}))
+            self.gated[node] = (w.digest, pending)
+            self.new_refs[node] = self.new_refs.get(node, set()) - refs
+        else:
+            digest = w.digest
+            self.gated.pop(node, None)
+            self.bumped.discard(node)
+            self.new_refs.pop(node, None)
+        self._stored_after(key, stored_obj, digest=digest, requires=requires)
+        stats.writes += 1
+
+    async def _delete(self, key: ObjKey, stats: RoundStats) -> None:
+        await self.cluster.delete(key[0], key[1])
+        self.stored.pop(key, None)
+        stats.deletes += 1

@@ -1,0 +1,523 @@
+"""The operator process against an in-memory API server (``secgroups_operator.fake``):
+reflectors, intake, incremental compile in a thread, publishing, statuses, Events,
+default groups and leader election — what one object's problem does to everyone else.
+
+The real API server path (and the size limit of etcd itself) is exercised by
+``tests/cluster/test_operator_isolation.py``; here failures are injected per object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from secgroups.quotas import MAX_RULES_PER_GROUP
+from secgroups_operator.fake import FakeCluster
+from secgroups_operator.main import Operator
+from secgroups_operator.ports import RequestError
+from secgroups_operator.reconciling import Options
+
+API = "secgroups.dev/v1alpha1"
+ENFORCE = {"secgroups.dev/enforce": "true"}
+
+
+def ns(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": ENFORCE}}
+
+
+def node(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
+
+
+def pod(
+    namespace: str, name: str, node_name: str, ip: str, groups: str | None = None, **labels: str
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if groups:
+        meta["annotations"] = {"secgroups.dev/security-groups": groups}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"nodeName": node_name},
+        "status": {"phase": "Running", "podIPs": [{"ip": ip}]},
+    }
+
+
+def sg(namespace: str, name: str, selector: dict[str, str] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if selector:
+        spec["podSelector"] = {"matchLabels": selector}
+    return {
+        "apiVersion": API,
+        "kind": "SecurityGroup",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def rule(namespace: str, name: str, group: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "SecurityGroupRule",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"securityGroup": group, "direction": "Ingress", "protocol": "TCP", **spec},
+    }
+
+
+def ipag(namespace: str, name: str, family: str, addresses: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "IPAddressGroup",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"ipFamily": family, "addresses": addresses},
+    }
+
+
+def world(fake: FakeCluster) -> None:
+    for obj in (
+        ns("a"),
+        ns("b"),
+        node("n1"),
+        node("n2"),
+        sg("a", "web", {"app": "web"}),
+        sg("a", "db"),
+        rule("a", "db-from-web", "db", ports="5432", remote={"securityGroup": {"name": "web"}}),
+        pod("a", "w1", "n1", "100.64.1.2", app="web"),
+        pod("a", "d1", "n2", "100.64.2.2", groups="db"),
+        sg("b", "app"),
+        pod("b", "x1", "n1", "100.64.1.3", groups="app"),
+    ):
+        fake.put(obj)
+
+
+async def wait_until(what: str, probe: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
+
+
+class Running:
+    def __init__(self, fake: FakeCluster, **kw: Any) -> None:
+        opts = Options(debounce_s=0.0, status_interval_s=0.05)
+        self.op = Operator(fake, kw.pop("options", opts), page=3, **kw)
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Operator:
+        self.task = asyncio.create_task(self.op.run(self.stop))
+        await asyncio.wait_for(self.op.ready.wait(), 15)
+        return self.op
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 15)
+
+
+def run(coro: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(coro(), 60))
+
+
+def settled(op: Operator) -> bool:
+    rec = op.reconciler
+    return not rec._queue and rec.publisher.converged() and not rec.statuses.wanted
+
+
+def must(fake: FakeCluster, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+    obj = fake.get_obj(kind, name, namespace)
+    assert obj is not None, f"{kind} {namespace}/{name} does not exist"
+    return obj
+
+
+def node_pods(fake: FakeCluster, name: str) -> dict[str, Any]:
+    obj = fake.get_obj("CompiledNodePolicy", name)
+    if obj is None:
+        return {}
+    return {f"{p['namespace']}/{p['name']}": p for p in obj["spec"].get("pods", ())}
+
+
+def ready(fake: FakeCluster, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    obj = fake.get_obj(kind, name, namespace)
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or ():
+        if cond["type"] == "Ready":
+            return dict(cond)
+    return None
+
+
+# ----------------------------------------------------------------------------- basics
+
+
+def test_publishes_labelled_objects_and_a_restart_writes_nothing() -> None:
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        async with Running(fake) as op:
+            await wait_until("settled", lambda: settled(op) and node_pods(fake, "n2"))
+            web = fake.get_obj("CompiledAddressSet", "sg.a.web")
+            assert web is not None and web["spec"]["ipv4"] == ["100.64.1.2/32"]
+            # the set is used by db's rule, and db is on n2 only
+            assert set(web["metadata"]["labels"]) >= {"node.secgroups.dev/n2"}
+            assert "node.secgroups.dev/n1" not in web["metadata"]["labels"]
+            group = fake.get_obj("CompiledSecurityGroup", "sg.a.web")
+            assert group is not None and "node.secgroups.dev/n1" in group["metadata"]["labels"]
+            assert ready(fake, "SecurityGroup", "a", "db") is not None
+        writes = len(fake.writes)
+        async with Running(fake) as op:
+            await wait_until("settled again", lambda: settled(op))
+            await asyncio.sleep(0.2)
+        assert fake.writes[writes:] == [], "a restart rewrote objects"
+
+    run(go)
+
+
+def test_one_pod_churn_writes_its_node_and_its_sets_only() -> None:
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        async with Running(fake) as op:
+            await wait_until("settled", lambda: settled(op) and node_pods(fake, "n2"))
+            before = len(fake.writes)
+            fake.put(pod("a", "w2", "n1", "100.64.1.9", app="web"))
+            await wait_until("w2 published", lambda: "a/w2" in node_pods(fake, "n1"))
+            await wait_until("settled", lambda: settled(op))
+            written = {(k, n) for verb, k, n in fake.writes[before:] if verb != "status"}
+            assert written == {
+                ("CompiledNodePolicy", "n1"),
+                ("CompiledAddressSet", "sg.a.web"),
+            }
+
+    run(go)
+
+
+def test_a_removed_inbound_allow_raises_the_epoch_after_the_group_is_written() -> None:
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        async with Running(fake) as op:
+            await wait_until("settled", lambda: settled(op) and node_pods(fake, "n2"))
+            epoch = node_pods(fake, "n2")["a/d1"].get("epoch", 0)
+            before = len(fake.writes)
+            fake.remove("SecurityGroupRule", "db-from-web", "a")
+            await wait_until(
+                "epoch raised", lambda: node_pods(fake, "n2")["a/d1"].get("epoch", 0) > epoch
+            )
+            order = [(k, n) for _, k, n in fake.writes[before:]]
+            assert order.index(("CompiledSecurityGroup", "sg.a.db")) < order.index(
+                ("CompiledNodePolicy", "n2")
+            )
+            group = fake.get_obj("CompiledSecurityGroup", "sg.a.db")
+            n2 = must(fake, "CompiledNodePolicy", "n2")
+            assert group is not None and n2 is not None
+            assert n2["spec"]["requires"]["group/sg.a.db"] == group["metadata"]["generation"]
+
+    run(go)
+
+
+# ----------------------------------------------------------------------------- isolation
+
+
+def test_an_object_the_api_server_refuses_stalls_only_itself() -> None:
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        fake.fail[("CompiledAddressSet", "sg.a.web")] = RequestError(500, "injected")
+        async with Running(fake) as op:
+            await wait_until("b's pod published", lambda: "b/x1" in node_pods(fake, "n1"))
+            fake.put(pod("b", "x2", "n2", "100.64.2.7", groups="app"))
+            await wait_until("b's new pod published", lambda: "b/x2" in node_pods(fake, "n2"))
+            cond = await wait_until(
+                "web reports the failure",
+                lambda: (
+                    (c := ready(fake, "SecurityGroup", "a", "web"))
+                    and c["reason"] == "PublishFailed"
+                    and c
+                ),
+            )
+            assert "injected" in cond["message"]
+            retry = op.reconciler.publisher.retry[("CompiledAddressSet", "sg.a.web")]
+            assert retry.failures >= 1
+            del fake.fail[("CompiledAddressSet", "sg.a.web")]
+            await wait_until(
+                "written after the backoff",
+                lambda: fake.get_obj("CompiledAddressSet", "sg.a.web") is not None,
+            )
+
+    run(go)
+
+
+def test_an_address_group_too_large_to_compile_is_refused_and_reported() -> None:
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        fake.put(ipag("a", "office", "IPv4", ["198.51.100.0/24"]))
+        fake.put(
+            rule("a", "db-office", "db", ports="22", remote={"ipAddressGroup": {"name": "office"}})
+        )
+        async with Running(fake):
+            await wait_until(
+                "office published", lambda: fake.get_obj("CompiledAddressSet", "ipag.a.office")
+            )
+            ranges = [f"fd00:{i:x}::1-fd00:{i:x}::ffff:ffff:ffff:fffe" for i in range(5000)]
+            fake.put(ipag("a", "office", "IPv6", ranges))
+            cond = await wait_until(
+                "TooLarge",
+                lambda: (
+                    (c := ready(fake, "IPAddressGroup", "a", "office"))
+                    and c["reason"] == "TooLarge"
+                    and c
+                ),
+            )
+            assert "CIDRs" in cond["message"]
+            fake.put(pod("b", "x3", "n2", "100.64.2.9", groups="app"))
+            await wait_until("b's new pod published", lambda: "b/x3" in node_pods(fake, "n2"))
+            kept = fake.get_obj("CompiledAddressSet", "ipag.a.office")
+            assert kept is not None and kept["spec"]["ipv4"] == ["198.51.100.0/24"]
+            assert any(e["reason"] == "TooLarge" for e in fake.events)
+
+    run(go)
+
+
+def test_a_group_with_too_many_rules_is_held_and_reported() -> None:
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        async with Running(fake) as op:
+            await wait_until("settled", lambda: settled(op) and node_pods(fake, "n2"))
+            gen = must(fake, "CompiledSecurityGroup", "sg.a.db")["metadata"]["generation"]
+            for i in range(MAX_RULES_PER_GROUP + 1):
+                fake.put(
+                    rule("a", f"cidr-{i}", "db", ports=str(1 + i), remote={"cidr": "192.0.2.0/24"})
+                )
+            cond = await wait_until(
+                "TooManyRules",
+                lambda: (
+                    (c := ready(fake, "SecurityGroup", "a", "db"))
+                    and c["reason"] == "TooManyRules"
+                    and c
+                ),
+                timeout=40,
+            )
+            assert str(MAX_RULES_PER_GROUP) in cond["message"]
+            fake.put(pod("b", "x4", "n2", "100.64.2.10", groups="app"))
+            await wait_until("b's new pod published", lambda: "b/x4" in node_pods(fake, "n2"))
+            held = must(fake, "CompiledSecurityGroup", "sg.a.db")
+            assert held["metadata"]["generation"] == gen
+
+    run(go)
+
+
+def test_a_malformed_pod_ip_is_skipped_with_an_event() -> None:
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        fake.put(pod("a", "bad", "n1", "010.0.0.1", app="web"))
+        async with Running(fake) as op:
+            await wait_until("settled", lambda: settled(op) and node_pods(fake, "n2"))
+            assert "a/bad" not in node_pods(fake, "n1")
+            assert "a/w1" in node_pods(fake, "n1")
+            events = [e for e in fake.events if e["reason"] == "InvalidPodIP"]
+            assert events and events[0]["involvedObject"]["name"] == "bad"
+
+    run(go)
+
+
+def test_default_groups_are_created_once_and_never_overwrite_edits() -> None:
+    async def go() -> None:
+        fake = FakeCluster()
+        for obj in (ns("c"), ns("d"), node("n1")):
+            fake.put(obj)
+        edited = rule("c", "default-egress-ipv4", "default", direction="Egress", ports="443")
+        fake.put(edited)
+        fake.fail[("SecurityGroup", "default")] = RequestError(403, "namespace is terminating")
+        fake.put(pod("c", "p1", "n1", "100.64.1.5"))
+        fake.put(pod("d", "p2", "n1", "100.64.1.6"))
+        async with Running(fake) as op:
+            await wait_until(
+                "both pods published",
+                lambda: {"c/p1", "d/p2"} <= set(node_pods(fake, "n1")),
+            )
+            await wait_until(
+                "an event for the refusal",
+                lambda: any(e["reason"] == "DefaultGroupNotCreated" for e in fake.events),
+            )
+            del fake.fail[("SecurityGroup", "default")]
+            await wait_until(
+                "created after the backoff",
+                lambda: (
+                    fake.get_obj("SecurityGroup", "default", "c")
+                    and fake.get_obj("SecurityGroup", "default", "d")
+                ),
+                timeout=20,
+            )
+            kept = fake.get_obj("SecurityGroupRule", "default-egress-ipv4", "c")
+            assert kept is not None and kept["spec"]["ports"] == "443"
+            assert not any(v == "apply" and k == "SecurityGroupRule" for v, k, _ in fake.writes)
+            del op
+
+    run(go)
+
+
+# ----------------------------------------------------------------------------- failover
+
+
+def test_the_standby_takes_over_and_publishes_the_next_change_without_flapping() -> None:
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        lease = ("kube-system", "ksg-operator")
+        async with Running(fake, identity="one", lease=lease, lease_s=1.0) as one:
+            await wait_until("one leads", lambda: one.leading)
+            await wait_until("settled", lambda: settled(one) and node_pods(fake, "n2"))
+            standby = Running(fake, identity="two", lease=lease, lease_s=1.0)
+            two = await standby.__aenter__()
+            await asyncio.sleep(0.3)
+            assert not two.leading
+            generations = {
+                (k[0], k[2]): o["metadata"]["generation"]
+                for k, o in fake.objects.items()
+                if k[0].startswith("Compiled")
+            }
+            before = len(fake.writes)
+        # one stopped (lease released): two takes over
+        try:
+            await wait_until("two leads", lambda: two.leading, timeout=10)
+            assert [w for w in fake.writes[before:] if w[0] != "status" and w[0] != "replace"] == []
+            fake.put(pod("b", "x9", "n2", "100.64.2.99", groups="app"))
+            await wait_until("two publishes", lambda: "b/x9" in node_pods(fake, "n2"))
+            for (kind, name), gen in generations.items():
+                obj = fake.get_obj(kind, name)
+                if obj is not None and (kind, name) != ("CompiledNodePolicy", "n2"):
+                    assert obj["metadata"]["generation"] == gen, (kind, name)
+        finally:
+            await standby.__aexit__()
+
+    run(go)
+
+
+@pytest.mark.parametrize("kind", ["SecurityGroupRule", "IPAddressGroup"])
+def test_an_invalid_custom_object_is_reported_on_itself(kind: str) -> None:
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        bad = (
+            rule("a", "broken", "db", ports="99999")
+            if kind == "SecurityGroupRule"
+            else ipag("a", "broken", "IPv4", ["300.1.2.3"])
+        )
+        fake.put(bad)
+        async with Running(fake) as op:
+            cond = await wait_until(
+                "Invalid",
+                lambda: (c := ready(fake, kind, "a", "broken")) and c["status"] == "False" and c,
+            )
+            assert cond["reason"] == "Invalid"
+            await wait_until("others published", lambda: settled(op) and node_pods(fake, "n2"))
+
+    run(go)
+
+
+def test_group_status_reports_members_rules_quota_and_realization() -> None:
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        # A second ingress rule that S-L-1 does not count: a CIDR remote, one port.
+        fake.put(
+            rule("a", "db-from-office", "db", ports="5432", remote={"cidr": "100.64.250.0/24"})
+        )
+        async with Running(fake) as op:
+            await wait_until("settled", lambda: settled(op) and node_pods(fake, "n2"))
+            status = await wait_until(
+                "db status", lambda: (fake.get_obj("SecurityGroup", "db", "a") or {}).get("status")
+            )
+            assert status["memberCount"] == 1
+            assert status["ruleCount"] == 2
+            assert status["rulesCountedTowardsQuota"] == {
+                "ingressIPv4": 1,
+                "ingressIPv6": 0,
+                "egressIPv4": 0,
+                "egressIPv6": 0,
+            }
+            assert status["conditions"][0]["status"] == "True"
+            assert status["realization"]["nodes"] == "0/1"  # no agent has reported yet
+            gen = must(fake, "CompiledSecurityGroup", "sg.a.db")["metadata"]["generation"]
+            rev = int(must(fake, "CompiledSecurityGroup", "sg.a.db")["metadata"]["resourceVersion"])
+            n2 = must(fake, "CompiledNodePolicy", "n2")
+            await fake.patch_status(
+                "CompiledNodePolicy",
+                "n2",
+                None,
+                {"appliedGeneration": n2["metadata"]["generation"], "appliedGroupRevision": rev},
+            )
+            realized = await wait_until(
+                "realized",
+                lambda: (
+                    (
+                        r := (
+                            (fake.get_obj("SecurityGroup", "db", "a") or {}).get("status") or {}
+                        ).get("realization")
+                    )
+                    and r["nodesRealized"] == 1
+                    and r
+                ),
+            )
+            assert realized == {
+                "nodesDesired": 1,
+                "nodesRealized": 1,
+                "nodes": "1/1",
+                "generation": gen,
+            }
+
+    run(go)
+
+
+def test_an_egress_change_reaches_no_epoch() -> None:
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        async with Running(fake) as op:
+            await wait_until("settled", lambda: settled(op) and node_pods(fake, "n2"))
+            epochs = {k: p.get("epoch", 0) for k, p in node_pods(fake, "n1").items()}
+            fake.put(rule("a", "web-out", "web", direction="Egress", ports="443"))
+            await wait_until(
+                "web rewritten",
+                lambda: any(
+                    r["id"] == "a/web-out"
+                    for r in must(fake, "CompiledSecurityGroup", "sg.a.web")["spec"].get(
+                        "egress", ()
+                    )
+                ),
+            )
+            await wait_until("settled", lambda: settled(op))
+            assert {k: p.get("epoch", 0) for k, p in node_pods(fake, "n1").items()} == epochs
+
+    run(go)
+
+
+def test_a_restart_rechecks_what_changed_while_the_operator_was_down() -> None:
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        async with Running(fake) as op:
+            await wait_until("settled", lambda: settled(op) and node_pods(fake, "n2"))
+        epochs = {k: p.get("epoch", 0) for k, p in node_pods(fake, "n1").items()}
+        d1 = node_pods(fake, "n2")["a/d1"].get("epoch", 0)
+        fake.put(rule("a", "db-deny", "db", action="Deny", protocol="All"))
+        async with Running(fake) as op:
+            await wait_until("settled", lambda: settled(op))
+            await wait_until(
+                "d1 re-checked", lambda: node_pods(fake, "n2")["a/d1"].get("epoch", 0) == d1 + 1
+            )
+            # nothing else was re-checked
+            assert {k: p.get("epoch", 0) for k, p in node_pods(fake, "n1").items()} == epochs
+
+    run(go)
