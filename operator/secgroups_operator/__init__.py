@@ -1,6 +1,7 @@
-"""The kube-secgroups operator: a thin kopf shell around the pure core.
+"""The kube-secgroups operator: watches, an incremental compile and per-object publishing.
 
-It watches Namespaces, Nodes, Pods and the three secgroups.dev kinds, keeps slim
-facts (``store``), and one reconcile loop (``reconciling``) compiles them and publishes
-the compiled per-group, per-set and per-node objects the node agents enforce.
+Reflectors (``watching``) feed slim facts (``intake``) to the incremental compiler in a
+worker thread (``reconciling``); ``publishing`` writes the compiled per-group, per-set
+and per-node objects the node agents enforce, one object at a time; ``statuses`` and
+``events`` report; ``leader`` keeps one replica writing. Docs: docs/architecture.md.
 """
