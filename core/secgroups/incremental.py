@@ -411,6 +411,14 @@ class IncrementalCompiler:
     def ipag(self, key: GroupKey) -> IPAddressGroup | None:
         return self._ipags.get(key)
 
+    def pod(self, key: PodKey) -> PodFacts | None:
+        return self._pods.get(key)
+
+    def unknown_annotated(self) -> dict[PodKey, tuple[str, ...]]:
+        """Managed pods whose annotation names groups that do not exist, with those names
+        (fail-closed: they match nothing). Kept as pods change: a copy, cheap to take."""
+        return dict(self._unknown)
+
     def members(self, group: GroupKey) -> frozenset[PodKey]:
         return frozenset(self._members.get(group, ()))
 

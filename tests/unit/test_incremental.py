@@ -161,8 +161,12 @@ def test_nodes_come_and_go() -> None:
 def test_group_created_after_the_pods_that_name_it() -> None:
     inc = _compiler(pod("late", "10.0.2.1", groups="cache", node="n2"))
     assert [p.reason for p in inc.problems()] == ["UnknownGroup"]
+    assert inc.unknown_annotated() == {("demo", "late"): ("cache",)}
+    late = inc.pod(("demo", "late"))
+    assert late is not None and late.uid == "uid-demo-late"
     inc.upsert(sg("cache"))
     assert inc.problems() == ()
+    assert inc.unknown_annotated() == {}
     assert next(p for p in inc.policy.nodes["n2"].pods if p.name == "late").groups == (
         "sg.demo.cache",
     )
