@@ -210,8 +210,8 @@ def _pieces(mine: list[Classified]) -> list[tuple[PortRange, tuple[Rule, ...]]]:
     ported = [False] * len(rules)
     for c in mine:  # in order, so every piece's list is in order too
         if c.ports is None:
-            for held in rules:
-                held.append(c.bare)
+            for piece in rules:
+                piece.append(c.bare)
             continue
         for r in c.ports:  # merged ranges: disjoint, so a rule enters a piece once
             for i in range(at[r.lo], at[r.hi + 1]):
