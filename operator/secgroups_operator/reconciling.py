@@ -56,7 +56,7 @@ from secgroups.incremental import (
     SetEpochs,
     Upsert,
 )
-from secgroups.membership import PodKey, Scope
+from secgroups.membership import PodKey, Scope, missing_groups_note
 from secgroups.models import (
     API_VERSION,
     DEFAULT_GROUP_NAME,
@@ -128,6 +128,8 @@ class _Result:
     #: Compiled objects the compiled models refuse (held while so), or None again.
     failed: dict[ObjKey, str | None] = field(default_factory=dict)
     pod_failures: list[tuple[str, str, str]] = field(default_factory=list)
+    #: Pods naming groups that do not exist: (namespace, name, uid, the names).
+    missing_groups: list[tuple[str, str, str, tuple[str, ...]]] = field(default_factory=list)
     compile_s: float = 0.0
     events: int = 0
 
@@ -362,6 +364,7 @@ class Reconciler:
             self._wanted_all(inc, out)
             self._defaults_of(inc, changes, out, everything=True)
             self._statuses_all(inc, out)
+            _missing_groups(inc, out)
             return out
 
         result = await asyncio.to_thread(build)
@@ -417,6 +420,7 @@ class Reconciler:
             self._regenerate(inc, key, out)
         self._statuses_of(inc, events, changes, touched, out)
         self._defaults_of(inc, changes, out)
+        _missing_groups(inc, out)
         out.compile_s = time.perf_counter() - t0
         return out
 
@@ -673,6 +677,8 @@ class Reconciler:
             pub.hold(key, reason)
         for ns, name, text in result.pod_failures:
             self.events.warn("Pod", ns, name, "TooLarge", f"cannot be compiled: {text}")
+        for ns, name, uid, names in result.missing_groups:  # at most once per repeat_s
+            self.events.warn("Pod", ns, name, "UnknownGroup", missing_groups_note(names), uid)
         for key, w in result.specs:
             if w is None:
                 pub.want_gone(key)
@@ -878,6 +884,14 @@ def _remotes(rule: SecurityGroupRule) -> list[tuple[str, str, str]]:
         ref = remote.ip_address_group
         out.append(("IPAddressGroup", ref.namespace or ns, ref.name))
     return out
+
+
+def _missing_groups(inc: IncrementalCompiler, out: _Result) -> None:
+    """Pods whose annotation names groups that do not exist get a Warning event: they are
+    fail-closed, in no group for those names (docs/semantics.md, decision 6)."""
+    for key, names in sorted(inc.unknown_annotated().items()):
+        pod = inc.pod(key)
+        out.missing_groups.append((key[0], key[1], pod.uid if pod is not None else "", names))
 
 
 def _missing_remote(inc: IncrementalCompiler, rule: SecurityGroupRule) -> str | None:

@@ -331,6 +331,29 @@ def test_a_malformed_pod_ip_is_skipped_with_an_event() -> None:
     run(go)
 
 
+def test_a_pod_naming_a_missing_group_gets_a_warning_event_and_no_group() -> None:
+    """Fail-closed (docs/semantics.md, decision 6): no fallback to the default group."""
+
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        fake.put(pod("a", "typo", "n1", "100.64.1.9", groups="wbe"))
+        async with Running(fake) as op:
+            await wait_until("typo published", lambda: "a/typo" in node_pods(fake, "n1"))
+            assert node_pods(fake, "n1")["a/typo"]["groups"] == []
+            events = await wait_until(
+                "UnknownGroup event",
+                lambda: [e for e in fake.events if e["reason"] == "UnknownGroup"],
+            )
+            assert [e["involvedObject"]["name"] for e in events] == ["typo"]
+            assert events[0]["type"] == "Warning"
+            assert "do not exist: wbe; they match nothing" in events[0]["message"]
+            await wait_until("settled", lambda: settled(op))
+            assert len([e for e in fake.events if e["reason"] == "UnknownGroup"]) == 1
+
+    run(go)
+
+
 def test_default_groups_are_created_once_and_never_overwrite_edits() -> None:
     async def go() -> None:
         fake = FakeCluster()
