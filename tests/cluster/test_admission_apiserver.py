@@ -14,7 +14,9 @@ ValidatingWebhookConfiguration with the CA. Then, as users see it with kubectl:
 * a pod naming a missing group gets an admission warning; a pod joining a full group
   is refused;
 * with the operator down, ``failurePolicy: Fail`` refuses writes ("failed calling
-  webhook") and ``Ignore`` lets them through.
+  webhook") and ``Ignore`` lets them through;
+* the whole operator as a standby (another replica holds its Lease) answers the same,
+  with the certificate from the same Secret.
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ def _free_port(address: str) -> int:
 class WebhookProcess:
     """``secgroups-operator --webhook-only`` in the root netns, reachable by the API server."""
 
-    def __init__(self, cp: ControlPlane, log: Path) -> None:
+    def __init__(self, cp: ControlPlane, log: Path, config: str = CONFIG) -> None:
         self.cp = cp
         address = cp.addresses.root_side
         self.port = _free_port(address)
@@ -162,7 +164,7 @@ class WebhookProcess:
             "--webhook-address", address,
             "--webhook-port", str(self.port),
             "--webhook-url", self.url,
-            "--webhook-configuration", CONFIG,
+            "--webhook-configuration", config,
             "--webhook-secret", f"{SYSTEM_NS}/{CONFIG}-tls",
             "--webhook-failure-policy", "Fail",
         ]  # fmt: skip
@@ -225,7 +227,8 @@ def webhook(
         wait_until("the API server calls the webhook", refusing, timeout=90)
         yield proc
     finally:
-        kubectl(cp, "delete", "validatingwebhookconfiguration", CONFIG, "--ignore-not-found")
+        for name in (CONFIG, f"{CONFIG}-standby"):
+            kubectl(cp, "delete", "validatingwebhookconfiguration", name, "--ignore-not-found")
         proc.stop()
         for ns in (
             SYSTEM_NS,
@@ -409,3 +412,44 @@ def test_with_the_operator_down_fail_refuses_and_ignore_lets_through(
         return out.returncode == 0
 
     wait_until("failurePolicy Ignore lets the write through", admitted, timeout=30)
+
+
+def test_a_standby_replica_answers_admission_too(webhook: WebhookProcess, tmp_path: Path) -> None:
+    """The whole operator, not leading (another replica holds its Lease), serves the same
+    decisions: they need no cache. Runs after the operator above is gone, with its own
+    configuration, so every answer is the standby's."""
+    cp = webhook.cp
+    webhook.kill()
+    kubectl(cp, "delete", "validatingwebhookconfiguration", CONFIG, "--ignore-not-found")
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "held", "namespace": SYSTEM_NS},
+        "spec": {"holderIdentity": "the-leader", "leaseDurationSeconds": 3600, "renewTime": now},
+    }
+    ok(cp, "apply", "-f", "-", stdin=manifests(lease))
+    standby = WebhookProcess(cp, tmp_path / "standby.log", config=f"{CONFIG}-standby")
+    standby.argv.remove("--webhook-only")
+    standby.argv += [
+        "--leader-election-lease", f"{SYSTEM_NS}/held", "--identity", "standby-1",
+        "--liveness", "",
+    ]  # fmt: skip
+    standby.start()
+    try:
+        ns = "adm-canary"
+
+        def refusing() -> str | None:
+            assert standby.proc is not None
+            if standby.proc.poll() is not None:
+                pytest.fail(f"the standby exited:\n{standby.tail()}")
+            out = kubectl(cp, "delete", "sg", "canary", "-n", ns, "--dry-run=server")
+            return out.stderr if out.returncode != 0 and "is in use" in out.stderr else None
+
+        err = wait_until("the standby refuses deleting a group in use", refusing, timeout=90)
+        assert f"security group {ns}/canary is in use: 1 member pod ({ns}/c1)" in err
+        held = json.loads(ok(cp, "get", "lease", "held", "-n", SYSTEM_NS, "-o", "json"))
+        assert held["spec"]["holderIdentity"] == "the-leader", "it stayed a standby"
+    finally:
+        kubectl(cp, "delete", "validatingwebhookconfiguration", f"{CONFIG}-standby")
+        standby.stop()
