@@ -119,7 +119,7 @@ cmd_build() {
       docker tag "$ref" "$REPO/$t:$VERSION"
       step_done "cached: $ref"; continue
     fi
-    run_logged "build-$t" docker build --network host -f images/Dockerfile --target "$t" \
+    run_logged "build-$t" docker build --force-rm --network host -f images/Dockerfile --target "$t" \
       --build-arg "BASE=$base" --build-arg "BUILD_CA_CERTS=$(build_ca_certs)" --label "dev.kube-secgroups.inputs=$inputs" \
       --label "org.opencontainers.image.version=$VERSION" -t "$ref" -t "$REPO/$t:$VERSION" - <"$CTX_TAR"
     step_done "$ref, $(docker image inspect -f '{{.Size}}' "$ref" | awk '{printf "%d MB", $1/1e6}')"

@@ -189,7 +189,7 @@ build_base_image() {
   cp "$HACK_DIR/kind/base.Dockerfile" "$ctx/Dockerfile"
   h=$( { echo "$DEBIAN_IMAGE"; cat "$ctx/Dockerfile"; (cd "$ctx" && find files -type f -exec sha256sum {} + | sort); } | hash16)
   if [ "$(img_label "$BASE_IMAGE" dev.kube-secgroups.inputs)" = "$h" ]; then step_done cached; return; fi
-  run_logged build-base docker build --network host --build-arg "BASE=$DEBIAN_IMAGE" \
+  run_logged build-base docker build --force-rm --network host --build-arg "BASE=$DEBIAN_IMAGE" \
     --label "dev.kube-secgroups.inputs=$h" -t "$BASE_IMAGE" "$ctx"
   step_done "$(docker image inspect -f '{{.Size}}' "$BASE_IMAGE" | awk '{printf "%d MB", $1/1e6}')"
 }
@@ -213,7 +213,7 @@ component_image() { # TAG BINARY [PATH-IN-IMAGE]: FROM scratch, one static binar
   cp "$2" "$d/"
   printf 'FROM scratch\nCOPY %s %s\nENV PATH=/usr/local/bin:/usr/bin:/bin\nENTRYPOINT ["%s"]\n' \
     "$bin" "${3:-/usr/local/bin/$bin}" "${3:-/usr/local/bin/$bin}" >"$d/Dockerfile"
-  run_logged build-component docker build -t "$1" "$d"
+  run_logged build-component docker build --force-rm -t "$1" "$d"
   rm -rf "$d"
 }
 
@@ -230,7 +230,7 @@ build_node_image() {
   component_image "registry.k8s.io/pause:$PAUSE_TAG" "$C/pause-$PAUSE_TAG/pause" /pause
   [ "$SANDBOX_TAG" = "$PAUSE_TAG" ] || docker tag "registry.k8s.io/pause:$PAUSE_TAG" "registry.k8s.io/pause:$SANDBOX_TAG"
   cp "$K8S_DIR/kube-proxy" "$HACK_DIR/kind/iptables-wrapper" "$ctx/kube-proxy/"
-  run_logged build-kube-proxy docker build --network host --build-arg "BASE=$DEBIAN_IMAGE" \
+  run_logged build-kube-proxy docker build --force-rm --network host --build-arg "BASE=$DEBIAN_IMAGE" \
     -f "$HACK_DIR/kind/kube-proxy.Dockerfile" -t "registry.k8s.io/kube-proxy:$K8S" "$ctx/kube-proxy"
   local images="registry.k8s.io/kube-apiserver:$K8S registry.k8s.io/kube-controller-manager:$K8S
     registry.k8s.io/kube-scheduler:$K8S registry.k8s.io/kube-proxy:$K8S registry.k8s.io/etcd:$ETCD_TAG
@@ -416,8 +416,11 @@ cmd_down() {
     step "kind delete cluster $NAME"
     "$KIND_BIN" delete cluster --name "$NAME" --kubeconfig "$KUBECONFIG_FILE" >/dev/null 2>&1
     step_done "the Docker daemon is not ours: left running"
+  elif timeout 10 docker info >/dev/null 2>&1; then
+    log "no cluster $NAME on the running Docker daemon (not ours: left running)"
   else
-    log "no cluster $NAME and no dockerd of ours"
+    # no daemon at all: a killed dockerd of ours may have left its bridges and mounts
+    "$HACK_DIR/docker.sh" stop
   fi
   rm -f "$KUBECONFIG_FILE"
   summary
