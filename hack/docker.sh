@@ -27,6 +27,7 @@
 # Environment: KSG_CACHE (the project cache), KSG_DOCKER_REQUIRE_OWN=1 (fail instead of using
 # another daemon that already answers).
 set -euo pipefail
+# shellcheck disable=SC2034  # read by lib/common.sh
 TAG=docker
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -102,7 +103,7 @@ WRAP
 }
 
 cmd_start() {
-  local pid i
+  local pid
   if pid=$(our_pid); then log "our dockerd runs (pid $pid)"; return 0; fi
   if [ -S /var/run/docker.sock ] && answers; then
     [ "${KSG_DOCKER_REQUIRE_OWN:-0}" = 1 ] && die "another Docker daemon answers on /var/run/docker.sock; stop it or unset KSG_DOCKER_REQUIRE_OWN"
@@ -119,7 +120,7 @@ cmd_start() {
   # a dead dockerd may have left its pid file; dockerd refuses to start over a live one only
   rm -f "$PIDFILE"
   setsid nohup dockerd --config-file "$CONFIG" >>"$D/dockerd.log" 2>&1 </dev/null &
-  for i in $(seq 120); do   # deadline 60 s
+  for _ in $(seq 120); do   # deadline 60 s
     if answers && our_pid >/dev/null; then break; fi
     sleep 0.5
   done
@@ -129,7 +130,7 @@ cmd_start() {
 }
 
 cmd_stop() {
-  local pid i kids c dev left
+  local pid kids c dev left m
   if pid=$(our_pid); then
     need_root "stopping dockerd"
     step "stop dockerd"
@@ -138,10 +139,10 @@ cmd_stop() {
     [ "$n" = 0 ] || log "$n running container(s): dockerd stops them as it exits"
     kids=$(pgrep -P "$pid" || true)   # its containerd
     kill -TERM "$pid"
-    for i in $(seq 90); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    for _ in $(seq 90); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     if kill -0 "$pid" 2>/dev/null; then log "dockerd $pid still runs after 45 s: SIGKILL"; kill -KILL "$pid"; fi
     for c in $kids; do
-      for i in $(seq 20); do kill -0 "$c" 2>/dev/null || break; sleep 0.5; done
+      for _ in $(seq 20); do kill -0 "$c" 2>/dev/null || break; sleep 0.5; done
       if kill -0 "$c" 2>/dev/null && grep -q containerd "/proc/$c/cmdline" 2>/dev/null; then kill -TERM "$c"; fi
     done
     rm -f "$PIDFILE"

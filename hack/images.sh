@@ -16,6 +16,7 @@
 # Environment: KSG_IMAGES_REV=<commit> builds from that commit instead of the work tree;
 # KSG_IMAGE_BASE; KSG_BUILD_CA_FILE (extra CAs for pip, see build_ca_certs); KSG_REFRESH_BASE=1.
 set -euo pipefail
+# shellcheck disable=SC2034  # read by lib/common.sh
 TAG=images
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"

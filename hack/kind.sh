@@ -36,6 +36,7 @@
 # KSG_KIND_NAME [ksg], KSG_KIND_KUBECONFIG [$KSG_CACHE/kind/kubeconfig],
 # KSG_KIND_NODE_IMAGE, KSG_KIND_BUILD_NODE, KSG_REFRESH_BASE (hack/lib/debian.sh).
 set -euo pipefail
+# shellcheck disable=SC2034  # read by lib/common.sh
 TAG=kind
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -132,7 +133,7 @@ build_k8s() {
 
 # etcd, CoreDNS and pause at the tags this kubeadm pulls (kubeadm config images list)
 resolve_component_tags() {
-  local f=$K8S_DIR/images.txt kdir
+  local f=$K8S_DIR/images.txt
   [ -s "$f" ] || "$K8S_DIR/kubeadm" config images list --kubernetes-version "$K8S" >"$f"
   ETCD_TAG=$(sed -n 's|.*/etcd:||p' "$f"); COREDNS_TAG=$(sed -n 's|.*/coredns:||p' "$f")
   PAUSE_TAG=$(sed -n 's|.*/pause:||p' "$f")
@@ -432,7 +433,7 @@ cmd_down() {
 # cluster refused by the egress guard (hack/kind/selftest.py). Deletes its namespace at the end.
 cmd_selftest() {
   cluster_healthy || die "no healthy cluster $NAME (hack/kind.sh up)"
-  local ns=ksg-selftest img plan pods p ok fail
+  local ns=ksg-selftest img plan p ok fail
   img=$("$HACK_DIR/images.sh" names | grep /probe:)
   SUMMARY_WHAT=selftest
   load_images "$img"

@@ -5,6 +5,7 @@
 
 KSG_CACHE=${KSG_CACHE:-$HOME/.cache/kube-secgroups}
 HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck disable=SC2034  # used by the scripts that source this
 REPO_DIR=$(cd "$HACK_DIR/.." && pwd)
 : "${TAG:=hack}"
 
