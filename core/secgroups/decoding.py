@@ -9,8 +9,8 @@ server's decoder for custom resources (apiextensions-apiserver, v1.36) has alrea
    nullable) is dropped when the schema has no default for it, and replaced by the
    default when it has one — ``action: null`` becomes ``Allow``, ``ports: null`` is
    absent, ``matchLabels: {a: null}`` is ``{}``;
-3. **decoded metadata** into Go's ObjectMeta: a ``null`` label or annotation value is
-   the empty string; then checked it as for every object (``metarules``: the name a
+3. **decoded metadata** into Go's ObjectMeta: a ``null`` label or annotation value, or
+   finalizer, is the empty string; then checked it as for every object (``metarules``: the name a
    DNS-1123 subdomain, the namespace a DNS-1123 label, labels, annotations, finalizers);
 4. **dropped the status** (the kinds have a status subresource: a create ignores it, so
    its contents are never validated — only its field names, by step 1).
@@ -117,7 +117,7 @@ def prune_nulls(value: Any, schema: Mapping[str, Any]) -> Any:
 
 
 def _metadata(meta: Any) -> tuple[Any, list[Loc]]:
-    """ObjectMeta as Go decodes it: unknown keys, null fields absent, null map values ''."""
+    """ObjectMeta as Go decodes it: unknown keys, null fields absent, null strings ''."""
     if not isinstance(meta, dict):
         return meta, []
     unknown: list[Loc] = [("metadata", k) for k in meta if k not in OBJECT_META_FIELDS]
@@ -127,6 +127,8 @@ def _metadata(meta: Any) -> tuple[Any, list[Loc]]:
             continue
         if key in ("labels", "annotations") and isinstance(value, dict):
             out[key] = {k: "" if v is None else v for k, v in value.items()}
+        elif key == "finalizers" and isinstance(value, list):
+            out[key] = ["" if v is None else v for v in value]
         else:
             out[key] = value
     return out, unknown
