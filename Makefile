@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help dev demo demo-down test lint typecheck contracts unit netns cluster binaries crds bench clean
+.PHONY: help dev demo demo-down test lint typecheck contracts unit netns cluster binaries crds chart-lint bench clean
 
 help:
 	@sed -n '1,3p' Makefile
@@ -41,8 +41,22 @@ typecheck: $(STAMP)
 contracts: $(STAMP)
 	$(VENV)/bin/lint-imports
 
+# The chart carries a copy (Helm installs charts/*/crds/); tests/unit/test_chart_files.py
+# fails when the two differ.
 crds: $(STAMP)
 	$(PY) -m secgroups.crdgen --write crds/
+	$(PY) -m secgroups.crdgen --write charts/kube-secgroups/crds/
+
+# helm lint --strict with the default values and each charts/kube-secgroups/ci/*.yaml (the
+# rendered manifests' schema check and the install are in tests/cluster/test_chart.py).
+HELM = $(shell hack/build-binaries.sh --print-paths helm)
+chart-lint:
+	@if ! test -x $(HELM) && ! hack/build-binaries.sh helm; then \
+	  if [ -n "$$CI" ]; then echo "chart-lint: helm could not be built" >&2; exit 1; fi; \
+	  echo "chart-lint skipped: helm could not be built (hack/build-binaries.sh helm)"; exit 0; fi; \
+	for values in "" charts/kube-secgroups/ci/*.yaml; do \
+	  echo "helm lint --strict charts/kube-secgroups$${values:+ -f $$values}"; \
+	  $(HELM) lint --strict --quiet charts/kube-secgroups $${values:+-f $$values} || exit 1; done
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
@@ -54,7 +68,7 @@ cluster: $(STAMP)
 	$(PY) -m pytest tests/cluster -q
 
 # The README's test command; .ci/run calls exactly this.
-test: lint typecheck contracts
+test: lint typecheck contracts chart-lint
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
