@@ -242,7 +242,10 @@ class LabCluster:
         if state.live and not (state.status == "control-plane" and self.cp is not None):
             raise LabRunningError(f"{state.describe()}; `{down_command(self.prefix)}` removes it")
         if state.status == "leftovers" or (state.status == "control-plane" and self.cp):
-            removed = self._remove_leftovers()
+            try:
+                removed = self._remove_leftovers()
+            except network.LabNetworkError as exc:  # another process runs a lab network
+                raise LabRunningError(str(exc)) from None
             if removed:
                 self.progress(
                     f"removed what an earlier run left (nothing owned it): {', '.join(removed)}"
@@ -420,7 +423,10 @@ class LabCluster:
         terminate([d for d in order if d.name != "sim-kubelet"], grace=10.0)
         terminate([d for d in order if d.name == "sim-kubelet"], grace=20.0)
         self.daemons.clear()
-        network.cleanup_leftovers(self.prefix)
+        try:
+            network.cleanup_leftovers(self.prefix)
+        except network.LabNetworkError as exc:  # not this lab's: another process runs it
+            self.progress(f"not removed: {exc}")
         with contextlib.suppress(FileNotFoundError):
             self.lab_file.unlink()
         if self.cp is None or self._own_cp:

@@ -388,7 +388,9 @@ def cleanup(
     if underlay.delete_netns(ns):
         removed.append(f"netns {ns}")
     if underlay.link_exists(root_link(prefix)):
-        ip("link", "del", root_link(prefix))
+        # Deleting the netns removes its veth's root end too, from a kernel worker, so the
+        # link may be gone by the time we delete it: that is fine.
+        ip("link", "del", root_link(prefix), check=False)
         removed.append(f"link {root_link(prefix)}")
     ul = underlay.underlay_netns(prefix)
     if remove_underlay and underlay.netns_exists(ul) and not bridge_ports(prefix):

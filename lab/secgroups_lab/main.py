@@ -17,6 +17,8 @@ finishes. To add a subcommand, write ``cmd_x(args) -> int`` and register it in
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -143,6 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # nothing to undo and no traceback to show.
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        # A command that failed (`ip`, a deadline, a file): one line; KSG_DEBUG=1 for the
+        # traceback.
+        if os.environ.get("KSG_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return rc
 
 

@@ -849,12 +849,54 @@ def lab_netns(prefix: str) -> list[str]:
     return names
 
 
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rpartition(")")[2].split()[1])
+
+
+def network_owner(prefix: str) -> int | None:
+    """The live process that runs the network of ``Lab(prefix)`` (another test session, a
+    simulated kubelet), or None if nobody does (then what exists of it is leftovers).
+
+    The owner is the parent of the lab's probe daemons (other than us): a probe daemon
+    exits by itself within a second once its parent is gone (``probed --parent-pid``), so
+    one that runs has its owner alive.
+    """
+    for pid in _netns_processes(lab_netns(prefix)):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"secgroups_lab.probed" not in argv:
+            continue
+        parent = _parent(pid)
+        if parent not in (0, 1, os.getpid()) and Path(f"/proc/{parent}").exists():
+            return parent
+    return None
+
+
 def cleanup_leftovers(
     prefix: str, *, run_dir: Path | None = None, underlay_too: bool = True, timeout: float = 10.0
 ) -> list[str]:
     """Remove what a killed run of ``Lab(prefix)`` left: processes in its netns, the netns,
     its run dir, and (``underlay_too``) the underlay if no control plane (``<prefix>-cp``)
-    exists and nothing is plugged into its bridge. Returns what was removed."""
+    exists and nothing is plugged into its bridge. Returns what was removed.
+
+    A network that a live process still runs is not leftovers: LabNetworkError, nothing
+    removed (two test sessions with the same prefix must not tear down each other's lab)."""
+    owner = network_owner(prefix)
+    if owner is not None:
+        try:
+            cmd = Path(f"/proc/{owner}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            cmd = "?"
+        raise LabNetworkError(
+            f"lab network {prefix} is in use by process {owner} (`{cmd.strip()[:100]}`); "
+            "nothing was removed: wait for it, or use another prefix"
+        )
     removed: list[str] = []
     names = lab_netns(prefix)
     pids = _netns_processes(names)

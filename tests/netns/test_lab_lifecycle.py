@@ -17,7 +17,15 @@ import pytest
 
 from secgroups_lab import underlay
 from secgroups_lab._cmd import run
-from secgroups_lab.network import Lab, cleanup_leftovers, lab_netns, netns_unavailable, pod_hash
+from secgroups_lab.network import (
+    Lab,
+    LabNetworkError,
+    cleanup_leftovers,
+    lab_netns,
+    netns_unavailable,
+    network_owner,
+    pod_hash,
+)
 
 _why = netns_unavailable()
 if _why:
@@ -110,6 +118,12 @@ def test_a_killed_run_is_cleaned_up() -> None:
         line = proc.stdout.readline()
         pids = [int(p) for p in line.split()]
         assert len(pids) == 2, line
+        # While its process runs, the lab is not leftovers: another session's cleanup
+        # refuses, names that process, and removes nothing.
+        with pytest.raises(LabNetworkError, match=rf"in use by process {proc.pid} "):
+            cleanup_leftovers(prefix)
+        assert all(Path(f"/proc/{p}").exists() for p in pids)
+        assert network_owner(prefix) == proc.pid
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
