@@ -6,7 +6,8 @@ Role: everything in ``table inet secgroups`` that does not depend on the policy
 send local pod traffic (matched by pod IP) to ``pod_egress``/``pod_ingress``; those
 two shared chains (conntrack states, the epoch fast path, the reply-path tombstone,
 the TCP non-SYN guard, the ``ct timeout`` stamp, the dispatch verdict maps); the ND/MLD
-allowances; and the ``ct timeout`` objects of S-CT-3. The per-policy part (group and
+allowances; the fail-closed placeholder of pods whose policy is pending (``pending4/6``,
+docs/cni.md); and the ``ct timeout`` objects of S-CT-3. The per-policy part (group and
 group-list chains, sets and map elements) is ``rendering``'s.
 
 Neighbours: ``rendering`` (the only caller), ``names`` (static names), ``statements``
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from secgroups.nft import names
 from secgroups.nft.epochs import MARK_TOMBSTONE
@@ -46,6 +48,7 @@ from secgroups.nft.statements import (
     MetaL4proto,
     MetaNfproto,
     Part,
+    PortMatch,
     Rule,
     SetRef,
     TcpNotSyn,
@@ -53,6 +56,7 @@ from secgroups.nft.statements import (
     goto,
     jump,
 )
+from secgroups.ports import PortRange
 
 FAMILIES: tuple[Family, Family] = (4, 6)
 
@@ -126,7 +130,10 @@ def static_objects(
     )
     gate_eg = [_rule(AddrMatch(f, ip4, pods[f]), goto(names.POD_EGRESS)) for f in FAMILIES]
     gate_in = [_rule(AddrMatch(f, ip6, pods[f]), goto(names.POD_INGRESS)) for f in FAMILIES]
-    yield _base(names.EGRESS_FWD, Hook.FORWARD, Priority("filter", 10), gate_eg)
+    pending = _pending_rules()
+    yield _base(
+        names.EGRESS_FWD, Hook.FORWARD, Priority("filter", 10), [*pending.fwd_from, *gate_eg]
+    )
     yield _base(
         names.EGRESS_INPUT,
         Hook.INPUT,
@@ -137,6 +144,7 @@ def static_objects(
             _rule(
                 AddrMatch(6, ip4, pods[6]), Icmpv6TypeIn(ND_FROM_POD_LINK + MLD_FROM_POD), ACCEPT
             ),
+            *pending.to_node(allow_node_to_pod),
             *gate_eg,
         ],
     )
@@ -161,8 +169,11 @@ def static_objects(
             _rule(DROP),
         ),
     )
-    yield _base(names.INGRESS_FWD, Hook.FORWARD, Priority("filter", 20), gate_in)
+    yield _base(
+        names.INGRESS_FWD, Hook.FORWARD, Priority("filter", 20), [*pending.fwd_to, *gate_in]
+    )
     if allow_node_to_pod:
+        # Pending pods too: the node is not held back by a placeholder (kubelet probes).
         node_to_pod = [
             _rule(AddrMatch(f, ip6, pods[f]), ACCEPT, comment="node to local pod allowed")
             for f in FAMILIES
@@ -170,6 +181,7 @@ def static_objects(
     else:
         node_to_pod = [
             _rule(AddrMatch(6, ip6, pods[6]), Icmpv6TypeIn(ND_FROM_NODE), ACCEPT),
+            *pending.from_node,
             *gate_in,
         ]
     yield _base(names.INGRESS_OUTPUT, Hook.OUTPUT, Priority("filter", 20), node_to_pod)
@@ -193,4 +205,68 @@ def static_objects(
             *(_rule(VmapLookup(f, ip6, SetRef(fam("in_disp", f)))) for f in FAMILIES),
             _rule(DROP),
         ),
+    )
+
+
+PENDING_COMMENT = "policy pending: fail-closed placeholder (docs/cni.md)"
+DHCP_SERVER_PORT = {4: 67, 6: 547}
+DHCP_CLIENT_PORT = {4: 68, 6: 546}
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """The placeholder's rules, by where they go (docs/cni.md, "The placeholder").
+
+    A pending IP belongs to a pod whose CNI ADD the agent answered but whose own policy
+    is not in force yet (or whose IP the node object still gives to another pod UID):
+    nothing is forwarded to or from it, whatever the conntrack state (an entry of the
+    IP's previous pod must not carry the new pod's packets); towards the node only ND,
+    MLD and DHCP pass, and replies on the node's own connections when the node may
+    reach its pods (kubelet probes). These rules come before the policy gates, so a
+    pending IP that a stale node object still lists in ``pods4/6`` stays closed.
+    """
+
+    fwd_from: tuple[Rule, ...]
+    fwd_to: tuple[Rule, ...]
+    from_node: tuple[Rule, ...]
+    node_replies: tuple[Rule, ...]
+    to_node_base: tuple[Rule, ...]
+    to_node_drop: tuple[Rule, ...]
+
+    def to_node(self, allow_node_to_pod: bool) -> tuple[Rule, ...]:
+        replies = self.node_replies if allow_node_to_pod else ()
+        return (*self.to_node_base, *replies, *self.to_node_drop)
+
+
+def _pending_rules() -> _Pending:
+    sets = {f: SetRef(fam(names.PENDING, f)) for f in FAMILIES}
+    src, dst = AddrField.SADDR, AddrField.DADDR
+
+    def drop(f: Family, field_: AddrField) -> Rule:
+        return _rule(AddrMatch(f, field_, sets[f]), DROP, comment=PENDING_COMMENT)
+
+    def dhcp(f: Family, field_: AddrField, port: int) -> Rule:
+        return _rule(
+            AddrMatch(f, field_, sets[f]), PortMatch(L4Proto.UDP, PortRange(port, port)), ACCEPT
+        )
+
+    return _Pending(
+        fwd_from=tuple(drop(f, src) for f in FAMILIES),
+        fwd_to=tuple(drop(f, dst) for f in FAMILIES),
+        from_node=(
+            _rule(AddrMatch(6, dst, sets[6]), Icmpv6TypeIn(ND_FROM_NODE), ACCEPT),
+            *(dhcp(f, dst, DHCP_CLIENT_PORT[f]) for f in FAMILIES),
+            *(drop(f, dst) for f in FAMILIES),
+        ),
+        node_replies=tuple(
+            _rule(AddrMatch(f, src, sets[f]), CtDirectionMatch(CtDir.REPLY), ACCEPT)
+            for f in FAMILIES
+        ),
+        to_node_base=(
+            _rule(
+                AddrMatch(6, src, sets[6]), Icmpv6TypeIn(ND_FROM_POD_LINK + MLD_FROM_POD), ACCEPT
+            ),
+            *(dhcp(f, src, DHCP_SERVER_PORT[f]) for f in FAMILIES),
+        ),
+        to_node_drop=tuple(drop(f, src) for f in FAMILIES),
     )

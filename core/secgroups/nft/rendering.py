@@ -147,6 +147,8 @@ def render(
     node: str,
     pod_interfaces: Mapping[str, str],
     options: RenderOptions | None = None,
+    *,
+    pending: Iterable[str] = (),
 ) -> Ruleset:
     """The whole desired ``table inet secgroups`` of ``node``.
 
@@ -158,11 +160,13 @@ def render(
     judges them: a missing group is skipped in its pods' group lists, a rule whose
     remote set is missing matches nothing (and is left out), a CIDR of the other
     family never matches. Two pods with one IP: the later in (namespace, name)
-    order owns it, as in the evaluator. Raises :class:`RenderError` only for input
+    order owns it, as in the evaluator. ``pending`` are the IPs behind the fail-closed
+    placeholder (docs/cni.md): pods the CNI plugin announced whose own policy is not in
+    force yet; the node agent decides which. Raises :class:`RenderError` only for input
     nft cannot hold (a malformed IP or interface name, an oversized member set).
     """
     with _gc_paused():
-        return _render(policy, node, pod_interfaces, options or RenderOptions())
+        return _render(policy, node, pod_interfaces, options or RenderOptions(), pending)
 
 
 def clear_cache() -> None:
@@ -186,7 +190,11 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _render(
-    policy: CompiledPolicy, node: str, pod_interfaces: Mapping[str, str], opts: RenderOptions
+    policy: CompiledPolicy,
+    node: str,
+    pod_interfaces: Mapping[str, str],
+    opts: RenderOptions,
+    pending: Iterable[str] = (),
 ) -> Ruleset:
     spec = policy.nodes.get(node) or CompiledNodeSpec(node=node)
     ctx = _Context(policy=policy, counters=opts.counters, dispatch=opts.dispatch)
@@ -214,6 +222,7 @@ def _render(
         if name in used
     )
     objects.extend(_pod_objects(policy, pods, pod_interfaces, group_chain))
+    objects.extend(pending_sets(pending))
     objects.extend(static_objects(opts.allow_node_to_pod, opts.tcp_timeouts, opts.udp_timeouts))
     return Ruleset.of(opts.table, objects)
 
@@ -433,3 +442,19 @@ def _pod_objects(
             (addr, DataType.MARK),
             elements=tuple(el.get(fam("in_valid", f), ())),
         )
+
+
+def pending_sets(ips: Iterable[str]) -> tuple[Set, Set]:
+    """``pending4`` and ``pending6``: the IPs behind the fail-closed placeholder
+    (``basechains``; docs/cni.md). Raises :class:`RenderError` for a malformed IP."""
+    by_family: dict[Family, list[Element]] = {4: [], 6: []}
+    for text in ips:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            raise RenderError(f"pending pod IP {text!r} is not an IP address") from None
+        by_family[4 if ip.version == 4 else 6].append(element(ip))
+    return (
+        Set(fam(names.PENDING, 4), (DataType.IPV4_ADDR,), elements=tuple(by_family[4])),
+        Set(fam(names.PENDING, 6), (DataType.IPV6_ADDR,), elements=tuple(by_family[6])),
+    )
