@@ -112,7 +112,10 @@ def render(app: App, policy: PodPolicy) -> str:
         )
     lines.append(f"\n{style.bold('Groups')} (sequence order: the first is matched first)\n")
     rows = [[str(m.position), short_key(m.group, pod.namespace), m.detail] for m in policy.groups]
-    lines.append(table(["#", "GROUP", "WHY"], rows, style, indent="  "))
+    lines.append(
+        table(["#", "GROUP", "WHY"], rows, style, indent="  ")
+        or "  (none: the pod is in no group, so everything to and from it is denied)\n"
+    )
     for direction, rules in (
         (Direction.INGRESS, policy.ingress),
         (Direction.EGRESS, policy.egress),

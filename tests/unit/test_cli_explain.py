@@ -140,6 +140,7 @@ def test_a_pod_naming_a_missing_group_is_in_no_group_not_the_default(tmp_path: P
     text = run("explain", "pod/typo", "-f", str(folder), "-n", "demo").out
     assert "security group(s) that do not exist: sg-bb; they match nothing" in text
     assert "no fallback to the default group" in text
+    assert "(none: the pod is in no group, so everything to and from it is denied)" in text
 
 
 def test_trace_from_a_pod_naming_a_missing_group_is_denied_and_says_why(tmp_path: Path) -> None:
