@@ -27,9 +27,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # but keywords (`fwd`, `ingress`, ...) are rejected in some positions (a chain named
 # `fwd` fails to parse: docs/nftables.md#what-nft-106-parses-and-rejects), so every
 # name we make has a prefix or
-# an underscore that no keyword has. Kernel limit is 256 (NFT_NAME_MAXLEN); we keep
-# to 64 for readable listings.
-NAME_PATTERN = r"[a-z][a-z0-9_]{0,63}"
+# an underscore that no keyword has. The kernel takes 255 characters (NFT_NAME_MAXLEN 256
+# with the NUL; 256 fail with ERANGE, nft 1.0.6 refuses more than 256 itself); we keep to
+# 128: room for the 128-bit digests of ``names`` and the dispatch suffixes after them.
+NAME_PATTERN = r"[a-z][a-z0-9_]{0,127}"
 _NAME_RE = re.compile(NAME_PATTERN)
 
 # nft comments are limited to 128 bytes; quotes and backslashes would end the string.
