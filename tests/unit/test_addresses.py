@@ -48,6 +48,14 @@ def test_parse_network_accepts_ips_and_cidrs(text: str, expected: str) -> None:
         pytest.param("::ffff:192.0.2.1", id="ipv4-mapped-ipv6-as-cel-isIP"),
         pytest.param("::ffff:192.0.2.0/120", id="ipv4-mapped-ipv6-cidr"),
         pytest.param("192.0.2.1-192.0.2.9", id="range-is-not-a-cidr"),
+        # Go's netip.ParsePrefix (the API server's isCIDR) refuses leading zeros and signs
+        # in the length, which int() would read (issue 11).
+        pytest.param("10.0.0.0/024", id="prefix-leading-zero"),
+        pytest.param("10.0.0.0/08", id="prefix-leading-zero-short"),
+        pytest.param("0.0.0.0/00", id="prefix-zero-zero"),
+        pytest.param("2001:db8::/032", id="ipv6-prefix-leading-zero"),
+        pytest.param("192.0.2.0/+24", id="prefix-plus-sign"),
+        pytest.param("192.0.2.0/ 24", id="prefix-space"),
     ],
 )
 def test_parse_network_rejects_what_the_api_server_rejects(text: str) -> None:
