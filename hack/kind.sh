@@ -10,7 +10,8 @@
 #                         or dockerd process is left)
 #   hack/kind.sh build    kind and the node image only (cached), no cluster
 #   hack/kind.sh load [IMAGE...]   `kind load docker-image` (default: our three images)
-#   hack/kind.sh selftest probe pods on every node: pods across nodes (TCP/UDP/ICMP/GRE), a
+#   hack/kind.sh selftest probe pods on every node: pods across nodes (TCP/UDP/ICMP/GRE; the
+#                         receivers see the senders' pod addresses), a
 #                         Service by ClusterIP, DNS name and NodePort, egress refused
 #   hack/kind.sh mem      memory of the node containers and of dockerd
 #   hack/kind.sh status   daemon, cluster, nodes, pods, cached artefacts
@@ -506,6 +507,17 @@ PY
     )
     log "  from $p: $o ok, $f failed"
     ok=$((ok + o)); fail=$((fail + f))
+  done
+  # pod-to-pod traffic is routed, not masqueraded: every pod saw every pod's own address
+  local ips seen
+  ips=$(kctl -n "$ns" get pods -l app=probe -o jsonpath='{.items[*].status.podIP}')
+  for p in $(kctl -n "$ns" get pods -l app=probe -o jsonpath='{.items[*].metadata.name}'); do
+    seen=$(kctl -n "$ns" exec -i "$p" -- python3 - seen <"$HACK_DIR/kind/selftest.py" 2>&1 || true)
+    if python3 -c 'import json, sys; seen = set(json.loads(sys.argv[1])); sys.exit(0 if set(sys.argv[2].split()) <= seen else 1)' "$seen" "$ips" 2>/dev/null; then
+      ok=$((ok + 1))
+    else
+      fail=$((fail + 1)); log "  FAIL $p did not see every pod's address as a source: $seen (pods: $ips)"
+    fi
   done
   kctl delete namespace "$ns" --wait=false >/dev/null
   step_done "$ok ok, $fail failed"

@@ -3,7 +3,8 @@
 Probes, through this pod's own probe daemon (secgroups_lab.probes): every pod IP of the plan
 with TCP/80, UDP/80, ICMP and GRE; the Service's ClusterIP (TCP/UDP 80) and its DNS name; the
 NodePort on every node IP; and an address outside the cluster, which the node's egress guard
-must refuse at once. Prints one JSON object per probe.
+must refuse at once. Prints one JSON object per probe. With the argument `seen`: the source
+addresses of every probe this pod received, as a JSON list.
 """
 
 import json
@@ -13,8 +14,11 @@ import time
 
 from secgroups_lab.probes import ProbeClient
 
-plan = json.loads(sys.argv[1])
 client = ProbeClient("/run/probed.sock")
+if sys.argv[1] == "seen":  # the source addresses of the probes this pod received
+    print(json.dumps(sorted({s.src for s in client.seen()})))
+    sys.exit(0)
+plan = json.loads(sys.argv[1])
 
 
 def emit(target: str, what: str, ok: bool, detail: str, expect: bool = True) -> None:
