@@ -80,6 +80,12 @@ class Metrics:
             ["verdict"],
             registry=r,
         )
+        self.refused = Gauge(
+            "secgroups_agent_refused_objects",
+            "Groups and group lists refused (their pods isolated) because another object holds "
+            'their nft name or they cannot be rendered (docs/nftables.md, "Names").',
+            registry=r,
+        )
         self.ready = Gauge(
             "secgroups_agent_ready", "1 once the initial sync has been applied.", registry=r
         )

@@ -25,10 +25,16 @@ reference. A full plan is ``full_transaction`` of the whole table.
 The parts come from :mod:`secgroups_agent.parts` (per-object entry points composed from
 the renderer's ``render``). Unit tests check that the assembled table is byte-identical
 to ``render`` of the whole node, after any sequence of incremental plans.
+
+Every name the parts use is claimed for its owner (:mod:`secgroups_agent.collisions`): a
+group or group list whose name another owner holds is refused, its pods are isolated
+(no group: everything denied) and the refusal is reported in the plan; the holder keeps
+what it has.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -42,6 +48,8 @@ from secgroups.compiled import (
     SourceKind,
 )
 from secgroups.compiling import gc_paused
+from secgroups.models import Direction
+from secgroups.nft import names
 from secgroups.nft.objects import (
     Chain,
     CtTimeout,
@@ -59,6 +67,16 @@ from secgroups.nft.transactions import (
     full_staging,
     full_transaction,
     staged_diff,
+)
+from secgroups_agent.collisions import (
+    STATIC,
+    Claims,
+    Refusal,
+    group_owner,
+    list_owner,
+    ports_owner,
+    reserve,
+    set_owner,
 )
 from secgroups_agent.parts import (
     GroupPart,
@@ -122,6 +140,9 @@ class TableState:
     pod_ips: Mapping[str, str]  # canonical pod IP -> pod UID
     pods: int
     generation: int | None
+    # Who holds each name (collisions.py), and what was refused to get there.
+    owners: Mapping[Key, str] = field(default_factory=dict)  # never mutated: shared
+    refused: tuple[Refusal, ...] = ()
 
     @property
     def chains(self) -> list[Chain]:
@@ -199,6 +220,17 @@ class _Caches:
             dict[str, str],
             list[Chain],
             dict[str, dict[str, Element]],
+        ]
+        | None
+    ) = None
+    # The last _claim that refused nothing: its inputs (node, used groups, their parts)
+    # and its answer, which then does not depend on who held what before.
+    claims: (
+        tuple[
+            CompiledNodeSpec,
+            tuple[str, ...],
+            tuple[GroupPart, ...],
+            tuple[Snapshot, dict[str, GroupPart], Claims, list[Refusal]],
         ]
         | None
     ) = None
@@ -325,17 +357,91 @@ class Planner:
         self._cache.pod_section = (node, groups, dict(interfaces), out, containers)
         return out, containers
 
-    def _desired(
-        self, snap: Snapshot, interfaces: Mapping[str, str]
-    ) -> tuple[dict[Key, TableObject], dict[str, dict[str, Element]], dict[str, TwinRef]]:
-        """The structure, the container elements and the twins used."""
+    def _claim(
+        self, snap: Snapshot
+    ) -> tuple[Snapshot, dict[str, GroupPart], Claims, list[Refusal]]:
+        """Group parts, with every name claimed for its owner (collisions.py).
+
+        Returns the snapshot to render pods from (the pods of refused groups and lists
+        isolated: no group), the parts of the groups that got their names, the claims
+        and the refusals."""
         static = self.parts.static()
         node = snap.node
         used = sorted({g for pod in node.pods for g in pod.groups if g in snap.groups})
-        group_parts = [self._group_part(g, snap.groups[g], snap.sets) for g in used]
+        refused: list[Refusal] = []
+        parts: dict[str, GroupPart] = {}
+        for g in used:
+            try:
+                parts[g] = self._group_part(g, snap.groups[g], snap.sets)
+            except ValueError as exc:  # RenderError included: this group, not the node
+                refused.append(Refusal(group_owner(g), error=str(exc)))
         for gone in set(self._cache.groups) - set(used):
             del self._cache.groups[gone]
+        hit = self._cache.claims
+        if (
+            not refused
+            and hit is not None
+            and hit[0] is node
+            and hit[1] == tuple(used)
+            and all(a is b for a, b in zip(hit[2], parts.values(), strict=True))
+        ):
+            return hit[3][0], dict(hit[3][1]), hit[3][2], []  # the hot path: nothing moved
+        wants = {g: list(_group_claims(g, part)) for g, part in parts.items()}
+        lists: dict[tuple[str, ...], list[tuple[Key, str]]] = {(): _list_claims((), snap)}
+        for pod in node.pods:
+            groups = tuple(g for g in pod.groups if g in snap.groups)
+            if groups not in lists:
+                lists[groups] = _list_claims(groups, snap)
+        held = self.last_committed.owners if self.last_committed is not None else {}
+        claims = Claims({key_of(o): STATIC for o in static.objects})
+        claims.owners.update({(RefKind.SET, n): STATIC for n in static.containers})
+        reserve(claims, held, [w for ws in (*wants.values(), *lists.values()) for w in ws])
+        for g in used:
+            if g in parts and (no := claims.claim(group_owner(g), wants[g])) is not None:
+                refused.append(no)
+                del parts[g]
+        isolated: set[tuple[str, ...]] = set()
+        for groups, want in sorted(lists.items()):  # the empty list first: isolation
+            if any(g not in parts for g in groups):
+                isolated.add(groups)
+            elif (no := claims.claim(list_owner(groups), want)) is not None:
+                if not groups:
+                    raise RenderError(no.text())  # nowhere to isolate pods to
+                refused.append(no)
+                isolated.add(groups)
+        if isolated:
+            pods = tuple(
+                p.model_copy(update={"groups": ()})
+                if tuple(g for g in p.groups if g in snap.groups) in isolated
+                else p
+                for p in node.pods
+            )
+            snap = dataclasses.replace(snap, node=node.model_copy(update={"pods": pods}))
+        if not refused:
+            self._cache.claims = (
+                node,
+                tuple(used),
+                tuple(parts.values()),
+                (snap, parts, claims, []),
+            )
+        else:
+            self._cache.claims = None
+        return snap, parts, claims, refused
 
+    def _desired(
+        self, snap: Snapshot, interfaces: Mapping[str, str]
+    ) -> tuple[
+        dict[Key, TableObject],
+        dict[str, dict[str, Element]],
+        dict[str, TwinRef],
+        dict[Key, str],
+        tuple[Refusal, ...],
+    ]:
+        """The structure, the container elements, the twins used, the owner of every
+        object and the refusals."""
+        static = self.parts.static()
+        snap, parts, claims, refused = self._claim(snap)
+        group_parts = list(parts.values())
         pod_chains, containers = self._pod_section(snap, interfaces)
         objects: dict[Key, TableObject] = {key_of(o): o for o in static.objects}
         for name, empty in static.containers.items():
@@ -352,7 +458,8 @@ class Planner:
                 refs[ref.name] = ref
         for name, ref in refs.items():
             objects[(RefKind.SET, name)] = self._skeleton(ref.key, snap.sets[ref.key], ref.family)
-        return objects, containers, refs
+        # Every name claimed (a superset of the objects: what the next plan reserves).
+        return objects, containers, refs, claims.owners, tuple(refused)
 
     def _members(
         self, ref: TwinRef, spec: CompiledAddressSetSpec, was: TwinMembers | None
@@ -427,7 +534,7 @@ class Planner:
         inventory: Inventory | None,
     ) -> Plan:
         old = self.applied
-        objects, boxes, refs = self._desired(snap, interfaces)
+        objects, boxes, refs, owners, refused = self._desired(snap, interfaces)
         containers: dict[str, Mapping[str, Element]] = dict(boxes)
         pod_ips = self._pod_ips(snap.node)
         # Against the last commit, even after a failure: a pod deleted while the table's
@@ -441,7 +548,9 @@ class Planner:
             for k, o in objects.items()
         )
         if full or old is None or redeclared:
-            return self._full(snap, objects, containers, refs, pod_ips, removed, inventory)
+            return self._full(
+                snap, objects, containers, refs, pod_ips, removed, inventory, owners, refused
+            )
 
         changed: list[str] = []
         old_mini: dict[Key, TableObject] = {}
@@ -491,7 +600,14 @@ class Planner:
                 changed.append(name)
 
         state = TableState(
-            objects, containers, twins, pod_ips, len(snap.node.pods), snap.generation
+            objects,
+            containers,
+            twins,
+            pod_ips,
+            len(snap.node.pods),
+            snap.generation,
+            owners,
+            refused,
         )
         if not old_mini and not new_mini:
             return Plan("incremental", "", state, removed, ())
@@ -509,6 +625,8 @@ class Planner:
         pod_ips: dict[str, str],
         removed: frozenset[str],
         inventory: Inventory | None,
+        owners: dict[Key, str],
+        refused: tuple[Refusal, ...],
     ) -> Plan:
         twins: dict[str, TwinMembers] = {}
         filled: dict[Key, TableObject] = dict(objects)
@@ -530,7 +648,14 @@ class Planner:
         stage, present = full_staging(ruleset, inventory)
         text = full_transaction(ruleset, present)
         state = TableState(
-            objects, containers, twins, pod_ips, len(snap.node.pods), snap.generation
+            objects,
+            containers,
+            twins,
+            pod_ips,
+            len(snap.node.pods),
+            snap.generation,
+            owners,
+            refused,
         )
         return Plan("full", text, state, removed, ("full",), stage)
 
@@ -546,6 +671,29 @@ class Planner:
             assert isinstance(obj, Set)
             filled[(RefKind.SET, name)] = obj.with_elements(members.elements())
         return Ruleset.of(self.options.table, filled.values())
+
+
+def _group_claims(group: str, part: GroupPart) -> Iterable[tuple[Key, str]]:
+    """The names a group's part puts in the table, each with its owner."""
+    mine = group_owner(group)
+    for chain in part.chains:
+        yield (RefKind.CHAIN, chain.name), mine
+    for obj in part.sets:
+        if isinstance(obj, Map):  # dispatch maps are the group's own
+            yield (RefKind.SET, obj.name), mine
+        else:  # port sets are named by their content and shared by equal lists
+            yield (RefKind.SET, obj.name), ports_owner(",".join(e.text() for e in obj.elements))
+    for ref in part.twins:
+        yield (RefKind.SET, ref.name), set_owner(ref.key)
+
+
+def _list_claims(groups: tuple[str, ...], snap: Snapshot) -> list[tuple[Key, str]]:
+    """The two chains of an ordered group list (named as ``rendering._pod_objects`` does)."""
+    readable = [snap.groups[g].group.name for g in groups] or ["none"]
+    owner = list_owner(groups)
+    return [
+        ((RefKind.CHAIN, names.group_list_chain(groups, readable, d)), owner) for d in Direction
+    ]
 
 
 def _closed(

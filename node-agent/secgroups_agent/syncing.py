@@ -174,6 +174,7 @@ class SyncLoop:
         self._sweep_error: str | None = None
         self._sweep_failures = 0
         self._applied_at: float | None = None
+        self._refused: tuple[str, ...] = ()  # refusals of the last commit (collisions.py)
         self._last_error: tuple[str, str] | None = None
         self.results: list[SyncResult] = []  # the last few, newest last
         self.syncs = 0
@@ -469,6 +470,14 @@ class SyncLoop:
             )
         elif self._applied_at is None:
             self._applied_at = self.wall()
+        refused = tuple(r.text() for r in state.refused)
+        if refused != self._refused:
+            for text in sorted(set(refused) - set(self._refused)):
+                log.error("object refused; its pods are isolated", extra=logs.fields(error=text))
+            if not refused:
+                log.info("no object refused any more")
+            self._refused = refused
+        m.refused.set(len(refused))
         m.last_success.set(self.wall())
         m.rules.set(state.rules)
         m.pods.set(state.pods)
@@ -551,6 +560,10 @@ class SyncLoop:
             reason, error = "ConntrackFailed", self._ct_error or self._sweep_error
         elif (problem := self.source.problem()) is not None:
             reason, error = problem.reason, problem.message  # e.g. a file that stopped parsing
+        elif state is not None and state.refused:
+            collided = any(r.holder for r in state.refused)
+            reason = "NameCollision" if collided else "ObjectRefused"
+            error = "; ".join(r.text() for r in state.refused)
         elif snap is not None and snap.missing:
             reason, error = (
                 "MissingReferences",
