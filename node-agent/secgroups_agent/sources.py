@@ -5,17 +5,18 @@ change (the sync loop only marks itself dirty: level-triggered), and answers
 :meth:`Source.snapshot` with a consistent view — or None while it is not ready, so
 that the agent never syncs from partial data.
 
-* :class:`KubeSource` watches only this node's ``CompiledNodePolicy`` (field selector
-  ``metadata.name=<node>``) and, per name, the ``CompiledSecurityGroup`` and
-  ``CompiledAddressSet`` objects that node object references; a watch is started when a
-  reference appears and stopped when it goes. Each watch lists first and then watches
-  from the list's resourceVersion (relisting after errors, 410 Gone included). It is not
-  ready until the node object and every referenced object have been listed, and until
-  the generations the node object ``requires`` have been seen (so an epoch raised for a
-  rule or member change is never applied before the change itself,
-  docs/architecture.md#existing-connections-epochs).
-  Kubernetes access goes through the :class:`KubeApi` port
-  (:class:`secgroups_kube.AsyncKube`, or :class:`FakeKubeApi` in unit tests).
+* :class:`KubeSource` holds three watches whatever the node uses: its
+  ``CompiledNodePolicy`` (field selector ``metadata.name=<node>``) and the
+  ``CompiledSecurityGroup`` and ``CompiledAddressSet`` objects labelled for its node
+  (``node.secgroups.dev/<node>``, put there by the operator before a node object
+  references them). Each watch lists first (in pages) and then watches from the list's
+  resourceVersion, resuming from the last version seen after a disconnect (bookmarks
+  keep it fresh; only 410 Gone relists). It is not ready until the three have been
+  listed and the generations the node object ``requires`` have been seen (so an epoch
+  raised for a rule or member change is never applied before the change itself,
+  docs/architecture.md, "Ordering"). Kubernetes access goes through the
+  :class:`KubeApi` port (:class:`secgroups_kube.AsyncKube`, or :class:`FakeKubeApi`
+  in unit tests).
 * :class:`FileSource` reads a ``CompiledPolicy`` dump (JSON or YAML;
   ``model_dump(by_alias=True, mode="json")``) and takes its node's slice; it polls the
   file's mtime/size/inode every ``interval`` seconds. The file is one consistent
@@ -32,7 +33,7 @@ import contextlib
 import json
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +41,7 @@ from typing import Any, Protocol
 import yaml
 from pydantic import ValidationError
 
+from secgroups import naming
 from secgroups.compiled import (
     COMPILED_GROUP_KIND,
     COMPILED_NODE_KIND,
@@ -73,6 +75,7 @@ class Snapshot:
     sets: Mapping[str, CompiledAddressSetSpec]
     generation: int | None = None
     missing: tuple[str, ...] = ()
+    group_revision: int | None = None  # KubeSource: the groups watch's resourceVersion
 
     def policy(self) -> CompiledPolicy:
         """The same data as the core's node slice (``CompiledPolicy.for_node``)."""
@@ -145,7 +148,7 @@ def intern(new: Snapshot, old: Snapshot | None) -> Snapshot:
             for p in node.pods
         )
         node = node.model_copy(update={"pods": pods})
-    return Snapshot(node, groups, sets, new.generation, new.missing)
+    return Snapshot(node, groups, sets, new.generation, new.missing, new.group_revision)
 
 
 # --------------------------------------------------------------------------- static
@@ -260,89 +263,189 @@ def _short(exc: BaseException, limit: int = 300) -> str:
 
 # --------------------------------------------------------------------------- Kubernetes
 class KubeApi(Protocol):
-    """The two reads a reflector needs, for one object by kind and name."""
+    """The two reads a reflector needs: list pages and watches, by selector."""
 
-    async def list_one(self, kind: str, name: str) -> tuple[dict[str, Any] | None, str]:
-        """The object (or None) and the list's resourceVersion."""
+    async def list_page(
+        self,
+        kind: str,
+        *,
+        limit: int,
+        cont: str | None = None,
+        labels: str | None = None,
+        fields: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str, str | None]:
+        """(items, the list's resourceVersion, the next page's continue token)."""
         ...
 
-    def watch_one(
-        self, kind: str, name: str, resource_version: str
+    def watch_events(
+        self,
+        kind: str,
+        *,
+        resource_version: str,
+        labels: str | None = None,
+        fields: str | None = None,
+        timeout_s: int = 300,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Events ``(ADDED|MODIFIED|DELETED, object)`` after ``resource_version``."""
+        """``(ADDED|MODIFIED|DELETED|BOOKMARK, object)`` after ``resource_version``."""
         ...
 
 
 @dataclass
 class _Entry:
-    """What one reflector knows about its object."""
+    """One object a reflector holds."""
 
-    listed: bool = False
-    obj: dict[str, Any] | None = None
     generation: int | None = None
-    spec: Any = None  # the parsed spec model, or None when absent or invalid
+    spec: Any = None  # the parsed spec model, or None when invalid
     error: str | None = None
+    gone: bool = False  # deleted or no longer selected: kept while the node references it
+
+
+def _code(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None)
+    code = getattr(status, "code", None)
+    return code if isinstance(code, int) else None
 
 
 class Reflector:
-    """List, then watch, one object by name; relist with backoff after any error."""
+    """List, then watch, the objects of one kind a selector picks (see ``KubeSource``).
+
+    Watches resume from the last resourceVersion seen (bookmarks keep it fresh); only
+    410 Gone relists — a mark-and-sweep: what the new list lacks is *gone*. Errors back
+    off with jitter (0.2 s doubling to 30 s), so a thousand agents reconnecting to a
+    restarted API server do not arrive at once, and resume without relisting.
+    """
 
     def __init__(
         self,
         api: KubeApi,
         kind: str,
-        name: str,
         parse: Callable[[dict[str, Any]], tuple[Any, int | None]],
         on_change: Changed,
         *,
+        labels: str | None = None,
+        fields: str | None = None,
         backoff: tuple[float, float] = (0.2, 30.0),
+        page: int = 500,
+        timeout_s: int = 300,
     ) -> None:
-        self.api, self.kind, self.name = api, kind, name
-        self.parse = parse
+        self.api, self.kind, self.parse = api, kind, parse
         self.on_change = on_change
-        self.entry = _Entry()
-        self.backoff = backoff
-        self.relists = 0
+        self.labels, self.fields = labels, fields
+        self.backoff, self.page, self.timeout_s = backoff, page, timeout_s
+        self.entries: dict[str, _Entry] = {}
+        self.listed = asyncio.Event()
+        self.resource_version: str | None = None
+        self.lists = 0
+        self.watches = 0
+        self.errors = 0
 
-    def _set(self, obj: dict[str, Any] | None) -> None:
-        entry = _Entry(listed=True, obj=obj)
-        if obj is not None:
-            try:
-                entry.spec, entry.generation = self.parse(obj)
-            except (ValidationError, ValueError, KeyError, TypeError) as exc:
-                entry.error = _short(exc)
-                log.warning(
-                    "invalid object",
-                    extra=logs.fields(kind=self.kind, name=self.name, error=entry.error),
-                )
-        self.entry = entry
+    @property
+    def revision(self) -> int:
+        """The resourceVersion up to which this reflector has every event (0 before)."""
+        try:
+            return int(self.resource_version or 0)
+        except ValueError:
+            return 0
+
+    def _set(self, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name"))
+        generation = meta.get("generation")
+        old = self.entries.get(name)
+        if old is not None and old.generation == generation and generation is not None:
+            if old.gone:  # selected again, same spec: keep the parsed model
+                old.gone = False
+                self.on_change()
+            elif self.kind != COMPILED_NODE_KIND:
+                self.on_change()  # a label change: nothing to parse, the revision moved
+            return
+        entry = _Entry(generation=generation)
+        try:
+            entry.spec, entry.generation = self.parse(obj)
+        except (ValidationError, ValueError, KeyError, TypeError) as exc:
+            entry.error = _short(exc)
+            log.warning(
+                "invalid object",
+                extra=logs.fields(kind=self.kind, name=name, error=entry.error),
+            )
+        self.entries[name] = entry
         self.on_change()
+
+    def _gone(self, name: str) -> None:
+        entry = self.entries.get(name)
+        if entry is not None and not entry.gone:
+            entry.gone = True
+            self.on_change()
+
+    def purge(self, keep: Callable[[str], bool]) -> None:
+        """Forget gone objects ``keep`` does not name any more."""
+        for name in [n for n, e in self.entries.items() if e.gone and not keep(n)]:
+            del self.entries[name]
 
     async def run(self) -> None:
         delay = self.backoff[0]
         while True:
             try:
-                obj, rv = await self.api.list_one(self.kind, self.name)
-                self._set(obj)
+                if self.resource_version is None:
+                    await self._list()
+                await self._watch()
                 delay = self.backoff[0]
-                async for typ, item in self.api.watch_one(self.kind, self.name, rv):
-                    if typ in ("ADDED", "MODIFIED"):
-                        self._set(item)
-                    elif typ == "DELETED":
-                        self._set(None)
-                # The stream ended without an error: relist to be safe.
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.errors += 1
+                if _code(exc) == 410:
+                    self.resource_version = None  # too old: relist (no backoff needed)
+                    await asyncio.sleep(random.uniform(0, self.backoff[0]))
+                    continue
                 log.warning(
-                    "watch failed; relisting",
-                    extra=logs.fields(
-                        kind=self.kind, name=self.name, error=_short(exc), retry_in=delay
-                    ),
+                    "watch failed; resuming",
+                    extra=logs.fields(kind=self.kind, error=_short(exc), retry_in=delay),
                 )
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, self.backoff[1])
-            self.relists += 1
+
+    async def _list(self) -> None:
+        seen: set[str] = set()
+        cont: str | None = None
+        first: str | None = None
+        while True:
+            items, rv, cont = await self.api.list_page(
+                self.kind, limit=self.page, cont=cont, labels=self.labels, fields=self.fields
+            )
+            first = first or rv
+            for obj in items:
+                seen.add(str((obj.get("metadata") or {}).get("name")))
+                self._set(obj)
+            if not cont:
+                break
+        for name in [n for n in self.entries if n not in seen]:
+            self._gone(name)
+        self.resource_version = first
+        self.lists += 1
+        self.listed.set()
+        self.on_change()
+
+    async def _watch(self) -> None:
+        assert self.resource_version is not None
+        self.watches += 1
+        async for typ, obj in self.api.watch_events(
+            self.kind,
+            resource_version=self.resource_version,
+            labels=self.labels,
+            fields=self.fields,
+            timeout_s=self.timeout_s,
+        ):
+            meta = obj.get("metadata") or {}
+            if typ in ("ADDED", "MODIFIED"):
+                self._set(obj)
+            elif typ == "DELETED":
+                self._gone(str(meta.get("name")))
+            rv = meta.get("resourceVersion")
+            if rv:
+                self.resource_version = str(rv)
+                if typ == "BOOKMARK":
+                    self.on_change()  # nothing changed, but the revision moved
 
 
 def _parse_node(obj: dict[str, Any]) -> tuple[CompiledNodeSpec, int | None]:
@@ -361,90 +464,129 @@ def _parse_set(obj: dict[str, Any]) -> tuple[CompiledAddressSetSpec, int | None]
 
 
 class KubeSource:
-    """This node's CompiledNodePolicy and, per name, the objects it references."""
+    """This node's CompiledNodePolicy and the groups and sets labelled for this node.
 
-    def __init__(self, api: KubeApi, node: str, *, backoff: tuple[float, float] = (0.2, 30.0)):
+    Three watches whatever the node uses (docs/architecture.md, "Dissemination"): the
+    node object by field selector, and the ``CompiledSecurityGroup`` and
+    ``CompiledAddressSet`` objects carrying the label ``node.secgroups.dev/<node>``
+    (``naming.node_label``), which the operator puts on every object a node uses before
+    the node object references it. Groups and sets are listed before the node object.
+    An object that leaves the selection (or is deleted) while the node object still
+    references it keeps its last content until the node object stops referencing it: the
+    operator writes the node object first, but the streams are separate.
+    """
+
+    def __init__(
+        self, api: KubeApi, node: str, *, backoff: tuple[float, float] = (0.2, 30.0)
+    ) -> None:
         self.api = api
         self.node = node
-        self.backoff = backoff
         self._changed: Changed = lambda: None
-        self._node = Reflector(
-            api, COMPILED_NODE_KIND, node, _parse_node, self._node_changed, backoff=backoff
+        label = naming.node_label(node)
+        self._groups = Reflector(
+            api, COMPILED_GROUP_KIND, _parse_group, self._on_change, labels=label, backoff=backoff
         )
-        self._children: dict[tuple[str, str], tuple[Reflector, asyncio.Task[None]]] = {}
+        self._sets = Reflector(
+            api, COMPILED_SET_KIND, _parse_set, self._on_change, labels=label, backoff=backoff
+        )
+        self._node = Reflector(
+            api,
+            COMPILED_NODE_KIND,
+            _parse_node,
+            self._on_change,
+            fields=f"metadata.name={node}",
+            backoff=backoff,
+        )
+
+    @property
+    def reflectors(self) -> tuple[Reflector, Reflector, Reflector]:
+        return self._groups, self._sets, self._node
 
     @property
     def watched(self) -> list[tuple[str, str]]:
-        """(kind, name) of the referenced objects being watched now."""
-        return sorted(self._children)
+        """(kind, name) of the groups and sets held now (selected, or gone but referenced)."""
+        self._purge()
+        return sorted(
+            [(COMPILED_GROUP_KIND, n) for n in self._groups.entries]
+            + [(COMPILED_SET_KIND, n) for n in self._sets.entries]
+        )
+
+    def _on_change(self) -> None:
+        self._changed()
 
     async def run(self, changed: Changed) -> None:
         self._changed = changed
+        tasks = [
+            asyncio.get_running_loop().create_task(r.run(), name=f"watch {r.kind}")
+            for r in (self._groups, self._sets)
+        ]
         try:
+            # The node object last: what it references is labelled before it is written.
+            await self._groups.listed.wait()
+            await self._sets.listed.wait()
             await self._node.run()
         finally:
-            tasks = [t for _, t in self._children.values()]
             for t in tasks:
                 t.cancel()
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-            self._children.clear()
 
-    def _wanted(self) -> set[tuple[str, str]]:
-        spec = self._node.entry.spec
+    def _purge(self) -> tuple[set[str], set[str]]:
+        """Forget gone groups and sets the node object no longer references; the
+        references."""
+        node = self._node.entries.get(self.node)
+        spec = node.spec if node is not None and not node.gone else None
         if not isinstance(spec, CompiledNodeSpec):
-            return set()
-        groups, sets = references(spec)
-        return {(COMPILED_GROUP_KIND, g) for g in groups} | {(COMPILED_SET_KIND, s) for s in sets}
-
-    def _node_changed(self) -> None:
-        wanted = self._wanted()
-        for key in sorted(set(self._children) - wanted):
-            _, task = self._children.pop(key)
-            task.cancel()
-        for key in sorted(wanted - set(self._children)):
-            kind, name = key
-            parse = _parse_group if kind == COMPILED_GROUP_KIND else _parse_set
-            refl = Reflector(self.api, kind, name, parse, self._changed, backoff=self.backoff)
-            task = asyncio.get_running_loop().create_task(refl.run(), name=f"watch {kind}/{name}")
-            self._children[key] = (refl, task)
-        self._changed()
+            return set(), set()
+        group_names, set_names = references(spec)
+        self._groups.purge(group_names.__contains__)
+        self._sets.purge(set_names.__contains__)
+        return group_names, set_names
 
     def _state(self) -> Snapshot | SourceProblem:
-        node = self._node.entry
-        if not node.listed:
+        if not (
+            self._groups.listed.is_set()
+            and self._sets.listed.is_set()
+            and self._node.listed.is_set()
+        ):
             return SourceProblem(
                 "WaitingForInitialList", f"{COMPILED_NODE_KIND} {self.node} not listed yet"
             )
-        if node.obj is None:
+        node = self._node.entries.get(self.node)
+        if node is None or node.gone:
             return Snapshot(CompiledNodeSpec(node=self.node), {}, {}, None)
         if not isinstance(node.spec, CompiledNodeSpec):
             return SourceProblem("SourceInvalid", f"{COMPILED_NODE_KIND} {self.node}: {node.error}")
         spec = node.spec
+        group_names, set_names = self._purge()
         groups: dict[str, CompiledGroupSpec] = {}
         sets: dict[str, CompiledAddressSetSpec] = {}
         missing: list[str] = []
         waiting: list[str] = []
-        for (kind, name), (refl, _) in sorted(self._children.items()):
-            prefix = "group" if kind == COMPILED_GROUP_KIND else "set"
-            entry = refl.entry
-            if not entry.listed:
-                waiting.append(f"{prefix}/{name} (initial list)")
-                continue
-            need = spec.requires.get(f"{prefix}/{name}")
-            if need is not None and (entry.generation or 0) < need:
-                waiting.append(f"{prefix}/{name} generation {need}")
-                continue
-            if entry.spec is None:
-                missing.append(f"{prefix}/{name}")
-            elif prefix == "group":
-                groups[name] = entry.spec
-            else:
-                sets[name] = entry.spec
+        for prefix, names, refl, out in (
+            ("group", group_names, self._groups, groups),
+            ("set", set_names, self._sets, sets),
+        ):
+            for name in sorted(names):
+                entry = refl.entries.get(name)
+                need = spec.requires.get(f"{prefix}/{name}")
+                if need is not None and (entry is None or (entry.generation or 0) < need):
+                    waiting.append(f"{prefix}/{name} generation {need}")
+                elif entry is None or entry.spec is None:
+                    missing.append(f"{prefix}/{name}")
+                else:
+                    out[name] = entry.spec
         if waiting:
             return SourceProblem("WaitingForReferences", "waiting for " + ", ".join(waiting))
-        return Snapshot(spec, groups, sets, node.generation, tuple(missing))
+        return Snapshot(
+            spec,
+            groups,
+            sets,
+            node.generation,
+            tuple(missing),
+            group_revision=self._groups.revision,
+        )
 
     def snapshot(self) -> Snapshot | None:
         state = self._state()
@@ -458,86 +600,165 @@ class KubeSource:
 # --------------------------------------------------------------------------- fake API
 @dataclass
 class FakeKubeApi:
-    """An in-memory API server for one process: objects by (kind, name), a global
-    resourceVersion, and watches that replay events after a version.
+    """An in-memory API server for one process: objects by (kind, name) with their node
+    labels, a global resourceVersion, list pages and watches by selector (an object
+    entering or leaving a label selection is ADDED or DELETED for that watch).
 
-    ``gate`` (if set) holds every list until it is set; ``watching`` counts the open
-    watches per (kind, name); ``fail_watch`` makes the next watch of a key raise.
+    ``gate`` (if set) holds every list until it is set; ``watching`` counts open
+    watches per (kind, selector); ``lists`` records (kind, selector) of each list page;
+    ``fail_watch`` makes the next watch of a kind raise; ``compacted``: watches from an
+    older resourceVersion get 410.
     """
 
     objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    events: list[tuple[int, str, str, str, dict[str, Any]]] = field(default_factory=list)
+    events: list[tuple[int, str, dict[str, Any] | None, dict[str, Any] | None]] = field(
+        default_factory=list
+    )
     rv: int = 1
     gate: asyncio.Event | None = None
     watching: dict[tuple[str, str], int] = field(default_factory=dict)
     lists: list[tuple[str, str]] = field(default_factory=list)
-    fail_watch: set[tuple[str, str]] = field(default_factory=set)
-    _cond: asyncio.Condition | None = None
+    fail_watch: set[str] = field(default_factory=set)
+    compacted: int = 0
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def _condition(self) -> asyncio.Condition:
-        if self._cond is None:
-            self._cond = asyncio.Condition()
-        return self._cond
-
-    def put(self, kind: str, name: str, spec: Mapping[str, Any], generation: int = 1) -> None:
-        """Create or replace an object (like an operator's server-side apply)."""
+    def put(
+        self,
+        kind: str,
+        name: str,
+        spec: Mapping[str, Any],
+        generation: int = 1,
+        nodes: Iterable[str] = (),
+    ) -> None:
+        """Create or replace an object (like the operator's writes), labelled for ``nodes``."""
+        old = self.objects.get((kind, name))
+        labels = {naming.node_label(n): "" for n in nodes}
         self.rv += 1
-        typ = "MODIFIED" if (kind, name) in self.objects else "ADDED"
         obj = {
             "apiVersion": "secgroups.dev/v1alpha1",
             "kind": kind,
-            "metadata": {"name": name, "generation": generation, "resourceVersion": str(self.rv)},
+            "metadata": {
+                "name": name,
+                "generation": generation,
+                "resourceVersion": str(self.rv),
+                "labels": labels,
+            },
             "spec": dict(spec),
         }
         self.objects[(kind, name)] = obj
-        self.events.append((self.rv, kind, name, typ, obj))
+        self.events.append((self.rv, kind, old, obj))
+        self._notify()
+
+    def label(self, kind: str, name: str, nodes: Iterable[str]) -> None:
+        """Set the node labels of an object (its generation does not move)."""
+        old = self.objects[(kind, name)]
+        self.rv += 1
+        obj = {
+            **old,
+            "metadata": {
+                **old["metadata"],
+                "labels": {naming.node_label(n): "" for n in nodes},
+                "resourceVersion": str(self.rv),
+            },
+        }
+        self.objects[(kind, name)] = obj
+        self.events.append((self.rv, kind, old, obj))
         self._notify()
 
     def delete(self, kind: str, name: str) -> None:
         obj = self.objects.pop((kind, name), None)
         if obj is not None:
             self.rv += 1
-            self.events.append((self.rv, kind, name, "DELETED", obj))
+            self.events.append((self.rv, kind, obj, None))
             self._notify()
 
     def _notify(self) -> None:
-        cond = self._cond
-        if cond is None:
-            return
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
 
-        async def wake() -> None:
-            async with cond:
-                cond.notify_all()
+    @staticmethod
+    def _selected(obj: dict[str, Any] | None, labels: str | None, fields: str | None) -> bool:
+        if obj is None:
+            return False
+        meta = obj["metadata"]
+        if labels and labels not in (meta.get("labels") or {}):
+            return False
+        return not fields or fields == f"metadata.name={meta['name']}"
 
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().create_task(wake())
-
-    async def list_one(self, kind: str, name: str) -> tuple[dict[str, Any] | None, str]:
+    async def list_page(
+        self,
+        kind: str,
+        *,
+        limit: int,
+        cont: str | None = None,
+        labels: str | None = None,
+        fields: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str, str | None]:
         if self.gate is not None:
             await self.gate.wait()
-        self.lists.append((kind, name))
-        return self.objects.get((kind, name)), str(self.rv)
+        self.lists.append((kind, labels or fields or ""))
+        items = [
+            o
+            for (k, _), o in sorted(self.objects.items())
+            if k == kind and self._selected(o, labels, fields)
+        ]
+        start = int(cont or 0)
+        nxt = start + limit if start + limit < len(items) else None
+        return (
+            [dict(o) for o in items[start : start + limit]],
+            str(self.rv),
+            None if nxt is None else str(nxt),
+        )
 
-    async def watch_one(
-        self, kind: str, name: str, resource_version: str
+    async def watch_events(
+        self,
+        kind: str,
+        *,
+        resource_version: str,
+        labels: str | None = None,
+        fields: str | None = None,
+        timeout_s: int = 300,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        key = (kind, name)
-        if key in self.fail_watch:
-            self.fail_watch.discard(key)
-            raise RuntimeError(f"injected watch failure for {kind}/{name}")
+        if kind in self.fail_watch:
+            self.fail_watch.discard(kind)
+            raise RuntimeError(f"injected watch failure for {kind}")
         after = int(resource_version)
-        cond = self._condition()
+        if after < self.compacted:
+            raise _GoneError()
+        key = (kind, labels or fields or "")
         self.watching[key] = self.watching.get(key, 0) + 1
         try:
             while True:
-                for rv, k, n, typ, obj in list(self.events):
-                    if rv > after and (k, n) == key:
-                        after = rv
-                        yield typ, obj
-                async with cond:
-                    if not any(rv > after and (k, n) == key for rv, k, n, _, _ in self.events):
-                        await cond.wait()
+                if after < self.compacted:
+                    raise _GoneError()
+                for rv, k, old, new in [e for e in self.events if e[0] > after]:
+                    after = rv
+                    if k != kind:
+                        continue
+                    was, now = (
+                        self._selected(old, labels, fields),
+                        self._selected(new, labels, fields),
+                    )
+                    if now:
+                        assert new is not None
+                        yield ("MODIFIED" if was else "ADDED"), dict(new)
+                    elif was:
+                        assert old is not None
+                        gone = {**old, "metadata": {**old["metadata"], "resourceVersion": str(rv)}}
+                        yield "DELETED", gone
+                wake = self._wake
+                if not any(e[0] > after for e in self.events):
+                    await wake.wait()
         finally:
             self.watching[key] -= 1
             if not self.watching[key]:
                 del self.watching[key]
+
+
+class _GoneError(Exception):
+    """What the fake raises for a compacted resourceVersion: a 410."""
+
+    class _Status:
+        code = 410
+
+    status = _Status()

@@ -175,6 +175,8 @@ class SyncLoop:
         self._sweep_failures = 0
         self._applied_at: float | None = None
         self._refused: tuple[str, ...] = ()  # refusals of the last commit (collisions.py)
+        # The groups watch's resourceVersion of the last snapshot applied (realization).
+        self._group_revision: int | None = None
         self._last_error: tuple[str, str] | None = None
         self.results: list[SyncResult] = []  # the last few, newest last
         self.syncs = 0
@@ -289,6 +291,7 @@ class SyncLoop:
             return self._record(self._apply_failed(plan, step.nft_error))
         self.planner.commit(plan)
         self._commits += 1
+        self._group_revision = snap.group_revision
         latency = self.clock() - since
         self._committed(plan, started, since, step.timings)
         self._note_epochs(snap)
@@ -573,6 +576,7 @@ class SyncLoop:
         if state is not None:
             body.update(
                 applied_generation=state.generation,
+                applied_group_revision=self._group_revision,
                 applied_at=logs.rfc3339(self._applied_at) if self._applied_at else None,
                 pods=state.pods,
                 rules=state.rules,

@@ -1,10 +1,11 @@
 """The node agent's Kubernetes port against a real kube-apiserver with our CRDs.
 
-:class:`~secgroups_agent.sources.KubeSource` lists and watches, by field selector, only
-its node's ``CompiledNodePolicy`` and the objects it references; the generations it
-requires gate readiness; :class:`~secgroups_agent.status.KubeStatus` writes the status
-subresource. Then the whole agent process runs in a node-like netns on the underlay,
-with the node kubeconfig, and programs its table from the API server.
+:class:`~secgroups_agent.sources.KubeSource` lists and watches its node's
+``CompiledNodePolicy`` (by field selector) and the groups and sets labelled for its node
+(one label-selected watch per kind: another node's objects never reach it); the
+generations it requires gate readiness; :class:`~secgroups_agent.status.KubeStatus`
+writes the status subresource. Then the whole agent process runs in a node-like netns on
+the underlay, with the node kubeconfig, and programs its table from the API server.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from secgroups.compiled import (
 )
 from secgroups.kinds import plural
 from secgroups.models import API_VERSION
+from secgroups.naming import node_label
 from secgroups_agent.sources import KubeSource
 from secgroups_agent.status import KubeStatus
 from secgroups_kube import AsyncKube
@@ -70,7 +72,9 @@ def _policy(tag: str, node: str) -> CompiledPolicy:
     return nc.policy([web, client], [web_set], pods, node=node)
 
 
-def _objects(policy: CompiledPolicy) -> list[dict[str, Any]]:
+def _objects(policy: CompiledPolicy, labelled: bool = True) -> list[dict[str, Any]]:
+    """The objects as the operator writes them: groups and sets labelled for the node."""
+    (node,) = policy.nodes
     out: list[dict[str, Any]] = []
     for kind, items in (
         (COMPILED_GROUP_KIND, policy.groups),
@@ -78,11 +82,14 @@ def _objects(policy: CompiledPolicy) -> list[dict[str, Any]]:
         (COMPILED_NODE_KIND, policy.nodes),
     ):
         for name, spec in items.items():
+            meta: dict[str, Any] = {"name": name}
+            if kind != COMPILED_NODE_KIND:
+                meta["labels"] = {node_label(node): ""} if labelled else {}
             out.append(
                 {
                     "apiVersion": API_VERSION,
                     "kind": kind,
-                    "metadata": {"name": name},
+                    "metadata": meta,
                     "spec": spec.model_dump(by_alias=True, mode="json", exclude_none=True),
                 }
             )
@@ -122,7 +129,7 @@ def _cleanup(api: Api, policy: CompiledPolicy) -> None:
         api.delete(obj["kind"], obj["metadata"]["name"])
 
 
-def test_kube_source_lists_watches_by_name_and_gates_on_required_generations(
+def test_kube_source_watches_its_labelled_objects_and_gates_on_required_generations(
     api: Api, control_plane: controlplane.ControlPlane, tag: str
 ) -> None:
     node = f"agt-{tag}"
@@ -181,7 +188,7 @@ def test_kube_source_lists_watches_by_name_and_gates_on_required_generations(
                 "ready again with the new set",
             )
 
-            # The node drops the client group: its watch stops; the status is written.
+            # The node drops the client group, then the operator unlabels it: forgotten.
             client_group = max(policy.groups)
             pods = tuple(p for p in spec.pods if client_group not in p.groups)
             fewer = spec.model_copy(update={"pods": pods, "groups": (min(policy.groups),)})
@@ -193,8 +200,12 @@ def test_kube_source_lists_watches_by_name_and_gates_on_required_generations(
                     }
                 ]
             )
+            unlabelled = next(
+                o for o in _objects(policy, labelled=False) if o["metadata"]["name"] == client_group
+            )
+            api.apply([unlabelled])
             await wait_until(
-                lambda: (COMPILED_GROUP_KIND, client_group) not in src.watched, "the watch to stop"
+                lambda: (COMPILED_GROUP_KIND, client_group) not in src.watched, "forgotten"
             )
             status = NodeAgentStatus(
                 applied_generation=3,

@@ -1,4 +1,5 @@
-"""Where the agent's inputs come from: the policy file and the per-name Kubernetes watches."""
+"""Where the agent's inputs come from: the policy file and the three Kubernetes watches
+(its node object by name, the groups and sets labelled for its node)."""
 
 from __future__ import annotations
 
@@ -133,33 +134,44 @@ def test_file_source_task_notifies_on_change(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- kube
 def _load(api: FakeKubeApi, policy: CompiledPolicy, node_generation: int = 1) -> None:
     for key, g in policy.groups.items():
-        api.put(COMPILED_GROUP_KIND, key, g.model_dump(by_alias=True, mode="json"))
+        api.put(COMPILED_GROUP_KIND, key, g.model_dump(by_alias=True, mode="json"), nodes=[NODE])
     for key, s in policy.sets.items():
-        api.put(COMPILED_SET_KIND, key, s.model_dump(by_alias=True, mode="json"))
+        api.put(COMPILED_SET_KIND, key, s.model_dump(by_alias=True, mode="json"), nodes=[NODE])
     node = policy.nodes[NODE].model_dump(by_alias=True, mode="json")
     api.put(COMPILED_NODE_KIND, NODE, node, generation=node_generation)
 
 
-def test_kube_source_watches_only_its_node_and_the_referenced_names() -> None:
+LABEL = f"node.secgroups.dev/{NODE}"
+
+
+def test_kube_source_holds_three_watches_whatever_the_node_uses() -> None:
     async def body() -> None:
         policy = _policy()
         api = FakeKubeApi()
         _load(api, policy)
-        api.put(COMPILED_GROUP_KIND, "sg.other.unused", {"group": {"namespace": "o", "name": "u"}})
+        api.put(
+            COMPILED_GROUP_KIND,
+            "sg.other.unused",
+            {"group": {"namespace": "o", "name": "u"}},
+            nodes=["n2"],
+        )
         api.put(COMPILED_NODE_KIND, "n2", {"node": "n2"})
         src = KubeSource(api, NODE)
         task = asyncio.create_task(src.run(lambda: None))
         try:
             await wait_until(lambda: src.snapshot() is not None, "ready")
-            wanted = {(COMPILED_NODE_KIND, NODE)}
-            wanted |= {(COMPILED_GROUP_KIND, g) for g in policy.groups}
-            wanted |= {(COMPILED_SET_KIND, s) for s in policy.sets}
-            await wait_until(lambda: set(api.watching) == wanted, "exactly the wanted watches")
-            assert set(api.lists) == wanted
+            wanted = {
+                (COMPILED_GROUP_KIND, LABEL),
+                (COMPILED_SET_KIND, LABEL),
+                (COMPILED_NODE_KIND, f"metadata.name={NODE}"),
+            }
+            await wait_until(lambda: set(api.watching) == wanted, "exactly three watches")
+            assert api.lists[:2] == [(COMPILED_GROUP_KIND, LABEL), (COMPILED_SET_KIND, LABEL)]
             snap = src.snapshot()
             assert snap is not None and snap.policy() == policy.for_node(NODE)
+            assert (COMPILED_GROUP_KIND, "sg.other.unused") not in src.watched
 
-            # The node stops referencing the db group and set: their watches stop.
+            # The node stops using the db group and set; the operator then unlabels them.
             node = policy.nodes[NODE]
             db = min(policy.groups)
             pods = tuple(
@@ -175,15 +187,20 @@ def test_kube_source_watches_only_its_node_and_the_referenced_names() -> None:
                 }
             )
             api.put(COMPILED_NODE_KIND, NODE, fewer.model_dump(by_alias=True, mode="json"), 2)
-            gone = {(COMPILED_GROUP_KIND, db), (COMPILED_SET_KIND, "sg.shop.db")}
-            await wait_until(lambda: set(api.watching) == wanted - gone, "watches stopped")
+            api.label(COMPILED_GROUP_KIND, db, [])
+            api.label(COMPILED_SET_KIND, "sg.shop.db", [])
+            await wait_until(
+                lambda: (s := src.snapshot()) is not None and s.generation == 2, "generation 2"
+            )
             snap = src.snapshot()
-            assert snap is not None and snap.generation == 2 and db not in snap.groups
+            assert snap is not None and db not in snap.groups and not snap.missing
+            await wait_until(lambda: (COMPILED_GROUP_KIND, db) not in src.watched, "forgotten")
+            assert set(api.watching) == wanted  # still three
 
-            # A member change arrives through the set's own watch.
+            # A member change arrives through the sets' watch.
             web = next(k for k in policy.sets if k.startswith("sg.shop.web"))
             spec = policy.sets[web].model_copy(update={"ipv4": ("100.64.9.9/32",)})
-            api.put(COMPILED_SET_KIND, web, spec.model_dump(by_alias=True, mode="json"), 2)
+            api.put(COMPILED_SET_KIND, web, spec.model_dump(by_alias=True, mode="json"), 2, [NODE])
             await wait_until(
                 lambda: (
                     (s := src.snapshot()) is not None and s.sets[web].ipv4 == ("100.64.9.9/32",)
@@ -194,6 +211,41 @@ def test_kube_source_watches_only_its_node_and_the_referenced_names() -> None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         assert api.watching == {}
+
+    run(body())
+
+
+def test_an_object_leaving_the_selection_is_kept_while_the_node_references_it() -> None:
+    """The streams are separate: the unlabel can arrive before the node object that
+    stopped referencing the object. Until then the agent keeps its last content."""
+
+    async def body() -> None:
+        policy = _policy()
+        api = FakeKubeApi()
+        _load(api, policy)
+        src = KubeSource(api, NODE)
+        task = asyncio.create_task(src.run(lambda: None))
+        try:
+            await wait_until(lambda: src.snapshot() is not None, "ready")
+            db = min(policy.groups)
+            revision = src.snapshot().group_revision  # type: ignore[union-attr]
+            api.label(COMPILED_GROUP_KIND, db, [])  # before the node object changes
+            await wait_until(
+                lambda: (
+                    (s := src.snapshot()) is not None and (s.group_revision or 0) > (revision or 0)
+                ),
+                "the unlabel seen",
+            )
+            snap = src.snapshot()
+            assert snap is not None and db in snap.groups and not snap.missing
+            api.label(COMPILED_GROUP_KIND, db, [NODE])  # and back: the same content
+            api.delete(COMPILED_GROUP_KIND, db)  # deleted while referenced: kept too
+            await asyncio.sleep(0.05)
+            snap = src.snapshot()
+            assert snap is not None and snap.groups[db] == policy.groups[db]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     run(body())
 
@@ -215,10 +267,36 @@ def test_kube_source_waits_for_the_generations_the_node_requires() -> None:
             assert problem is not None and problem.reason == "WaitingForReferences"
             assert f"set/{web} generation 3" in problem.message
             spec = policy.sets[web].model_copy(update={"ipv4": ()})
-            api.put(COMPILED_SET_KIND, web, spec.model_dump(by_alias=True, mode="json"), 3)
+            api.put(COMPILED_SET_KIND, web, spec.model_dump(by_alias=True, mode="json"), 3, [NODE])
             await wait_until(lambda: src.snapshot() is not None, "ready again")
             snap = src.snapshot()
             assert snap is not None and snap.generation == 2 and snap.sets[web].ipv4 == ()
+
+            # A group newly referenced, required, and not labelled yet: wait for it.
+            extra = "sg.shop.extra"
+            pods = (
+                tuple(p.model_copy(update={"groups": (*p.groups, extra)}) for p in node.pods[:1])
+                + node.pods[1:]
+            )
+            more = node.model_copy(
+                update={
+                    "pods": pods,
+                    "groups": (*node.groups, extra),
+                    "requires": {f"group/{extra}": 1},
+                }
+            )
+            api.put(COMPILED_NODE_KIND, NODE, more.model_dump(by_alias=True, mode="json"), 3)
+            await wait_until(lambda: src.snapshot() is None, "waiting for the new group")
+            api.put(
+                COMPILED_GROUP_KIND,
+                extra,
+                {"group": {"namespace": "shop", "name": "extra"}},
+                1,
+                [NODE],
+            )
+            await wait_until(
+                lambda: (s := src.snapshot()) is not None and extra in s.groups, "the new group"
+            )
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -226,17 +304,19 @@ def test_kube_source_waits_for_the_generations_the_node_requires() -> None:
     run(body())
 
 
-def test_kube_source_missing_node_object_means_no_pods_and_relists_after_errors() -> None:
+def test_kube_source_missing_node_object_means_no_pods_and_resumes_after_errors() -> None:
     async def body() -> None:
         api = FakeKubeApi()
-        api.fail_watch.add((COMPILED_NODE_KIND, NODE))
+        api.fail_watch.add(COMPILED_NODE_KIND)
         src = KubeSource(api, NODE, backoff=(0.01, 0.05))
         task = asyncio.create_task(src.run(lambda: None))
         try:
             await wait_until(lambda: src.snapshot() is not None, "ready")
             snap = src.snapshot()
             assert snap is not None and snap.node.pods == () and snap.generation is None
-            await wait_until(lambda: api.lists.count((COMPILED_NODE_KIND, NODE)) >= 2, "relist")
+            node_watch = (COMPILED_NODE_KIND, f"metadata.name={NODE}")
+            await wait_until(lambda: node_watch in api.watching, "the watch resumed")
+            assert api.lists.count(node_watch) == 1  # resumed from its version, no relist
             _load(api, _policy(), node_generation=6)
             await wait_until(
                 lambda: (s := src.snapshot()) is not None and s.generation == 6, "the node object"
@@ -245,6 +325,30 @@ def test_kube_source_missing_node_object_means_no_pods_and_relists_after_errors(
             await wait_until(
                 lambda: (s := src.snapshot()) is not None and s.node.pods == (), "deletion"
             )
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())
+
+
+def test_a_compacted_version_relists_and_sweeps_what_went() -> None:
+    async def body() -> None:
+        policy = _policy()
+        api = FakeKubeApi()
+        _load(api, policy)
+        src = KubeSource(api, NODE, backoff=(0.01, 0.05))
+        task = asyncio.create_task(src.run(lambda: None))
+        try:
+            await wait_until(lambda: src.snapshot() is not None, "ready")
+            groups, _, _ = src.reflectors
+            # The db group is unlabelled, and the API server forgets that history before
+            # the watch reads it (410 Gone): the agent relists and sweeps.
+            db = min(policy.groups)
+            api.label(COMPILED_GROUP_KIND, db, [])
+            api.compacted = api.rv
+            await wait_until(lambda: groups.lists >= 2, "a relist")
+            assert groups.entries[db].gone  # swept, kept while the node references it
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

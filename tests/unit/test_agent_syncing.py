@@ -174,9 +174,11 @@ def test_kube_source_never_syncs_before_the_initial_lists_complete() -> None:
         api = FakeKubeApi(gate=asyncio.Event())
         node = policy.nodes[NODE]
         for key, spec in policy.groups.items():
-            api.put(COMPILED_GROUP_KIND, key, spec.model_dump(by_alias=True, mode="json"))
+            api.put(
+                COMPILED_GROUP_KIND, key, spec.model_dump(by_alias=True, mode="json"), 1, [NODE]
+            )
         for key, sspec in policy.sets.items():
-            api.put(COMPILED_SET_KIND, key, sspec.model_dump(by_alias=True, mode="json"))
+            api.put(COMPILED_SET_KIND, key, sspec.model_dump(by_alias=True, mode="json"), 1, [NODE])
         api.put(COMPILED_NODE_KIND, NODE, node.model_dump(by_alias=True, mode="json"), generation=4)
         src = KubeSource(api, NODE)
         async with Rig(src, interfaces=FakeInterfaces(ifaces)) as rig:
