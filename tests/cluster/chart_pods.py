@@ -17,9 +17,10 @@ what the scheduler and the kubelet would, from the pod spec alone:
   bound to the pod** (TokenRequest), exactly what the kubelet would mount: the
   operator and the agents run with the chart's RBAC, and an agent's token carries its
   node's name for the admission policy;
-* binds a pod with a readiness probe only once the probe answers 200 (the simulated
-  kubelet reports bound pods Ready at once), and reports the Job's pod Succeeded or
-  Failed with the process's exit code;
+* keeps a pod with a readiness probe not Ready until the probe answers 200 (the
+  simulated kubelet reports bound pods Ready at once), so Services, ``helm --wait`` and
+  rollouts see what a kubelet would show; reports the Job's pod Succeeded or Failed with
+  the process's exit code;
 * runs it as its ``securityContext`` says: as its user and group, and with only the
   capabilities it adds when it drops ``ALL`` (``setpriv``), so the agents prove that
   ``NET_ADMIN`` and ``NET_RAW`` are enough and the operator that it needs none;
@@ -75,7 +76,6 @@ class Process:
     bound: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
-    dropped: list[str] = field(default_factory=list)
     argv: list[str] = field(default_factory=list)  # the command and args run
 
     def alive(self) -> bool:
@@ -214,7 +214,10 @@ class ChartPods:
                     return str(f["values"][0])
         if component == "cleanup-job":
             return None  # runs anywhere; unbound so that the simulated kubelet ignores it
-        return self.lab.node_names()[0]
+        # A host-network replica's ports are the node's: one per node, as the scheduler does.
+        taken = {p.node for p in self.processes.values() if p.component == component}
+        free = [n for n in self.lab.node_names() if n not in taken]
+        return (free or self.lab.node_names())[0]
 
     # ------------------------------------------------------------------ one pod
     def _launch(self, proc: Process, pod: dict[str, Any]) -> None:
@@ -231,11 +234,13 @@ class ChartPods:
         host_network = bool(spec.get("hostNetwork"))
         probe = (container.get("readinessProbe") or {}).get("httpGet")
         wants_token = spec.get("automountServiceAccountToken", True) is not False
-        if proc.node and (wants_token or not probe):
+        if proc.node:
             self._bind(proc)  # the token carries the node, so bind before asking for it
+            if probe:  # not Ready until the probe says so (the simulated kubelet says at once)
+                self._set_ready(proc, False)
         module = COMMANDS[container["command"][0]]
         argv = [sys.executable, "-m", module]
-        argv += _known(module, container["command"][1:] + container.get("args", []), proc)
+        argv += container["command"][1:] + container.get("args", [])
         if wants_token:
             kubeconfig = self._kubeconfig(proc, pod, host_network)
             os.chown(kubeconfig, *_ids(pod, container))  # as the kubelet's token mount
@@ -258,9 +263,9 @@ class ChartPods:
                 start_new_session=True,
                 env=env,
             )
-        if proc.node and not proc.bound:  # readiness first, then bind: Ready means ready
+        if proc.node and probe:
             self._wait_ready(proc, container, probe)
-            self._bind(proc)
+            self._set_ready(proc, True)
         if proc.node is None:  # the Job's pod: report how it ended
             rc = proc.popen.wait()
             self._report_exit(proc, container["name"], rc)
@@ -275,6 +280,30 @@ class ChartPods:
         }
         self._kubectl("create", "-f", "-", input_text=json.dumps(binding))
         proc.bound = True
+
+    def _set_ready(self, proc: Process, ready: bool) -> None:
+        """Set the pod's Ready and ContainersReady conditions, once the simulated kubelet
+        has reported it Running (it only reports again when the phase is not Running)."""
+        deadline = time.monotonic() + 60
+        while True:
+            pod = self.client.get(Pod, proc.pod, namespace=self.namespace).to_dict()
+            if (pod.get("status") or {}).get("phase") == "Running":
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{proc.pod}: not reported Running within 60 s")
+            time.sleep(0.2)
+        value = "True" if ready else "False"
+        conditions = [
+            {**c, "status": value} if c["type"] in ("Ready", "ContainersReady") else c
+            for c in pod["status"].get("conditions") or []
+        ]
+        self.client.patch(
+            Pod.Status,
+            proc.pod,
+            {"status": {"conditions": conditions}},
+            namespace=self.namespace,
+            patch_type=PatchType.STRATEGIC,
+        )
 
     def _wait_ready(self, proc: Process, container: dict[str, Any], probe: Any) -> None:
         port = probe["port"]
@@ -371,31 +400,3 @@ def _as_securitycontext(
     if sc.get("allowPrivilegeEscalation") is False:
         prefix.append("--no-new-privs")
     return [*prefix, *argv]
-
-
-_HELP: dict[str, str] = {}
-
-
-def _known(module: str, args: list[str], proc: Process) -> list[str]:
-    """``args`` without the flags ``module`` does not know yet (recorded in ``proc.dropped``).
-
-    Transition shim: the chart passes the admission flags agreed with the operator's
-    webhook work (``--no-webhook``, ``--webhook-*``) before that work has landed.
-    """
-    if module not in _HELP:
-        _HELP[module] = subprocess.run(
-            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=False
-        ).stdout
-    keep = []
-    for a in args:
-        flag = a.split("=", 1)[0]
-        if (
-            flag.startswith("--")
-            and f"{flag} " not in _HELP[module]
-            and f"{flag}\n" not in (_HELP[module])
-            and f"{flag}," not in _HELP[module]
-        ):
-            proc.dropped.append(a)
-            continue
-        keep.append(a)
-    return keep

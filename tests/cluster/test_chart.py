@@ -58,9 +58,11 @@ NS = "ksg-system"
 SMOKE = "smoke"
 # The operator runs in a node's network namespace (operator.hostNetwork): the lab's API
 # server reaches node addresses, not pod addresses, and must reach its admission port.
+# The agents keep NET_ADMIN only (the default adds NET_RAW): the smaller set is enough.
 INSTALL_VALUES = [
     "--set", "operator.hostNetwork=true",
     "--set", "operator.healthPort=9802",
+    "--set", "agent.capabilities={NET_ADMIN}",
 ]  # fmt: skip
 # The chart pods' logs and kubeconfigs: outside pytest's temporary directories (which
 # concurrent sessions rotate away), kept after the run for reading.
@@ -68,20 +70,6 @@ PODS_DIR = Path(tempfile.gettempdir()) / f"kube-secgroups-chart-{PREFIX}"
 PSA_LABELS = {
     f"pod-security.kubernetes.io/{mode}": "privileged" for mode in ("enforce", "audit", "warn")
 }
-
-
-def operator_has_admission() -> bool:
-    """Whether this tree's operator serves admission yet (the chart's webhook flags)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "secgroups_operator.main", "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    return "--webhook-port" in out
-
-
-WEBHOOK = operator_has_admission()
 
 
 @dataclass
@@ -168,8 +156,12 @@ def chart_lab(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             check=True,
             capture_output=True,
         )
-        crds = [n for n in lab.kubectl("get", "crd", "-o", "name").split() if "secgroups.dev" in n]
-        lab.kubectl("delete", *crds)
+
+        def crds() -> list[str]:
+            return [n for n in lab.kubectl("get", "crd", "-o", "name").split() if "secgroups" in n]
+
+        lab.kubectl("delete", "--wait=false", *crds())
+        wait_until("the lab's CRDs deleted", lambda: not crds(), 120)
         yield Lab(lab, tools, schemas, work)
     finally:
         lab.down()
@@ -281,7 +273,7 @@ def release(chart_lab: Lab) -> Iterator[Release]:
     try:
         out = chart_lab.helm(
             "install", RELEASE, str(CHART), "-n", NS, "--wait", "--timeout", "5m",
-            *INSTALL_VALUES, "--set", f"webhook.enabled={str(WEBHOOK).lower()}",
+            *INSTALL_VALUES,
         )  # fmt: skip
         assert "STATUS: deployed" in out, out
         yield Release(chart_lab, pods)
@@ -454,6 +446,11 @@ CAN_I: list[tuple[str, str, str, str, bool]] = [
     (OPERATOR, "update", "leases.coordination.k8s.io/someone-else", NS, False),
     (OPERATOR, "create", "leases.coordination.k8s.io", SMOKE, False),
     (OPERATOR, "patch", "validatingwebhookconfigurations/other", "", False),
+    (OPERATOR, "update", f"validatingwebhookconfigurations/{RELEASE}-webhook", "", True),
+    (OPERATOR, "create", "validatingwebhookconfigurations", "", False),
+    (OPERATOR, "get", f"secrets/{RELEASE}-webhook-tls", NS, True),
+    (OPERATOR, "update", f"secrets/{RELEASE}-webhook-tls", NS, True),
+    (OPERATOR, "get", "secrets/other", NS, False),
     (OPERATOR, "create", "clusterrolebindings", "", False),
     (OPERATOR, "create", "customresourcedefinitions", "", False),
     (OPERATOR, "create", "serviceaccounts/token", NS, False),
@@ -489,12 +486,6 @@ CAN_I: list[tuple[str, str, str, str, bool]] = [
     (EDITOR, "list", "compilednodepolicies.secgroups.dev", "", False),
     (EDITOR, "patch", "compiledsecuritygroups.secgroups.dev", "", False),
 ]
-if WEBHOOK:
-    CAN_I += [
-        (OPERATOR, "patch", f"validatingwebhookconfigurations/{RELEASE}-webhook", "", True),
-        (OPERATOR, "update", f"secrets/{RELEASE}-webhook-tls", NS, True),
-        (OPERATOR, "get", "secrets/other", NS, False),
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -570,6 +561,28 @@ def test_an_agent_may_write_only_its_own_nodes_status(release: Release, smoke: S
     assert "not bound to a pod on a node" in body
 
 
+def ca_bundles(lab: Lab) -> list[str]:
+    vwc = get(lab.lab, "validatingwebhookconfiguration", f"{RELEASE}-webhook")
+    return [w["clientConfig"].get("caBundle", "") for w in vwc["webhooks"]]
+
+
+def test_the_admission_webhook_is_wired(release: Release, smoke: Smoke) -> None:
+    """The API server reaches the operator through the chart's Service and configuration:
+    the operator made its certificate (Secret) and wrote the CA into both webhooks, and
+    deleting a group in use is refused with the operator's words (docs/admission.md)."""
+    lab = release.lab
+    waited(release, "caBundle of both webhooks written", lambda: all(ca_bundles(lab)), 60)
+    secret = get(lab.lab, "secret", "-n", NS, f"{RELEASE}-webhook-tls")
+    assert {"tls.crt", "tls.key", "ca.crt"} <= set(secret["data"])
+    assert lab.lab.cp is not None
+    refused = lab.lab.cp.kubectl(
+        "delete", "securitygroup", "web", "-n", SMOKE, "--dry-run=server", check=False
+    )
+    out = refused.stdout + refused.stderr
+    assert "denied the request" in out and "security group smoke/web is in use" in out, out
+    assert "smoke/s1" in out, out  # the member named
+
+
 # --------------------------------------------------------------------------- upgrades
 
 
@@ -584,6 +597,7 @@ def test_upgrade_with_changed_values(release: Release, smoke: Smoke) -> None:
         "upgrade", RELEASE, str(CHART), "-n", NS, "--reuse-values", "--wait", "--timeout", "5m",
         "--set", "enforcedNamespaceLabel=example.com/secgroups=on",
         "--set", "agent.logLevel=debug",
+        "--set", "operator.replicas=2",
     )  # fmt: skip
     assert "has been upgraded" in out, out
     waited(
@@ -593,11 +607,15 @@ def test_upgrade_with_changed_values(release: Release, smoke: Smoke) -> None:
             not ({p.pod for p in release.pods.running("operator")} & old_operator)
             and not ({p.pod for p in release.pods.running("agent")} & old_agents)
             and len(release.pods.running("agent")) == 2
+            and len(release.pods.running("operator")) == 2
         ),
         120,
     )
     ops = release.pods.running("operator")
-    assert ops and all("--enforce-label=example.com/secgroups=on" in p.argv for p in ops)
+    assert len(ops) == 2 and all("--enforce-label=example.com/secgroups=on" in p.argv for p in ops)
+    # Two replicas, one leader: the holder of the Lease <release>-operator.
+    lease = get(lab.lab, "lease", "-n", NS, f"{RELEASE}-operator")
+    assert lease["spec"]["holderIdentity"] in {p.pod for p in ops}, lease["spec"]
     assert all("--log-level=debug" in p.argv for p in release.pods.running("agent"))
     # smoke is labelled secgroups.dev/enforce=true only: no longer managed, so nothing
     # stands between c1 and s1's port 22 ...
@@ -606,6 +624,7 @@ def test_upgrade_with_changed_values(release: Release, smoke: Smoke) -> None:
     lab.kubectl("label", "namespace", SMOKE, "example.com/secgroups=on")
     waited(release, "smoke managed again: s1:22 closed", lambda: not smoke.reaches(22), 60)
     assert smoke.reaches(80)
+    assert all(ca_bundles(lab)), "helm upgrade dropped the caBundle the operator wrote"
     history = lab.helm("history", RELEASE, "-n", NS, "-o", "json")
     assert [r["status"] for r in json.loads(history)][-2:] == ["superseded", "deployed"]
 
@@ -692,3 +711,6 @@ def test_uninstall_leaves_only_what_the_docs_say(release: Release, smoke: Smoke)
     assert sorted(p.node for p in cleanup if p.bound) == sorted(nodes)
     job = [p for p in release.pods.history if p.component == "cleanup-job"]
     assert job and job[-1].popen is not None and job[-1].popen.returncode == 0, release.pods.logs()
+    # From install to uninstall, no process of the chart was refused anything by RBAC.
+    forbidden = [p.pod for p in release.pods.history if "forbidden" in p.log.read_text().lower()]
+    assert not forbidden, f"403s in the logs of {forbidden}:\n{release.pods.logs()}"

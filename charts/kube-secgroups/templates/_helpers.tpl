@@ -58,6 +58,24 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- index $parts 0 -}}
 {{- end -}}
 
+{{- define "ksg.enforceValue" -}}
+{{- $_ := include "ksg.enforceKey" . -}}
+{{- index (splitList "=" .Values.enforcedNamespaceLabel) 1 -}}
+{{- end -}}
+
+{{/* How the API server reaches the operator's admission server (docs/admission.md). */}}
+{{- define "ksg.webhookClient" -}}
+{{- if .Values.webhook.url -}}
+url: {{ printf "%s/validate" (trimSuffix "/" .Values.webhook.url) | quote }}
+{{- else -}}
+service:
+  name: {{ include "ksg.webhook" . }}
+  namespace: {{ .Release.Namespace }}
+  path: /validate
+  port: 443
+{{- end }}
+{{- end -}}
+
 {{/* Container security context shared by the operator, the uninstall Job. */}}
 {{- define "ksg.restrictedContainer" -}}
 allowPrivilegeEscalation: false
@@ -68,8 +86,9 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{/* The agent's (and the node cleanup's) container security context: root for the
-capabilities, but only NET_ADMIN (nftables, conntrack) and NET_RAW (see docs/install.md). */}}
+{{/* The agent's (and the node cleanup's) container security context: root, since added
+capabilities are effective only for root, but only agent.capabilities (NET_ADMIN for
+nftables and conntrack; docs/install.md). */}}
 {{- define "ksg.agentContainer" -}}
 privileged: false
 allowPrivilegeEscalation: false
@@ -78,7 +97,7 @@ runAsUser: 0
 runAsNonRoot: false
 capabilities:
   drop: ["ALL"]
-  add: ["NET_ADMIN", "NET_RAW"]
+  add: {{ toJson .Values.agent.capabilities }}
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
