@@ -5,6 +5,7 @@
 #   ${KSG_CACHE:-...}/bin/etcd-<v>/etcd
 #   ${KSG_CACHE:-...}/bin/helm-<v>/helm
 #   ${KSG_CACHE:-...}/bin/kubeconform-<v>/kubeconform   (schema check of the chart's manifests)
+#   ${KSG_CACHE:-...}/bin/kwok-<v>/kwok                 (bench/scale.py only: named, never by default)
 # GOMODCACHE and GOCACHE live under the same cache dir, so CI can keep one directory.
 # A binary that already exists for its pinned version is not rebuilt (no Go invocation at all).
 #
@@ -16,6 +17,7 @@
 #
 # Usage: hack/build-binaries.sh [--regen-modules] [--print-paths] [component ...]
 #   components: kube-apiserver kube-controller-manager kubectl etcd helm kubeconform (default: all)
+#               kwok (only when named)
 #   --regen-modules  regenerate hack/k8sbin/go.{mod,sum} and hack/etcdbin/go.{mod,sum} from the
 #                    pinned tags (k8s staging replaces generated from the tag's own go.mod)
 #   --print-paths    only print the binary paths (no build)
@@ -43,7 +45,7 @@ for a in "$@"; do
     --regen-modules) regen=1 ;;
     --print-paths) print_only=1 ;;
     -h|--help) sed -n '2,/^set -euo pipefail/{/^set /d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-    kube-apiserver|kube-controller-manager|kubectl|etcd|helm|kubeconform) want+=("$a") ;;
+    kube-apiserver|kube-controller-manager|kubectl|etcd|helm|kubeconform|kwok) want+=("$a") ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
@@ -55,6 +57,7 @@ path_of() {
     etcd) echo "$BIN/etcd-$ETCD_VERSION/etcd" ;;
     helm) echo "$BIN/helm-$HELM_VERSION/helm" ;;
     kubeconform) echo "$BIN/kubeconform-$KUBECONFORM_VERSION/kubeconform" ;;
+    kwok) echo "$BIN/kwok-$KWOK_VERSION/kwok" ;;
   esac
 }
 
@@ -213,6 +216,12 @@ for c in "${want[@]}"; do
       run_logged kubeconform "$log" / env GOBIN="$gb" go install -p 2 -trimpath \
         -ldflags "-s -w" "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
       mv "$gb/kubeconform" "$tmp"; rmdir "$gb"; gb="" ;;
+    kwok)
+      echo "$step building kwok $KWOK_VERSION (log: $log)"
+      gb=$(mktemp -d)
+      run_logged kwok "$log" / env GOBIN="$gb" go install -p 2 -trimpath \
+        -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+      mv "$gb/kwok" "$tmp"; rmdir "$gb"; gb="" ;;
   esac
   mv "$tmp" "$out"; tmp=""
   echo "    built $c in $(human $(($(now) - t0)))"
