@@ -304,6 +304,27 @@ class AsyncKube:
         )
         return data
 
+    async def patch_pod_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Strategic-merge-patch a Pod's status (the node agent's readiness condition:
+        ``status.conditions`` merge by type, so other conditions are kept); None if the
+        pod is gone. A ``metadata.uid`` in ``patch`` that is not the pod's makes the API
+        server refuse the patch (the pod was replaced by one of the same name)."""
+        resp = await self._http().request(
+            "PATCH",
+            api_path("Pod", namespace, name) + "/status",
+            params={"fieldManager": self.field_manager},
+            content=msgspec.json.encode(patch),
+            headers={"Content-Type": "application/strategic-merge-patch+json"},
+        )
+        if resp.status_code == 404:
+            return None
+        if resp.status_code >= 400:
+            raise ApiError(request=resp.request, response=resp)
+        data: dict[str, Any] = msgspec.json.decode(resp.content)
+        return data
+
     async def post_event(self, body: Mapping[str, Any]) -> None:
         """Create a core/v1 Event (in ``body``'s namespace)."""
         meta = body.get("metadata") or {}

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from secgroups.compiled import NodeAgentStatus
 from secgroups.nft.dispatch import Limits
 from secgroups.nft.rendering import RenderOptions
-from secgroups_agent import cleanup, logs
+from secgroups_agent import cleanup, cniserver, logs
 from secgroups_agent.conntrack import NetlinkConntrack
 from secgroups_agent.interfaces import RouteInterfaces, RouteWatcher
 from secgroups_agent.metrics import Metrics
@@ -99,6 +99,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_ADDR,
         help=f"with --cleanup: the agent's address ({DEFAULT_ADDR})",
     )
+    cniserver.add_arguments(p)
     args = p.parse_args(argv)
     if not args.node:
         p.error("--node is required (or set NODE_NAME)")
@@ -167,6 +168,7 @@ async def run(args: argparse.Namespace) -> int:
         reader=NftCli(),
     )
     watcher.on_change = sync.changed  # routes changed: re-resolve pod interfaces
+    cni = await cniserver.start(args, sync, client, sync.conntrack)  # docs/cni.md
     server = Server(health, metrics, args.metrics_addr)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -188,6 +190,7 @@ async def run(args: argparse.Namespace) -> int:
         asyncio.create_task(source.run(sync.changed), name="source"),
         asyncio.create_task(sync.run(), name="sync"),
         asyncio.create_task(reporter.run(), name="status"),
+        *(asyncio.create_task(c) for c in (cni.coroutines if cni else ())),
     ]
     stopper = asyncio.create_task(stop.wait(), name="stop")
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -208,6 +211,8 @@ async def run(args: argparse.Namespace) -> int:
             await t
     await reporter.flush()
     await server.stop()
+    if cni is not None:
+        await cni.stop()
     watcher.stop()
     await asyncio.to_thread(nft.close)
     if client is not None:

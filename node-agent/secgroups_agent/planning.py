@@ -60,7 +60,12 @@ from secgroups.nft.objects import (
     TableObject,
     skeleton,
 )
-from secgroups.nft.rendering import MAX_HASH_SET_ADDRESSES, RenderError, RenderOptions
+from secgroups.nft.rendering import (
+    MAX_HASH_SET_ADDRESSES,
+    RenderError,
+    RenderOptions,
+    pending_sets,
+)
 from secgroups.nft.statements import Family, RefKind
 from secgroups.nft.transactions import (
     Inventory,
@@ -213,6 +218,7 @@ class _Caches:
         default_factory=dict
     )
     pod_ips: tuple[CompiledNodeSpec, dict[str, str]] | None = None
+    pending: tuple[frozenset[str], dict[str, dict[str, Element]]] | None = None
     pod_section: (
         tuple[
             CompiledNodeSpec,
@@ -505,6 +511,15 @@ class Planner:
         self._cache.full_twins[ref.name] = (cidrs, spec, full, count)
         return full, count
 
+    def _pending_boxes(self, pending: frozenset[str]) -> dict[str, dict[str, Element]]:
+        """The placeholder's set elements (the renderer's ``pending_sets``), cached."""
+        hit = self._cache.pending
+        if hit is not None and (hit[0] is pending or hit[0] == pending):
+            return hit[1]
+        boxes = {s.name: {e.key_text(): e for e in s.elements} for s in pending_sets(pending)}
+        self._cache.pending = (pending, boxes)
+        return boxes
+
     # ------------------------------------------------------------- plans
     def plan(
         self,
@@ -513,8 +528,12 @@ class Planner:
         *,
         full: bool = False,
         inventory: Inventory | None = None,
+        pending: frozenset[str] = frozenset(),
     ) -> Plan:
         """The transaction from the committed state (from anything, when ``full``).
+
+        ``pending``: the addresses behind the fail-closed placeholder (``pending4/6``;
+        docs/cni.md), as ``secgroups_agent.cni`` decides them.
 
         Raises the renderer's ``RenderError`` (a ValueError) for input nft cannot hold.
         The cyclic GC is paused meanwhile (``compiling.gc_paused``): a cold plan builds
@@ -523,7 +542,7 @@ class Planner:
         (bench/agent_sync.py: 1.7 s -> 0.85 s); planning creates no reference cycles.
         """
         with gc_paused():
-            return self._plan(snap, interfaces, full=full, inventory=inventory)
+            return self._plan(snap, interfaces, full=full, inventory=inventory, pending=pending)
 
     def _plan(
         self,
@@ -532,10 +551,12 @@ class Planner:
         *,
         full: bool,
         inventory: Inventory | None,
+        pending: frozenset[str] = frozenset(),
     ) -> Plan:
         old = self.applied
         objects, boxes, refs, owners, refused = self._desired(snap, interfaces)
         containers: dict[str, Mapping[str, Element]] = dict(boxes)
+        containers.update(self._pending_boxes(pending))
         pod_ips = self._pod_ips(snap.node)
         # Against the last commit, even after a failure: a pod deleted while the table's
         # state was unknown still gets its conntrack entries cleaned after the full resync.

@@ -39,7 +39,7 @@ import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from secgroups.compiled import CompiledNodeSpec, NodeAgentStatus
 from secgroups.nft.rendering import RenderError
@@ -118,6 +118,15 @@ class SyncResult:
     timings: dict[str, float] = field(default_factory=dict)  # inputs, compute, emit
 
 
+class Placeholder(Protocol):
+    """The CNI side (``secgroups_agent.cni``): which addresses are behind the fail-closed
+    placeholder in the next plan, and what each commit put in force (docs/cni.md)."""
+
+    def pending(self, snap: Snapshot) -> frozenset[str]: ...
+
+    def committed(self, snap: Snapshot, state: TableState) -> None: ...
+
+
 class SyncLoop:
     def __init__(
         self,
@@ -147,6 +156,7 @@ class SyncLoop:
         self.clock = clock
         self.wall = wall
         self.reader = reader or nft
+        self.placeholder: Placeholder | None = None  # set by the CNI side (cniserver.start)
         self.drift = DriftChecker(
             self.reader, family=planner.options.table.family, table=planner.options.table.name
         )
@@ -278,7 +288,8 @@ class SyncLoop:
         full = self._need_full or self.planner.applied is None
         # Compute and emit are separate steps, run in ONE worker-thread hop: every hop is
         # a GIL hand-over that costs up to the switch interval on the hot path.
-        step = await asyncio.to_thread(self._compute_and_emit, snap, full)
+        pending = self.placeholder.pending(snap) if self.placeholder else frozenset[str]()
+        step = await asyncio.to_thread(self._compute_and_emit, snap, full, pending)
         plan = step.plan
         if step.render_error is not None:
             self.metrics.sync_errors.labels("RenderFailed").inc()
@@ -294,6 +305,8 @@ class SyncLoop:
         self._group_revision = snap.group_revision
         latency = self.clock() - since
         self._committed(plan, started, since, step.timings)
+        if self.placeholder is not None:
+            self.placeholder.committed(snap, plan.state)  # answers waiting CNI ADDs
         self._note_epochs(snap)
         await self._conntrack_cleanup(plan.removed_ips)
         await self._sweep()
@@ -303,7 +316,9 @@ class SyncLoop:
             SyncResult(outcome, plan.kind, plan, latency=latency, timings=step.timings)
         )
 
-    def _compute_and_emit(self, snap: Snapshot, full: bool) -> _Step:
+    def _compute_and_emit(
+        self, snap: Snapshot, full: bool, pending: frozenset[str] = frozenset()
+    ) -> _Step:
         """In a worker thread: resolve interfaces, compute the plan, apply it."""
         step = _Step()
         t0 = self.clock()
@@ -312,7 +327,9 @@ class SyncLoop:
         inventory = self._inventory() if full else None
         t1 = self.clock()
         try:
-            step.plan = self.planner.plan(snap, interfaces, full=full, inventory=inventory)
+            step.plan = self.planner.plan(
+                snap, interfaces, full=full, inventory=inventory, pending=pending
+            )
         except (RenderError, ValueError, KeyError) as exc:
             step.render_error = str(exc)
             return step
