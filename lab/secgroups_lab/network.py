@@ -36,7 +36,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -635,12 +635,28 @@ class Lab:
             return self.node_hosts[index]
 
     # -------------------------------------------------------------- pods
-    def add_pod(self, node: int, namespace: str, name: str) -> PodNet:
+    def add_pod(
+        self,
+        node: int,
+        namespace: str,
+        name: str,
+        *,
+        before_daemons: Callable[[list[PodNet]], None] | None = None,
+    ) -> PodNet:
         """Create pod ``namespace/name`` on ``node`` (netns, routed veth, probe daemon)."""
-        return self.add_pods([(node, namespace, name)])[0]
+        return self.add_pods([(node, namespace, name)], before_daemons=before_daemons)[0]
 
-    def add_pods(self, specs: Sequence[tuple[int, str, str]]) -> list[PodNet]:
-        """Create several pods at once (one ``ip`` batch per node, daemons in parallel)."""
+    def add_pods(
+        self,
+        specs: Sequence[tuple[int, str, str]],
+        *,
+        before_daemons: Callable[[list[PodNet]], None] | None = None,
+    ) -> list[PodNet]:
+        """Create several pods at once (one ``ip`` batch per node, daemons in parallel).
+
+        ``before_daemons`` runs once the network is plumbed and before any probe daemon
+        starts (the simulated kubelet's CNI ADD: a runtime starts containers only after
+        its CNI chain returned); if it raises, the pods are removed again."""
         with self._lock:
             self.up()
             t0 = time.monotonic()
@@ -675,6 +691,8 @@ class Lab:
                 new.append(_PodSlot(pod, host_index))
             try:
                 self._plumb_pods([s.pod for s in new])
+                if before_daemons is not None:
+                    before_daemons([s.pod for s in new])
                 if self.probes_enabled:
                     self._start_daemons(
                         [
