@@ -12,14 +12,12 @@ server answered with an error status), :data:`TransportError` (the API server co
 not be reached; its base class, so catch ``ApiError`` first), and
 :class:`~secgroups_kube.config.KubeConfigError` from ``connect``.
 
-**HTTP/1.1, deliberately.** The agent holds one watch per referenced object, each a
-long-lived request on a connection of its own; the HTTP library allows 100, so a node
-referencing more than ~95 groups and sets would starve. HTTP/2 would share one
-connection, but with lightkube 1.0 and h2 4 a cancelled watch stream (a reference
-dropped) leaves the connection unable to serve new streams: an agent stopped applying
-after a pod left a group and came back (seen in
-``tests/cluster/test_e2e_stack.py::test_relabelled_pod_changes_groups_live``). Remove
-when that is fixed upstream, or move the agent to one label-selected watch per kind.
+**HTTP/1.1, deliberately.** Each watch holds a long-lived request on a connection of its
+own (the HTTP library allows 100). The agent holds three (its node object, and the groups
+and sets labelled for its node), the operator nine, so that is plenty. HTTP/2 would share
+one connection, but with lightkube 1.0 and h2 4 a cancelled watch stream left the
+connection unable to serve new streams (an agent that watched one object per reference
+stopped applying after a pod left a group and came back).
 """
 
 from __future__ import annotations
