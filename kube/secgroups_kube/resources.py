@@ -72,7 +72,7 @@ def api_version(kind: str) -> str:
         return "coordination.k8s.io/v1"
     if kind in ("Event", "Secret"):
         return "v1"
-    if kind == "ValidatingWebhookConfiguration":
+    if kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
         return "admissionregistration.k8s.io/v1"
     return CORE[kind][1] if kind in CORE else API_VERSION
 
@@ -101,6 +101,12 @@ _RAW_CORE = {
     "ValidatingWebhookConfiguration": (
         "apis/admissionregistration.k8s.io/v1",
         "validatingwebhookconfigurations",
+        False,
+    ),
+    # The readiness gate's webhook (secgroups_operator.mutating).
+    "MutatingWebhookConfiguration": (
+        "apis/admissionregistration.k8s.io/v1",
+        "mutatingwebhookconfigurations",
         False,
     ),
 }

@@ -59,7 +59,7 @@ from secgroups.models import (
     parse_resource,
 )
 from secgroups_kube import ApiError, TransportError
-from secgroups_operator import webhookcerts
+from secgroups_operator import mutating, webhookcerts
 from secgroups_operator.webhookcerts import Bundle
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,9 @@ class WebhookSettings:
     failure_policy: str = "Fail"
     pod_failure_policy: str = "Ignore"
     timeout_s: int = 10
+    # The readiness gate's MutatingWebhookConfiguration (``mutating``, docs/cni.md).
+    mutating_configuration: str | None = None
+    gate_failure_policy: str = "Ignore"
 
     def hosts(self) -> list[str]:
         """The names (or IPs) the API server calls us by; the certificate must name them."""
@@ -180,6 +183,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --webhook-url: failurePolicy for Pods (default %(default)s)",
     )
     g.add_argument(
+        "--webhook-mutating-configuration",
+        metavar="NAME",
+        help="MutatingWebhookConfiguration of the readiness gate (POST /mutate, docs/cni.md) "
+        "whose caBundle the operator keeps current; with --webhook-url written whole",
+    )
+    g.add_argument(
+        "--webhook-gate-failure-policy",
+        choices=("Fail", "Ignore"),
+        default="Ignore",
+        help="with --webhook-url: failurePolicy of the readiness gate (default %(default)s)",
+    )
+    g.add_argument(
         "--webhook-only",
         action="store_true",
         help="serve admission only: no watches, no reconciling (tests; a webhook apart "
@@ -210,6 +225,8 @@ def settings_from_args(args: argparse.Namespace) -> WebhookSettings | None:
         cert_dir=args.webhook_cert_dir,
         failure_policy=args.webhook_failure_policy,
         pod_failure_policy=args.webhook_pod_failure_policy,
+        mutating_configuration=args.webhook_mutating_configuration,
+        gate_failure_policy=args.webhook_gate_failure_policy,
     )
 
 
@@ -514,6 +531,7 @@ def make_app(api: AdmissionApi, scope: Scope, counters: Counters | None = None) 
 
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app.router.add_post(WEBHOOK_PATH, validate)
+    mutating.add_routes(app, api, scope)  # POST /mutate: the readiness gate (docs/cni.md)
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -719,6 +737,12 @@ class AdmissionServer:
     # -- the webhook configuration
 
     async def _publish_ca(self) -> None:
+        gate = self.settings.mutating_configuration
+        if gate:
+            if self.settings.url:
+                await self._write_mutating(gate)
+            elif self.ca is not None:
+                await self._patch_ca_bundle(gate, self.ca, "MutatingWebhookConfiguration")
         name = self.settings.configuration
         if not name:
             return
@@ -729,14 +753,33 @@ class AdmissionServer:
             return
         await self._patch_ca_bundle(name, self.ca)
 
-    async def _patch_ca_bundle(self, name: str, ca: bytes) -> None:
+    async def _write_mutating(self, name: str) -> None:
+        body = mutating.mutating_configuration(
+            name,
+            self.settings.client_config(self.ca),
+            self.scope,
+            failure_policy=self.settings.gate_failure_policy,
+            timeout_s=self.settings.timeout_s,
+        )
+        doc = await self.api.get("MutatingWebhookConfiguration", name)
+        if doc is None:
+            await self.api.create(body)
+            log.info("admission webhook: created MutatingWebhookConfiguration %s", name)
+        elif doc.get("webhooks") != body["webhooks"]:
+            body["metadata"]["resourceVersion"] = doc["metadata"]["resourceVersion"]
+            await self.api.replace(body)
+            log.info("admission webhook: updated MutatingWebhookConfiguration %s", name)
+
+    async def _patch_ca_bundle(
+        self, name: str, ca: bytes, kind: str = "ValidatingWebhookConfiguration"
+    ) -> None:
         import base64
 
         want = base64.b64encode(ca).decode()
         for _ in range(3):
-            doc = await self.api.get("ValidatingWebhookConfiguration", name)
+            doc = await self.api.get(kind, name)
             if doc is None:
-                log.warning("admission webhook: ValidatingWebhookConfiguration %s not found", name)
+                log.warning("admission webhook: %s %s not found", kind, name)
                 return
             hooks = doc.get("webhooks") or []
             if all((h.get("clientConfig") or {}).get("caBundle") == want for h in hooks):
