@@ -177,6 +177,9 @@ class LabCluster:
     nodes: int = 3
     operator: bool = True
     agents: bool = True
+    # The chained CNI plugin (docs/cni.md): the simulated kubelet runs the real
+    # secgroups-cni binary at pod creation, each agent serves it on workdir/cni/<node>/.
+    cni: bool = False
     progress: Callable[[str], None] = field(default_factory=Progress)
     # A control plane that is already running (tests share one per session); when None,
     # up() starts one and down() stops it.
@@ -185,6 +188,7 @@ class LabCluster:
     # belongs to this process (tests), and is leftovers once that process is gone.
     detached: bool = False
     daemons: dict[str, Daemon] = field(default_factory=dict)
+    argv: dict[str, list[str]] = field(default_factory=dict)  # how each daemon was started
     is_up: bool = False
     _own_cp: bool = False
 
@@ -209,6 +213,17 @@ class LabCluster:
     @property
     def node_kubeconfig(self) -> Path:
         return self.workdir / "admin-node.kubeconfig"
+
+    @property
+    def cni_dir(self) -> Path:
+        """The agents' CNI sockets and binding state: ``<dir>/<node>/cni.sock``."""
+        return self.workdir / "cni"
+
+    def agent_cni_args(self, node: str) -> list[str]:
+        """The CNI flags of ``node``'s agent (none when the lab runs without the plugin)."""
+        if not self.cni:
+            return []
+        return ["--cni-socket", str(self.cni_dir / node / "cni.sock")]
 
     def node_names(self) -> list[str]:
         return [f"{self.prefix}-n{i}" for i in range(1, self.nodes + 1)]
@@ -301,6 +316,14 @@ class LabCluster:
         self.cp.apply_manifests(sorted(CRDS.glob("*.yaml")))
         self.progress(f"CRDs installed ({time.monotonic() - t:.1f} s)")
         t = time.monotonic()
+        cni_args: list[str] = []
+        if self.cni:
+            from secgroups_lab.cnibin import build_plugin
+
+            plugin = build_plugin()
+            self.progress(f"secgroups-cni plugin {plugin} ({time.monotonic() - t:.1f} s)")
+            cni_args = ["--cni-plugin", str(plugin), "--cni-socket-dir", str(self.cni_dir)]
+            t = time.monotonic()
         self._spawn(
             "sim-kubelet",
             [
@@ -315,6 +338,7 @@ class LabCluster:
                 str(self.kubeconfig),
                 "--state-file",
                 str(self.state_file),
+                *cni_args,
             ],
         )
         self._wait("nodes and the simulated kubelet", self._kubelet_ready, 60.0)
@@ -351,6 +375,7 @@ class LabCluster:
                             str(self.node_kubeconfig),
                             "--metrics-addr",
                             f"127.0.0.1:{AGENT_METRICS_PORT}",
+                            *self.agent_cni_args(name),
                         ],
                     ),
                 )
@@ -373,6 +398,24 @@ class LabCluster:
             )
         d = Daemon(name, popen.pid, log, popen)
         self.daemons[name] = d
+        self.argv[name] = list(argv)
+        return d
+
+    def stop_daemon(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop one of the lab's processes (``operator``, ``agent-<node>``, …) and wait for
+        it (SIGKILL after 10 s); :meth:`start_daemon` starts it again as it was."""
+        d = self.daemons[name]
+        d.signal(sig)
+        if not d.wait(time.monotonic() + 10.0):
+            d.signal(signal.SIGKILL)
+            d.wait(time.monotonic() + 5.0)
+
+    def start_daemon(self, name: str) -> Daemon:
+        """Start a stopped process of the lab again, with the arguments it had."""
+        if self.daemons[name].alive():
+            raise LabError(f"{name} is running")
+        d = self._spawn(name, self.argv[name])
+        self._save("up", Owner.me(detached=self.detached))
         return d
 
     def _kubelet_ready(self) -> bool:

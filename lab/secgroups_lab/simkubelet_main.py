@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from secgroups_lab.network import Lab
-from secgroups_lab.simkubelet import SimKubelet
+from secgroups_lab.simkubelet import CniConfig, SimKubelet
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,6 +25,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--kubeconfig", type=Path, required=True)
     p.add_argument("--state-file", type=Path, required=True)
+    p.add_argument(
+        "--cni-plugin", type=Path, help="run this secgroups-cni binary at pod creation and deletion"
+    )
+    p.add_argument(
+        "--cni-socket-dir",
+        type=Path,
+        help="with --cni-plugin: each node agent's socket is DIR/<node>/cni.sock",
+    )
+    p.add_argument("--cni-timeout", type=float, default=10.0, help="the plugin's timeout, s")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -38,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         lab.up()
         kubelet = SimKubelet.from_kubeconfig(lab, args.kubeconfig, args.state_file)
+        if args.cni_plugin is not None:
+            if args.cni_socket_dir is None:
+                p.error("--cni-plugin needs --cni-socket-dir")
+            kubelet.cni = CniConfig(args.cni_plugin, args.cni_socket_dir, args.cni_timeout)
         kubelet.register_nodes()
         watcher = threading.Thread(target=kubelet.run, args=(stop,), daemon=True)
         watcher.start()

@@ -300,7 +300,10 @@ class CniState:
     def committed(self, snap: Snapshot, state: TableState) -> None:
         """A plan from :meth:`pending`'s answer is in the kernel: answer who waits."""
         pending = committed_pending(state)
+        was = self.last.pending
         self.last = Commit(self.last.seq + 1, self.planned, pending, state.pod_ips)
+        if was - pending:
+            self._left_pending(was - pending, state)
         self._commit.set()
         self._commit = asyncio.Event()
         for listener in self.listeners:
@@ -308,6 +311,20 @@ class CniState:
                 listener(snap, state, pending)
             except Exception:
                 log.exception("CNI commit listener failed")
+
+    def _left_pending(self, released: frozenset[str], state: TableState) -> None:
+        """Log the pods whose placeholder this commit lifted (the placeholder-to-policy
+        time: docs/cni.md, "Figures")."""
+        now = self.wall()
+        for b in self.bindings.values():
+            if released & set(b.ips) and not set(b.ips) & self.last.pending:
+                by = "policy" if all(state.pod_ips.get(ip) == b.uid for ip in b.ips) else "none"
+                log.info(
+                    "placeholder lifted",
+                    extra=logs.fields(
+                        pod=b.pod, uid=b.uid, by=by, ms=round((now - b.created) * 1000, 1)
+                    ),
+                )
 
     # ------------------------------------------------------------- the plugin's side
     async def add(self, req: Mapping[str, Any]) -> dict[str, Any]:
