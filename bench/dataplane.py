@@ -25,11 +25,22 @@ alike; each figure is the median over all rounds. Variants:
   connection walks only the rules for TCP port 8080 (~120: 24 per group);
 * ``ours-linear`` — the same policy with every group chain linear
   (``RenderOptions(dispatch=None)``, the layout before dispatch);
-* ``ours-1st`` — the same table with the client's rule first: the layout's fixed cost.
+* ``ours-1st`` — the same table with the client's rule first: the layout's fixed cost;
+* ``spoof-prev`` — ``ours-1st`` with the previous anti-spoofing chain (managed pods'
+  interfaces only: ``iifname != @pod_ifaces return`` then the {interface . address} pair);
+* ``spoof-fib`` — ``ours-1st`` with a reverse-path check instead of the pairs
+  (``iifname @pod_ifaces fib saddr . iif oif missing drop``), the alternative not taken
+  (docs/nftables.md#anti-spoofing).
+
+Every ``ours*`` table holds 100 routed pods in its anti-spoofing sets (the server and 99
+other pods of the node, as the agent finds them in the routes).
 
 Figures: **first-packet connect p50** — a single-threaded client doing ``connect()`` +
 ``SO_LINGER 0`` close in a loop (every connection is new to conntrack and walks the
-ruleset; 6 rounds of 0.8 s per variant); **established throughput** — one bulk TCP flow
+ruleset; 6 rounds of 0.8 s per variant); the same **from the pod** (the connect loop in the
+server pod's namespace to a listener on the client host: the pod's packets pass the
+anti-spoofing check first) for ``ours-1st``, ``spoof-prev`` and ``spoof-fib``;
+**established throughput** — one bulk TCP flow
 client → pod (6 rounds of 1.5 s per variant: a single flow on veth moves by ±20 % from
 one second to the next).
 
@@ -75,7 +86,10 @@ from secgroups.nft.transactions import full_transaction  # noqa: E402
 from secgroups_lab.underlay import check_lab_address  # noqa: E402
 
 PREFIX = "ksgdp"
-VARIANTS = ("none", "ct-only", "linear-10k", "ours", "ours-linear", "ours-1st")
+VARIANTS = (
+    "none", "ct-only", "linear-10k", "ours", "ours-linear", "ours-1st", "spoof-prev", "spoof-fib"
+)  # fmt: skip
+SPOOF_VARIANTS = ("ours-1st", "spoof-prev", "spoof-fib")  # also measured from the pod
 # 100.79.0.0/16 of the lab's block is for benchmarks' own namespaces (docs/lab.md, "Address
 # plan"); only the three netns of a variant hold them, never the root netns.
 CLIENT, GW_C, GW_S, SERVER = "100.79.1.2", "100.79.1.1", "100.79.2.1", "100.79.2.2"
@@ -141,9 +155,27 @@ def bench_policy(
     return nc.policy(group_items, set_items, [server], node=NODE)
 
 
+# The server's veth and 99 other routed pods of the node (never created: names only).
+ROUTES = {SERVER: "s0", **{f"100.79.3.{i}": f"pod{i}" for i in range(1, 100)}}
+
+# The anti-spoofing chain before it covered every pod (managed pods' interfaces only).
+SPOOF_PREV = """flush chain inet secgroups pre_antispoof
+add rule inet secgroups pre_antispoof iifname != @pod_ifaces return
+add rule inet secgroups pre_antispoof iifname . ip saddr @pod_src4 return
+add rule inet secgroups pre_antispoof iifname . ip6 saddr @pod_src6 return
+add rule inet secgroups pre_antispoof ip6 saddr :: jump nd_from_pod
+add rule inet secgroups pre_antispoof ip6 saddr fe80::/10 jump nd_from_pod
+add rule inet secgroups pre_antispoof counter drop comment "spoofed source address"
+"""
+# The reverse-path alternative: the kernel's routes instead of the agent's pairs.
+SPOOF_FIB = """flush chain inet secgroups pre_antispoof
+add rule inet secgroups pre_antispoof iifname @pod_ifaces fib saddr . iif oif missing drop
+"""
+
+
 def ours_text(first: bool = False, *, linear: bool = False) -> tuple[str, dict[str, int]]:
     options = RenderOptions(dispatch=None) if linear else RenderOptions()
-    ruleset = render(bench_policy(first=first), NODE, {SERVER: "s0"}, options)
+    ruleset = render(bench_policy(first=first), NODE, ROUTES, options)
     size = {
         "rules": ruleset.rule_count,
         "chains": len(ruleset.chains),
@@ -312,6 +344,9 @@ class Dataplane:
                 text, self.sizes[v] = ours_text(linear=True)
             elif v == "ours-1st":
                 text, _ = ours_text(first=True)
+            elif v in ("spoof-prev", "spoof-fib"):
+                text, _ = ours_text(first=True)
+                text += SPOOF_PREV if v == "spoof-prev" else SPOOF_FIB
             if text is not None:
                 t = time.perf_counter()
                 ns(r, "nft", "-f", "-", input=text, timeout=300)
@@ -327,6 +362,18 @@ class Dataplane:
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"server of {v} did not start")
+            if v in SPOOF_VARIANTS:  # a listener on the client host: connects from the pod
+                c = triplet(v)[0]
+                back = subprocess.Popen(
+                    ["nsenter", f"--net=/run/netns/{c}", "--", sys.executable, "-c", SERVER_CODE],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                self.servers[f"{v}/back"] = back
+                assert back.stdout is not None
+                if back.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"client-side listener of {v} did not start")
 
     def down(self) -> None:
         for proc in self.servers.values():
@@ -343,6 +390,12 @@ class Dataplane:
 
     def client(self, v: str, code: str, port: int, seconds: float) -> dict[str, object]:
         out = ns(triplet(v)[0], sys.executable, "-c", code, SERVER, str(port), str(seconds))
+        result: dict[str, object] = json.loads(out)
+        return result
+
+    def from_pod(self, v: str, code: str, port: int, seconds: float) -> dict[str, object]:
+        """``code`` run in the server pod towards the client host."""
+        out = ns(triplet(v)[2], sys.executable, "-c", code, CLIENT, str(port), str(seconds))
         result: dict[str, object] = json.loads(out)
         return result
 
@@ -383,6 +436,19 @@ def measure_dataplane(quick: bool) -> dict[str, dict[str, float]]:
                 lat[v].extend(r["lat"])
                 if r["failed"]:
                     raise RuntimeError(f"variant {v}: {r['failed']} connections failed")
+        pod_lat: dict[str, list[float]] = {v: [] for v in SPOOF_VARIANTS}
+        for v in SPOOF_VARIANTS:  # warm-up
+            dp.from_pod(v, CONNECT_CODE, CONNECT_PORT, 0.2)
+        n_rounds, chunk = (2, 0.3) if quick else (6, 0.8)
+        for order in rounds(SPOOF_VARIANTS, n_rounds):
+            for v in order:
+                r = dp.from_pod(v, CONNECT_CODE, CONNECT_PORT, chunk)
+                assert isinstance(r["lat"], list)
+                pod_lat[v].extend(r["lat"])
+                if r["failed"]:
+                    raise RuntimeError(
+                        f"variant {v}: {r['failed']} connections from the pod failed"
+                    )
         bulk_variants = ("none", "ct-only", "ours")
         gbit: dict[str, list[float]] = {v: [] for v in bulk_variants}
         n_rounds, seconds = (1, 0.5) if quick else (6, 1.5)
@@ -394,6 +460,7 @@ def measure_dataplane(quick: bool) -> dict[str, dict[str, float]]:
             "connect_p50_us": {v: median(x) * 1e6 for v, x in lat.items()},
             "connect_p90_us": {v: sorted(x)[int(len(x) * 0.9)] * 1e6 for v, x in lat.items()},
             "connects": {v: float(len(x)) for v, x in lat.items()},
+            "pod_connect_p50_us": {v: median(x) * 1e6 for v, x in pod_lat.items()},
             "gbit": {v: median(x) for v, x in gbit.items()},
         }
     finally:
@@ -515,6 +582,7 @@ def dataplane_rows(d: dict[str, dict[str, float]]) -> list[Row]:
             f"{p50['ours-1st']:.1f} / {p50['ct-only']:.1f} µs",
             ratio=p50["ours-1st"] / p50["ct-only"],
         ),
+        *spoof_rows(d),
         Row(
             "throughput, 1 TCP flow: ours / none",
             f"{gbit['ours']:.1f} / {gbit['none']:.1f} Gbit/s",
@@ -523,6 +591,28 @@ def dataplane_rows(d: dict[str, dict[str, float]]) -> list[Row]:
             thr >= 0.9,
         ),
     ]
+
+
+def spoof_rows(d: dict[str, dict[str, float]]) -> list[Row]:
+    """Anti-spoofing of every pod (ours-1st) beside the previous chain and the fib check."""
+    p50, pod = d["connect_p50_us"], d["pod_connect_p50_us"]
+    rows = []
+    for other, what in (("spoof-prev", "managed pods only"), ("spoof-fib", "fib")):
+        rows.append(
+            Row(
+                f"connect p50 to the pod: every pod / {what}",
+                f"{p50['ours-1st']:.1f} / {p50[other]:.1f} µs",
+                ratio=p50["ours-1st"] / p50[other],
+            )
+        )
+        rows.append(
+            Row(
+                f"connect p50 from the pod: every pod / {what}",
+                f"{pod['ours-1st']:.1f} / {pod[other]:.1f} µs",
+                ratio=pod["ours-1st"] / pod[other],
+            )
+        )
+    return rows
 
 
 def agent_rows(sync: dict[str, Any], proc: dict[str, float]) -> list[Row]:

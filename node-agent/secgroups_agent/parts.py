@@ -11,6 +11,7 @@ gives them:
 * a group — a node whose only pod has no IP and is in that group, with the sets the
   group references emptied of members (names and declarations do not depend on them);
 * a pod — a node with that pod alone and its groups without rules;
+* the anti-spoofing elements — ``rendering.antispoof_sets`` of the node's routes;
 * an address set's declarations — a probe group whose IPv4 and IPv6 rules reference it;
 * member elements — built here with ``objects.element`` following the renderer's rule
   (a security group's members are single addresses in a hash set, an IP address
@@ -46,7 +47,13 @@ from secgroups.models import Action, Direction, IPFamily, Protocol
 from secgroups.nft import names
 from secgroups.nft.elements import DataType, canonical_elements
 from secgroups.nft.objects import Chain, CtTimeout, Element, Map, Ruleset, Set, TableObject, element
-from secgroups.nft.rendering import MAX_HASH_SET_ADDRESSES, RenderError, RenderOptions, render
+from secgroups.nft.rendering import (
+    MAX_HASH_SET_ADDRESSES,
+    RenderError,
+    RenderOptions,
+    antispoof_sets,
+    render,
+)
 from secgroups.nft.statements import Family, RefKind
 
 FAMILIES: tuple[Family, Family] = (4, 6)
@@ -304,10 +311,7 @@ class PartRenderer:
         return out
 
     def pods(
-        self,
-        pods: tuple[CompiledPod, ...],
-        groups: Mapping[str, CompiledGroupSpec],
-        interfaces: Mapping[str, str],
+        self, pods: tuple[CompiledPod, ...], groups: Mapping[str, CompiledGroupSpec]
     ) -> PodPart:
         """The group-list chains and container elements of ``pods`` (one pod, or all)."""
         used = {g for p in pods for g in p.groups if g in groups}
@@ -315,9 +319,7 @@ class PartRenderer:
             g: CompiledGroupSpec(group=groups[g].group, synthesized=groups[g].synthesized)
             for g in used
         }
-        ips = {ip for p in pods for ip in p.ips}
-        mine = {ip: name for ip, name in interfaces.items() if ip in ips}
-        rs = self._render(pods=pods, groups=bare, sets={}, interfaces=mine)
+        rs = self._render(pods=pods, groups=bare, sets={})
         static = self.static()
         group_chains = {
             names.group_chain(g, spec.group.namespace, spec.group.name, d)
@@ -329,6 +331,11 @@ class PartRenderer:
             c for c in rs.chains if c.name not in static.names and c.name not in group_chains
         )
         return PodPart(chains, elements)
+
+    def antispoof(self, interfaces: Mapping[str, str]) -> dict[str, tuple[Element, ...]]:
+        """The anti-spoofing containers' elements (``rendering.antispoof_sets``) of every
+        routed pod address: what ``render`` puts in them whatever the pods."""
+        return {s.name: s.elements for s in antispoof_sets(interfaces)}
 
 
 def used_sets(spec: CompiledGroupSpec) -> list[str]:

@@ -10,7 +10,9 @@ inputs change:
   dispatch maps, which set twins it uses) — when its spec or the identity of a set it
   references changes;
 * one part per **pod** (its group-list chains, its elements of the pod sets and maps) —
-  when the pod, its groups' identities or its interfaces change;
+  when the pod or its groups' identities change;
+* the **anti-spoofing** elements (every routed pod address of the node, managed or not,
+  with its interface) — when the routes change;
 * the **elements** of each address-set twin (one per compiled set and family), kept per
   compiled CIDR, so that a member change touches only that member's elements.
 
@@ -223,12 +225,12 @@ class _Caches:
         tuple[
             CompiledNodeSpec,
             tuple[tuple[str, CompiledGroupSpec], ...],
-            dict[str, str],
             list[Chain],
             dict[str, dict[str, Element]],
         ]
         | None
     ) = None
+    antispoof: tuple[dict[str, str], dict[str, dict[str, Element]]] | None = None
     # The last _claim that refused nothing: its inputs (node, used groups, their parts)
     # and its answer, which then does not depend on who held what before.
     claims: (
@@ -278,23 +280,14 @@ class Planner:
         self._cache.groups[key] = (spec, deps, part)
         return part
 
-    def _pod_part(
-        self,
-        pod: CompiledPod,
-        groups: Mapping[str, CompiledGroupSpec],
-        interfaces: Mapping[str, str],
-    ) -> PodPart:
-        sig = (
-            tuple(
-                (g, groups[g].group, groups[g].synthesized) if g in groups else g
-                for g in pod.groups
-            ),
-            tuple(interfaces.get(ip) for ip in pod.ips),
+    def _pod_part(self, pod: CompiledPod, groups: Mapping[str, CompiledGroupSpec]) -> PodPart:
+        sig = tuple(
+            (g, groups[g].group, groups[g].synthesized) if g in groups else g for g in pod.groups
         )
         hit = self._cache.pods.get((pod.namespace, pod.name))
         if hit is not None and _same(hit[0], pod) and hit[1] == sig:
             return hit[2]
-        part = self.parts.pods((pod,), groups, interfaces)
+        part = self.parts.pods((pod,), groups)
         self._cache.pods[(pod.namespace, pod.name)] = (pod, sig, part)
         return part
 
@@ -322,9 +315,20 @@ class Planner:
         return out
 
     # ------------------------------------------------------------- the desired table
-    def _pod_section(
-        self, snap: Snapshot, interfaces: Mapping[str, str]
-    ) -> tuple[list[Chain], dict[str, dict[str, Element]]]:
+    def _antispoof(self, interfaces: Mapping[str, str]) -> dict[str, dict[str, Element]]:
+        """The anti-spoofing containers' elements: every routed pod address of the node,
+        managed or not (cached until the routes change)."""
+        hit = self._cache.antispoof
+        if hit is not None and hit[0] == interfaces:
+            return hit[1]
+        boxes = {
+            name: {el.key_text(): el for el in els}
+            for name, els in self.parts.antispoof(interfaces).items()
+        }
+        self._cache.antispoof = (dict(interfaces), boxes)
+        return boxes
+
+    def _pod_section(self, snap: Snapshot) -> tuple[list[Chain], dict[str, dict[str, Element]]]:
         """Group-list chains and container elements of all pods (cached on its inputs)."""
         node = snap.node
         groups = tuple(snap.groups.items())
@@ -334,9 +338,8 @@ class Planner:
             and hit[0] is node
             and len(hit[1]) == len(groups)
             and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(hit[1], groups, strict=True))
-            and hit[2] == interfaces
         ):
-            return hit[3], hit[4]
+            return hit[2], hit[3]
         claimed: dict[str, int] = {}
         for pod in node.pods:
             for ip in pod.ips:
@@ -344,9 +347,9 @@ class Planner:
         pods = sorted(node.pods, key=lambda p: (p.namespace, p.name))
         if any(n > 1 for n in claimed.values()):
             # Two pods claim one IP: only a render of all pods resolves the owner.
-            pod_parts = [self.parts.pods(tuple(pods), snap.groups, interfaces)]
+            pod_parts = [self.parts.pods(tuple(pods), snap.groups)]
         else:
-            pod_parts = [self._pod_part(p, snap.groups, interfaces) for p in pods]
+            pod_parts = [self._pod_part(p, snap.groups) for p in pods]
             alive = {(p.namespace, p.name) for p in pods}
             for gone_pod in set(self._cache.pods) - alive:
                 del self._cache.pods[gone_pod]
@@ -360,7 +363,7 @@ class Planner:
                 for el in els:
                     box[el.key_text()] = el  # texts are canonical, and cheap to hash
         out = list(chains.values())
-        self._cache.pod_section = (node, groups, dict(interfaces), out, containers)
+        self._cache.pod_section = (node, groups, out, containers)
         return out, containers
 
     def _claim(
@@ -448,7 +451,8 @@ class Planner:
         static = self.parts.static()
         snap, parts, claims, refused = self._claim(snap)
         group_parts = list(parts.values())
-        pod_chains, containers = self._pod_section(snap, interfaces)
+        pod_chains, containers = self._pod_section(snap)
+        containers = {**containers, **self._antispoof(interfaces)}
         objects: dict[Key, TableObject] = {key_of(o): o for o in static.objects}
         for name, empty in static.containers.items():
             objects[(RefKind.SET, name)] = empty

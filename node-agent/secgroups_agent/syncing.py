@@ -10,7 +10,7 @@ A sync:
 
 1. takes the source's :class:`~secgroups_agent.sources.Snapshot` (none until the
    initial lists completed: then nothing is applied and readiness stays false);
-2. resolves pod interfaces from routes (:mod:`~secgroups_agent.interfaces`);
+2. reads every pod interface from the routes (:mod:`~secgroups_agent.interfaces`);
 3. **computes** a :class:`~secgroups_agent.planning.Plan` (in a worker thread) —
    incremental against the committed state, or full: at start, after any failure,
    every ``resync_period`` and when drift was detected;
@@ -322,8 +322,7 @@ class SyncLoop:
         """In a worker thread: resolve interfaces, compute the plan, apply it."""
         step = _Step()
         t0 = self.clock()
-        ips = [ip for pod in snap.node.pods for ip in pod.ips]
-        interfaces = self.interfaces.resolve(ips)
+        interfaces = self.interfaces.routed()  # every pod's, managed or not (anti-spoofing)
         inventory = self._inventory() if full else None
         t1 = self.clock()
         try:

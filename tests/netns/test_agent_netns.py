@@ -444,6 +444,12 @@ def test_pod_interfaces_come_from_the_nodes_routes(
         pods["a1"].ipv4: pods["a1"].host_ifname,
         pods["a1"].ipv6: pods["a1"].host_ifname,
     }
+    # Every pod of the node, in the policy or not, and nothing through the uplink (which
+    # carries subnet routes): the anti-spoofing map (docs/nftables.md#anti-spoofing).
+    routed = in_netns(lab.node_netns(1), lambda: RouteInterfaces().routed())
+    assert routed == {
+        ip: p.host_ifname for p in (pods["a1"], pods["a2"]) for ip in (p.ipv4, p.ipv6)
+    }
 
 
 # ----------------------------------------------------------------------------- conntrack port

@@ -787,11 +787,12 @@ def test_conntrack_timeouts_are_the_specs(dp: DataplaneLab) -> None:
 # ----------------------------------------------------------------------------- spoofing, ND
 @pytest.mark.parametrize("family", [4, 6])
 def test_a_forged_source_from_a_pod_is_dropped(dp: DataplaneLab, family: Family) -> None:
-    """Anti-spoofing (docs/architecture.md#the-dataplane): srv-1 sends UDP and ICMP with
-    the address of its neighbour cli-1 (a pod the outside would accept) and with an unused
+    """Anti-spoofing (docs/nftables.md#anti-spoofing): srv-1 sends UDP and ICMP with the
+    address of its neighbour cli-1 (a pod the outside would accept) and with an unused
     pod-CIDR address: nothing arrives, while the same packets with its own address do.
-    With srv-1 out of the policy (its pod gone from the cluster's view), the forged
-    packets arrive: the lab does not filter them, the agent does."""
+    The same holds with srv-1 out of the policy (a pod of a namespace that is not
+    enforced): every routed pod interface sends only its own addresses. (Without our
+    table the lab delivers forged packets: tests/netns/test_lab_probes.py.)"""
     srv, cli = dp.pods["srv-1"], dp.pods["cli-1"]
     own = srv.ipv4 if family == 4 else srv.ipv6
     dst = dp.outside.ipv4 if family == 4 else dp.outside.ipv6
@@ -815,9 +816,46 @@ def test_a_forged_source_from_a_pod_is_dropped(dp: DataplaneLab, family: Family)
     unmanaged = [d for d in docs if not (d["kind"] == "Pod" and d["metadata"]["name"] == "srv-1")]
     try:
         dp.operator.apply(unmanaged)
-        assert arrived([t for src in forged for t in send(src)]) == [True] * 4
+        assert arrived([t for src in forged for t in send(src)]) == [False] * 4
+        assert arrived(send(own)) == [True, True]
     finally:
         dp.operator.apply(docs)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_unmanaged_pod_forging_a_trusted_pod_is_dropped(
+    dp: DataplaneLab, family: Family
+) -> None:
+    """A pod of a namespace that is not enforced (srv-1, in no compiled object) forges the
+    address of cli-1, which srv-2 (the other node) and mover-1 (the same node) trust:
+    nothing arrives; cli-1's own packets do (the rule is in force), and so do srv-1's
+    with its own address to the outside (the unmanaged pod is not held back)."""
+    cli = dp.pods["cli-1"]
+    cli_ip = cli.ipv4 if family == 4 else cli.ipv6
+    trusting = twin("from-cli-1", "trusting", f"{cli.ipv4}/32", f"{cli.ipv6}/128")
+    docs = ct_manifests(dp.pods, {"srv-2": "trusting", "mover-1": "trusting"}, trusting)
+    docs = [d for d in docs if not (d["kind"] == "Pod" and d["metadata"]["name"] == "srv-1")]
+    dp.operator.apply(docs)
+    spoofer, honest = ProbeClient(dp.pods["srv-1"]), ProbeClient(cli)
+    protos: tuple[Literal["udp", "icmp"], ...] = ("udp", "icmp")
+    targets = [dp.pods["srv-2"], dp.pods["mover-1"]]
+
+    def dst(p: PodNet) -> str:
+        return p.ipv4 if family == 4 else p.ipv6
+
+    def arrived(tokens: list[tuple[PodNet, str]]) -> list[bool]:
+        return parallel(
+            lambda x: bool(ProbeClient(x[0]).wait_seen(x[1], timeout=DENIED_TIMEOUT)), tokens
+        )
+
+    forged = [(t, spoofer.forge(p, cli_ip, dst(t), 80)) for t in targets for p in protos]
+    real = [(t, honest.forge(p, cli_ip, dst(t), 80)) for t in targets for p in protos]
+    assert arrived(forged) == [False] * 4
+    assert arrived(real) == [True] * 4
+    out = dp.outside.ipv4 if family == 4 else dp.outside.ipv6
+    own = dp.pods["srv-1"].ipv4 if family == 4 else dp.pods["srv-1"].ipv6
+    token = spoofer.forge("udp", own, out, 80)
+    assert ProbeClient(dp.outside).wait_seen(token, timeout=ALLOWED_TIMEOUT)
 
 
 def test_neighbour_discovery_works_after_flushing_caches(dp: DataplaneLab) -> None:

@@ -577,8 +577,8 @@ def test_tracer_rejects_a_set_of_the_wrong_type() -> None:
 
 def test_tracer_rejects_conntrack_before_conntrack() -> None:
     text = RULESET.text().replace(
-        "\t\tiifname != @pod_ifaces return\n",
-        "\t\tct state invalid drop\n\t\tiifname != @pod_ifaces return\n",
+        "\t\tiifname @pod_ifaces goto pod_antispoof\n",
+        "\t\tct state invalid drop\n\t\tiifname @pod_ifaces goto pod_antispoof\n",
     )
     with pytest.raises(UnsupportedShapeError, match="before conntrack"):
         trace(text, fwd(WEB1, OUTSIDE, TCP, 80))

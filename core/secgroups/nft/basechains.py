@@ -1,14 +1,15 @@
 """The static part of the ruleset: base chains, shared per-path chains, ct timeout objects.
 
 Role: everything in ``table inet secgroups`` that does not depend on the policy
-(``docs/nftables.md``, "Hooks and priorities", "Static objects"): the anti-spoofing chain in
-``prerouting`` at ``raw``; the policy gates on ``forward``/``input``/``output`` that
-send local pod traffic (matched by pod IP) to ``pod_egress``/``pod_ingress``; those
-two shared chains (conntrack states, the epoch fast path, the reply-path tombstone,
-the TCP non-SYN guard, the ``ct timeout`` stamp, the dispatch verdict maps); the ND/MLD
-allowances; the fail-closed placeholder of pods whose policy is pending (``pending4/6``,
-docs/cni.md); and the ``ct timeout`` objects of S-CT-3. The per-policy part (group and
-group-list chains, sets and map elements) is ``rendering``'s.
+(``docs/nftables.md``, "Hooks and priorities", "Static objects"): the anti-spoofing
+chains in ``prerouting`` at ``raw`` (every routed pod interface, managed or not); the
+policy gates on ``forward``/``input``/``output`` that send local pod traffic (matched by
+pod IP) to ``pod_egress``/``pod_ingress``; those two shared chains (conntrack states,
+the epoch fast path, the reply-path tombstone, the TCP non-SYN guard, the ``ct timeout``
+stamp, the dispatch verdict maps); the ND/MLD allowances; the fail-closed placeholder of
+pods whose policy is pending (``pending4/6``, docs/cni.md); and the ``ct timeout``
+objects of S-CT-3. The per-policy part (group and group-list chains, sets and map
+elements) is ``rendering``'s.
 
 Neighbours: ``rendering`` (the only caller), ``names`` (static names), ``statements``
 and ``objects`` (what is built).
@@ -27,7 +28,6 @@ from secgroups.nft.objects import BaseSpec, Chain, CtTimeout, Hook, Priority, Ta
 from secgroups.nft.statements import (
     ACCEPT,
     DROP,
-    RETURN,
     AddrField,
     AddrMatch,
     Counter,
@@ -113,18 +113,45 @@ def static_objects(
         Hook.PREROUTING,
         Priority("raw"),  # before conntrack (-200): spoofed packets never create entries
         [
-            _rule(IfaceInSet(Iface.IIF, SetRef(names.POD_IFACES), negate=True), RETURN),
-            *(_rule(IfaceSaddrInSet(f, SetRef(fam("pod_src", f))), RETURN) for f in FAMILIES),
+            # Every routed pod interface of the node, managed or not (the agent's host
+            # routes): its packets carry its own addresses (docs/nftables.md, "Anti-spoofing").
+            _rule(IfaceInSet(Iface.IIF, SetRef(names.POD_IFACES)), goto(names.POD_ANTISPOOF)),
+            # A local pod's address arriving anywhere else: an interface the agent has not
+            # seen yet, the uplink.
+            *(
+                _rule(
+                    AddrMatch(f, ip4, SetRef(fam(names.POD_ADDRS, f))),
+                    Counter(),
+                    DROP,
+                    comment="a local pod's address from another interface",
+                )
+                for f in FAMILIES
+            ),
+        ],
+    )
+    yield Chain(
+        names.POD_ANTISPOOF,
+        (
+            *(_rule(IfaceSaddrInSet(f, SetRef(fam("pod_src", f))), ACCEPT) for f in FAMILIES),
+            _rule(  # a DHCP client before it has an address (the placeholder lets it pass)
+                AddrMatch(4, ip4, ipaddress.ip_network("0.0.0.0/32")),
+                PortMatch(L4Proto.UDP, PortRange(DHCP_SERVER_PORT[4], DHCP_SERVER_PORT[4])),
+                ACCEPT,
+            ),
             _rule(AddrMatch(6, ip4, ipaddress.ip_network("::/128")), jump(names.ND_FROM_POD)),
             _rule(AddrMatch(6, ip4, ipaddress.ip_network("fe80::/10")), jump(names.ND_FROM_POD)),
             _rule(Counter(), DROP, comment="spoofed source address"),
-        ],
+        ),
     )
     yield Chain(
         names.ND_FROM_POD,  # link-local / unspecified sources: ND and MLD only, never RA/redirect
         (
             _rule(Icmpv6TypeIn(ND_FROM_POD_LINK), HopLimit(255), ACCEPT),
             _rule(Icmpv6TypeIn(MLD_FROM_POD), ACCEPT),
+            _rule(  # DHCPv6 client messages (from a link-local address)
+                PortMatch(L4Proto.UDP, PortRange(DHCP_SERVER_PORT[6], DHCP_SERVER_PORT[6])),
+                ACCEPT,
+            ),
             _rule(DROP),
         ),
     )

@@ -36,6 +36,8 @@ DIGEST_HEX = 32  # 128 bits
 # Static objects (docs/nftables.md, "Static objects"). `ingress`/`egress` are nft keywords (netdev
 # hooks), so the shared policy chains are `pod_ingress`/`pod_egress`.
 POD_IFACES = "pod_ifaces"
+POD_ADDRS = "pod_addrs"  # pod_addrs4 / pod_addrs6: every routed pod address on the node
+POD_ANTISPOOF = "pod_antispoof"
 POD_EGRESS = "pod_egress"
 POD_INGRESS = "pod_ingress"
 ND_FROM_POD = "nd_from_pod"

@@ -7,7 +7,8 @@ the node agent, which turns the result into an nft transaction
 * one table ``inet secgroups``; static base chains; per-pod state only in set and
   map elements, so a pod that comes or goes changes elements, not rules;
 * anti-spoofing in ``prerouting`` at ``raw`` (before conntrack), by
-  ``{interface . source IP}`` pairs from ``pod_interfaces``;
+  ``{interface . source IP}`` pairs of every routed pod address (``pod_interfaces``:
+  managed pods or not), and no local pod address from another interface;
 * policy gates by pod **IP** (``pods4``/``pods6``), not by interface, so a pod is
   enforced as soon as its IP is in the node object, whatever the CNI;
 * one chain per group and direction (``g_…_in``/``g_…_eg``), shared by all pods of
@@ -154,8 +155,11 @@ def render(
 
     ``policy`` may be the cluster policy or its node slice (``for_node``); only the
     groups of the node's pods and the sets their rules use are rendered.
-    ``pod_interfaces`` maps a pod IP to its host-side interface; pods whose IP is
-    missing there are still enforced (the gates match IPs) but not anti-spoofed.
+    ``pod_interfaces`` maps every routed pod address of the node, managed or not, to
+    its host-side interface (the agent reads them from host routes): each interface may
+    send only its own addresses, and those addresses arrive from nowhere else. Managed
+    pods whose IP is missing there are still enforced (the gates match IPs) but not
+    anti-spoofed (a CNI without host routes: a bridge).
     References that cannot be resolved are rendered as absent, as the evaluator
     judges them: a missing group is skipped in its pods' group lists, a rule whose
     remote set is missing matches nothing (and is left out), a CIDR of the other
@@ -221,7 +225,8 @@ def _render(
         for ranges, name in ctx.port_sets.items()
         if name in used
     )
-    objects.extend(_pod_objects(policy, pods, pod_interfaces, group_chain))
+    objects.extend(_pod_objects(policy, pods, group_chain))
+    objects.extend(antispoof_sets(pod_interfaces))
     objects.extend(pending_sets(pending))
     objects.extend(static_objects(opts.allow_node_to_pod, opts.tcp_timeouts, opts.udp_timeouts))
     return Ruleset.of(opts.table, objects)
@@ -376,18 +381,12 @@ def _hosts(
 def _pod_objects(
     policy: CompiledPolicy,
     pods: list[CompiledPod],
-    pod_interfaces: Mapping[str, str],
     group_chain: Mapping[tuple[str, Direction], str],
 ) -> Iterable[TableObject]:
-    try:
-        ifaces = {ipaddress.ip_address(ip): name for ip, name in pod_interfaces.items()}
-    except ValueError as exc:
-        raise RenderError(f"pod_interfaces: {exc}") from None
     el: dict[str, list[Element]] = {}
     owner: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, CompiledPod] = {}
     lists: dict[tuple[str, ...], tuple[str, str]] = {}
     chains: list[Chain] = []
-    pod_ifaces: set[str] = set()
 
     for pod in pods:
         for text in pod.ips:
@@ -413,27 +412,11 @@ def _pod_objects(
         el.setdefault(fam("in_disp", f), []).append(element(ip, value=jump(gl_in)))
         el.setdefault(fam("in_epoch", f), []).append(element(ip, value=mark))
         el.setdefault(fam("in_valid", f), []).append(element(ip, mark))
-        iface = ifaces.get(ip)
-        if iface is not None:
-            try:
-                ifname = Ifname(iface)
-            except ValueError as exc:
-                raise RenderError(f"pod {pod.namespace}/{pod.name}: {exc}") from None
-            pod_ifaces.add(iface)
-            el.setdefault(fam("pod_src", f), []).append(element(ifname, ip))
 
     yield from chains
-    yield Set(
-        names.POD_IFACES, (DataType.IFNAME,), elements=tuple(element(Ifname(i)) for i in pod_ifaces)
-    )
     for f in FAMILIES:
         addr = DataType.IPV4_ADDR if f == 4 else DataType.IPV6_ADDR
         yield Set(fam("pods", f), (addr,), elements=tuple(el.get(fam("pods", f), ())))
-        yield Set(
-            fam("pod_src", f),
-            (DataType.IFNAME, addr),
-            elements=tuple(el.get(fam("pod_src", f), ())),
-        )
         for disp in ("eg_disp", "in_disp"):
             yield Map(fam(disp, f), (addr,), DataType.VERDICT, tuple(el.get(fam(disp, f), ())))
         yield Map(fam("in_epoch", f), (addr,), DataType.MARK, tuple(el.get(fam("in_epoch", f), ())))
@@ -442,6 +425,39 @@ def _pod_objects(
             (addr, DataType.MARK),
             elements=tuple(el.get(fam("in_valid", f), ())),
         )
+
+
+def antispoof_sets(pod_interfaces: Mapping[str, str]) -> tuple[Set, ...]:
+    """The anti-spoofing sets (``basechains``; docs/nftables.md, "Anti-spoofing") of every
+    routed pod address of the node, managed or not: ``pod_ifaces`` (the interfaces),
+    ``pod_src4/6`` ({interface . address}) and ``pod_addrs4/6`` (the addresses).
+    Raises :class:`RenderError` for a malformed IP or interface name."""
+    ifaces: set[str] = set()
+    src: dict[Family, list[Element]] = {4: [], 6: []}
+    addrs: dict[Family, list[Element]] = {4: [], 6: []}
+    for text, iface in pod_interfaces.items():
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError as exc:
+            raise RenderError(f"pod_interfaces: {exc}") from None
+        try:
+            ifname = Ifname(iface)
+        except ValueError as exc:
+            raise RenderError(f"pod_interfaces: {text}: {exc}") from None
+        f: Family = 4 if ip.version == 4 else 6
+        ifaces.add(iface)
+        src[f].append(element(ifname, ip))
+        addrs[f].append(element(ip))
+    out = [
+        Set(
+            names.POD_IFACES, (DataType.IFNAME,), elements=tuple(element(Ifname(i)) for i in ifaces)
+        )
+    ]
+    for f in FAMILIES:
+        addr = DataType.IPV4_ADDR if f == 4 else DataType.IPV6_ADDR
+        out.append(Set(fam("pod_src", f), (DataType.IFNAME, addr), elements=tuple(src[f])))
+        out.append(Set(fam(names.POD_ADDRS, f), (addr,), elements=tuple(addrs[f])))
+    return tuple(out)
 
 
 def pending_sets(ips: Iterable[str]) -> tuple[Set, Set]:
