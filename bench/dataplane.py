@@ -597,17 +597,17 @@ def spoof_rows(d: dict[str, dict[str, float]]) -> list[Row]:
     """Anti-spoofing of every pod (ours-1st) beside the previous chain and the fib check."""
     p50, pod = d["connect_p50_us"], d["pod_connect_p50_us"]
     rows = []
-    for other, what in (("spoof-prev", "managed pods only"), ("spoof-fib", "fib")):
+    for other, what in (("spoof-prev", "managed"), ("spoof-fib", "fib")):
         rows.append(
             Row(
-                f"connect p50 to the pod: every pod / {what}",
+                f"antispoof, connect to pod: all / {what}",
                 f"{p50['ours-1st']:.1f} / {p50[other]:.1f} µs",
                 ratio=p50["ours-1st"] / p50[other],
             )
         )
         rows.append(
             Row(
-                f"connect p50 from the pod: every pod / {what}",
+                f"antispoof, connect from pod: all / {what}",
                 f"{pod['ours-1st']:.1f} / {pod[other]:.1f} µs",
                 ratio=pod["ours-1st"] / pod[other],
             )
