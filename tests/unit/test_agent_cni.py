@@ -54,10 +54,10 @@ NEW_UID = "uid-new-pod"
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, 60.0))
+    return asyncio.run(asyncio.wait_for(coro, 120.0))
 
 
-async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not cond():
@@ -195,7 +195,7 @@ class Rig:
         )
         self.loop.placeholder = self.state
 
-    def set(self, policy: CompiledPolicy) -> None:
+    def publish(self, policy: CompiledPolicy) -> None:
         self.source.set(slice_policy(policy, NODE))
 
     def pending(self) -> set[str]:
@@ -223,7 +223,7 @@ def add(uid: str, ips: list[str], ns: str = "shop", cid: str | None = None) -> d
         "name": f"pod-{uid}",
         "uid": uid,
         "ips": ips,
-        "timeoutMs": 5000,
+        "timeoutMs": 60_000,
     }
 
 
@@ -252,7 +252,7 @@ def test_add_answers_once_the_placeholder_is_in_force_and_the_policy_replaces_it
             assert reply["ok"] and reply["state"] == STATE_PLACEHOLDER, reply
             assert rig.pending() == {NEW4, NEW6}  # in the kernel before the answer
             assert {NEW4, NEW6} <= set(rig.conntrack.deleted_ips)
-            rig.set(with_pod(policy, "new", NEW_UID, (NEW4, NEW6)))
+            rig.publish(with_pod(policy, "new", NEW_UID, (NEW4, NEW6)))
             await wait_until(lambda: not rig.pending(), "the policy replacing the placeholder")
             assert rig.state.last.owners[NEW4] == NEW_UID
             check = await rig.state.handle({**add(NEW_UID, []), "command": "CHECK"})
@@ -271,10 +271,10 @@ def test_ip_reuse_stays_pending_until_the_new_uid_holds_the_address() -> None:
             assert reply["state"] == STATE_PLACEHOLDER
             assert rig.pending() == {WEB1}
             # The operator drops web-1 but has not compiled the new pod yet: still pending.
-            rig.set(without_pod(policy, "web-1"))
+            rig.publish(without_pod(policy, "web-1"))
             await wait_until(lambda: rig.state.last.owners.get(WEB1) is None, "web-1 gone")
             assert rig.pending() == {WEB1}
-            rig.set(with_pod(without_pod(policy, "web-1"), "new", NEW_UID, (WEB1,)))
+            rig.publish(with_pod(without_pod(policy, "web-1"), "new", NEW_UID, (WEB1,)))
             await wait_until(lambda: not rig.pending(), "the new pod's own policy")
 
     run(main())
