@@ -45,6 +45,11 @@ def protocol_text(rule: CompiledRule) -> str:
 
 
 MAX_NAMES = 5
+# A group the operator holds (secgroups.analysis): what explain and trace add to the reason.
+HELD_NOTE = (
+    "the operator holds this group: skipped here, as agents skip a group never published "
+    "(one published before keeps its last version in the cluster)"
+)
 
 
 def remote_text(remote: ResolvedRemote, namespace: str) -> str:

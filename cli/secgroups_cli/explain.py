@@ -17,6 +17,7 @@ from secgroups.membership import missing_groups_note
 from secgroups.models import Direction
 from secgroups_cli.app import POD_WORDS, App, parse_ref
 from secgroups_cli.describe import (
+    HELD_NOTE,
     effective_rule_dict,
     key_text,
     ports_text,
@@ -64,6 +65,7 @@ def report(snap: Snapshot, policy: PodPolicy) -> dict[str, Any]:
                 "detail": m.detail,
                 "exists": m.exists,
             }
+            | ({"held": m.held} if m.held else {})
             for m in policy.groups
         ],
         "unknownGroups": list(policy.unknown_groups),
@@ -116,6 +118,10 @@ def render(app: App, policy: PodPolicy) -> str:
         table(["#", "GROUP", "WHY"], rows, style, indent="  ")
         or "  (none: the pod is in no group, so everything to and from it is denied)\n"
     )
+    for m in policy.groups:
+        if m.held:
+            note = f"warning: {m.held}; {HELD_NOTE}"
+            lines.append(style.yellow("  " + note) + "\n")
     for direction, rules in (
         (Direction.INGRESS, policy.ingress),
         (Direction.EGRESS, policy.egress),

@@ -22,7 +22,14 @@ from secgroups.evaluating import PROTO_NAMES, Packet
 from secgroups.facts import PodFacts
 from secgroups.models import Direction, IPFamily
 from secgroups_cli.app import POD_WORDS, App, parse_ref
-from secgroups_cli.describe import key_text, ports_text, protocol_text, rule_dict, short_key
+from secgroups_cli.describe import (
+    HELD_NOTE,
+    key_text,
+    ports_text,
+    protocol_text,
+    rule_dict,
+    short_key,
+)
 from secgroups_cli.errors import EXIT_NEGATIVE, EXIT_OK, CliError
 from secgroups_cli.render import table
 from secgroups_cli.sources import Snapshot
@@ -149,7 +156,9 @@ def side_dict(side: SideTrace) -> dict[str, Any]:
         "defaultDeny": v is not None and v.rule is None,
         "note": side.note or None,
         "checks": [
-            {"group": key_text(c.group), "rule": c.rule.id if c.rule else None} for c in side.checks
+            {"group": key_text(c.group), "rule": c.rule.id if c.rule else None}
+            | ({"held": c.held} if c.held else {})
+            for c in side.checks
         ],
     }
 
@@ -198,7 +207,13 @@ def _side_text(app: App, side: SideTrace, role: str) -> str:
         return f"\n{style.bold(title)}\n  {side.note}\n"
     ns = side.pod[0] if side.pod else ""
     rows = []
+    held = []
     for i, c in enumerate(side.checks, start=1):
+        if c.held:
+            held.append(c.held)
+            result = "skipped: held (not published)"
+            rows.append([str(i), short_key(c.group, ns), "-", "", "", "", "", result])
+            continue
         if c.rule is None:
             n = len(app.snapshot().view.compiled_group(c.group).rules(side.direction))
             result = f"no match ({n} {side.direction.value.lower()} rule{'s' if n != 1 else ''})"
@@ -221,6 +236,8 @@ def _side_text(app: App, side: SideTrace, role: str) -> str:
     out = f"\n{style.bold(title)}\n" + table(headers, rows, style, indent="  ")
     if side.note:
         out += "  " + style.yellow(f"warning: {side.note}") + "\n"
+    for why in held:
+        out += "  " + style.yellow(f"warning: {why}; {HELD_NOTE}") + "\n"
     v = side.verdict
     if v.rule is None:
         out += "  " + style.red("no rule matched: default deny (S-X-2)") + "\n"

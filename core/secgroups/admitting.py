@@ -66,6 +66,7 @@ from secgroups.quotas import (
     quota_reasons,
     rule_quota_error,
     rule_quota_warning,
+    too_many_rules_error,
 )
 
 # How many users (pods, rules) a refusal names before it only counts the rest.
@@ -158,11 +159,7 @@ def admit_rule(
     if old is None or rule_group(old) != group:
         total = len(others) + 1
         if total > MAX_RULES_PER_GROUP:
-            return Decision.deny(
-                "TooManyRules",
-                f"security group {key_text(group)}: {total} rules; at most "
-                f"{MAX_RULES_PER_GROUP} rules can be attached to one group",
-            )
+            return Decision.deny("TooManyRules", too_many_rules_error(group, total))
     return Decision.allow(*warnings)
 
 

@@ -11,6 +11,11 @@ One reading of the input is decided here: a pod read from files may have IPs but
 ``spec.nodeName`` (nobody scheduled it). Such pods are placed on the pseudo-node
 :data:`UNSCHEDULED_NODE` so that the evaluator, which finds pods through the per-node
 compiled objects, sees them; the node never changes a verdict the CLI shows.
+
+Verdicts are those of the policy as the operator publishes it: a group in use that it
+holds (more rules than one compiled group holds, ``compiling.held_groups``) is absent,
+so agents skip it and so do the evaluator, ``explain`` and ``trace``, which say why.
+``lint`` still looks at the held group's rules (what-if, :meth:`PolicyView.compiled_group`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,13 @@ from secgroups.compiled import (
     ObjectKey,
     RemoteKind,
 )
-from secgroups.compiling import Compilation, CompileOptions, compile_policy, compile_rule
+from secgroups.compiling import (
+    Compilation,
+    CompileOptions,
+    compile_policy,
+    compile_rule,
+    held_groups,
+)
 from secgroups.evaluating import DirectionVerdict, Evaluator, Packet, Verdict
 from secgroups.facts import ClusterFacts, PodFacts
 from secgroups.membership import (
@@ -73,6 +84,7 @@ class GroupMembership:
     why: Why
     detail: str
     exists: bool  # False for a default group synthesized before its object exists
+    held: str = ""  # why the operator does not publish it ('' when it does): it is skipped
 
 
 class RemoteType(StrEnum):
@@ -151,6 +163,7 @@ class GroupCheck:
 
     group: GroupKey
     rule: CompiledRule | None
+    held: str = ""  # why the group is skipped: the operator does not publish it
 
 
 @dataclass(frozen=True)
@@ -211,14 +224,12 @@ class PolicyView:
         self.scope = scope or Scope()
         self.facts = _placed(facts)
         self.compilation: Compilation = compile_policy(self.facts, CompileOptions(scope=self.scope))
-        self.evaluator = Evaluator(self.compilation.policy)
-        # Groups the compilation left out (no members), compiled when first asked for.
+        # Groups in use that the operator holds, and why (module docstring).
+        self.held: dict[GroupKey, str] = held_groups(self.compilation.problems)
+        self.policy: CompiledPolicy = _published(self.compilation.policy, self.held)
+        self.evaluator = Evaluator(self.policy)
+        # Groups the compilation left out (no members, held), compiled when first asked for.
         self._unpublished: dict[GroupKey, CompiledGroupSpec] = {}
-
-    # -- indexes
-    @property
-    def policy(self) -> CompiledPolicy:
-        return self.compilation.policy
 
     @cached_property
     def enforced(self) -> frozenset[str]:
@@ -280,7 +291,7 @@ class PolicyView:
         return "not managed"
 
     def compiled_group(self, key: GroupKey) -> CompiledGroupSpec:
-        """A group's rules in match order, whether or not it has members."""
+        """A group's rules in match order, whether or not it has members or is held."""
         spec = self.policy.groups.get(naming.compiled_group_name(*key))
         if spec is not None:
             return spec
@@ -364,6 +375,7 @@ class PolicyView:
         memberships: list[GroupMembership] = []
         for pos, g in enumerate(groups_of, start=1):
             obj = self.groups.get(g)
+            held = self.held.get(g, "")
             if g[1] in annotated:
                 why, detail = (
                     Why.ANNOTATION,
@@ -382,9 +394,11 @@ class PolicyView:
                 why, detail = Why.DEFAULT, "no other group: the namespace default group (S-D-1)"
                 if obj is None:
                     detail += ", synthesized (no SecurityGroup object)"
-            memberships.append(GroupMembership(g, pos, why, detail, obj is not None))
+            memberships.append(GroupMembership(g, pos, why, detail, obj is not None, held))
         effective: dict[Direction, list[EffectiveRule]] = {d: [] for d in Direction}
         for m in memberships:
+            if m.held:
+                continue  # not published: agents skip it, and so does the evaluator
             spec = self.compiled_group(m.group)
             for d in Direction:
                 for rule in spec.rules(d):
@@ -449,7 +463,11 @@ class PolicyView:
         key = (verdict.pod.namespace, verdict.pod.name)
         missing = self.compilation.memberships.unknown_annotated.get(key, ())
         for g in self.compilation.memberships.groups_of.get(key, ()):
-            rule = self.evaluator.first_match(self.compiled_group(g), direction, packet)
+            spec = self.policy.groups.get(naming.compiled_group_name(*g))
+            if spec is None:  # held: skipped, as the evaluator skips it
+                checks.append(GroupCheck(g, None, self.held.get(g, "not published")))
+                continue
+            rule = self.evaluator.first_match(spec, direction, packet)
             checks.append(GroupCheck(g, rule))
             if rule is not None:
                 break
@@ -465,6 +483,15 @@ class PolicyView:
             for d in Direction:
                 out.extend(shadowed(key, spec.rules(d)))
         return tuple(out)
+
+
+def _published(policy: CompiledPolicy, held: Mapping[GroupKey, str]) -> CompiledPolicy:
+    """``policy`` without the groups the operator holds (the same object if none is)."""
+    names = {naming.compiled_group_name(*g) for g in held}
+    if not names & policy.groups.keys():
+        return policy
+    groups = {n: g for n, g in policy.groups.items() if n not in names}
+    return policy.model_copy(update={"groups": groups})
 
 
 def _placed(facts: ClusterFacts) -> ClusterFacts:

@@ -14,8 +14,18 @@ so an operator restart rewrites nothing. Steps:
 4. each node → its managed pods with IPs, group lists and ingress epochs.
 
 Problems that do not stop compilation (a rule naming a missing group, a remote
-that does not exist, an annotation naming an unknown group) are returned beside
-the result; quota overruns are ``quotas.account``'s job.
+that does not exist, an annotation naming an unknown group, a group in use with more
+rules than one compiled group holds) are returned beside the result; quota overruns
+are ``quotas.account``'s job.
+
+A group in use that the compiled models refuse (more than
+``compiled.MAX_RULES_PER_DIRECTION`` rules in one direction) is left out, exactly as
+``incremental`` leaves out what its ``failures()`` report: no compiled group, no
+address sets for its rules, while its pods' node entries still name it (agents skip a
+group they do not have). It is reported ``TooManyRules`` in the admission webhook's
+words (``quotas.too_many_rules_error``), for every group over
+``quotas.MAX_RULES_PER_GROUP`` rules, which the operator does not publish either
+(docs/architecture.md, "Limits").
 
 The per-object steps are public functions (``compile_rule``, ``compile_group``,
 ``compile_group_set``, ``compile_ipag_set``, ``compile_pod``, ``compile_node``) so
@@ -33,7 +43,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from secgroups import naming
+from secgroups import naming, quotas
 from secgroups.addresses import collapse_entries, collapse_host_keys, host_key
 from secgroups.compiled import (
     CompiledAddressSetSpec,
@@ -294,6 +304,43 @@ def unknown_group_problem(pod: PodKey, missing: Iterable[str]) -> Problem:
     )
 
 
+def too_many_rules_problem(group: GroupKey, count: int) -> Problem:
+    """A group in use with more rules than one compiled group holds: the operator holds it
+    (never published, or its last published form kept) and the webhook refuses the rule
+    that would make it so, in these words."""
+    return Problem(
+        "SecurityGroup",
+        *group,
+        Severity.ERROR,
+        "TooManyRules",
+        quotas.too_many_rules_error(group, count),
+    )
+
+
+# Problems of a group in use that the operator does not publish (module docstring).
+HELD_REASONS = frozenset({"TooManyRules", "CannotCompile"})
+
+
+def held_groups(problems: Iterable[Problem]) -> dict[GroupKey, str]:
+    """Groups in use that the operator holds, from a compilation's problems, with why."""
+    return {
+        (p.namespace, p.name): p.message
+        for p in problems
+        if p.kind == "SecurityGroup" and p.reason in HELD_REASONS
+    }
+
+
+def uncompilable_group_problem(group: GroupKey, count: int, error: ValueError) -> Problem:
+    """A group in use that the compiled models refuse: :func:`too_many_rules_problem`
+    when it has too many rules (the only way a valid group can be refused today)."""
+    if count > quotas.MAX_RULES_PER_GROUP:
+        return too_many_rules_problem(group, count)
+    text = " ".join(str(error).split())[:500]  # as incremental's failures() keep it
+    return Problem(
+        "SecurityGroup", *group, Severity.ERROR, "CannotCompile", f"cannot be compiled: {text}"
+    )
+
+
 def orphan_rule_problem(rule: SecurityGroupRule) -> Problem:
     """A rule attached to a group that has no object: it has no effect (yet)."""
     group = rule.spec.security_group
@@ -371,7 +418,14 @@ def _compile_policy(facts: ClusterFacts, options: CompileOptions) -> Compilation
         if gkey not in groups and gkey[1] == DEFAULT_GROUP_NAME:
             spec, sources = compile_group(gkey, None)
         else:
-            spec, sources = compile_group(gkey, [compile_rule(r) for r in rules_of.get(gkey, ())])
+            attached = rules_of.get(gkey, ())
+            try:
+                spec, sources = compile_group(gkey, [compile_rule(r) for r in attached])
+            except ValueError as exc:  # the compiled models refuse it: left out (module doc)
+                problems.append(uncompilable_group_problem(gkey, len(attached), exc))
+                continue
+            if len(attached) > quotas.MAX_RULES_PER_GROUP:
+                problems.append(too_many_rules_problem(gkey, len(attached)))
         compiled_groups[gname] = spec
         group_sets[gname] = tuple(sources)
         needed_sets.update(sources)

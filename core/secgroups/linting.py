@@ -9,7 +9,8 @@ Severities, decided here and listed in ``docs/cli.md``:
 * **error** — the configuration does not do what it says: a rule attached to a group
   that does not exist (it has no effect), a remote naming a missing group or address
   group (the rule matches nothing), a pod annotation naming a missing group, a quota
-  exceeded (S-L-1, S-L-2).
+  exceeded (S-L-1, S-L-2), more rules on one group than one compiled group holds (the
+  admission webhook refuses the write, in the same words; the operator holds the group).
 * **warning** — valid but risky or wasteful (S-O-2): SSH/RDP, all ports or database
   ports open to the world; a rule shadowed by an earlier rule of its group; an ICMP
   type that its family does not have (an IPv6 rule for type 8, IPv4's echo request:
@@ -90,6 +91,7 @@ class Code(StrEnum):
     UNUSED_GROUP = "unused-group"
     UNUSED_ADDRESS_GROUP = "unused-address-group"
     QUOTA = "quota"
+    TOO_MANY_RULES = "too-many-rules"
     GROUP_MISSING = "group-missing"
     REMOTE_MISSING = "remote-missing"
     ANNOTATION_GROUP_MISSING = "annotation-group-missing"
@@ -357,6 +359,24 @@ def _quota_findings(view: PolicyView) -> list[Finding]:
     return out
 
 
+def _size_findings(view: PolicyView) -> list[Finding]:
+    """Groups with more rules than the webhook admits (quotas.MAX_RULES_PER_GROUP), with
+    or without members or an object: the webhook counts what is attached, so do we."""
+    return [
+        Finding(
+            key[0],
+            "SecurityGroup",
+            key[1],
+            Code.TOO_MANY_RULES,
+            Severity.ERROR,
+            "",  # a limit of the product, not of the spec (docs/architecture.md, "Limits")
+            quotas.too_many_rules_error(key, len(rules)),
+        )
+        for key, rules in view.rules_of.items()
+        if len(rules) > quotas.MAX_RULES_PER_GROUP
+    ]
+
+
 def lint(facts: ClusterFacts, scope: Scope | None = None) -> tuple[Finding, ...]:
     """Every finding for ``facts``, sorted by namespace, kind, name, code."""
     return lint_view(PolicyView(facts, scope))
@@ -373,4 +393,5 @@ def lint_view(view: PolicyView) -> tuple[Finding, ...]:
     findings += _shadow_findings(view)
     findings += _unused_findings(view)
     findings += _quota_findings(view)
+    findings += _size_findings(view)
     return tuple(sorted(set(findings)))

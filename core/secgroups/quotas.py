@@ -127,6 +127,15 @@ def member_limit_warning(count: int) -> str:
     return f"{count} of {MEMBER_LIMIT} members"
 
 
+def too_many_rules_error(group: GroupKey, count: int) -> str:
+    """More rules attached to one group than one compiled group may hold: the webhook's
+    ``TooManyRules`` refusal, ``lint``'s finding and the compiler's problem say this."""
+    return (
+        f"security group {group[0]}/{group[1]}: {count} rules; at most "
+        f"{MAX_RULES_PER_GROUP} rules can be attached to one group"
+    )
+
+
 def groups_per_pod_warning(count: int) -> str:
     """S-L-3: more groups on one pod than advised."""
     return f"in {count} security groups; at most {GROUPS_PER_POD_ADVISED} are advised"
