@@ -102,6 +102,7 @@ class Operator:
             if stop.is_set():
                 return
             self.timings.lists_done = time.monotonic()
+            self.reconciler.lists_done = self.timings.lists_done
             log.info("initial lists in %.2f s", self.timings.lists_done - self.timings.started)
             if self.elector is not None:
                 tasks.append(asyncio.create_task(self.elector.run(stop), name="leader election"))

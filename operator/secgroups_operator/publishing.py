@@ -81,7 +81,7 @@ SPEC_MODELS: dict[str, Any] = {
 
 
 def canonical(data: Any) -> bytes:
-    """The JSON text specs are compared by (sorted keys)."""
+    """Compact JSON text (sorted keys) of a plain value."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -89,11 +89,12 @@ def _digest(text: bytes) -> bytes:
     return hashlib.blake2b(text, digest_size=16).digest()
 
 
-def spec_json(model: Any) -> dict[str, Any]:
-    """A compiled spec model as the JSON we write (defaults left out; never ``requires``)."""
-    data: dict[str, Any] = model.model_dump(by_alias=True, mode="json", exclude_defaults=True)
-    data.pop("requires", None)
-    return data
+def spec_text(model: Any) -> bytes:
+    """A compiled spec model as the JSON we write and compare by: pydantic's own
+    serializer (fast, in Rust), defaults left out, never ``requires`` (the publisher adds
+    it when writing a node object). Stored specs go through the same model first."""
+    text: str = model.model_dump_json(by_alias=True, exclude_defaults=True, exclude={"requires"})
+    return text.encode()
 
 
 def labels_digest(keys: Iterable[str]) -> bytes:
@@ -131,7 +132,7 @@ class Wanted:
 
     digest: bytes
     size: int
-    spec: dict[str, Any] | None = None
+    spec: bytes | None = None  # the spec's JSON text (spec_text)
     labels: tuple[str, ...] | None = None
     labels_digest: bytes = NO_LABELS
     refs: frozenset[str] | None = None
@@ -139,53 +140,48 @@ class Wanted:
     held: str | None = None
     nodes: int = 0  # groups and sets: how many nodes use it
     sets: tuple[str, ...] = ()  # groups: the address sets their rules use
+    owner: tuple[str, str, str] | None = None  # the user object it is compiled from
 
 
 def wanted_spec(kind: str, model: Any) -> Wanted:
     """A compiled spec as a :class:`Wanted` (JSON, digest, size, size bound): runs in the
     compile thread."""
-    spec = spec_json(model)
-    text = canonical(spec)
+    text = spec_text(model)
     held = None
+    refs = None
+    sets: tuple[str, ...] = ()
+    owner = None
     if kind == COMPILED_GROUP_KIND:
-        rules = len(spec.get("ingress", ())) + len(spec.get("egress", ()))
+        rules = len(model.ingress) + len(model.egress)
         if rules > MAX_RULES_PER_GROUP:
             held = f"TooManyRules: {rules} rules; at most {MAX_RULES_PER_GROUP} per group"
+        sets = tuple(
+            sorted({r.remote.set for r in (*model.ingress, *model.egress) if r.remote.set})
+        )
+        owner = ("SecurityGroup", model.group.namespace, model.group.name)
+    elif kind == COMPILED_SET_KIND:
+        owner = (str(model.source_kind), model.source.namespace, model.source.name)
+    else:
+        groups = set(model.groups)
+        for pod in model.pods:
+            groups.update(pod.groups)
+        refs = frozenset({f"group/{g}" for g in groups} | {f"set/{x}" for x in model.sets})
     if held is None and len(text) > MAX_COMPILED_OBJECT_BYTES:
         held = (
             f"TooLarge: its compiled form is {len(text):,} bytes; at most "
             f"{MAX_COMPILED_OBJECT_BYTES:,} can be published"
         )
-    refs = None
-    sets: tuple[str, ...] = ()
-    if kind == COMPILED_GROUP_KIND:
-        sets = tuple(
-            sorted(
-                {
-                    r["remote"]["set"]
-                    for r in (*spec.get("ingress", ()), *spec.get("egress", ()))
-                    if r.get("remote", {}).get("set")
-                }
-            )
-        )
-    if kind == COMPILED_NODE_KIND:
-        groups = set(spec.get("groups", ()))
-        for pod in spec.get("pods", ()):
-            groups.update(pod.get("groups", ()))
-        refs = frozenset(
-            {f"group/{g}" for g in groups} | {f"set/{s}" for s in spec.get("sets", ())}
-        )
-    return Wanted(_digest(text), len(text), spec=spec, refs=refs, held=held, sets=sets)
+    return Wanted(_digest(text), len(text), spec=text, refs=refs, held=held, sets=sets, owner=owner)
 
 
 def stored_digest(kind: str, spec: Mapping[str, Any]) -> bytes:
     """The digest of a stored spec, comparable with :func:`wanted_spec`'s: parsed with the
-    model and dumped the same way (the API server fills in the CRD's defaults)."""
+    model and serialized the same way (the API server fills in the CRD's defaults)."""
     try:
         model = SPEC_MODELS[kind].model_validate(spec)
     except ValidationError:
         return b"invalid"
-    return _digest(canonical(spec_json(model)))
+    return _digest(spec_text(model))
 
 
 @dataclass
@@ -543,7 +539,7 @@ class Publisher:
             "apiVersion": API_VERSION,
             "kind": key[0],
             "metadata": {"name": key[1], "labels": dict(MANAGED_BY)},
-            "spec": w.spec,
+            "spec": json.loads(w.spec),
         }
         stored = await self.cluster.apply(body, field_manager=FIELD_MANAGER)
         labels = [
@@ -578,7 +574,7 @@ class Publisher:
             stats.deletes += 1
             return
         assert w.spec is not None and w.refs is not None
-        spec = dict(w.spec)
+        spec: dict[str, Any] = json.loads(w.spec)
         pending = self._pending_refs(node, w)
         pods = list(spec.get("pods", ()))
         held_back: set[tuple[str, str]] = set()
@@ -627,7 +623,7 @@ class Publisher:
             raise RequestError(413, "the node object would exceed the size bound")
         stored_obj = await self.cluster.apply(body, field_manager=FIELD_MANAGER)
         if held_back:
-            digest = _digest(canonical({k: v for k, v in spec.items() if k != "requires"}))
+            digest = stored_digest(COMPILED_NODE_KIND, spec)
             self.gated[node] = (w.digest, pending)
             self.new_refs[node] = self.new_refs.get(node, set()) - refs
         else:
