@@ -956,7 +956,7 @@ def status(prefix: str = DEFAULT_PREFIX, workdir: Path | None = None) -> dict[st
         )
         pki = wd / "pki"
         client = ApiClient(state["root_url"], pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
-        result["readyz"] = client.status("/readyz", timeout=3)
+        result["readyz"] = client.status("/readyz", timeout=10)  # a busy machine is slow
     return result
 
 
