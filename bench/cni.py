@@ -14,10 +14,16 @@ waits for a commit that changes nothing). Three figures per pod, from the logs:
 * **ADD** — the plugin process, start to exit, as the runtime waits for it (simulated
   kubelet: ``CNI ADD``): exec, connect, the agent's answer;
 * **agent** — from the request to the answer inside the agent (``pod network opened``):
-  one sync (plan + nft transaction) and the conntrack clean-up of the addresses;
+  one sync (plan + nft transaction); the conntrack clean-up of the addresses runs after
+  it, beside the answer (the placeholder stays until it is done);
 * **placeholder → policy** — from the ADD to the commit that lifted the placeholder
   (``placeholder lifted``): the runtime returns, the simulated kubelet writes the pod's
   IPs, the operator compiles and publishes, the agent applies.
+
+``--isolated`` measures the ADD alone: one agent in a scratch network namespace with a
+policy file (no API server, no operator; every namespace enforced), the plugin binary run
+for ``--pods`` addresses in turn (each ADD puts one more address behind the placeholder:
+one sync, one nft transaction), then DEL for each.
 
 Everything shares the machine's cores with whatever else runs: the load average is printed.
 """
@@ -28,8 +34,11 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -106,15 +115,102 @@ def agent_ms(log: Path, msg: str, keys: set[str]) -> list[float]:
     return out
 
 
+def plugin_call(plugin: Path, socket: Path, command: str, i: int) -> float:
+    """Run the plugin once as a runtime does; seconds it took (SystemExit if it failed)."""
+    ip4, ip6 = f"100.64.{200 + i // 250}.{2 + i % 250}", f"fd64:5ec:0:c8::{i + 2:x}"
+    conf = {
+        "cniVersion": "1.0.0", "name": "bench", "type": "secgroups-cni",
+        "socket": str(socket), "timeoutSeconds": 30,
+        "prevResult": {
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": f"vethb{i}"}, {"name": "eth0", "sandbox": "/run/netns/x"}],
+            "ips": [
+                {"address": f"{ip4}/32", "interface": 1},
+                {"address": f"{ip6}/128", "interface": 1},
+            ],
+        },
+    }  # fmt: skip
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command,
+        "CNI_CONTAINERID": f"bench-{i}", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+        "CNI_PATH": str(plugin.parent),
+        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;"
+        f"K8S_POD_NAME=p{i};K8S_POD_UID=uid-{i}",
+    }  # fmt: skip
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [str(plugin)], input=json.dumps(conf), env=env, capture_output=True, text=True, check=False
+    )
+    took = time.monotonic() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"{command} {i} failed: {done.stdout} {done.stderr}")
+    return took
+
+
+def isolated(n: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' agent harness
+    from tests.agent_harness import AgentProcess
+
+    from secgroups.compiled import CompiledPolicy
+    from secgroups_lab.cnibin import build_plugin
+
+    plugin = build_plugin()
+    netns = "ksgcbi"
+    subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    work = Path(tempfile.mkdtemp(prefix="ksg-cni-bench-"))
+    socket = work / "cni.sock"
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        extra = ["--cni-socket", str(socket), "--enforced-namespaces", "*"]
+        with AgentProcess(netns, "n1", work, min_sync_interval=0.05, extra_args=extra) as agent:
+            agent.start(CompiledPolicy())
+            for i in range(3):  # warm-up
+                plugin_call(plugin, socket, "ADD", 1000 + i)
+            adds = [plugin_call(plugin, socket, "ADD", i) * 1000 for i in range(n)]
+            dels = [plugin_call(plugin, socket, "DEL", i) * 1000 for i in range(n)]
+            load = os.getloadavg()
+            print(f"isolated agent, {n} pods; load average {load[0]:.1f} {load[1]:.1f}")
+            print(line("ADD (plugin process, end to end)", adds))
+            print(
+                line(
+                    "ADD inside the agent",
+                    agent_ms(
+                        agent.log_file, "pod network opened", {f"bench/p{i}" for i in range(n)}
+                    ),
+                )
+            )
+            print(line("DEL (plugin process, end to end)", dels))
+            phases: dict[str, list[float]] = {}
+            for rec in agent.log_records():
+                f = rec.get("fields") or {}
+                if rec.get("msg") == "pod network opened" and f.get("phases_ms"):
+                    for k, v in zip(("bind", "commit"), f["phases_ms"], strict=False):
+                        phases.setdefault(f"ADD: {k}", []).append(float(v))
+                if rec.get("msg") == "applied":
+                    f = rec.get("fields") or {}
+                    for k, v in {"sync": f.get("ms"), **(f.get("phases_ms") or {})}.items():
+                        phases.setdefault(str(k), []).append(float(v or 0))
+            for k, v in phases.items():
+                print(line(f"  {k}" if k.startswith("ADD") else f"  sync: {k}", v))
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pods", type=int, default=40, help="pods per namespace (default 40)")
     p.add_argument("--quick", action="store_true", help="5 pods per namespace")
+    p.add_argument("--isolated", action="store_true", help="one agent, no cluster: ADD alone")
     args = p.parse_args()
     n = 5 if args.quick else args.pods
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
+    if args.isolated:
+        isolated(n)
+        return 0
     lab = LabCluster(prefix="ksgcb", nodes=2, cni=True, progress=print)
     lab.up()
     try:

@@ -13,6 +13,11 @@ An address of a binding is pending unless the table can already be trusted for i
   pod never sends or receives with the old pod's allowances;
 * its pod is managed (its namespace is enforced) and the node object does not give the
   address to the pod's own UID yet — pending until the pod's own policy arrives;
+* until the conntrack entries of its addresses are deleted (they belong to the sandbox
+  that had them before), for an address a policy governs — pending, so that no stale
+  entry carries the new pod's packets once its policy accepts "established"; the clean-up
+  starts once the placeholder is in force (no packet can confirm a new entry then) and
+  runs beside the ADD's answer;
 * otherwise (the pod's own UID holds it, or an unmanaged pod's address nobody holds) —
   not pending.
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
@@ -74,6 +80,7 @@ class Binding:
     host_interface: str | None = None
     managed: bool = True  # its namespace was enforced when last known (the fallback)
     created: float = 0.0
+    cleaned: bool = False  # the conntrack entries of its addresses were deleted
 
     @property
     def pod(self) -> str:
@@ -93,6 +100,7 @@ class Binding:
             host_interface=data.get("host_interface"),
             managed=bool(data.get("managed", True)),
             created=float(data.get("created", 0.0)),
+            cleaned=bool(data.get("cleaned", False)),
         )
 
 
@@ -179,9 +187,14 @@ def pending_ips(
     """The addresses behind the placeholder (see the module docstring)."""
     out: set[str] = set()
     for b in bindings:
+        is_managed = managed(b)
         for ip in b.ips:
             uids = claims.get(ip, frozenset())
-            if uids - {b.uid} or (b.uid not in uids and managed(b)):
+            if (
+                uids - {b.uid}
+                or (b.uid not in uids and is_managed)
+                or (not b.cleaned and (is_managed or uids))
+            ):
                 out.add(ip)
     return frozenset(out)
 
@@ -280,6 +293,7 @@ class CniState:
         self.listeners: list[CommitListener] = []
         self._commit = asyncio.Event()
         self._claims: tuple[CompiledNodeSpec, dict[str, frozenset[str]]] | None = None
+        self._cleaning: dict[str, asyncio.Task[None]] = {}  # container ID -> its clean-up
         if self.bindings:
             log.info("CNI bindings restored", extra=logs.fields(count=len(self.bindings)))
 
@@ -297,6 +311,56 @@ class CniState:
         self.planned = self.version
         return pending_ips(self.bindings.values(), hit[1], self.managed)
 
+    def _start_cleaning(self, binding: Binding) -> None:
+        if self.conntrack is None:
+            self._cleaned(binding)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._clean(binding), name=f"cni-conntrack-{binding.container_id[:12]}"
+        )
+        self._cleaning[binding.container_id] = task
+
+    async def _clean(self, binding: Binding) -> None:
+        """Delete the conntrack entries of the binding's addresses (retried with backoff);
+        the addresses stay pending until it is done (see :func:`pending_ips`)."""
+        assert self.conntrack is not None
+        delay = 0.5
+        try:
+            while binding.container_id in self.bindings:
+                t0 = self.clock()
+                try:
+                    n = await asyncio.to_thread(self.conntrack.delete_ips, list(binding.ips))
+                except Exception as exc:
+                    log.warning(
+                        "conntrack clean-up of a new pod's addresses failed; it stays behind "
+                        "the placeholder, retrying",
+                        extra=logs.fields(pod=binding.pod, error=str(exc), retry_in=delay),
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+                log.info(
+                    "conntrack of a new pod's addresses cleaned",
+                    extra=logs.fields(
+                        pod=binding.pod, entries=n, ms=round((self.clock() - t0) * 1000, 1)
+                    ),
+                )
+                self._cleaned(binding)
+                return
+        finally:
+            if self._cleaning.get(binding.container_id) is asyncio.current_task():
+                del self._cleaning[binding.container_id]
+
+    def _cleaned(self, done: Binding) -> None:
+        b = self.bindings.get(done.container_id)
+        if b is None or b.cleaned or b.ips != done.ips:
+            return  # gone, or replaced by a new binding with other addresses
+        b = dataclasses.replace(b, cleaned=True)
+        self.bindings[b.container_id] = b
+        self.store.save(b)
+        self.version += 1
+        self.changed()
+
     def committed(self, snap: Snapshot, state: TableState) -> None:
         """A plan from :meth:`pending`'s answer is in the kernel: answer who waits."""
         pending = committed_pending(state)
@@ -304,6 +368,11 @@ class CniState:
         self.last = Commit(self.last.seq + 1, self.planned, pending, state.pod_ips)
         if was - pending:
             self._left_pending(was - pending, state)
+        for b in list(self.bindings.values()):
+            # Only behind the placeholder: before it, the IP's old policy could let a
+            # packet create a new entry right after the clean-up.
+            if not b.cleaned and b.container_id not in self._cleaning and set(b.ips) <= pending:
+                self._start_cleaning(b)
         self._commit.set()
         self._commit = asyncio.Event()
         for listener in self.listeners:
@@ -352,25 +421,27 @@ class CniState:
                 # stale (its DEL was lost, or this is a retried ADD).
                 del self.bindings[other.container_id]
                 self.store.remove(other.container_id)
+                if (task := self._cleaning.pop(other.container_id, None)) is not None:
+                    task.cancel()
         self.bindings[cid] = binding
         self.store.save(binding)
         self.version += 1
         self.changed()
+        t1 = self.clock()
         state = await self._wait_safe(binding, deadline)
-        if self.conntrack is not None:
-            # Entries of these addresses belong to a sandbox that is gone (IP reuse):
-            # none may carry the new pod's packets once its policy allows "established".
-            try:
-                await asyncio.to_thread(self.conntrack.delete_ips, list(ips))
-            except Exception as exc:
-                log.warning(
-                    "conntrack cleanup at ADD failed",
-                    extra=logs.fields(pod=binding.pod, error=str(exc)),
-                )
-        ms = round((self.clock() - t0) * 1000, 1)
+        t2 = self.clock()
+        ms = round((t2 - t0) * 1000, 1)
         log.info(
             "pod network opened",
-            extra=logs.fields(pod=binding.pod, uid=uid, ips=list(ips), state=state, ms=ms),
+            extra=logs.fields(
+                pod=binding.pod,
+                uid=uid,
+                ips=list(ips),
+                state=state,
+                ms=ms,
+                # where the time went: binding, then the commit
+                phases_ms=[round((b - a) * 1000, 1) for a, b in ((t0, t1), (t1, t2))],
+            ),
         )
         return {"ok": True, "state": state, "detail": f"{ms} ms"}
 
@@ -405,6 +476,9 @@ class CniState:
         gone = self.bindings.pop(cid, None) if cid else None
         if gone is not None:
             self.store.remove(cid)
+            task = self._cleaning.pop(cid, None)
+            if task is not None:
+                task.cancel()
             self.version += 1
             self.changed()
             log.info("pod network released", extra=logs.fields(pod=gone.pod, ips=list(gone.ips)))

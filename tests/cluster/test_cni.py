@@ -23,9 +23,15 @@ probe daemons; see docs/cni.md, "Tests".
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,7 +185,7 @@ def delete(lab: LabCluster, name: str, namespace: str = NS) -> None:
 @pytest.fixture(scope="module")
 def server(lab: LabCluster) -> Iterator[str]:
     apply(lab, pod_yaml("server", node(lab, 1), "server"))
-    wait_until("the server's policy in force", lambda: policy_applied(lab, "server"), 60)
+    wait_until("the server's policy in force", lambda: policy_applied(lab, "server"), 180)
     yield endpoint(lab, "server").ipv4
     delete(lab, "server")
 
@@ -198,7 +204,7 @@ def test_a_pods_first_connection_to_a_denied_destination_fails(
         c = client(lab, name)  # the daemon runs: the plugin's ADD has returned
         first = c.probe("tcp", outside.ipv4, 80, timeout=1.0)
         assert not first.ok, f"{name}'s first connection to a denied destination got through"
-        wait_until(f"{name}'s policy in force", lambda n=name: policy_applied(lab, n), 60)
+        wait_until(f"{name}'s policy in force", lambda n=name: policy_applied(lab, n), 120)
         assert not c.probe("tcp", outside.ipv4, 80, timeout=1.0).ok
         assert c.probe("tcp", server, 80, timeout=3.0).ok, "the allowed destination must answer"
         delete(lab, name)
@@ -214,8 +220,8 @@ def test_a_denied_client_cannot_reach_a_new_pod_from_its_start(
     apply(lab, pod_yaml("intruder", node(lab, 2), "sender"))
     apply(lab, pod_yaml("friend", node(lab, 2), "client"))
     intruder, friend = client(lab, "intruder"), client(lab, "friend")
-    wait_until("intruder's policy", lambda: policy_applied(lab, "intruder"), 60)
-    wait_until("friend's policy", lambda: policy_applied(lab, "friend"), 60)
+    wait_until("intruder's policy", lambda: policy_applied(lab, "intruder"), 120)
+    wait_until("friend's policy", lambda: policy_applied(lab, "friend"), 120)
     apply(lab, pod_yaml("probe-target", node(lab, 1), "locked"))
     target = endpoint_eventually(lab, "probe-target")
     delete(lab, "probe-target")  # its address is free now: the next pod on node 1 gets it
@@ -236,7 +242,7 @@ def test_a_denied_client_cannot_reach_a_new_pod_from_its_start(
         time.sleep(0.5)
         apply(lab, pod_yaml("newcomer", node(lab, 1), "server"))
         assert endpoint_eventually(lab, "newcomer") == target, "the lab reused the address"
-        wait_until("newcomer's policy in force", lambda: policy_applied(lab, "newcomer"), 60)
+        wait_until("newcomer's policy in force", lambda: policy_applied(lab, "newcomer"), 120)
         time.sleep(1.0)
     finally:
         stop.set()
@@ -288,7 +294,7 @@ def test_without_the_agent_a_new_pod_gets_no_network_until_it_is_back(
         lambda: pod(lab, "orphan")["status"].get("phase") == "Running",
         90,
     )
-    wait_until("orphan's policy in force", lambda: policy_applied(lab, "orphan"), 60)
+    wait_until("orphan's policy in force", lambda: policy_applied(lab, "orphan"), 120)
     assert client(lab, "orphan").probe("tcp", server, 80, timeout=3.0).ok
     delete(lab, "orphan")
 
@@ -304,8 +310,8 @@ def test_a_reused_address_stays_behind_the_placeholder_until_its_own_policy(
     agent then puts in force."""
     apply(lab, pod_yaml("old", node(lab, 1), "client,server"))
     apply(lab, pod_yaml("caller", node(lab, 2), "client"))
-    wait_until("old's policy", lambda: policy_applied(lab, "old"), 60)
-    wait_until("caller's policy", lambda: policy_applied(lab, "caller"), 60)
+    wait_until("old's policy", lambda: policy_applied(lab, "old"), 120)
+    wait_until("caller's policy", lambda: policy_applied(lab, "caller"), 120)
     caller, old = client(lab, "caller"), client(lab, "old")
     address = endpoint_eventually(lab, "old")
     assert caller.probe("tcp", address, 80, timeout=3.0).ok  # the allowances to be reused
@@ -325,7 +331,7 @@ def test_a_reused_address_stays_behind_the_placeholder_until_its_own_policy(
         assert not policy_applied(lab, "reuser")
     finally:
         lab.start_daemon("operator")
-    wait_until("reuser's own policy in force", lambda: policy_applied(lab, "reuser"), 60)
+    wait_until("reuser's own policy in force", lambda: policy_applied(lab, "reuser"), 120)
     assert not caller.probe("tcp", address, 80, timeout=1.0).ok  # locked, for good
     assert not reuser.probe("tcp", server, 80, timeout=1.0).ok
     for name in ("caller", "reuser"):
@@ -337,9 +343,88 @@ def test_pods_outside_enforced_namespaces_are_passed_and_marked(lab: LabCluster)
     its readiness condition is set (NotEnforced): nobody stays unready for our sake."""
     apply(lab, pod_yaml("plain", node(lab, 2), "", namespace="open"))
     wait_until("plain runs", lambda: endpoint(lab, "plain", "open"), 60)
-    wait_until("plain's condition", lambda: policy_applied(lab, "plain", "open"), 60)
+    wait_until("plain's condition", lambda: policy_applied(lab, "plain", "open"), 120)
     c = condition(pod(lab, "plain", "open"), GATE)
     assert c is not None and c["reason"] == "NotEnforced"
     ready = condition(pod(lab, "plain", "open"), "Ready")
     assert ready is not None and ready["status"] == "True"
     delete(lab, "plain", "open")
+
+
+# ----------------------------------------------------------------------------- the webhook
+
+
+@pytest.fixture(scope="module")
+def gate_webhook(lab: LabCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``secgroups-operator --webhook-only`` serving /mutate, reachable by the lab's API
+    server, with the MutatingWebhookConfiguration it writes itself (``--webhook-url``)."""
+    assert lab.cp is not None
+    address = lab.cp.addresses.root_side
+    with socket.socket() as s:
+        s.bind((address, 0))
+        port = int(s.getsockname()[1])
+    log = tmp_path_factory.mktemp("gate") / "operator.log"
+    argv = [
+        sys.executable, "-m", "secgroups_operator.main",
+        "--kubeconfig", str(lab.kubeconfig),
+        "--webhook-only",
+        "--webhook-address", address,
+        "--webhook-port", str(port),
+        "--webhook-url", f"https://{address}:{port}",
+        "--webhook-mutating-configuration", "ksg-gate",
+        "--webhook-gate-failure-policy", "Fail",  # a test pod must never slip through
+    ]  # fmt: skip
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            cwd=Path(__file__).resolve().parents[2],
+        )  # fmt: skip
+    try:
+
+        def gated() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"the operator exited:\n{log.read_text()[-3000:]}")
+            name = f"canary-{time.monotonic_ns()}"
+            out = lab.kubectl(
+                "create", "--dry-run=server", "-o", "json", "-f", "-",
+                input_text=pod_yaml(name, node(lab, 1), "", gate=False), check=False,
+            )  # fmt: skip
+            return GATE in out
+
+        wait_until("the API server calls /mutate", gated, 90)
+        yield
+    finally:
+        lab.kubectl("delete", "mutatingwebhookconfiguration", "ksg-gate", "--ignore-not-found")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_new_pods_of_enforced_namespaces_get_the_gate_and_are_ready_once_enforced(
+    lab: LabCluster, gate_webhook: None, server: str
+) -> None:
+    """The mutating webhook gives a pod written without a gate the gate; it is Ready only
+    with its policy in force; hostNetwork pods and pods of other namespaces get none."""
+    apply(lab, pod_yaml("gated", node(lab, 2), "client", gate=False))
+    p = pod(lab, "gated")
+    assert p["spec"].get("readinessGates") == [{"conditionType": GATE}]
+    wait_until("gated's policy in force", lambda: policy_applied(lab, "gated"), 120)
+    wait_until(
+        "gated Ready",
+        lambda: (condition(pod(lab, "gated"), "Ready") or {}).get("status") == "True",
+        60,
+    )
+    assert condition(pod(lab, "gated"), GATE)["reason"] == "PolicyApplied"  # type: ignore[index]
+    apply(lab, pod_yaml("ungated", node(lab, 2), "", namespace="open", gate=False))
+    assert not pod(lab, "ungated", "open")["spec"].get("readinessGates")
+    host = json.loads(pod_yaml("host", node(lab, 2), "", gate=False))
+    host["spec"]["hostNetwork"] = True
+    out = lab.kubectl(
+        "create", "--dry-run=server", "-o", "json", "-f", "-", input_text=json.dumps(host)
+    )
+    assert not json.loads(out)["spec"].get("readinessGates")
+    delete(lab, "gated")
+    delete(lab, "ungated", "open")

@@ -67,9 +67,13 @@ async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 30.0)
 
 
 def binding(
-    ips: tuple[str, ...], uid: str = NEW_UID, ns: str = "shop", managed: bool = True
+    ips: tuple[str, ...],
+    uid: str = NEW_UID,
+    ns: str = "shop",
+    managed: bool = True,
+    cleaned: bool = True,
 ) -> Binding:
-    return Binding(f"c-{uid}", ns, "p", uid, ips, None, managed)
+    return Binding(f"c-{uid}", ns, "p", uid, ips, None, managed, cleaned=cleaned)
 
 
 # ----------------------------------------------------------------------------- decisions
@@ -86,9 +90,9 @@ def node_with(*pods: tuple[str, str, tuple[str, ...]]) -> CompiledNodeSpec:
 @pytest.mark.parametrize(
     ("holders", "managed", "pending"),
     [
+        pytest.param((("p", NEW_UID),), True, False, id="its-own-policy-holds-it"),
         pytest.param((), True, True, id="managed-new-pod-waits-for-its-policy"),
         pytest.param((), False, False, id="unmanaged-new-pod-nobody-else-s-address"),
-        pytest.param((("p", NEW_UID),), True, False, id="its-own-policy-holds-it"),
         pytest.param((("old", OLD_UID),), True, True, id="ip-reuse-managed"),
         pytest.param((("old", OLD_UID),), False, True, id="ip-reuse-unmanaged-still-pending"),
         pytest.param(
@@ -103,6 +107,22 @@ def test_which_addresses_are_pending(
     b = binding((WEB1,), managed=managed)
     got = pending_ips([b], claimants(node), lambda x: x.managed)
     assert (WEB1 in got) is pending
+
+
+@pytest.mark.parametrize(
+    ("holders", "managed", "pending"),
+    [
+        pytest.param((("p", NEW_UID),), True, True, id="own-policy-but-old-entries-left"),
+        pytest.param((), False, False, id="unmanaged-nobody-s-address-needs-no-clean-up"),
+        pytest.param((("p", NEW_UID),), False, True, id="unmanaged-own-policy-waits-too"),
+    ],
+)
+def test_an_address_waits_for_its_conntrack_clean_up(
+    holders: tuple[tuple[str, str], ...], managed: bool, pending: bool
+) -> None:
+    node = node_with(*((name, uid, (WEB1,)) for name, uid in holders))
+    b = binding((WEB1,), managed=managed, cleaned=False)
+    assert (WEB1 in pending_ips([b], claimants(node), lambda x: x.managed)) is pending
 
 
 def test_protection_of_a_committed_table() -> None:
@@ -251,7 +271,9 @@ def test_add_answers_once_the_placeholder_is_in_force_and_the_policy_replaces_it
             reply = await rig.state.handle(add(NEW_UID, [f"{NEW4}/32", f"{NEW6}/128"]))
             assert reply["ok"] and reply["state"] == STATE_PLACEHOLDER, reply
             assert rig.pending() == {NEW4, NEW6}  # in the kernel before the answer
-            assert {NEW4, NEW6} <= set(rig.conntrack.deleted_ips)
+            await wait_until(
+                lambda: {NEW4, NEW6} <= set(rig.conntrack.deleted_ips), "the conntrack clean-up"
+            )
             rig.publish(with_pod(policy, "new", NEW_UID, (NEW4, NEW6)))
             await wait_until(lambda: not rig.pending(), "the policy replacing the placeholder")
             assert rig.state.last.owners[NEW4] == NEW_UID
@@ -439,3 +461,22 @@ def test_the_condition_is_set_when_the_policy_is_in_force_and_only_then() -> Non
     assert (cond["type"], cond["status"], cond["reason"]) == (GATE, "True", "PolicyApplied")
     assert by_name["plain"]["status"]["conditions"][0]["reason"] == "NotEnforced"
     assert in_force(snap, state, frozenset()) == set(uids.values())
+
+
+def test_a_failed_conntrack_clean_up_keeps_the_pod_behind_the_placeholder() -> None:
+    """Its own policy arrived, but entries of the address's previous sandbox may still be
+    there: the address stays pending until the clean-up, retried, succeeds."""
+    policy = nc.web_and_db().policy
+
+    async def main() -> None:
+        async with Rig(policy) as rig:
+            rig.conntrack.fail_next = [OSError("netlink busy")]
+            reply = await rig.state.handle(add(NEW_UID, [NEW4]))
+            assert reply["state"] == STATE_PLACEHOLDER
+            rig.publish(with_pod(policy, "new", NEW_UID, (NEW4,)))
+            await wait_until(lambda: rig.state.last.owners.get(NEW4) == NEW_UID, "its policy")
+            assert rig.pending() == {NEW4} or NEW4 in rig.conntrack.deleted_ips
+            await wait_until(lambda: NEW4 in rig.conntrack.deleted_ips, "the retried clean-up")
+            await wait_until(lambda: not rig.pending(), "the placeholder lifted")
+
+    run(main())
