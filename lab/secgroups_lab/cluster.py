@@ -223,7 +223,7 @@ class LabCluster:
         """The CNI flags of ``node``'s agent (none when the lab runs without the plugin)."""
         if not self.cni:
             return []
-        return ["--cni-socket", str(self.cni_dir / node / "cni.sock")]
+        return ["--cni-socket", str(self.cni_dir / node / "cni.sock"), "--pod-readiness"]
 
     def node_names(self) -> list[str]:
         return [f"{self.prefix}-n{i}" for i in range(1, self.nodes + 1)]

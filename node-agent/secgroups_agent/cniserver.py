@@ -126,9 +126,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "comma-separated, '*' for all (default %(default)s)",
     )
     g.add_argument(
-        "--no-pod-readiness",
+        "--pod-readiness",
         action="store_true",
-        help=f"do not set the pods' readiness condition {GATE}",
+        help=f"set the readiness condition {GATE} of this node's pods (needs get/list/watch "
+        "on pods and namespaces and patch on pods/status; docs/cni.md)",
     )
 
 
@@ -157,7 +158,7 @@ async def start(
     conntrack: ConntrackPort | None,
 ) -> CniRuntime | None:
     """Wire the CNI side into ``sync`` per the flags; None when it is all off."""
-    readiness_on = client is not None and not args.no_pod_readiness
+    readiness_on = client is not None and args.pod_readiness
     if args.cni_socket is None and not readiness_on:
         return None
     coroutines: list[Coroutine[Any, Any, None]] = []
