@@ -166,6 +166,8 @@ class Reconciler:
         self.published_at: float | None = None
         self._queue: list[Event | _Floor] = []
         self._wake = asyncio.Event()
+        self._status_wake = asyncio.Event()
+        self.statuses.notify = self._status_wake.set
         self._takeover = False
         # loop-owned views
         self._published_epochs: dict[PodKey, int] = {}
@@ -253,9 +255,40 @@ class Reconciler:
 
     # ------------------------------------------------------------------ the loop
 
+    async def write_statuses(self, stop: asyncio.Event) -> None:
+        """Status writes, beside the rounds (21,000 statuses to write must never delay a
+        compiled object): at most one round of writes per ``status_interval_s``."""
+        while not stop.is_set():
+            due = self.statuses.due_in() if self.leading else None
+            if due is None:
+                waiter = asyncio.ensure_future(self._status_wake.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                self._status_wake.clear()
+                continue
+            if due > 0:
+                await asyncio.sleep(due)
+            try:
+                await self.statuses.flush(self._overlay)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("writing statuses failed; retrying")
+                await asyncio.sleep(1.0)
+
     async def run(self, stop: asyncio.Event) -> None:
         await self._initial_build()
         self.loaded.set()
+        writer = asyncio.create_task(self.write_statuses(stop), name="statuses")
+        try:
+            await self._loop(stop)
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             timeout = self._next_timer()
             waiter = asyncio.ensure_future(self._wake.wait())
@@ -286,9 +319,6 @@ class Reconciler:
             r = self.publisher.next_retry()
             if r is not None:
                 times.append(max(0.0, r - now))
-            s = self.statuses.due_in()
-            if s is not None:
-                times.append(s)
             for ns in self._defaults_wanted - self._defaults_done:
                 times.append(max(0.0, self._defaults_retry.get(ns, (0, 0.0))[1] - now))
         return min(times) if times else None
@@ -322,8 +352,7 @@ class Reconciler:
                 self._wake.set()  # bodies dropped after writing are needed again
             if self.options.create_defaults:
                 await self._create_defaults()
-            if self.statuses.due_in() == 0:
-                await self.statuses.flush(self._overlay)
+            self._status_wake.set()
             info.publish_s = time.monotonic() - t0
         self.rounds += 1
         self.last = info
@@ -724,6 +753,8 @@ class Reconciler:
                 self._group_base[skey] = status
             self.statuses.want(skey, status)
         self._defaults_wanted |= result.defaults
+        if result.statuses:
+            self._status_wake.set()
 
     def _place_group(self, name: str, nodes: frozenset[str]) -> None:
         old = self._group_nodes.get(name, frozenset())
@@ -766,6 +797,7 @@ class Reconciler:
 
     def node_reported(self, node: str) -> None:
         """A node's agent reported what it applied: its groups' realization may move."""
+        self._status_wake.set()
         for name in self._node_groups.get(node, ()):
             key = self._group_key_of.get(name)
             skey = ("SecurityGroup", *key) if key is not None else None

@@ -172,6 +172,7 @@ class StatusWriter:
     retry_at: dict[StatusKey, tuple[int, float]] = field(default_factory=dict)
     written: int = 0
     failed: int = 0
+    notify: Any = None  # called when a status is wanted (wakes the writer)
     _last_round: float = 0.0
 
     def observe(self, key: StatusKey, status: Mapping[str, Any] | None) -> None:
@@ -190,6 +191,8 @@ class StatusWriter:
 
     def want(self, key: StatusKey, status: dict[str, Any]) -> None:
         self.wanted[key] = status
+        if self.notify is not None:
+            self.notify()
 
     def due_in(self) -> float | None:
         """Seconds until a round may run, or None when nothing is pending."""
