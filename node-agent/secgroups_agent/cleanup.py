@@ -5,7 +5,10 @@ DaemonSet in the node's network namespace with ``NET_ADMIN``, docs/install.md). 
 agent leaves its table in place when it stops (so enforcement survives restarts and
 upgrades) and repairs it within seconds while it runs; so the cleanup first waits until
 nothing answers on the agent's port any more (its pod has terminated), then deletes
-``table inet secgroups``, and only then reports ready on its own ``/readyz``. It keeps
+``table inet secgroups`` — and, with the CNI plugin, the plugin's socket and the bindings
+the agent kept across restarts (``--cni-socket``, ``--cni-state-dir``; the chart's init
+container has already removed the plugin itself) — and only then reports ready on its own
+``/readyz``. It keeps
 checking until it is stopped: a table that reappears (an agent that was slow to die) is
 deleted again and readiness drops meanwhile. The chart's uninstall Job waits for every
 node's cleanup pod to be ready.
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from secgroups.nft.objects import Table
 from secgroups_agent import logs
@@ -57,6 +62,28 @@ def delete_table(nft: NftCli) -> bool:
     return True
 
 
+def cni_leftovers(socket: Path | None, state_dir: Path | None) -> list[Path]:
+    """What the agent's CNI side leaves on the node: its socket and its bindings (the
+    state directory defaults to ``<socket dir>/cni-state``, as the agent's does)."""
+    if socket is None:
+        return []
+    return [socket, state_dir or socket.parent / "cni-state"]
+
+
+def remove_paths(paths: Sequence[Path]) -> list[Path]:
+    """Delete these files or directories; the ones that existed."""
+    gone = []
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        gone.append(path)
+    return gone
+
+
 @dataclass
 class Cleanup:
     """One node's cleanup loop (see the module docstring)."""
@@ -66,6 +93,7 @@ class Cleanup:
     agent_running: Callable[[str], Awaitable[bool]] = answers
     remove: Callable[[], bool] = lambda: delete_table(NftCli())
     interval: float = 1.0
+    leftovers: Sequence[Path] = field(default_factory=list)
 
     async def step(self) -> None:
         """One check: wait for the agent, else make sure the table is gone."""
@@ -85,6 +113,8 @@ class Cleanup:
             return
         if removed:
             log.info("table deleted", extra=logs.fields(table=TABLE))
+        for path in remove_paths(self.leftovers):
+            log.info("removed", extra=logs.fields(path=str(path)))
         if not self.health.ready:
             log.info("node clean", extra=logs.fields(table=TABLE))
         self.health.ready = True
@@ -96,7 +126,7 @@ class Cleanup:
                 await asyncio.wait_for(stop.wait(), self.interval)
 
 
-async def run(node: str, agent_addr: str, serve_addr: str) -> int:
+async def run(node: str, agent_addr: str, serve_addr: str, leftovers: Sequence[Path] = ()) -> int:
     """Serve ``/readyz`` at ``serve_addr`` and clean until SIGTERM; the process's exit code."""
     health = Health(not_ready_reason="not checked yet")
     server = Server(health, Metrics(), serve_addr)
@@ -110,7 +140,7 @@ async def run(node: str, agent_addr: str, serve_addr: str) -> int:
         extra=logs.fields(node=node, agent=agent_addr, addr=serve_addr, table=TABLE),
     )
     try:
-        await Cleanup(agent_addr, health).run(stop)
+        await Cleanup(agent_addr, health, leftovers=list(leftovers)).run(stop)
     finally:
         await server.stop()
     log.info("cleanup stopped", extra=logs.fields(node=node, clean=health.ready))

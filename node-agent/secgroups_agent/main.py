@@ -227,7 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(args.log_level)
     try:
         if args.cleanup:
-            return asyncio.run(cleanup.run(args.node, args.agent_addr, args.metrics_addr))
+            leftovers = cleanup.cni_leftovers(args.cni_socket, args.cni_state_dir)
+            return asyncio.run(
+                cleanup.run(args.node, args.agent_addr, args.metrics_addr, leftovers)
+            )
         return asyncio.run(run(args))
     except KeyboardInterrupt:
         return 130

@@ -17,10 +17,11 @@ what the scheduler and the kubelet would, from the pod spec alone:
   bound to the pod** (TokenRequest), exactly what the kubelet would mount: the
   operator and the agents run with the chart's RBAC, and an agent's token carries its
   node's name for the admission policy;
-* keeps a pod with a readiness probe not Ready until the probe answers 200 (the
-  simulated kubelet reports bound pods Ready at once), so Services, ``helm --wait`` and
-  rollouts see what a kubelet would show; reports the Job's pod Succeeded or Failed with
-  the process's exit code;
+* keeps a pod with a readiness probe not Ready until the probe answers 200, so Services
+  and rollouts see what a kubelet would show — but the simulated kubelet reports a bound
+  pod Ready at once, and the runner can only turn that back a moment later: tests wait
+  with :meth:`ChartPods.wait_ready` after ``helm --wait``; reports the Job's pod
+  Succeeded or Failed with the process's exit code;
 * runs it as its ``securityContext`` says: as its user and group, and with only the
   capabilities it adds when it drops ``ALL`` (``setpriv``), so the agents prove that
   ``NET_ADMIN`` and ``NET_RAW`` are enough and the operator that it needs none;
@@ -75,6 +76,7 @@ class Process:
     popen: subprocess.Popen[bytes] | None = None
     bound: bool = False
     done: threading.Event = field(default_factory=threading.Event)
+    ready: threading.Event = field(default_factory=threading.Event)  # its probe answered
     error: str | None = None
     argv: list[str] = field(default_factory=list)  # the command and args run
 
@@ -143,6 +145,20 @@ class ChartPods:
         """Live processes of ``component`` (operator, agent, cleanup, cleanup-job)."""
         with self._lock:
             return [p for p in self.processes.values() if p.component == component and p.alive()]
+
+    def wait_ready(self, component: str, count: int, timeout: float = 120.0) -> list[Process]:
+        """Wait until ``count`` live processes of ``component`` have passed their readiness
+        probe. (The simulated kubelet reports a pod Ready for a moment before this runner
+        can say otherwise, so ``helm --wait`` alone may return early.)"""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready = [p for p in self.running(component) if p.ready.is_set()]
+            if len(ready) >= count:
+                return ready
+            time.sleep(0.2)
+        raise AssertionError(
+            f"{count} ready {component} processes: not within {timeout:.0f} s\n{self.logs()}"
+        )
 
     def logs(self, lines: int = 15) -> str:
         out = []
@@ -273,6 +289,7 @@ class ChartPods:
         if proc.node and probe:
             self._wait_ready(proc, container, probe)
             self._set_ready(proc, True)
+        proc.ready.set()
         if proc.node is None:  # the Job's pod: report how it ended
             rc = proc.popen.wait()
             self._report_exit(proc, container["name"], rc)

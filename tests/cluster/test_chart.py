@@ -56,13 +56,18 @@ PREFIX = TEST_PREFIX[:7] + "c"
 RELEASE = "ksg"
 NS = "ksg-system"
 SMOKE = "smoke"
+GATE = "secgroups.dev/policy-applied"  # the readiness gate (docs/cni.md)
 # The operator runs in a node's network namespace (operator.hostNetwork): the lab's API
 # server reaches node addresses, not pod addresses, and must reach its admission port.
 # The agents keep NET_ADMIN only (the default adds NET_RAW): the smaller set is enough.
+# No CNI plugin: the lab's nodes share this machine's filesystem, so two agents would
+# share one /var/run/secgroups/cni.sock, and the simulated kubelet runs no chain from
+# /etc/cni/net.d (tests/cluster/test_cni.py covers the plugin; the kind tier the chart's).
 INSTALL_VALUES = [
     "--set", "operator.hostNetwork=true",
     "--set", "operator.healthPort=9802",
     "--set", "agent.capabilities={NET_ADMIN}",
+    "--set", "cni.enabled=false",
 ]  # fmt: skip
 # The chart pods' logs and kubeconfigs: outside pytest's temporary directories (which
 # concurrent sessions rotate away), kept after the run for reading.
@@ -318,6 +323,8 @@ def release(chart_lab: Lab) -> Iterator[Release]:
             *INSTALL_VALUES,
         )  # fmt: skip
         assert "STATUS: deployed" in out, out
+        pods.wait_ready("operator", 1)
+        pods.wait_ready("agent", 2)
         yield Release(chart_lab, pods)
     except BaseException:
         print(pods.logs())
@@ -489,6 +496,8 @@ CAN_I: list[tuple[str, str, str, str, bool]] = [
     (OPERATOR, "create", "leases.coordination.k8s.io", SMOKE, False),
     (OPERATOR, "patch", "validatingwebhookconfigurations/other", "", False),
     (OPERATOR, "update", f"validatingwebhookconfigurations/{RELEASE}-webhook", "", True),
+    (OPERATOR, "update", f"mutatingwebhookconfigurations/{RELEASE}-gate", "", True),
+    (OPERATOR, "update", "mutatingwebhookconfigurations/other", "", False),
     (OPERATOR, "create", "validatingwebhookconfigurations", "", False),
     (OPERATOR, "get", f"secrets/{RELEASE}-webhook-tls", NS, True),
     (OPERATOR, "update", f"secrets/{RELEASE}-webhook-tls", NS, True),
@@ -509,7 +518,13 @@ CAN_I: list[tuple[str, str, str, str, bool]] = [
     (AGENT, "get", "securitygroups.secgroups.dev", SMOKE, False),
     (AGENT, "create", "securitygrouprules.secgroups.dev", SMOKE, False),
     (AGENT, "delete", "ipaddressgroups.secgroups.dev", SMOKE, False),
-    (AGENT, "list", "pods", "", False),
+    (AGENT, "watch", "pods", "", True),  # its node's (a field selector RBAC cannot see)
+    (AGENT, "watch", "namespaces", "", True),
+    (AGENT, "patch", "pods/status", SMOKE, True),  # the readiness condition (admission)
+    (AGENT, "patch", "pods", SMOKE, False),
+    (AGENT, "delete", "pods", SMOKE, False),
+    (AGENT, "create", "pods/eviction", SMOKE, False),
+    (AGENT, "patch", "namespaces", "", False),
     (AGENT, "get", "nodes", "", False),
     (AGENT, "get", "secrets", NS, False),
     (AGENT, "create", "events", NS, False),
@@ -542,7 +557,7 @@ def namespace_users(release: Release, smoke: Smoke) -> None:
 def _can_i(lab: Lab, who: str, verb: str, resource: str, namespace: str) -> bool:
     what, _, name = resource.partition("/")
     sub = ""
-    if name in ("status", "token"):
+    if name in ("status", "token", "eviction"):
         sub, name = name, ""
     args = ["auth", "can-i", verb, f"{what}/{name}" if name else what, f"--as={who}"]
     args += [f"--subresource={sub}"] if sub else []
@@ -603,9 +618,57 @@ def test_an_agent_may_write_only_its_own_nodes_status(release: Release, smoke: S
     assert "not bound to a pod on a node" in body
 
 
+def patch_pod_status(
+    kubeconfig: Path, pod: str, status: dict[str, Any], *, where: str
+) -> tuple[int, str]:
+    """(HTTP status, body) of a strategic merge patch of pod ``smoke/<pod>``'s status with
+    the token of ``kubeconfig`` — what the agent does for the readiness gate."""
+    cfg = yaml.safe_load(kubeconfig.read_text())
+    cluster, user = cfg["clusters"][0]["cluster"], cfg["users"][0]["user"]
+    ca = kubeconfig.with_suffix(".ca")
+    ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+    url = f"{cluster['server']}/api/v1/namespaces/{SMOKE}/pods/{pod}/status"
+    cmd = [
+        "curl", "-sS", "-m", "10", "--cacert", str(ca), "-X", "PATCH", "-w", "\n%{http_code}",
+        "-H", f"Authorization: Bearer {user['token']}",
+        "-H", "Content-Type: application/strategic-merge-patch+json",
+        "-d", json.dumps({"status": status}), url,
+    ]  # fmt: skip
+    out = subprocess.run(in_netns(where, cmd), capture_output=True, text=True, check=True).stdout
+    body, _, code = out.rpartition("\n")
+    return int(code), body
+
+
+def test_an_agent_may_set_only_the_readiness_condition_of_its_nodes_pods(
+    release: Release, smoke: Smoke
+) -> None:
+    """The second policy: n1's agent may set secgroups.dev/policy-applied on s1 (on n1),
+    not on c1 (on n2), and may change nothing else of s1's status."""
+    lab = release.lab
+    n1, _ = lab.lab.node_names()
+    kc = release.agent_kubeconfig(n1)
+    gate = {"type": GATE, "status": "True", "reason": "ChartTest"}
+    code, body = patch_pod_status(kc, "s1", {"conditions": [gate]}, where=n1)
+    assert code == 200, body
+    code, body = patch_pod_status(kc, "c1", {"conditions": [gate]}, where=n1)
+    assert code == 403, body
+    assert f"the agent of node {n1} may only change pods on its node, not {SMOKE}/c1" in body
+    for change in ({"phase": "Failed"}, {"conditions": [{"type": "Ready", "status": "False"}]}):
+        code, body = patch_pod_status(kc, "s1", change, where=n1)
+        assert code == 403, (change, body)
+        assert "may only set the condition secgroups.dev/policy-applied" in body
+
+
 def ca_bundles(lab: Lab) -> list[str]:
+    """The caBundle of every webhook of both configurations (the operator writes them)."""
     vwc = get(lab.lab, "validatingwebhookconfiguration", f"{RELEASE}-webhook")
-    return [w["clientConfig"].get("caBundle", "") for w in vwc["webhooks"]]
+    mwc = get(lab.lab, "mutatingwebhookconfiguration", f"{RELEASE}-gate")
+    return [w["clientConfig"].get("caBundle", "") for w in vwc["webhooks"] + mwc["webhooks"]]
+
+
+def gate_condition(lab: Lab, pod: str) -> bool:
+    conditions = get(lab.lab, "pod", "-n", SMOKE, pod)["status"].get("conditions") or []
+    return any(c["type"] == GATE and c["status"] == "True" for c in conditions)
 
 
 def test_the_admission_webhook_is_wired(release: Release, smoke: Smoke) -> None:
@@ -613,7 +676,7 @@ def test_the_admission_webhook_is_wired(release: Release, smoke: Smoke) -> None:
     the operator made its certificate (Secret) and wrote the CA into both webhooks, and
     deleting a group in use is refused with the operator's words (docs/admission.md)."""
     lab = release.lab
-    waited(release, "caBundle of both webhooks written", lambda: all(ca_bundles(lab)), 60)
+    waited(release, "caBundle of the three webhooks written", lambda: all(ca_bundles(lab)), 60)
     secret = get(lab.lab, "secret", "-n", NS, f"{RELEASE}-webhook-tls")
     assert {"tls.crt", "tls.key", "ca.crt"} <= set(secret["data"])
     assert lab.lab.cp is not None
@@ -623,6 +686,14 @@ def test_the_admission_webhook_is_wired(release: Release, smoke: Smoke) -> None:
     out = refused.stdout + refused.stderr
     assert "denied the request" in out and "security group smoke/web is in use" in out, out
     assert "smoke/s1" in out, out  # the member named
+    # The mutating webhook gave the smoke pods the readiness gate, and each node's agent
+    # set it once the pod's policy was in force there.
+    for pod in ("s1", "c1"):
+        gates = get(lab.lab, "pod", "-n", SMOKE, pod)["spec"].get("readinessGates") or []
+        assert {"conditionType": GATE} in gates, gates
+        waited(
+            release, f"{pod}'s readiness condition set", lambda p=pod: gate_condition(lab, p), 60
+        )
 
 
 # --------------------------------------------------------------------------- upgrades
@@ -653,7 +724,8 @@ def test_upgrade_with_changed_values(release: Release, smoke: Smoke) -> None:
         ),
         120,
     )
-    ops = release.pods.running("operator")
+    ops = release.pods.wait_ready("operator", 2)
+    release.pods.wait_ready("agent", 2)
     assert len(ops) == 2 and all("--enforce-label=example.com/secgroups=on" in p.argv for p in ops)
     # Two replicas, one leader: the holder of the Lease <release>-operator (the old
     # operator's lease, unless it handed it over, runs out first).

@@ -5,8 +5,9 @@ table is gone, and deletes it again if it comes back."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
-from secgroups_agent.cleanup import Cleanup, answers
+from secgroups_agent.cleanup import Cleanup, answers, cni_leftovers
 from secgroups_agent.nftables import NftError
 from secgroups_agent.server import Health
 
@@ -77,3 +78,26 @@ def test_answers_is_false_where_nothing_listens() -> None:
         return up, await answers(f"127.0.0.1:{port}")
 
     assert asyncio.run(probe()) == (True, False)
+
+
+def test_the_cni_socket_and_bindings_go_once_the_agent_has(tmp_path: Path) -> None:
+    run = tmp_path / "secgroups"
+    (run / "cni-state").mkdir(parents=True)
+    (run / "cni-state" / "sandbox.json").write_text("{}")
+    (run / "cni.sock").write_text("")
+    (run / "other").write_text("")  # not ours to delete
+    node = Node()
+    c = Cleanup(
+        "127.0.0.1:9750",
+        Health(),
+        node.agent_running,
+        node.remove,
+        leftovers=cni_leftovers(run / "cni.sock", None),
+    )
+    asyncio.run(c.step())
+    assert sorted(p.name for p in run.iterdir()) == ["cni-state", "cni.sock", "other"]
+    node.agent = False
+    asyncio.run(c.step())
+    assert sorted(p.name for p in run.iterdir()) == ["other"]
+    assert c.health.ready
+    assert cni_leftovers(None, None) == []

@@ -3,8 +3,8 @@
 * ``charts/kube-secgroups/crds/`` holds exactly the files of ``crds/`` (Helm installs that
   directory; ``make crds`` writes both; tests/unit/test_crds.py checks ``crds/`` against the
   models);
-* every container command in the chart is a console script of pyproject.toml (the images
-  install the package, so that is what exists in them);
+* every container command in the chart exists in the images: a console script of
+  pyproject.toml (the images install the package), or the CNI plugin's binary;
 * the chart's appVersion is the package's version (the image tags default to it).
 
 The chart itself is linted, schema-checked, installed, upgraded and uninstalled by
@@ -32,13 +32,18 @@ def test_chart_crds_are_the_repositorys_crds() -> None:
     assert not stale, f"charts/kube-secgroups/crds/ differs from crds/ in {stale}: run make crds"
 
 
-def test_every_container_command_is_a_console_script() -> None:
+def test_every_container_command_is_in_the_images() -> None:
+    """The Python commands are console scripts of pyproject.toml; the CNI plugin's
+    installer is the Go binary the agent image copies in (images/Dockerfile)."""
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     commands = set()
     for template in (CHART / "templates").rglob("*.yaml"):
         commands |= set(re.findall(r'command: \["([^"]+)"\]', template.read_text()))
-    assert commands == {"secgroups-operator", "secgroups-agent", "secgroups-operator-uninstall"}
-    assert commands <= set(scripts), commands - set(scripts)
+    python = {"secgroups-operator", "secgroups-agent", "secgroups-operator-uninstall"}
+    assert commands == {*python, "secgroups-cni"}
+    assert python <= set(scripts), python - set(scripts)
+    dockerfile = (REPO / "images" / "Dockerfile").read_text()
+    assert "/usr/local/bin/secgroups-cni" in dockerfile
 
 
 def test_app_version_is_the_package_version() -> None:

@@ -11,6 +11,7 @@ the CRDs are cluster-wide).
 {{- define "ksg.operator" -}}{{ include "ksg.prefix" . }}-operator{{- end -}}
 {{- define "ksg.agent" -}}{{ include "ksg.prefix" . }}-agent{{- end -}}
 {{- define "ksg.webhook" -}}{{ include "ksg.prefix" . }}-webhook{{- end -}}
+{{- define "ksg.gate" -}}{{ include "ksg.prefix" . }}-gate{{- end -}}
 {{- define "ksg.webhookSecret" -}}{{ include "ksg.prefix" . }}-webhook-tls{{- end -}}
 {{- define "ksg.cleanup" -}}{{ include "ksg.prefix" . }}-cleanup{{- end -}}
 {{- define "ksg.lease" -}}{{ include "ksg.prefix" . }}-operator{{- end -}}
@@ -63,15 +64,17 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- index (splitList "=" .Values.enforcedNamespaceLabel) 1 -}}
 {{- end -}}
 
-{{/* How the API server reaches the operator's admission server (docs/admission.md). */}}
+{{/* How the API server reaches the operator's admission server (docs/admission.md):
+pass (list $ "/validate") or (list $ "/mutate"). */}}
 {{- define "ksg.webhookClient" -}}
-{{- if .Values.webhook.url -}}
-url: {{ printf "%s/validate" (trimSuffix "/" .Values.webhook.url) | quote }}
+{{- $ := index . 0 -}}
+{{- if $.Values.webhook.url -}}
+url: {{ printf "%s%s" (trimSuffix "/" $.Values.webhook.url) (index . 1) | quote }}
 {{- else -}}
 service:
-  name: {{ include "ksg.webhook" . }}
-  namespace: {{ .Release.Namespace }}
-  path: /validate
+  name: {{ include "ksg.webhook" $ }}
+  namespace: {{ $.Release.Namespace }}
+  path: {{ index . 1 }}
   port: 443
 {{- end }}
 {{- end -}}
@@ -98,6 +101,55 @@ runAsNonRoot: false
 capabilities:
   drop: ["ALL"]
   add: {{ toJson .Values.agent.capabilities }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+
+{{/* The CNI plugin's installer (docs/cni.md): arguments, mounts, host volumes. */}}
+{{- define "ksg.cniInstallArgs" -}}
+- install
+- --conf-dir=/host/etc/cni/net.d
+- --bin-dir=/host/opt/cni/bin
+- --conf-name={{ .Values.cni.confName }}
+- --socket=/var/run/secgroups/cni.sock
+- --timeout={{ .Values.cni.timeoutSeconds }}
+{{- with .Values.cni.exemptNamespaces }}
+- --exempt-namespaces={{ join "," . }}
+{{- end }}
+{{- end -}}
+
+{{- define "ksg.cniMounts" -}}
+- name: host-cni-conf
+  mountPath: /host/etc/cni/net.d
+- name: host-cni-bin
+  mountPath: /host/opt/cni/bin
+{{- end -}}
+
+{{- define "ksg.cniVolumes" -}}
+- name: host-cni-conf
+  hostPath:
+    path: {{ .Values.cni.confDir }}
+    type: DirectoryOrCreate
+- name: host-cni-bin
+  hostPath:
+    path: {{ .Values.cni.binDir }}
+    type: DirectoryOrCreate
+- name: run-secgroups
+  hostPath:
+    path: /var/run/secgroups
+    type: DirectoryOrCreate
+{{- end -}}
+
+{{/* The plugin installer writes two root-owned host directories as root: no capability. */}}
+{{- define "ksg.cniContainer" -}}
+privileged: false
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsUser: 0
+runAsNonRoot: false
+capabilities:
+  drop: ["ALL"]
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
