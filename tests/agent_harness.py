@@ -187,6 +187,14 @@ class AgentProcess:
             self.nft("delete table inet secgroups", check=False)
         return code
 
+    def kill(self, timeout: float = 10.0) -> int:
+        """``kill -9`` the agent (a crash: no shutdown path runs); its table stays. Exit code."""
+        proc, self.process = self.process, None
+        if proc is None:
+            raise AgentError("agent is not running")
+        proc.kill()
+        return proc.wait(timeout)
+
     @property
     def pid(self) -> int:
         if self.process is None or self.process.poll() is not None:

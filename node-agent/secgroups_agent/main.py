@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -27,12 +28,14 @@ from secgroups_agent import cleanup, cniserver, logs
 from secgroups_agent.conntrack import NetlinkConntrack
 from secgroups_agent.interfaces import RouteInterfaces, RouteWatcher
 from secgroups_agent.metrics import Metrics
-from secgroups_agent.nftables import NftCli, make_backend
+from secgroups_agent.nftables import NftBackend, NftCli, make_backend
 from secgroups_agent.planning import Planner
 from secgroups_agent.server import DEFAULT_ADDR, Health, Server
 from secgroups_agent.sources import FileSource, KubeSource, Source
 from secgroups_agent.status import FileStatus, KubeStatus, StatusReporter, StatusWriter
 from secgroups_agent.syncing import SyncConfig, SyncLoop
+from secgroups_agent.tamper import TableMonitor
+from secgroups_agent.trust import OPERATOR_MANAGERS, writer_problem
 
 if TYPE_CHECKING:
     from secgroups_kube import AsyncKube
@@ -87,6 +90,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="walk every group's rules in a line (no dispatch by protocol and port)",
     )
+    p.add_argument(
+        "--trusted-writers",
+        default=",".join(OPERATOR_MANAGERS),
+        help="field managers whose compiled objects are enforced, comma-separated; objects "
+        "whose spec another manager wrote are refused (docs/failure-modes.md, 'Trust'); "
+        "empty: accept any writer",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument(
         "--cleanup",
@@ -104,6 +114,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not args.node:
         p.error("--node is required (or set NODE_NAME)")
     return args
+
+
+def _ours(nft: NftBackend, sync: SyncLoop, pid: int | None) -> bool:
+    """A commit by the libnftables worker; with the CLI backend (its ``nft`` processes
+    come and go), any commit made while the loop writes."""
+    worker = getattr(nft, "pid", None)
+    if worker is not None:
+        return pid is not None and pid == int(worker)
+    return sync.writing
 
 
 class _NoStatus:
@@ -131,7 +150,9 @@ async def run(args: argparse.Namespace) -> int:
         client = AsyncKube.connect(
             args.kubeconfig, field_manager=FIELD_MANAGER, in_cluster=args.in_cluster
         )
-        source = KubeSource(client, args.node)
+        trusted = [m for m in args.trusted_writers.split(",") if m]
+        trust = functools.partial(writer_problem, trusted=trusted) if trusted else None
+        source = KubeSource(client, args.node, trust=trust)
     writer: StatusWriter
     if args.status_file is not None:
         writer = FileStatus(args.status_file)
@@ -168,6 +189,14 @@ async def run(args: argparse.Namespace) -> int:
         reader=NftCli(),
     )
     watcher.on_change = sync.changed  # routes changed: re-resolve pod interfaces
+    table = sync.planner.options.table
+    monitor = TableMonitor(  # another process changed our table: rewrite it at once
+        table.family,
+        table.name,
+        own=lambda pid: _ours(nft, sync, pid),
+        on_foreign=sync.tampered,
+        on_lost=sync.check_drift_soon,
+    )
     cni = await cniserver.start(args, sync, client, sync.conntrack)  # docs/cni.md
     server = Server(health, metrics, args.metrics_addr)
     loop = asyncio.get_running_loop()
@@ -176,6 +205,7 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     watcher.start(loop)
+    monitor.start(loop)
     log.info(
         "agent started",
         extra=logs.fields(
@@ -214,6 +244,7 @@ async def run(args: argparse.Namespace) -> int:
     if cni is not None:
         await cni.stop()
     watcher.stop()
+    monitor.stop()
     await asyncio.to_thread(nft.close)
     if client is not None:
         with contextlib.suppress(Exception):

@@ -80,6 +80,11 @@ class Metrics:
             ["verdict"],
             registry=r,
         )
+        self.adoptions = Counter(
+            "secgroups_agent_table_adoptions_total",
+            "Starts that found the table sealed with the wanted content and kept it as is.",
+            registry=r,
+        )
         self.refused = Gauge(
             "secgroups_agent_refused_objects",
             "Groups and group lists refused (their pods isolated) because another object holds "

@@ -37,7 +37,9 @@ what it has.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+import functools
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -68,6 +70,7 @@ from secgroups.nft.rendering import (
     RenderOptions,
     pending_sets,
 )
+from secgroups.nft.sealing import SEAL
 from secgroups.nft.statements import Family, RefKind
 from secgroups.nft.transactions import (
     Inventory,
@@ -254,6 +257,7 @@ class Planner:
         self.applied: TableState | None = None  # None: the kernel's table is unknown
         self.last_committed: TableState | None = None  # kept across forget()
         self._cache = _Caches()
+        self._digests: dict[int, tuple[object, str]] = {}  # id -> (part, its digest)
 
     # ------------------------------------------------------------- lifecycle
     def commit(self, plan: Plan) -> None:
@@ -684,6 +688,34 @@ class Planner:
         )
         return Plan("full", text, state, removed, ("full",), stage)
 
+    def digest(self, state: TableState) -> str:
+        """The 128-bit digest of the whole table ``state`` describes, the seal aside: what
+        the seal holds (``secgroups.nft.sealing``). Structure by object text, pod sets and
+        maps by element text, address sets by their member CIDRs; each part's digest is
+        kept while the part is the same object, so a sync changing one set costs that set.
+        """
+        old, new = self._digests, {}
+        lines: list[str] = []
+
+        def part(thing: object, text: Callable[[], str]) -> str:
+            hit = old.get(id(thing))
+            if hit is None or hit[0] is not thing:
+                hit = (thing, hashlib.blake2b(text().encode(), digest_size=16).hexdigest())
+            new[id(thing)] = hit
+            return hit[1]
+
+        for (kind, name), obj in state.objects.items():
+            if name != SEAL:
+                lines.append(f"{kind} {name} {part(obj, functools.partial(_lines, obj))}")
+        for name, box in state.containers.items():
+            if name != SEAL:
+                lines.append(f"elements {name} {part(box, functools.partial(_elements, box))}")
+        for name, tw in state.twins.items():
+            lines.append(f"members {name} {part(tw.cidrs, functools.partial(_members_text, tw))}")
+        self._digests = new
+        lines.sort()
+        return hashlib.blake2b("\n".join(lines).encode(), digest_size=16).hexdigest()
+
     def full_ruleset(self, state: TableState) -> Ruleset:
         """The whole table of a state, with every element (for tests and diagnostics)."""
         filled: dict[Key, TableObject] = dict(state.objects)
@@ -696,6 +728,18 @@ class Planner:
             assert isinstance(obj, Set)
             filled[(RefKind.SET, name)] = obj.with_elements(members.elements())
         return Ruleset.of(self.options.table, filled.values())
+
+
+def _lines(obj: TableObject) -> str:
+    return "\n".join(obj.lines())
+
+
+def _elements(box: Mapping[str, Element]) -> str:
+    return "\n".join(sorted(e.text() for e in box.values()))
+
+
+def _members_text(twin: TwinMembers) -> str:
+    return f"{twin.spec.source_kind}\n" + "\n".join(twin.cidrs)
 
 
 def _group_claims(group: str, part: GroupPart) -> Iterable[tuple[Key, str]]:

@@ -298,6 +298,7 @@ class _Entry:
     spec: Any = None  # the parsed spec model, or None when invalid
     error: str | None = None
     gone: bool = False  # deleted or no longer selected: kept while the node references it
+    untrusted: bool = False  # only a version the operator did not write was seen (trust.py)
 
 
 def _code(exc: BaseException) -> int | None:
@@ -327,8 +328,13 @@ class Reflector:
         backoff: tuple[float, float] = (0.2, 30.0),
         page: int = 500,
         timeout_s: int = 300,
+        trust: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> None:
         self.api, self.kind, self.parse = api, kind, parse
+        # Who wrote an object (trust.writer_problem): a refused version is never parsed;
+        # the last accepted one stays. Name -> why, while refused.
+        self.trust = trust
+        self.untrusted: dict[str, str] = {}
         self.on_change = on_change
         self.labels, self.fields = labels, fields
         self.backoff, self.page, self.timeout_s = backoff, page, timeout_s
@@ -350,6 +356,8 @@ class Reflector:
     def _set(self, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         name = str(meta.get("name"))
+        if self.trust is not None and self._refused(name, obj):
+            return
         generation = meta.get("generation")
         old = self.entries.get(name)
         if old is not None and old.generation == generation and generation is not None:
@@ -370,6 +378,26 @@ class Reflector:
             )
         self.entries[name] = entry
         self.on_change()
+
+    def _refused(self, name: str, obj: dict[str, Any]) -> bool:
+        """True if ``obj`` was not written by the operator (``trust.py``): the last accepted
+        version stays (or none, and the object counts as not there yet)."""
+        assert self.trust is not None
+        why = self.trust(obj)
+        if why is None:
+            if self.untrusted.pop(name, None) is not None:
+                log.info("object accepted again", extra=logs.fields(kind=self.kind, name=name))
+            return False
+        if self.untrusted.get(name) != why:
+            log.warning(
+                "object refused: not written by the operator; the last accepted version stays",
+                extra=logs.fields(kind=self.kind, name=name, why=why),
+            )
+        self.untrusted[name] = why
+        if name not in self.entries:
+            self.entries[name] = _Entry(error=f"not written by the operator: {why}", untrusted=True)
+        self.on_change()
+        return True
 
     def _gone(self, name: str) -> None:
         entry = self.entries.get(name)
@@ -477,17 +505,34 @@ class KubeSource:
     """
 
     def __init__(
-        self, api: KubeApi, node: str, *, backoff: tuple[float, float] = (0.2, 30.0)
+        self,
+        api: KubeApi,
+        node: str,
+        *,
+        backoff: tuple[float, float] = (0.2, 30.0),
+        trust: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> None:
         self.api = api
         self.node = node
         self._changed: Changed = lambda: None
         label = naming.node_label(node)
         self._groups = Reflector(
-            api, COMPILED_GROUP_KIND, _parse_group, self._on_change, labels=label, backoff=backoff
+            api,
+            COMPILED_GROUP_KIND,
+            _parse_group,
+            self._on_change,
+            labels=label,
+            backoff=backoff,
+            trust=trust,
         )
         self._sets = Reflector(
-            api, COMPILED_SET_KIND, _parse_set, self._on_change, labels=label, backoff=backoff
+            api,
+            COMPILED_SET_KIND,
+            _parse_set,
+            self._on_change,
+            labels=label,
+            backoff=backoff,
+            trust=trust,
         )
         self._node = Reflector(
             api,
@@ -496,6 +541,7 @@ class KubeSource:
             self._on_change,
             fields=f"metadata.name={node}",
             backoff=backoff,
+            trust=trust,
         )
 
     @property
@@ -573,6 +619,8 @@ class KubeSource:
                 need = spec.requires.get(f"{prefix}/{name}")
                 if need is not None and (entry is None or (entry.generation or 0) < need):
                     waiting.append(f"{prefix}/{name} generation {need}")
+                elif entry is not None and entry.untrusted:  # never rendered as absent
+                    waiting.append(f"{prefix}/{name} (not written by the operator)")
                 elif entry is None or entry.spec is None:
                     missing.append(f"{prefix}/{name}")
                 else:
@@ -594,7 +642,14 @@ class KubeSource:
 
     def problem(self) -> SourceProblem | None:
         state = self._state()
-        return state if isinstance(state, SourceProblem) else None
+        if isinstance(state, SourceProblem):
+            return state
+        refused = [
+            f"{r.kind}/{name}: {why}" for r in self.reflectors for name, why in r.untrusted.items()
+        ]
+        if refused:  # enforced from the last versions the operator wrote
+            return SourceProblem("UntrustedWriter", "; ".join(sorted(refused)))
+        return None
 
 
 # --------------------------------------------------------------------------- fake API

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from typing import Any, Protocol
 
 from secgroups.compiled import CompiledNodeSpec, NodeAgentStatus
 from secgroups.nft.rendering import RenderError
+from secgroups.nft.sealing import SEAL, read_seal, seal_text, unseal_text
 from secgroups.nft.transactions import Inventory
 from secgroups_agent import logs
 from secgroups_agent.conntrack import ConntrackPort
@@ -74,6 +76,7 @@ class SyncConfig:
     retry_backoff: tuple[float, float] = (0.5, 30.0)  # after a failed apply: first, max
     nft_timeout: float = 30.0
     heartbeat: float = 1.0
+    seal_delay: float = 1.0  # seal the table once no commit came for this long (sealing.py)
 
 
 class TokenBucket:
@@ -104,6 +107,8 @@ class _Step:
     render_error: str | None = None
     nft_error: NftError | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    adopted: bool = False  # the table was found as wanted and sealed: nothing applied
+    sealed: bool = False  # the transaction sealed the table
 
 
 @dataclass
@@ -184,6 +189,12 @@ class SyncLoop:
         self._sweep_error: str | None = None
         self._sweep_failures = 0
         self._applied_at: float | None = None
+        # The seal (secgroups.nft.sealing): the first full plan may adopt the table in place;
+        # after an incremental commit the table is sealed again once idle.
+        self._adopting = True
+        self._seal_at: float | None = None
+        self._writes = 0  # odd while a transaction of ours may be under way
+        self._drift_now = asyncio.Event()
         self._refused: tuple[str, ...] = ()  # refusals of the last commit (collisions.py)
         # The groups watch's resourceVersion of the last snapshot applied (realization).
         self._group_revision: int | None = None
@@ -260,6 +271,11 @@ class SyncLoop:
                 self._report()
                 return
             timeout = min(timeout, self._retry_at - now)
+        elif self._seal_at is not None:
+            if now >= self._seal_at:
+                await self._seal()
+                return
+            timeout = min(timeout, self._seal_at - now)
         self._event.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), max(timeout, 0.001))
@@ -288,8 +304,13 @@ class SyncLoop:
         full = self._need_full or self.planner.applied is None
         # Compute and emit are separate steps, run in ONE worker-thread hop: every hop is
         # a GIL hand-over that costs up to the switch interval on the hot path.
+        # ``_writes`` is odd while a write may be under way (drift checks then wait).
         pending = self.placeholder.pending(snap) if self.placeholder else frozenset[str]()
-        step = await asyncio.to_thread(self._compute_and_emit, snap, full, pending)
+        self._writes += 1
+        try:
+            step = await asyncio.to_thread(self._compute_and_emit, snap, full, pending)
+        finally:
+            self._writes += 1
         plan = step.plan
         if step.render_error is not None:
             self.metrics.sync_errors.labels("RenderFailed").inc()
@@ -302,6 +323,17 @@ class SyncLoop:
             return self._record(self._apply_failed(plan, step.nft_error))
         self.planner.commit(plan)
         self._commits += 1
+        self._adopting = False
+        if step.adopted:
+            self.metrics.adoptions.inc()
+            log.info(
+                "adopted the table in place: its seal is the digest of the wanted table",
+                extra=logs.fields(generation=plan.state.generation, pods=plan.state.pods),
+            )
+        if step.sealed or step.adopted:
+            self._seal_at = None
+        elif not plan.noop:
+            self._seal_at = self.clock() + self.config.seal_delay
         self._group_revision = snap.group_revision
         latency = self.clock() - since
         self._committed(plan, started, since, step.timings)
@@ -311,7 +343,7 @@ class SyncLoop:
         await self._conntrack_cleanup(plan.removed_ips)
         await self._sweep()
         self._report(snap)
-        outcome = "noop" if plan.noop else "applied"
+        outcome = "adopted" if step.adopted else "noop" if plan.noop else "applied"
         return self._record(
             SyncResult(outcome, plan.kind, plan, latency=latency, timings=step.timings)
         )
@@ -333,6 +365,7 @@ class SyncLoop:
             step.render_error = str(exc)
             return step
         t2 = self.clock()
+        self._seal_plan(step)
         if not step.plan.noop:
             if self._marks is None and self._kernel_epochs is None:
                 self._kernel_epochs = self._read_kernel_epochs()
@@ -345,6 +378,80 @@ class SyncLoop:
         t3 = self.clock()
         step.timings = {"inputs": t1 - t0, "compute": t2 - t1, "emit": t3 - t2}
         return step
+
+    def _seal_plan(self, step: _Step) -> None:
+        """Seal a full plan in its own transaction, unseal any other (sealing.py); at the
+        first full plan of this process, adopt the table if it is already the one wanted.
+        """
+        plan = step.plan
+        assert plan is not None
+        table = self.planner.options.table
+        if plan.noop:
+            return
+        if plan.kind != "full":
+            if plan.stage:  # the first transaction that changes the table
+                step.plan = dataclasses.replace(plan, stage=unseal_text(table) + plan.stage)
+            else:
+                step.plan = dataclasses.replace(plan, text=unseal_text(table) + plan.text)
+            return
+        digest = self.planner.digest(plan.state)
+        if self._adopting and self._adoptable(plan.state, digest):
+            step.plan = dataclasses.replace(plan, text="", stage="")
+            step.adopted = True
+            return
+        step.plan = dataclasses.replace(plan, text=plan.text + seal_text(table, digest))
+        step.sealed = True
+
+    def _adoptable(self, state: TableState, digest: str) -> bool:
+        """The kernel's table is sealed with ``digest`` and its structure is ``state``'s
+        (chains, rule counts, declarations, element counts: drift.py)."""
+        table = self.planner.options.table
+        try:
+            seal = read_seal(self.reader.list_json(f"set {table} {SEAL}", timeout=5.0))
+        except NftError as exc:  # no table, no seal (an older agent's table)
+            log.debug("no seal", extra=logs.fields(error=exc.message))
+            return False
+        if seal != digest:
+            log.info(
+                "the table is not the one wanted: rewriting it",
+                extra=logs.fields(seal=seal, want=digest),
+            )
+            return False
+        try:
+            problems = self.drift.check(state, timeout=self.config.nft_timeout)
+        except NftError as exc:
+            log.warning("cannot check the table's structure", extra=logs.fields(error=exc.message))
+            return False
+        if problems:
+            log.warning(
+                "the table carries the wanted seal but differs: rewriting it",
+                extra=logs.fields(differences=problems[:20]),
+            )
+            return False
+        return True
+
+    async def _seal(self) -> None:
+        """Once idle after incremental commits: write the seal of the committed state."""
+        state, commits = self.planner.applied, self._commits
+        if state is None:
+            self._seal_at = None
+            return
+        digest = await asyncio.to_thread(self.planner.digest, state)
+        if commits != self._commits or self._dirty or self.planner.applied is not state:
+            return  # something moved meanwhile: the next idle moment seals
+        try:
+            text = seal_text(self.planner.options.table, digest)
+            self._writes += 1
+            try:
+                await asyncio.to_thread(self.nft.apply, text, timeout=self.config.nft_timeout)
+            finally:
+                self._writes += 1
+        except NftError as exc:
+            log.warning("cannot seal the table; will retry", extra=logs.fields(error=exc.message))
+            self._seal_at = self.clock() + self.config.retry_backoff[1]
+            return
+        self._seal_at = None
+        log.debug("table sealed", extra=logs.fields(digest=digest))
 
     def _inventory(self) -> Inventory | None:
         """The table's current declarations, so a full resync can delete strays.
@@ -533,9 +640,28 @@ class SyncLoop:
         self.metrics.conntrack_deleted.inc(n)
         log.info("conntrack entries deleted", extra=logs.fields(ips=sorted(todo), entries=n))
 
+    @property
+    def writing(self) -> bool:
+        """A transaction of ours may be under way."""
+        return self._writes % 2 == 1
+
+    def tampered(self, why: str) -> None:
+        """Another process changed our table (``tamper.TableMonitor``): rewrite it now."""
+        self.metrics.drift.inc()
+        log.warning(
+            "our table was changed by another process; full resync", extra=logs.fields(why=why)
+        )
+        self.request_full()
+
+    def check_drift_soon(self) -> None:
+        """Run a drift check now rather than at the next period (e.g. events were lost)."""
+        self._drift_now.set()
+
     async def _drift_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.drift_period)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drift_now.wait(), self.config.drift_period)
+            self._drift_now.clear()
             expected = self.planner.applied
             if expected is None or self._dirty:
                 continue  # a sync is due anyway
@@ -549,7 +675,9 @@ class SyncLoop:
     async def check_drift(self, expected: TableState) -> bool:
         """Compare the kernel with ``expected``; request a full resync on drift. True if
         drift was found (a check that overlapped a commit is inconclusive: False)."""
-        commits = self._commits
+        commits, writes = self._commits, self._writes
+        if writes % 2:
+            return False  # a write is under way: the table is between two states
         try:
             problems = await asyncio.to_thread(
                 self.drift.check, expected, timeout=self.config.nft_timeout
@@ -557,7 +685,11 @@ class SyncLoop:
         except NftError as exc:
             log.warning("drift check failed", extra=logs.fields(error=exc.message))
             return False
-        if commits != self._commits or self.planner.applied is not expected:
+        if (
+            commits != self._commits
+            or writes != self._writes
+            or self.planner.applied is not expected
+        ):
             return False
         if problems:
             self.metrics.drift.inc()

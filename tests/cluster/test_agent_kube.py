@@ -104,7 +104,16 @@ class Api:
 
     def apply(self, objects: list[dict[str, Any]]) -> None:
         doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
-        self.cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=doc)
+        # As the operator writes them: the agent enforces only its objects (trust.py).
+        self.cp.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=secgroups-operator",
+            "-f",
+            "-",
+            input_text=doc,
+        )
 
     def delete(self, kind: str, name: str) -> None:
         self.cp.kubectl("delete", f"{plural(kind)}.secgroups.dev", name, "--ignore-not-found")

@@ -122,7 +122,7 @@ def test_inventory_from_nft_json() -> None:
                     "type": "filter",
                     "hook": "forward",
                     "prio": 10,
-                    "policy": "accept",
+                    "policy": "drop",
                 }
             },
             {"chain": {"family": "inet", "table": "secgroups", "name": "g_x_in"}},

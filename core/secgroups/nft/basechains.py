@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from secgroups.nft import names
 from secgroups.nft.epochs import MARK_TOMBSTONE
@@ -79,8 +80,21 @@ def _state(*states: CtState, negate: bool = False) -> CtStateMatch:
     return CtStateMatch(frozenset(states), negate)
 
 
-def _base(name: str, hook: Hook, priority: Priority, rules: Iterable[Rule]) -> Chain:
-    return Chain(name, tuple(rules), BaseSpec(hook, priority))
+def _base(
+    name: str,
+    hook: Hook,
+    priority: Priority,
+    rules: Iterable[Rule],
+    policy: Literal["accept", "drop"] = "accept",
+) -> Chain:
+    return Chain(name, tuple(rules), BaseSpec(hook, priority, policy))
+
+
+# The forward chains drop by policy and accept what is not a local pod's by a rule: a table
+# whose rules someone flushed (`nft flush table`) forwards nothing until the agent has
+# rewritten it (docs/failure-modes.md, "Our table is tampered with"), instead of
+# forwarding everything.
+NOT_A_POD = "not a local pod's packet"
 
 
 def static_objects(
@@ -159,7 +173,11 @@ def static_objects(
     gate_in = [_rule(AddrMatch(f, ip6, pods[f]), goto(names.POD_INGRESS)) for f in FAMILIES]
     pending = _pending_rules()
     yield _base(
-        names.EGRESS_FWD, Hook.FORWARD, Priority("filter", 10), [*pending.fwd_from, *gate_eg]
+        names.EGRESS_FWD,
+        Hook.FORWARD,
+        Priority("filter", 10),
+        [*pending.fwd_from, *gate_eg, _rule(ACCEPT, comment=NOT_A_POD)],
+        policy="drop",
     )
     yield _base(
         names.EGRESS_INPUT,
@@ -197,7 +215,11 @@ def static_objects(
         ),
     )
     yield _base(
-        names.INGRESS_FWD, Hook.FORWARD, Priority("filter", 20), [*pending.fwd_to, *gate_in]
+        names.INGRESS_FWD,
+        Hook.FORWARD,
+        Priority("filter", 20),
+        [*pending.fwd_to, *gate_in, _rule(ACCEPT, comment=NOT_A_POD)],
+        policy="drop",
     )
     if allow_node_to_pod:
         # Pending pods too: the node is not held back by a placeholder (kubelet probes).

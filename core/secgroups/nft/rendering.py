@@ -64,6 +64,7 @@ from secgroups.nft.objects import (
     Table,
     TableObject,
 )
+from secgroups.nft.sealing import seal_set
 from secgroups.nft.statements import (
     ACCEPT,
     DROP,
@@ -227,6 +228,7 @@ def _render(
     )
     objects.extend(_pod_objects(policy, pods, group_chain))
     objects.extend(antispoof_sets(pod_interfaces))
+    objects.append(seal_set())  # empty: the agent writes the seal (sealing.py)
     objects.extend(pending_sets(pending))
     objects.extend(static_objects(opts.allow_node_to_pod, opts.tcp_timeouts, opts.udp_timeouts))
     return Ruleset.of(opts.table, objects)
