@@ -276,7 +276,9 @@ def test_add_answers_once_the_placeholder_is_in_force_and_the_policy_replaces_it
             )
             rig.publish(with_pod(policy, "new", NEW_UID, (NEW4, NEW6)))
             await wait_until(lambda: not rig.pending(), "the policy replacing the placeholder")
-            assert rig.state.last.owners[NEW4] == NEW_UID
+            # The kernel (model) is written in the loop's worker thread just before the
+            # loop hears of the commit: wait for that too.
+            await wait_until(lambda: rig.state.last.owners.get(NEW4) == NEW_UID, "the commit")
             check = await rig.state.handle({**add(NEW_UID, []), "command": "CHECK"})
             assert check == {"ok": True, "state": STATE_POLICY}
 
@@ -442,16 +444,18 @@ def test_the_condition_is_set_when_the_policy_is_in_force_and_only_then() -> Non
         PodInfo("shop", "nogate", "u-nogate", False, False, False),
     ]
     api = FakeStatusApi()
-    r = Readiness(api, FakePods(pods), FakeNamespaces())  # type: ignore[arg-type]
-    # web-2's address still pending (say, IP reuse): not in force.
-    r.committed(snap, state, frozenset({nc.WEB2[0]}))
-    assert sorted(p.name for p in r.due()) == ["host", "plain", "web-1"]
 
     async def main() -> None:
+        r = Readiness(api, FakePods(pods), FakeNamespaces())  # type: ignore[arg-type]
+        # web-2's address still pending (say, IP reuse): not in force.
+        r.committed(snap, state, frozenset({nc.WEB2[0]}))
+        assert sorted(p.name for p in r.due()) == ["host", "plain", "web-1"]
         task = asyncio.create_task(r.run())
-        await wait_until(lambda: len(api.patches) == 3, "three patches")
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        try:
+            await wait_until(lambda: len(api.patches) == 3, "three patches")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     run(main())
     by_name = {name: patch for _, name, patch in api.patches}
