@@ -28,6 +28,7 @@ import yaml
 from pydantic import ValidationError
 
 from secgroups_cli.errors import CliError
+from secgroups_cli.kubeyaml import GoResolution, KubectlRefuses, kubectl_rules
 
 SUFFIXES = (".yaml", ".yml", ".json")
 STDIN = "-"
@@ -178,8 +179,10 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
     return out
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses nesting deeper than MAX_DEPTH while composing.
+@kubectl_rules
+class _Loader(GoResolution, yaml.SafeLoader):
+    """SafeLoader that resolves values as kubectl does (``kubeyaml``) and refuses nesting
+    deeper than MAX_DEPTH while composing.
 
     PyYAML's composer recurses once per level, so 500 nested ``[`` would end in a
     RecursionError (a traceback) before any later check could run.
@@ -280,8 +283,15 @@ def check_depth(data: Any, source: str) -> None:
 
 
 # libyaml when PyYAML has it: 8x faster (10,000 rules: 3 s instead of 25 s), and its
-# parser refuses nesting past 1,000 levels itself; the same YAML 1.1 resolver.
-_CLoader: type[Any] | None = getattr(yaml, "CSafeLoader", None)
+# parser refuses nesting past 1,000 levels itself; values resolved as kubectl does too.
+_CLoader: type[Any] | None = None
+if hasattr(yaml, "CSafeLoader"):
+
+    @kubectl_rules
+    class _CKubeLoader(GoResolution, yaml.CSafeLoader):
+        """libyaml's parser, values as kubectl reads them."""
+
+    _CLoader = _CKubeLoader
 
 
 def _loader(text: str, source: str) -> Any:
@@ -316,6 +326,8 @@ def _syntax_error(source: str, exc: yaml.YAMLError) -> CliError:
         )
     mark = getattr(exc, "problem_mark", None)
     where = f"{source}:{mark.line + 1}" if mark is not None else source
+    if isinstance(exc, KubectlRefuses):
+        return CliError(f"{where}: kubectl cannot convert this YAML to JSON: {exc.problem}")
     problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
     context = getattr(exc, "context", None)
     detail = f"{context}, {problem}" if context else problem
@@ -327,6 +339,8 @@ def read_text(text: str, source: str) -> list[Document]:
     raw: list[tuple[Any, yaml.Node | None]] = []
     try:
         raw = list(_yaml_documents(text, source))
+    except KubectlRefuses as exc:
+        raise _syntax_error(source, exc) from None
     except yaml.YAMLError as exc:
         if not source.endswith(".json"):
             raise _syntax_error(source, exc) from None
