@@ -1,11 +1,11 @@
 """The README's demo: the spec's own example (Sg-A, Sg-B, rules A01, A02, B01, B02) live.
 
-``secgroups-lab demo up`` (``make demo``) starts the lab (3 nodes, operator, agents),
+``secgroups-lab demo up`` (``make demo-lab``) starts the lab (3 nodes, operator, agents),
 applies ``examples/``, waits until every pod runs and every node agent has applied its
 compiled policy, then prints the connectivity matrix: expected (the core's evaluator
 over what the API server holds) beside observed (real probes between the pods' network
 namespaces and the outside host), and their difference, and how to use the lab that
-keeps running. ``secgroups-lab demo down`` (``make demo-down``) removes it all.
+keeps running. ``secgroups-lab demo down`` (``make demo-lab-down``) removes it all.
 
 A second ``demo up`` while the lab runs changes nothing: it says so and how to reach the
 lab (``--replace`` starts it afresh). Ctrl-C before the lab is up removes what was started;
@@ -200,7 +200,7 @@ def already_up(state: LabState) -> int:
     """A second `demo up`: say what runs and how to reach or remove it; change nothing."""
     lab = LabCluster(prefix=state.prefix)
     down = down_command(state.prefix)
-    again = "make demo REPLACE=1" if state.prefix == "ksg" else f"{down} && make demo"
+    again = "make demo-lab REPLACE=1" if state.prefix == "ksg" else f"{down} && make demo-lab"
     print(f"{state.describe()}; nothing was changed.")
     if state.status in ("up", "degraded"):
         link_kubectl()

@@ -3,7 +3,7 @@
 Subcommands:
   up / down           the whole lab: control plane, nodes, simulated kubelet, operator, agents
   demo up / demo down the README demo: the lab plus examples/ and the live connectivity matrix
-                      (``make demo`` / ``make demo-down``)
+                      (``make demo-lab`` / ``make demo-lab-down``)
   binaries            build (if missing) and print the pinned binaries
   cp-up / cp-down     start / remove the control plane (etcd, kube-apiserver, kcm)
   cp-status           show the control plane's state

@@ -101,5 +101,5 @@ class Owner:
 def down_command(prefix: str) -> str:
     """The command that removes the lab ``prefix``, as error messages name it."""
     if prefix == DEMO_PREFIX:
-        return "make demo-down"
+        return "make demo-lab-down"
     return f".venv/bin/secgroups-lab down --prefix {prefix}"

@@ -10,11 +10,12 @@ evaluator's for the node's address.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from tests.kind.conftest import NS, Examples
+from tests.kind.conftest import NS, Examples, wait_until
 
 from secgroups_lab import demo
 from secgroups_lab.matrix import Address, Case
@@ -68,11 +69,32 @@ def svc(examples: Examples) -> Iterator[Svc]:
             )
             for n in ips
         }
+        cluster_ip = got["spec"]["clusterIP"]
+        node_ports = {p["port"]: p["nodePort"] for p in got["spec"]["ports"]}
+        # Every node's kube-proxy has programmed the Service to its endpoint (each syncs on
+        # its own time; before the endpoint is known, the elements go to a reject chain).
+        wanted = [
+            *(
+                rf"{re.escape(cluster_ip)} \. tcp \. {p} (comment \S+ )?: goto service-"
+                for p in PORTS
+            ),
+            *(rf"tcp \. {n} (comment \S+ )?: goto external-" for n in node_ports.values()),
+        ]
+
+        def programmed(node: str) -> bool:
+            table = c.node_run(node, ["nft", "list", "table", "ip", "kube-proxy"]).stdout
+            return all(re.search(w, table) for w in wanted)
+
+        wait_until(
+            "kube-proxy programmed the Service on every node",
+            lambda: all(programmed(n) for n in node_ip),
+            90,
+        )
         own = c.node_of(NS, "b1")
         other = next(n for n in sorted(node_ip) if n != own and n != c.node_of(NS, "a1"))
         yield Svc(
-            cluster_ip=got["spec"]["clusterIP"],
-            node_ports={p["port"]: p["nodePort"] for p in got["spec"]["ports"]},
+            cluster_ip=cluster_ip,
+            node_ports=node_ports,
             own_node_ip=node_ip[own],
             other_node=other,
             other_node_ip=node_ip[other],
