@@ -11,6 +11,10 @@ the CRDs are cluster-wide).
 {{- define "ksg.operator" -}}{{ include "ksg.prefix" . }}-operator{{- end -}}
 {{- define "ksg.agent" -}}{{ include "ksg.prefix" . }}-agent{{- end -}}
 {{- define "ksg.webhook" -}}{{ include "ksg.prefix" . }}-webhook{{- end -}}
+{{/* "true" when the readiness gate is on (it rides on the admission server). */}}
+{{- define "ksg.gateOn" -}}
+{{- if and .Values.webhook.enabled .Values.readinessGate.enabled }}true{{ end -}}
+{{- end -}}
 {{- define "ksg.gate" -}}{{ include "ksg.prefix" . }}-gate{{- end -}}
 {{- define "ksg.webhookSecret" -}}{{ include "ksg.prefix" . }}-webhook-tls{{- end -}}
 {{- define "ksg.cleanup" -}}{{ include "ksg.prefix" . }}-cleanup{{- end -}}
