@@ -72,15 +72,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 pass (list $ "/validate") or (list $ "/mutate"). */}}
 {{- define "ksg.webhookClient" -}}
 {{- $ := index . 0 -}}
-{{- if $.Values.webhook.url -}}
-url: {{ printf "%s%s" (trimSuffix "/" $.Values.webhook.url) (index . 1) | quote }}
-{{- else -}}
 service:
   name: {{ include "ksg.webhook" $ }}
   namespace: {{ $.Release.Namespace }}
   path: {{ index . 1 }}
   port: 443
-{{- end }}
 {{- end -}}
 
 {{/* Container security context shared by the operator, the uninstall Job. */}}
