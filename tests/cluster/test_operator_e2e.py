@@ -175,3 +175,21 @@ def test_relabelled_pod_moves_between_groups_live(scenario: LabCluster) -> None:
         lambda: (e := pod_entry(scenario, n1, "w1")) and e.groups == (f"sg.{NS}.default",) and e,
     )
     assert moved.epoch >= 1  # S-CT-2 row 1 (added to default) re-checks it
+
+
+def test_group_status_shows_where_its_rules_are_enforced(scenario: LabCluster) -> None:
+    """Realization: the nodes whose agent enforces the group's current compiled rules,
+    out of the nodes whose pods use it, from the agents' reports (`kubectl get sg`)."""
+    _, n2, _ = scenario.node_names()
+
+    def realization() -> Any:
+        r = (get(scenario, "sg", "-n", NS, "db").get("status") or {}).get("realization") or {}
+        return r if r.get("nodes") == "1/1" else None
+
+    r = wait_until("db realized on its one node", realization, 60)
+    compiled = get(scenario, "compiledsecuritygroup", f"sg.{NS}.db")
+    assert r["generation"] == compiled["metadata"]["generation"]
+    agent = get(scenario, "compilednodepolicy", n2)["status"]
+    assert agent["appliedGroupRevision"] >= int(compiled["metadata"]["resourceVersion"])
+    table = scenario.kubectl("get", "sg", "-n", NS, "db")
+    assert "REALIZED" in table and "1/1" in table
