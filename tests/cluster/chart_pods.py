@@ -17,11 +17,13 @@ what the scheduler and the kubelet would, from the pod spec alone:
   bound to the pod** (TokenRequest), exactly what the kubelet would mount: the
   operator and the agents run with the chart's RBAC, and an agent's token carries its
   node's name for the admission policy;
-* keeps a pod with a readiness probe not Ready until the probe answers 200, so Services
-  and rollouts see what a kubelet would show — but the simulated kubelet reports a bound
-  pod Ready at once, and the runner can only turn that back a moment later: tests wait
-  with :meth:`ChartPods.wait_ready` after ``helm --wait``; reports the Job's pod
-  Succeeded or Failed with the process's exit code;
+* keeps a pod with a readiness probe not Ready until the probe answers 200, so Services,
+  DaemonSet status and rollouts see what a kubelet would show. The simulated kubelet
+  reports a bound pod Ready at once: a pod without a token (the node cleanup, whose
+  readiness the uninstall Job waits for) is bound only once its probe answers; a pod
+  with one must be bound first (the token names its node), and the runner turns its
+  Ready back a moment later — tests wait with :meth:`ChartPods.wait_ready` after
+  ``helm --wait``. It reports the Job's pod Succeeded or Failed with its exit code;
 * runs it as its ``securityContext`` says: as its user and group, and with only the
   capabilities it adds when it drops ``ALL`` (``setpriv``), so the agents prove that
   ``NET_ADMIN`` and ``NET_RAW`` are enough and the operator that it needs none;
@@ -257,8 +259,11 @@ class ChartPods:
         host_network = bool(spec.get("hostNetwork"))
         probe = (container.get("readinessProbe") or {}).get("httpGet")
         wants_token = spec.get("automountServiceAccountToken", True) is not False
-        if proc.node:
-            self._bind(proc)  # the token carries the node, so bind before asking for it
+        # A pod with a token is bound first (the token names its node); one without (the
+        # node cleanup) only once its probe answers, so that its Ready is never early.
+        bind_late = bool(proc.node and probe and not wants_token)
+        if proc.node and not bind_late:
+            self._bind(proc)
             if probe:  # not Ready until the probe says so (the simulated kubelet says at once)
                 self._set_ready(proc, False)
         module = COMMANDS[container["command"][0]]
@@ -288,7 +293,10 @@ class ChartPods:
             )
         if proc.node and probe:
             self._wait_ready(proc, container, probe)
-            self._set_ready(proc, True)
+            if bind_late:
+                self._bind(proc)
+            else:
+                self._set_ready(proc, True)
         proc.ready.set()
         if proc.node is None:  # the Job's pod: report how it ended
             rc = proc.popen.wait()
