@@ -877,6 +877,22 @@ class ControlPlane:
         }
         self.state_file.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
+    # -- outages (tests/cluster/test_faults.py)
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver alone (etcd and kcm keep running): an API server outage as
+        the operator and the agents see it. :meth:`start_apiserver` brings it back."""
+        d = self.daemons.pop("kube-apiserver", None)
+        if d is None:
+            raise ControlPlaneError("kube-apiserver is not running")
+        terminate([d], grace=self.stop_grace)
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver again with the flags it had; returns once /readyz is 200."""
+        if "kube-apiserver" in self.daemons:
+            raise ControlPlaneError("kube-apiserver is running")
+        self._start_apiserver()
+        self._write_state()
+
     # -- use
     def kubectl(
         self, *args: str, input_text: str | None = None, check: bool = True, timeout: float = 60.0

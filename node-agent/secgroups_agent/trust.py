@@ -6,11 +6,13 @@ what every pod may send and receive, so only the operator should (docs/failure-m
 "Trust"). Three layers, from strongest to weakest:
 
 1. **RBAC** (the chart): only the operator's service account may create, update, patch
-   or delete compiled objects; the agents may read them and write their node object's
-   status only.
-2. **Admission** (the chart's ValidatingAdmissionPolicy): writes to compiled objects by
-   anyone but the operator's service account are refused, cluster admins included, so a
-   broad ClusterRole given to someone else by mistake does not open the firewall.
+   or delete compiled objects; the agents may read them and write their own node
+   object's status only (an admission policy of the chart holds each agent to its node);
+   no aggregated role grants them to users.
+2. **Admission**: a ValidatingAdmissionPolicy that refuses writes to compiled objects by
+   anyone but the operator's service account, cluster admins included, so that a broad
+   role given by mistake does not open the firewall (docs/failure-modes.md, "Trust", has
+   it; the chart does not ship it yet).
 3. **The agent checks the writer** (this module): server-side apply records, for every
    field, the *field manager* that set it (``metadata.managedFields``). An object whose
    ``spec`` has any field managed by another manager than the operator's (a
