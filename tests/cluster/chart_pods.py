@@ -26,7 +26,7 @@ what the scheduler and the kubelet would, from the pod spec alone:
   ``helm --wait``. It reports the Job's pod Succeeded or Failed with its exit code;
 * runs it as its ``securityContext`` says: as its user and group, and with only the
   capabilities it adds when it drops ``ALL`` (``setpriv``), so the agents prove that
-  ``NET_ADMIN`` and ``NET_RAW`` are enough and the operator that it needs none;
+  ``NET_ADMIN`` is enough and the operator that it needs none;
 * stops a pod's process when the pod is deleted (a rollout, ``helm uninstall``).
 
 Images are ignored: the processes are the same code the images hold. Each process logs

@@ -59,14 +59,13 @@ SMOKE = "smoke"
 GATE = "secgroups.dev/policy-applied"  # the readiness gate (docs/cni.md)
 # The operator runs in a node's network namespace (operator.hostNetwork): the lab's API
 # server reaches node addresses, not pod addresses, and must reach its admission port.
-# The agents keep NET_ADMIN only (the default adds NET_RAW): the smaller set is enough.
+# The agents keep NET_ADMIN only (the chart's default).
 # No CNI plugin: the lab's nodes share this machine's filesystem, so two agents would
 # share one /var/run/secgroups/cni.sock, and the simulated kubelet runs no chain from
 # /etc/cni/net.d (tests/cluster/test_cni.py covers the plugin; the kind tier the chart's).
 INSTALL_VALUES = [
     "--set", "operator.hostNetwork=true",
     "--set", "operator.healthPort=9802",
-    "--set", "agent.capabilities={NET_ADMIN}",
     "--set", "cni.enabled=false",
 ]  # fmt: skip
 # The chart pods' logs and kubeconfigs: outside pytest's temporary directories (which
