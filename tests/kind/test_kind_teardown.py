@@ -131,6 +131,9 @@ def test_make_kind_down_leaves_nothing(kind_session: KindSession) -> None:
     assert " 100.88." not in links and " 100.90." not in links, links
     if ours_before:  # our dockerd is stopped: no daemon, so no container or network either
         assert dockerd_pids() == [], "dockerd is still running"
+        shims = subprocess.run(["pgrep", "-f", "containerd-shim"], capture_output=True,
+                               text=True, check=False).stdout.split()  # fmt: skip
+        assert shims == [], f"container processes left: {shims}"
         assert not Path(kindlib.KindEnv.read().kubeconfig).exists()
     else:  # a dockerd of the machine's own: it stays, without our containers and network
         names = docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
