@@ -1,0 +1,804 @@
+"""Scale benchmark: the operator and the dissemination path at 1,000 nodes / 30,000 pods
+(kwok nodes and pods) on the lab's real control plane.
+
+Run as root: ``sudo .venv/bin/python bench/scale.py`` (``--quick`` for a small smoke run;
+``--nodes/--pods/--namespaces`` to change the shape). A script, not a test: it prints the
+figures with their goals (docs/performance.md, "Operator at scale") and asserts nothing.
+Needs kwok: ``hack/build-binaries.sh kwok`` (v0.8.0 from the Go module proxy, cached like
+the control plane; this script builds it if missing).
+
+**The cluster.** A real etcd + kube-apiserver + kube-controller-manager
+(``secgroups_lab.controlplane``, prefix ``ksgsc``); the kwok controller fakes the
+``--nodes`` Nodes (annotated ``kwok.x-k8s.io/node=fake``, pod CIDRs in 100.100.0.0/14 and
+fd64:5ec:100::/40: API objects only, no packet is sent) and the Pods on them (status
+Running with IPs from the node's CIDRs). The policy is ``bench/compile.py``'s synthetic
+cluster: 50 namespaces × 20 groups (7 selected by app, 3 by tier, 10 by annotation only)
+× 20 rules (remote groups of this and other namespaces, IP address groups, CIDRs, every
+port form, both families, Allow and Deny), 5 IP address groups per namespace; each pod
+in 3-5 groups. Plus one *big node* whose 50 pods each name all 20 groups of their
+namespace: a node using 1,000 groups and the sets they reference.
+
+**What is measured**, with the real operator process:
+
+1. RSS of the operator while the pods grow (10k, 20k, 30k), and the time to publish
+   each step;
+2. restart on a published cluster and from scratch (compiled objects deleted): the
+   operator's own figures — initial lists, and everything published N s after them;
+3. one pod's churn: a new pod (kwok gives it IPs) to its node object, the writes it
+   causes, and the bytes the API server sends to the agents because of it;
+4. the watches: ``--nodes`` simulated agents (the three watches of
+   ``secgroups_agent.sources.KubeSource`` each, raw streams counting bytes, no nftables)
+   → the API server's watch count; bytes per change for a rule edit too;
+5. the big node: a real agent in a netns on the lab underlay — time to apply, rules and
+   set elements, its RSS.
+
+The machine has 2 shared cores: the load average is printed with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from secgroups_kube import AsyncKube
+from secgroups_lab import binaries, controlplane, underlay
+from secgroups_lab._cmd import in_netns
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from compile import synthetic_cluster  # type: ignore[import-not-found]  # noqa: E402
+
+API = "secgroups.dev/v1alpha1"
+KWOK_STAGES = (
+    "node/fast/node-initialize.yaml",
+    "pod/fast/pod-ready.yaml",
+    "pod/fast/pod-delete.yaml",
+)
+COMPILED = ("compiledsecuritygroups", "compiledaddresssets", "compilednodepolicies")
+MERGE = "application/merge-patch+json"
+
+
+def log(msg: str) -> None:
+    load = os.getloadavg()[0]
+    print(f"[{time.strftime('%H:%M:%S')} load {load:4.1f}] {msg}", flush=True)
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return float("nan")
+    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
+
+
+async def req(
+    kube: AsyncKube,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    params: dict[str, Any] | None = None,
+    ctype: str = "application/json",
+) -> Any:
+    resp = await kube._http().request(
+        method,
+        path,
+        params=params or {},
+        content=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": ctype},
+        timeout=120,
+    )
+    if resp.status_code >= 400 and not (method == "POST" and resp.status_code == 409):
+        raise RuntimeError(f"{method} {path}: {resp.status_code} {resp.text[:300]}")
+    return resp.json() if resp.content else None
+
+
+async def gather_limited(coros: list[Any], limit: int = 32) -> None:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c: Any) -> None:
+        async with sem:
+            await c
+
+    await asyncio.gather(*(one(c) for c in coros))
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+def kwok_config(out: Path) -> Path:
+    mod = (
+        binaries.cache_dir()
+        / "go"
+        / "mod"
+        / "sigs.k8s.io"
+        / f"kwok@{kwok_version()}"
+        / "kustomize"
+        / "stage"
+    )
+    docs = [(mod / rel).read_text() for rel in KWOK_STAGES]
+    out.write_text("\n---\n".join(docs))
+    return out
+
+
+def kwok_version() -> str:
+    return binaries.read_versions()["KWOK_VERSION"]
+
+
+def kwok_binary() -> Path:
+    path = binaries.cache_dir() / "bin" / f"kwok-{kwok_version()}" / "kwok"
+    if not path.exists():
+        subprocess.run([str(REPO / "hack" / "build-binaries.sh"), "kwok"], check=True)
+    return path
+
+
+def node_obj(i: int, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {"type": "kwok", "kubernetes.io/hostname": name},
+        },
+        "spec": {
+            "podCIDR": f"100.{100 + i // 256}.{i % 256}.0/24",
+            "podCIDRs": [f"100.{100 + i // 256}.{i % 256}.0/24", f"fd64:5ec:100:{i:x}::/64"],
+            "taints": [],
+        },
+    }
+
+
+def pod_obj(
+    ns: str, name: str, node: str, labels: dict[str, str], groups: str | None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": ns, "labels": labels}
+    if groups:
+        meta["annotations"] = {"secgroups.dev/security-groups": groups}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "app", "image": "x"}],
+            "tolerations": [{"operator": "Exists"}],
+        },
+    }
+
+
+def model_obj(model: Any) -> dict[str, Any]:
+    data: dict[str, Any] = model.model_dump(by_alias=True, mode="json", exclude_none=True)
+    data.pop("status", None)
+    meta = data["metadata"]
+    data["metadata"] = {k: meta[k] for k in ("name", "namespace") if meta.get(k)}
+    return data
+
+
+def plural_path(kind: str, ns: str | None = None) -> str:
+    from secgroups_kube.resources import api_path
+
+    return api_path(kind, ns)
+
+
+# --------------------------------------------------------------------------- simulated agents
+
+
+@dataclass
+class Watchers:
+    """``n`` simulated agents: each the three watches of KubeSource, bytes counted."""
+
+    kubeconfig: Path
+    nodes: list[str]
+    bytes: int = 0
+    events: int = 0
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    clients: list[AsyncKube] = field(default_factory=list)
+
+    async def start(self) -> None:
+        from secgroups.naming import node_label
+
+        for i, node in enumerate(self.nodes):
+            if i % 30 == 0:  # 90 watches per client: its pool holds 100 connections
+                self.clients.append(AsyncKube.connect(self.kubeconfig, field_manager="bench"))
+            kube = self.clients[-1]
+            label = node_label(node)
+            for kind, labels, fields in (
+                ("CompiledSecurityGroup", label, None),
+                ("CompiledAddressSet", label, None),
+                ("CompiledNodePolicy", None, f"metadata.name={node}"),
+            ):
+                self.tasks.append(asyncio.create_task(self._watch(kube, kind, labels, fields)))
+            await asyncio.sleep(0)
+
+    async def _watch(
+        self, kube: AsyncKube, kind: str, labels: str | None, fields: str | None
+    ) -> None:
+        path = plural_path(kind)
+        while True:
+            try:
+                params: dict[str, Any] = {"limit": 500}
+                if labels:
+                    params["labelSelector"] = labels
+                if fields:
+                    params["fieldSelector"] = fields
+                resp = await kube._http().get(path, params=params, timeout=120)
+                rv = resp.json()["metadata"]["resourceVersion"]
+                self.bytes += len(resp.content)
+                params = {k: v for k, v in params.items() if k != "limit"}
+                params.update(
+                    watch="true",
+                    allowWatchBookmarks="true",
+                    resourceVersion=rv,
+                    timeoutSeconds=3600,
+                )
+                async with kube._http().stream("GET", path, params=params, timeout=None) as st:
+                    async for chunk in st.aiter_bytes():
+                        self.bytes += len(chunk)
+                        self.events += chunk.count(b"\n")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for c in self.clients:
+            await c.close()
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+async def apiserver_metrics(kube: AsyncKube) -> dict[str, float]:
+    resp = await kube._http().get("/metrics", timeout=60)
+    out: dict[str, float] = {}
+    watches = 0.0
+    event_bytes = 0.0
+    for line in resp.text.splitlines():
+        if line.startswith("apiserver_longrunning_requests{") and 'verb="WATCH"' in line:
+            watches += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("apiserver_watch_events_sizes_sum{"):
+            event_bytes += float(line.rsplit(" ", 1)[1])
+    out["watches"] = watches
+    out["watch_event_bytes"] = event_bytes
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+class Operator:
+    def __init__(self, cp: controlplane.ControlPlane, logs: Path) -> None:
+        self.cp, self.logs = cp, logs
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.n = 0
+
+    def start(self) -> Path:
+        self.n += 1
+        path = self.logs / f"operator-{self.n}.log"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "secgroups_operator.main",
+                "--kubeconfig",
+                str(self.cp.kubeconfig),
+                "--liveness",
+                "",
+                "--no-webhook",
+            ],
+            stdout=path.open("wb"),
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        self.path = path
+        return path
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+    def rss(self) -> float:
+        return rss_mb(self.proc.pid) if self.proc else float("nan")
+
+    def text(self) -> str:
+        return self.path.read_text(errors="replace")
+
+    async def wait_log(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.text())
+            if m:
+                return m
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError("the operator exited:\n" + self.text()[-3000:])
+            await asyncio.sleep(0.5)
+        raise RuntimeError(f"no {pattern!r} in the operator log within {timeout} s")
+
+    def rounds(self) -> list[tuple[int, float, int, float]]:
+        """(events, compile ms, writes, publish ms) of every logged round."""
+        out = []
+        for m in re.finditer(
+            r"round: (\d+) events, compile ([\d.]+) ms, (\d+) writes in ([\d.]+) ms", self.text()
+        ):
+            out.append((int(m[1]), float(m[2]), int(m[3]), float(m[4])))
+        return out
+
+
+async def node_pod_count(kube: AsyncKube) -> int:
+    total, cont = 0, None
+    while True:
+        items, _, cont = await kube.list_page("CompiledNodePolicy", limit=200, cont=cont)
+        total += sum(len(o.get("spec", {}).get("pods", ())) for o in items)
+        if not cont:
+            return total
+
+
+async def running_pods(kube: AsyncKube) -> int:
+    n, cont = 0, None
+    while True:
+        items, _, cont = await kube.list_page(
+            "Pod", limit=1000, cont=cont, fields="status.phase=Running"
+        )
+        n += sum(1 for p in items if (p.get("status") or {}).get("podIP"))
+        if not cont:
+            return n
+
+
+async def bench(args: argparse.Namespace) -> None:
+    prefix = args.prefix
+    bins = binaries.ensure(binaries.CONTROL_PLANE)
+    kwok = kwok_binary()
+    cp = controlplane.ControlPlane(
+        prefix,
+        bins=bins,
+        apiserver_args=["--max-requests-inflight=800", "--max-mutating-requests-inflight=400"],
+    )
+    logs = cp.workdir / "bench-logs"
+    op = Operator(cp, logs)
+    kwok_proc: subprocess.Popen[bytes] | None = None
+    agent: subprocess.Popen[bytes] | None = None
+    watchers: Watchers | None = None
+    kube: AsyncKube | None = None
+    big_netns = f"{prefix}-big"
+    figures: list[tuple[str, str, str]] = []
+
+    def figure(name: str, value: str, goal: str = "") -> None:
+        figures.append((name, value, goal))
+        log(f"FIGURE {name}: {value} {('(goal ' + goal + ')') if goal else ''}")
+
+    try:
+        cp.start()
+        cp.apply_manifests(sorted((REPO / "crds").glob("*.yaml")))
+        kube = AsyncKube.connect(cp.kubeconfig, field_manager="bench")
+        logs.mkdir(parents=True, exist_ok=True)
+        kwok_proc = subprocess.Popen(
+            [
+                str(kwok),
+                f"--kubeconfig={cp.kubeconfig}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                f"--config={kwok_config(logs / 'kwok-stages.yaml')}",
+                "--node-ip=100.64.254.99",
+                "--cidr=100.100.0.0/14",
+            ],
+            stdout=(logs / "kwok.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        facts = synthetic_cluster(
+            namespaces=args.namespaces, pods_per_ns=args.pods // args.namespaces, nodes=args.nodes
+        )
+        node_names = [*facts.nodes, "big-node"]
+        t = time.monotonic()
+        await gather_limited(
+            [req(kube, "POST", "/api/v1/nodes", node_obj(i, n)) for i, n in enumerate(node_names)]
+        )
+        for n in facts.namespaces:
+            await req(
+                kube,
+                "POST",
+                "/api/v1/namespaces",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": n.name, "labels": n.labels},
+                },
+            )
+        objs = [*facts.address_groups, *facts.groups, *facts.rules]
+        await gather_limited(
+            [
+                req(kube, "POST", plural_path(o.kind, o.metadata.namespace), model_obj(o))
+                for o in objs
+            ]
+        )
+        log(
+            f"{len(node_names)} nodes, {len(facts.groups)} groups, {len(facts.rules)} rules, "
+            f"{len(facts.address_groups)} address groups ({time.monotonic() - t:.0f} s)"
+        )
+
+        # The operator from an empty cluster; pods arrive in three steps.
+        op.start()
+        await op.wait_log(r"all compiled objects published", 600)
+        pods = list(facts.pods)
+        big = [
+            pod_obj(n.name, "big-pod", "big-node", {}, ",".join(f"g{g:02d}" for g in range(20)))
+            for n in facts.namespaces
+        ]
+        steps = [pods[i : i + len(pods) // 3] for i in range(0, len(pods), len(pods) // 3)][:3]
+        created = 0
+        for k, step in enumerate(steps):
+            t = time.monotonic()
+            batch = [
+                pod_obj(p.namespace, p.name, p.node or "", dict(p.labels), p.groups_annotation)
+                for p in step
+            ]
+            if k == 0:
+                batch += big
+            await gather_limited(
+                [
+                    req(kube, "POST", plural_path("Pod", b["metadata"]["namespace"]), b)
+                    for b in batch
+                ],
+                48,
+            )
+            created += len(batch)
+            while await running_pods(kube) < created:
+                await asyncio.sleep(2)
+            ready_at = time.monotonic()
+            while await node_pod_count(kube) < created:
+                await asyncio.sleep(1)
+            figure(
+                f"operator RSS at {created:,} pods",
+                f"{op.rss():.0f} MB (pods created and running in {ready_at - t:.0f} s; "
+                f"published {time.monotonic() - ready_at:.1f} s later)",
+                "<= 300 MB, flat",
+            )
+        apiserver, etcd = cp.daemons["kube-apiserver"].pid, cp.daemons["etcd"].pid
+        figure("API server RSS", f"{rss_mb(apiserver):.0f} MB; etcd {rss_mb(etcd):.0f} MB")
+
+        # Simulated agents: the watch count.
+        before = await apiserver_metrics(kube)
+        watchers = Watchers(cp.kubeconfig, node_names)
+        t = time.monotonic()
+        await watchers.start()
+        await asyncio.sleep(5)
+        while True:
+            now = await apiserver_metrics(kube)
+            if (
+                now["watches"] - before["watches"] >= 3 * len(node_names)
+                or time.monotonic() - t > 300
+            ):
+                break
+            await asyncio.sleep(2)
+        figure(
+            "API server watches",
+            f"{now['watches']:.0f} ({now['watches'] - before['watches']:.0f} from "
+            f"{len(node_names)} simulated agents: 3 each; initial lists "
+            f"{watchers.bytes / 1e6:.0f} MB in {time.monotonic() - t:.0f} s)",
+            "linear in nodes",
+        )
+        per_name, cont = 1, None  # the old agent: its node object + one watch per reference
+        while True:
+            items, _, cont = await kube.list_page("CompiledNodePolicy", limit=200, cont=cont)
+            per_name += sum(
+                1 + len(o["spec"].get("groups", ())) + len(o["spec"].get("sets", ())) for o in items
+            )
+            if not cont:
+                break
+        figure(
+            "  watches one per referenced object would take",
+            f"{per_name:,} (the agent before this design: one watch per group and set used)",
+        )
+
+        # One pod's churn: the pod's IP → its node object; writes; bytes to the agents.
+        # Two kinds of pod: one in a group that no Deny rule names (the common case), and
+        # one of the synthetic namespaces', whose groups inbound Deny rules name — S-CT-2
+        # row 1 then re-checks every member of those groups (their node objects change).
+        await req(
+            kube,
+            "POST",
+            "/api/v1/namespaces",
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": "churn", "labels": {"secgroups.dev/enforce": "true"}},
+            },
+        )
+        for obj in (
+            {
+                "apiVersion": API,
+                "kind": "SecurityGroup",
+                "metadata": {"name": "web", "namespace": "churn"},
+                "spec": {"podSelector": {"matchLabels": {"app": "web"}}},
+            },
+            {
+                "apiVersion": API,
+                "kind": "SecurityGroupRule",
+                "metadata": {"name": "web-from-web", "namespace": "churn"},
+                "spec": {
+                    "securityGroup": "web",
+                    "direction": "Ingress",
+                    "protocol": "TCP",
+                    "ports": "80",
+                    "remote": {"securityGroup": {"name": "web"}},
+                },
+            },
+        ):
+            await req(kube, "POST", plural_path(str(obj["kind"]), "churn"), obj)
+        base_nodes = node_names[: min(50, args.nodes)]
+        await gather_limited(
+            [
+                req(
+                    kube,
+                    "POST",
+                    plural_path("Pod", "churn"),
+                    pod_obj("churn", f"base-{i}", n, {"app": "web"}, None),
+                )
+                for i, n in enumerate(base_nodes)
+            ]
+        )
+        while await node_pod_count(kube) < created + len(base_nodes):
+            await asyncio.sleep(1)
+        for variant, ns, labels, groups in (
+            ("a pod whose groups no Deny rule names", "churn", {"app": "web"}, None),
+            (
+                "a synthetic pod (S-CT-2 row 1 re-checks)",
+                facts.namespaces[0].name,
+                {"app": "a0"},
+                "g10",
+            ),
+        ):
+            lat: list[float] = []
+            writes: list[int] = []
+            sent: list[float] = []
+            del_writes: list[int] = []
+            del_sent: list[float] = []
+            for i in range(args.churn):
+                name = f"churn-{i}"
+                node = base_nodes[i % len(base_nodes)]
+                await asyncio.sleep(2.0)  # let the previous deletion settle
+                r0 = len(op.rounds())
+                b0 = watchers.bytes
+                await req(
+                    kube, "POST", plural_path("Pod", ns), pod_obj(ns, name, node, labels, groups)
+                )
+                t_ip = None
+                while t_ip is None:
+                    p = await req(kube, "GET", f"/api/v1/namespaces/{ns}/pods/{name}")
+                    if (p.get("status") or {}).get("podIP"):
+                        t_ip = time.monotonic()
+                    else:
+                        await asyncio.sleep(0.002)
+                while True:
+                    cnp = await kube.get("CompiledNodePolicy", node)
+                    pods_on = (cnp or {}).get("spec", {}).get("pods", ())
+                    if any(q["name"] == name and q["namespace"] == ns for q in pods_on):
+                        break
+                    await asyncio.sleep(0.002)
+                lat.append(time.monotonic() - t_ip)
+                await asyncio.sleep(2.0)
+                writes.append(sum(r[2] for r in op.rounds()[r0:]))
+                sent.append(watchers.bytes - b0)
+                r0, b0 = len(op.rounds()), watchers.bytes
+                await req(
+                    kube,
+                    "DELETE",
+                    f"/api/v1/namespaces/{ns}/pods/{name}",
+                    params={"gracePeriodSeconds": 0},
+                )
+                await asyncio.sleep(3.0)
+                del_writes.append(sum(r[2] for r in op.rounds()[r0:]))
+                del_sent.append(watchers.bytes - b0)
+            figure(
+                f"one pod's churn, {variant}: IP → its node object",
+                f"p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms "
+                f"over {len(lat)} (includes this script's polling, ~2 ms)",
+                "<= 50 ms",
+            )
+            figure(
+                "  objects written: the pod created / deleted",
+                f"p50 {pct([float(w) for w in writes], 50):.0f} / "
+                f"{pct([float(w) for w in del_writes], 50):.0f}, "
+                f"max {max(writes, default=0)} / {max(del_writes, default=0)}",
+                "O(1)",
+            )
+            figure(
+                "  bytes sent to all agents: created / deleted",
+                f"p50 {pct(sent, 50) / 1e3:.0f} kB / {pct(del_sent, 50) / 1e3:.0f} kB",
+            )
+        compile_ms = [r[1] for r in op.rounds()[-args.churn * 4 :] if r[2]]
+        figure(
+            "  operator compile per churn round",
+            f"p50 {pct(compile_ms, 50):.1f} ms, p99 {pct(compile_ms, 99):.1f} ms",
+        )
+
+        # A rule edit: bytes to the agents.
+        rule_bytes = []
+        for i in range(args.rule_edits):
+            r = facts.rules[i * 7 % len(facts.rules)]
+            body = model_obj(r)
+            body["spec"]["description"] = f"edited {i}"
+            body["spec"]["priority"] = 1 + (r.spec.priority % 99)
+            b0 = watchers.bytes
+            await req(
+                kube,
+                "PUT",
+                plural_path("SecurityGroupRule", r.metadata.namespace) + f"/{r.metadata.name}",
+                {
+                    **body,
+                    "metadata": {
+                        **body["metadata"],
+                        "resourceVersion": (
+                            await req(
+                                kube,
+                                "GET",
+                                plural_path("SecurityGroupRule", r.metadata.namespace)
+                                + f"/{r.metadata.name}",
+                            )
+                        )["metadata"]["resourceVersion"],
+                    },
+                },
+            )
+            await asyncio.sleep(3)
+            rule_bytes.append(watchers.bytes - b0)
+        figure(
+            "  bytes to all agents per rule edit",
+            f"p50 {pct([float(b) for b in rule_bytes], 50) / 1e3:.0f} kB, "
+            f"max {max(rule_bytes, default=0) / 1e3:.0f} kB",
+        )
+
+        # The big node: a real agent.
+        underlay.create_netns(big_netns)
+        underlay.attach(prefix, big_netns, "eth0", ["100.64.254.98/24"])
+        big_node = await kube.get("CompiledNodePolicy", "big-node")
+        spec = (big_node or {}).get("spec", {})
+        t = time.monotonic()
+        agent = subprocess.Popen(
+            in_netns(
+                big_netns,
+                [
+                    sys.executable,
+                    "-m",
+                    "secgroups_agent.main",
+                    "--node",
+                    "big-node",
+                    "--kubeconfig",
+                    str(cp.node_kubeconfig),
+                    "--metrics-addr",
+                    "127.0.0.1:9750",
+                ],
+            ),
+            stdout=(logs / "agent-big.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        status: dict[str, Any] = {}
+        while time.monotonic() - t < 600:
+            cnp = await kube.get("CompiledNodePolicy", "big-node")
+            status = (cnp or {}).get("status") or {}
+            if (status.get("appliedGeneration") or 0) >= (cnp or {}).get("metadata", {}).get(
+                "generation", 1
+            ):
+                break
+            await asyncio.sleep(1)
+        figure(
+            "big node: a real agent applied its policy",
+            f"{time.monotonic() - t:.1f} s from the agent's start: "
+            f"{len(spec.get('groups', ()))} groups + {len(spec.get('sets', ()))} sets, "
+            f"{status.get('rules')} rules, {status.get('setElements')} set elements, "
+            f"agent RSS {rss_mb(agent.pid):.0f} MB, 3 watches",
+            "a node using 1,000 groups and sets works",
+        )
+
+        # Restarts: warm (everything published) and cold (compiled objects deleted).
+        op.stop()
+        op.start()
+        m = await op.wait_log(
+            r"all compiled objects published: (\d+) objects \((\d+) writes\) ([\d.]+) s after", 900
+        )
+        lists = re.search(r"initial lists in ([\d.]+) s", op.text())
+        figure(
+            "restart on a published cluster",
+            f"lists {lists[1] if lists else '?'} s; published {m[3]} s after the lists "
+            f"({m[2]} writes); RSS {op.rss():.0f} MB",
+            "<= 3 s after the lists",
+        )
+        op.stop()
+        for plural in COMPILED:
+            cp.kubectl("delete", plural, "--all", "--wait=false", timeout=600)
+        await asyncio.sleep(5)
+        op.start()
+        m = await op.wait_log(
+            r"all compiled objects published: (\d+) objects \((\d+) writes\) ([\d.]+) s after", 1800
+        )
+        lists = re.search(r"initial lists in ([\d.]+) s", op.text())
+        figure(
+            "start from scratch (every compiled object written)",
+            f"lists {lists[1] if lists else '?'} s; published {m[3]} s after the lists "
+            f"({m[2]} writes); RSS {op.rss():.0f} MB",
+            "<= 3 s after the lists",
+        )
+        await asyncio.sleep(30)
+        figure("operator RSS, steady, 30 s later", f"{op.rss():.0f} MB", "<= 300 MB, flat")
+
+        print()
+        load = os.getloadavg()
+        print(
+            f"scale: {args.nodes} nodes + the big node, {len(pods) + len(big)} pods; "
+            f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+        )
+        for name, value, goal in figures:
+            print(f"  {name:<48} {value}" + (f"   [goal {goal}]" if goal else ""))
+    finally:
+        if watchers is not None:
+            await watchers.stop()
+        if agent is not None:
+            agent.terminate()
+            try:
+                agent.wait(15)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+        op.stop()
+        if kwok_proc is not None:
+            kwok_proc.terminate()
+            try:
+                kwok_proc.wait(15)
+            except subprocess.TimeoutExpired:
+                kwok_proc.kill()
+        if kube is not None:
+            await kube.close()
+        if underlay.netns_exists(big_netns):
+            underlay.delete_netns(big_netns)
+        cp.stop()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--prefix", default="ksgsc")
+    p.add_argument("--nodes", type=int, default=1000)
+    p.add_argument("--pods", type=int, default=30000)
+    p.add_argument("--namespaces", type=int, default=50)
+    p.add_argument("--churn", type=int, default=50)
+    p.add_argument("--rule-edits", type=int, default=10)
+    p.add_argument("--quick", action="store_true", help="100 nodes, 5 namespaces, 3,000 pods")
+    args = p.parse_args()
+    if args.quick:
+        args.nodes, args.pods, args.namespaces, args.churn, args.rule_edits = 100, 3000, 5, 10, 3
+    if os.geteuid() != 0:
+        print("needs root (the lab's network namespaces)", file=sys.stderr)
+        return 2
+    asyncio.run(bench(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
