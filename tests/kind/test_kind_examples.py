@@ -5,7 +5,8 @@ test bodies on both e2e providers (``[kind]``: the chart's pods on a 3-node kind
 * the reachability truth table from inside the real pods, on three nodes, equals the core
   evaluator's over what the API server holds (printed side by side on a mismatch);
 * one S-CT-2 row with live TCP connections (row 5: an inbound rule of Sg-A modified, so
-  every pod of Sg-A is re-checked): the connection the new rule still allows carries on
+  every pod of Sg-A is re-checked — the operator raises the epochs of exactly a1 and a2 in
+  the compiled node objects): the connection the new rule still allows carries on
   (the same socket, twice), the one it denies stops at its next packet — from either end,
   with no conntrack entry flipped to the pod's side — a connection to a pod of another
   group is untouched, and new connections follow the evaluator.
@@ -77,6 +78,17 @@ def flipped(examples: Examples, server: str, client: str, port: int) -> list[str
     return [line for line in proc.stdout.splitlines() if line.startswith("tcp")]
 
 
+def epochs(examples: Examples) -> dict[str, int]:
+    """Each demo pod's ingress epoch in its node's CompiledNodePolicy (the operator raises
+    it for the pods S-CT-2 re-checks; the agents re-check connections older than it)."""
+    return {
+        p["name"]: int(p.get("epoch", 0))
+        for o in get(examples.cluster, "compilednodepolicies")["items"]
+        for p in (o["spec"].get("pods") or [])
+        if p["namespace"] == NS
+    }
+
+
 def test_s_ct_2_row_5_live_tcp_connections(examples: Examples) -> None:
     """S-CT-2 row 5, S-CT-1: A02 (Sg-A members: any protocol) becomes TCP 80 only. Live
     connections opened before: a2→a1:80 (still allowed), a2→a1:22 (now denied),
@@ -91,6 +103,7 @@ def test_s_ct_2_row_5_live_tcp_connections(examples: Examples) -> None:
     }
     keep, cut, other = flows.values()
     assert get(c, "sgr", "-n", NS, "a02")["spec"]["protocol"] == "All"
+    before = epochs(examples)
     try:
         assert all(f.check(timeout=ALLOWED).ok for f in flows.values())
         apply(c, [a02("TCP", "80")])
@@ -99,7 +112,13 @@ def test_s_ct_2_row_5_live_tcp_connections(examples: Examples) -> None:
             lambda: not a2.probe("tcp", examples.ip("a1"), 22, timeout=DENIED).ok,
             60,
         )
-        problems = []
+        after = wait_until(
+            "the epochs of Sg-A's pods raised",
+            lambda: (e := epochs(examples))["a1"] != before["a1"] and e["a2"] != before["a2"] and e,
+            60,
+        )
+        raised = sorted(p for p in PODS if after[p] != before[p])
+        problems = [] if raised == ["a1", "a2"] else [f"re-checked {raised}, S-CT-2 row 5: a1, a2"]
         for name, flow, want in (
             ("next packet", cut, False),
             ("next packet", keep, True),
