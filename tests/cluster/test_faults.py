@@ -21,14 +21,18 @@ The loops (counts as the issue asks; each prints its figures):
 * ``kill -9`` node 1's agent 50 times; convergence = restart → ready (the table adopted);
 * ``kill -9`` the operator 20 times; convergence = a rule change made right after the
   restart → its effect on the dataplane (the toggled class flips);
-* stop the API server 5 times (5 s down); convergence = API server ready again → a rule
-  change made then reaches the dataplane (the watches have reconnected);
-* flush node 1's table by hand 20 times; convergence = the flush → every rule back.
+* stop the API server 5 times (5 s down; node 1's agent is also killed and restarted
+  while it is down: it cannot list, stays not ready and leaves its table alone);
+  convergence = API server ready again → the agent ready (its table adopted) and a rule
+  change made then in the dataplane (the watches have reconnected);
+* flush node 1's table by hand 20 times; convergence = the flush → every rule back;
+* trust, once: a compiled group patched by hand (``kubectl patch``, the operator
+  stopped) is refused by the agent; the operator, back, writes it again.
 
 Every time: no denied datagram delivered, the established connection not cut; allowed
 datagrams are never lost except while a flushed table forwards nothing (counted).
-Runtime on the 2-vCPU test machine: lab ≈ 1 min, agent loop ≈ 3–5 min, operator loop
-≈ 1–2 min, API server loop ≈ 2–4 min, flush loop ≈ 20 s (more under load).
+Runtime on the 2-vCPU test machine: lab ≈ 1 min, agent loop ≈ 3–6 min, operator loop
+≈ 1–3 min, API server loop ≈ 2–4 min, flush loop ≈ 10 s, trust ≈ 15 s (more under load).
 """
 
 from __future__ import annotations
@@ -403,23 +407,40 @@ def test_kill_the_operator_20_times(rig: Rig) -> None:
 
 @pytest.mark.timeout(1200)
 def test_stop_the_api_server_5_times(rig: Rig) -> None:
-    """The agents and the operator lose their watches; the policy in force stays; once
-    the API server is back, a change reaches the dataplane."""
+    """The agents and the operator lose their watches; the policy in force stays — also
+    across a restart of node 1's agent while the API server is down (it cannot list: not
+    ready, its table untouched); once the API server is back, that agent adopts its table
+    and a change reaches the dataplane."""
     cp = rig.lab.cp
     assert cp is not None
-    ledger = Ledger(f"stop the API server ({APISERVER_DOWN:.0f} s down)")
+    agent = f"agent-{rig.node1}"
+    ledger = Ledger(f"stop the API server ({APISERVER_DOWN:.0f} s down, agent restarted)")
     on = False
+    adopted = 0
     for _ in range(APISERVER_STOPS):
         cp.stop_apiserver()
+        rig.lab.stop_daemon(agent, signal.SIGKILL)
+        rig.lab.start_daemon(agent)
         time.sleep(APISERVER_DOWN)
+        assert rig.ready_agent_metrics() is None, "an agent without its API server is not ready"
         cp.start_apiserver()
         on = not on
         t0 = time.monotonic()
         wait_until("kubectl works", lambda: _kubectl_ok(rig.lab), DEADLINE)
+        # First the restarted agent's own start (nothing changed: it adopts), then a change.
+        metrics: dict[str, float] = wait_until(
+            "the agent ready", rig.ready_agent_metrics, DEADLINE, interval=0.05
+        )
+        adopted += int(metrics.get("secgroups_agent_table_adoptions_total", 0))
         rig.toggle(on)
         rig.toggled(on)
         ledger.convergence.append(time.monotonic() - t0)
         rig.settle(ledger)
+    ledger.notes.append(
+        f"node 1's agent, restarted while it was down, adopted its table {adopted} of "
+        f"{APISERVER_STOPS} times"
+    )
+    assert adopted == APISERVER_STOPS
     rig.toggle(False)
     rig.toggled(False)
     check(ledger)
@@ -467,3 +488,61 @@ def _flush_and_wait(netns: str) -> float:
 
     result: float = in_netns(netns, run, timeout=DEADLINE + 10)
     return result
+
+
+@pytest.mark.timeout(600)
+def test_a_compiled_group_edited_by_hand_is_refused(rig: Rig) -> None:
+    """Trust (docs/failure-modes.md): with the operator stopped (so that it does not
+    rewrite the object at once, as it does when it runs), someone with write access adds
+    a rule to srv's compiled group with ``kubectl patch`` — UDP 3306 from the clients. The
+    API server records the writer (managedFields: ``kubectl-patch``); node 1's agent
+    refuses the object, keeps the operator's version in force and says so in its status.
+    The operator, back, writes the object again; the agent takes it."""
+    group = "sg.flt.server"
+    node = f"{rig.lab.prefix}-n1"
+    stored = get(rig.lab, "compiledsecuritygroups.secgroups.dev", group)
+    rule = next(r for r in stored["spec"]["ingress"] if r["protocol"] == "UDP")
+    injected = {**rule, "id": f"{NS}/injected", "ports": [{"lo": 3306, "hi": 3306}]}
+    patch = [{"op": "add", "path": "/spec/ingress/0", "value": injected}]
+    ledger = Ledger("a compiled group patched by hand (operator stopped)")
+    rig.lab.stop_daemon("operator")
+    try:
+        rig.lab.kubectl(
+            "patch", "compiledsecuritygroups.secgroups.dev", group, "--type=json", "-p",
+            json.dumps(patch),
+        )  # fmt: skip
+        assert "kubectl-patch" in _writers(rig.lab, group)
+        reported = wait_until("the refusal in status", lambda: _status(rig.lab, node), DEADLINE)
+        assert "kubectl-patch" in reported.get("error", ""), reported
+        for _ in range(5):
+            time.sleep(1.0)  # the stream runs: UDP 3306 must stay denied
+            rig.settle(ledger)
+        assert not rig.stream.delivered(3306, timeout=1.0)
+    finally:
+        rig.lab.start_daemon("operator")
+    t0 = time.monotonic()
+    wait_until(
+        "the operator writes the group again",
+        lambda: "kubectl-patch" not in _writers(rig.lab, group),
+        DEADLINE,
+    )
+    wait_until("the agent takes it", lambda: _status(rig.lab, node) is None, DEADLINE)
+    ledger.convergence.append(time.monotonic() - t0)
+    rig.settle(ledger)
+    ledger.notes.append(f"agent status meanwhile: UntrustedWriter: {reported.get('error')}")
+    check(ledger)
+
+
+def _writers(lab: LabCluster, group: str) -> set[str]:
+    shown = lab.kubectl(
+        "get", "compiledsecuritygroups.secgroups.dev", group, "-o", "json",
+        "--show-managed-fields",
+    )  # fmt: skip
+    return {str(e["manager"]) for e in json.loads(shown)["metadata"]["managedFields"]}
+
+
+def _status(lab: LabCluster, node: str) -> dict[str, Any] | None:
+    """The node object's status while it reports an untrusted writer, else None."""
+    obj = get(lab, "compilednodepolicies.secgroups.dev", node)
+    status: dict[str, Any] = obj.get("status") or {}
+    return status if status.get("reason") == "UntrustedWriter" else None
