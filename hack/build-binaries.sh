@@ -18,8 +18,11 @@
 # Usage: hack/build-binaries.sh [--regen-modules] [--print-paths] [component ...]
 #   components: kube-apiserver kube-controller-manager kubectl etcd helm kubeconform (default: all)
 #               kwok (only when named)
-#   --regen-modules  regenerate hack/k8sbin/go.{mod,sum} and hack/etcdbin/go.{mod,sum} from the
-#                    pinned tags (k8s staging replaces generated from the tag's own go.mod)
+#   --regen-modules  regenerate hack/k8sbin/go.{mod,sum}, hack/corednsbin/go.{mod,sum} and
+#                    hack/etcdbin/go.{mod,sum} from the pinned tags (k8s staging replaces generated
+#                    from the tag's own go.mod; CoreDNS at the version this kubeadm deploys; the
+#                    modules both k8sbin and corednsbin compile aligned at one version, so a
+#                    package compiled once is a Go build cache hit for every other binary)
 #   --print-paths    only print the binary paths (no build)
 set -euo pipefail
 
@@ -37,7 +40,11 @@ CACHE=${KSG_CACHE:-$HOME/.cache/kube-secgroups}
 BIN=$CACHE/bin
 export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build GOFLAGS=-buildvcs=false
 export CGO_ENABLED=0 GOTOOLCHAIN=${GOTOOLCHAIN:-local}
+# The same tags (and -trimpath, CGO_ENABLED, GOFLAGS) in every Go build of the project's
+# Kubernetes-side binaries, here and in hack/kind.sh: compiled packages are shared only between
+# builds with identical flags.
 TAGS=selinux,notest
+K8S_TOOLS="kube-apiserver kube-controller-manager kubectl kubeadm kubelet kube-scheduler kube-proxy"
 
 regen=0; print_only=0; want=()
 for a in "$@"; do
@@ -126,9 +133,72 @@ gen_k8s_mod() {
       | awk -v v="$STG" '{print "replace " $1 " => " $1 " " v}'
   } > "$d/go.mod"
   rm -f "$d/go.sum"
-  (cd "$d" && go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$K8S" \
-      "k8s.io/kubernetes/cmd/kube-controller-manager@$K8S" "k8s.io/kubernetes/cmd/kubectl@$K8S")
+  # the lab's three and the four more the kind node image needs (hack/kind.sh): one module, so
+  # one set of versions for every Kubernetes binary
+  # shellcheck disable=SC2046
+  (cd "$d" && go get -tool $(for c in $K8S_TOOLS; do printf 'k8s.io/kubernetes/cmd/%s@%s ' "$c" "$K8S"; done))
   echo "  $(grep -c '^replace' "$d/go.mod") staging replaces; commit hack/k8sbin/go.mod and go.sum"
+}
+
+# CoreDNS at the version this kubeadm deploys (its constants), for hack/corednsbin's main.go
+coredns_version() {
+  local dir
+  dir=$(cd / && go mod download -json "k8s.io/kubernetes@$K8S" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  sed -n 's/^[[:space:]]*CoreDNSVersion = "\(v[0-9.]*\)"$/\1/p' "$dir/cmd/kubeadm/app/constants/constants.go"
+}
+
+gen_coredns_mod() {
+  local d=$HACK/corednsbin v gomod
+  v=$(coredns_version)
+  [ -n "$v" ] || { echo "cannot read CoreDNSVersion from kubeadm $K8S" >&2; exit 1; }
+  echo "generating $d/go.mod for github.com/coredns/coredns $v (the CoreDNS of kubeadm $K8S)"
+  gomod=$(cd / && go mod download -json "github.com/coredns/coredns@$v" \
+          | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  { echo "module example.invalid/corednsbin"; echo; grep -E '^go ' "$gomod"; } > "$d/go.mod"
+  rm -f "$d/go.sum"
+  (cd "$d" && go get "github.com/coredns/coredns@$v" && go mod tidy)
+}
+
+# The Go build cache shares a compiled package only if its module version and those of all its
+# dependencies are the same, so a module both k8sbin and corednsbin compile (client-go,
+# golang.org/x/net, gRPC, ...) must be at one version in both: the higher of the two, raised in
+# the other module (CoreDNS asks for newer golang.org/x/* than Kubernetes pins). Not
+# github.com/coredns/caddy: kubeadm's Corefile migration is written against its v1.1.1, CoreDNS
+# needs a newer one, and no package compiled in both depends on it.
+compiled_modules() { # DIR PACKAGES...: "path version" of the modules the build compiles
+  local d=$1; shift
+  (cd "$d" && go list -deps -tags "$TAGS" -f '{{with .Module}}{{if not .Main}}{{.Path}} {{.Version}}{{end}}{{end}}' "$@" | sort -u)
+}
+align_mods() {
+  local k=$HACK/k8sbin c=$HACK/corednsbin i up
+  for i in 1 2 3; do
+    # "k8s|coredns path@version": the side whose version is lower and the version to raise it to
+    # shellcheck disable=SC2046
+    up=$(python3 - <(compiled_modules "$k" $(for t in $K8S_TOOLS; do echo "k8s.io/kubernetes/cmd/$t"; done)) \
+                   <(compiled_modules "$c" .) <<'PY'
+import sys
+def key(v):  # semver order of a Go module version (pseudo-versions are prereleases)
+    core, _, pre = v.split("+")[0][1:].partition("-")
+    ids = tuple((0, int(x), "") if x.isdigit() else (1, 0, x) for x in pre.split(".")) if pre else ()
+    return (tuple(int(x) for x in core.split(".")), 0 if pre else 1, ids)
+k, c = (dict(l.split() for l in open(f) if l.strip()) for f in sys.argv[1:3])
+for m in sorted(k.keys() & c.keys() - {"github.com/coredns/caddy"}):
+    if k[m] != c[m]:
+        print(("k8s " + m + "@" + c[m]) if key(k[m]) < key(c[m]) else ("coredns " + m + "@" + k[m]))
+PY
+)
+    [ -n "$up" ] || { echo "  k8sbin and corednsbin agree on every module both compile"; return 0; }
+    echo "  aligning (pass $i):"; echo "$up" | sed 's/^/    raise in /'
+    # shellcheck disable=SC2046
+    if echo "$up" | grep -q '^k8s '; then
+      (cd "$k" && go get $(echo "$up" | sed -n 's/^k8s //p') && go mod tidy)
+      # tidy marks the module of the tools indirect (nothing imports it); keep it the pin it is
+      sed -i "s|^require k8s.io/kubernetes $K8S // indirect\$|require k8s.io/kubernetes $K8S|" "$k/go.mod"
+    fi
+    # shellcheck disable=SC2046
+    if echo "$up" | grep -q '^coredns '; then (cd "$c" && go get $(echo "$up" | sed -n 's/^coredns //p') && go mod tidy); fi
+  done
+  echo "k8sbin and corednsbin still disagree after 3 passes" >&2; exit 1
 }
 
 gen_etcd_mod() {
@@ -155,6 +225,9 @@ for c in "${want[@]}"; do
 done
 if [ $regen = 1 ] || { [ $need_k8s = 1 ] && ! mod_pins "$HACK/k8sbin" k8s.io/kubernetes "$K8S"; }; then
   gen_k8s_mod
+  gen_coredns_mod
+  align_mods
+  echo "  commit hack/k8sbin/go.{mod,sum} and hack/corednsbin/go.{mod,sum}"
 fi
 if [ $regen = 1 ] || { [ $need_etcd = 1 ] && ! mod_pins "$HACK/etcdbin" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"; }; then
   gen_etcd_mod

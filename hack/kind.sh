@@ -15,6 +15,8 @@
 #                         Service by ClusterIP, DNS name and NodePort, egress refused
 #   hack/kind.sh mem      memory of the node containers and of dockerd
 #   hack/kind.sh status   daemon, cluster, nodes, pods, cached artefacts
+#   hack/kind.sh plan     what `build` would compile, with the cold time to expect
+#   hack/kind.sh rootfs   only the Debian rootfs (debootstrap), cached: for a background start
 #   hack/kind.sh env      `export` lines: KUBECONFIG, PATH (kind, kubectl), KSG_KIND_* for tests
 #
 # Which node image:
@@ -26,16 +28,19 @@
 # The offline node image, from package registries only:
 #   apt/debootstrap -> Debian rootfs image (hack/lib/debian.sh) -> kind's base image
 #   (hack/kind/base.Dockerfile: kind's own image files + Debian's containerd, runc, CNI plugins);
-#   Go module proxy -> kind, kubeadm, kubelet, kube-scheduler, kube-proxy (and kube-apiserver,
-#   kube-controller-manager, kubectl unless hack/build-binaries.sh already built them), etcd,
-#   CoreDNS and crictl at the versions this kubeadm asks for; gcc -> pause;
+#   Go module proxy -> kind; kubeadm, kubelet, kube-scheduler, kube-proxy from hack/k8sbin (and
+#   kube-apiserver, kube-controller-manager, kubectl unless hack/build-binaries.sh already built
+#   them); CoreDNS with only the plugins kubeadm's Corefile uses (hack/corednsbin) and crictl at
+#   the versions this kubeadm asks for; etcd: the lab's (same minor as kubeadm's); gcc -> pause;
 #   -> component images tagged as kubeadm expects, imported into the node's containerd ->
 #   node image with ksg-podnet (pod networking) and ksg-egress-guard (hack/kind/).
 #
 # Environment: KSG_CACHE [~/.cache/kube-secgroups] (everything built lives in $KSG_CACHE/kind; Go's
 # module and build caches are the project's, shared with hack/build-binaries.sh),
 # KSG_KIND_NAME [ksg], KSG_KIND_KUBECONFIG [$KSG_CACHE/kind/kubeconfig],
-# KSG_KIND_NODE_IMAGE, KSG_KIND_BUILD_NODE, KSG_REFRESH_BASE (hack/lib/debian.sh).
+# KSG_KIND_NODE_IMAGE, KSG_KIND_BUILD_NODE, KSG_KIND_OFFLINE_IMAGE (the offline node image's tag
+# [kube-secgroups/kind-node:<k8s version>]: another one builds a second image beside it),
+# KSG_REFRESH_BASE (hack/lib/debian.sh).
 set -euo pipefail
 # shellcheck disable=SC2034  # read by lib/common.sh
 TAG=kind
@@ -45,6 +50,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 source "$HACK_DIR/lib/debian.sh"
 # shellcheck source=versions.env
 source "$HACK_DIR/versions.env"
+LAB_ETCD_VERSION=$ETCD_VERSION   # the lab's etcd; ETCD_VERSION becomes kubeadm's below
 # shellcheck source=kind/versions.env
 source "$HACK_DIR/kind/versions.env"
 
@@ -62,7 +68,9 @@ KIND_GW=100.90.0.1
 KIND_BIN=$C/kind-$KIND_VERSION/kind
 K8S_DIR=$C/kubernetes-$K8S
 BASE_IMAGE=kube-secgroups/kind-base:$KIND_VERSION
-OFFLINE_NODE_IMAGE=kube-secgroups/kind-node:$K8S
+OFFLINE_NODE_IMAGE=${KSG_KIND_OFFLINE_IMAGE:-kube-secgroups/kind-node:$K8S}
+# a cold `build` measured on 2 cores (docs/performance.md#kind), for `plan`
+KIND_COLD_ESTIMATE="8 min at a load average of 10, about half that on 2 idle cores"
 K8S_CMDS="kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy"
 export DOCKER_BUILDKIT=0   # Debian's dockerd 20.10 has no buildx; the legacy builder honours --network host
 mkdir -p "$C" "$LOG_DIR" "$B"
@@ -81,27 +89,13 @@ build_kind() {
   step_done built
 }
 
-# A wrapper module per version: it requires k8s.io/kubernetes and points every staging module
-# (k8s.io/api, ...) at its published v0.<minor>.<patch>, since the upstream go.mod points them at
-# ./staging, which a module consumer cannot use (hack/k8sbin does the same for the lab's three).
-k8s_module() {
-  local m=$C/mod/k8s-$K8S gomod
-  mkdir -p "$m"
-  if ! grep -q "^require k8s.io/kubernetes $K8S\$" "$m/go.mod" 2>/dev/null || [ ! -s "$m/go.sum" ]; then
-    gomod=$(mod_gomod "k8s.io/kubernetes@$K8S")
-    {
-      echo "module example.invalid/ksgkind"; echo
-      grep -E '^go ' "$gomod"; grep -E '^godebug ' "$gomod" || true
-      echo; echo "require k8s.io/kubernetes $K8S"; echo
-      grep -oE 'k8s\.io/[a-z0-9-]+ => \./staging/src/k8s\.io/[a-z0-9-]+' "$gomod" \
-        | awk -v v="v0.${K8S#v1.}" '{print "replace " $1 " => " $1 " " v}'
-    } >"$m/go.mod"
-    rm -f "$m/go.sum"
-    # shellcheck disable=SC2046
-    run_logged k8s-go-get sh -c "cd '$m' && go get $(for c in $K8S_CMDS; do printf 'k8s.io/kubernetes/cmd/%s@%s ' "$c" "$K8S"; done)"
-  fi
-  echo "$m"
-}
+# kubeadm, kubelet, kube-scheduler and kube-proxy come from hack/k8sbin, the module
+# hack/build-binaries.sh builds the lab's three from (committed go.mod/go.sum; its tools list all
+# seven), with the same tags, -trimpath and caches: the packages it compiled are cache hits here,
+# and so are those CoreDNS shares with them (hack/corednsbin is aligned with k8sbin).
+K8S_MOD=$HACK_DIR/k8sbin
+GO_TAGS=selinux,notest   # hack/build-binaries.sh's: `notest` drops fuzz files from apimachinery
+pins() { grep -qE "^[[:space:]]*(require )?$2 $3( |\$)" "$1/go.mod" 2>/dev/null && [ -s "$1/go.sum" ]; }
 
 build_k8s() {
   step "kubernetes $K8S binaries"
@@ -116,7 +110,8 @@ build_k8s() {
     missing+=("$c")
   done
   if [ ${#missing[@]} -eq 0 ]; then step_done "cached${copied:+; copied ${copied[*]}}"; return; fi
-  m=$(k8s_module)
+  m=$K8S_MOD
+  pins "$m" k8s.io/kubernetes "$K8S" || die "hack/k8sbin does not pin k8s.io/kubernetes $K8S: run hack/build-binaries.sh --regen-modules"
   # the ldflags and tags of hack/build-binaries.sh: its compiled packages are cache hits here
   local ld="-s -w -X k8s.io/component-base/version.gitVersion=$K8S \
  -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$MINOR \
@@ -126,7 +121,7 @@ build_k8s() {
   log "go build ${missing[*]} (the slow part with a cold Go cache)"
   rm -rf "$K8S_DIR.tmp"; mkdir -p "$K8S_DIR.tmp"
   # shellcheck disable=SC2046
-  run_logged build-k8s sh -c "cd '$m' && /usr/bin/time -f 'go build: %e s, %M KB max RSS' go build -trimpath -tags selinux,notest -ldflags '$ld' -o '$K8S_DIR.tmp/' $(for c in "${missing[@]}"; do printf 'k8s.io/kubernetes/cmd/%s ' "$c"; done)"
+  run_logged build-k8s sh -c "cd '$m' && /usr/bin/time -f 'go build: %e s, %M KB max RSS' go build -trimpath -tags $GO_TAGS -ldflags '$ld' -o '$K8S_DIR.tmp/' $(for c in "${missing[@]}"; do printf 'k8s.io/kubernetes/cmd/%s ' "$c"; done)"
   for c in "${missing[@]}"; do mv "$K8S_DIR.tmp/$c" "$K8S_DIR/$c"; done
   rmdir "$K8S_DIR.tmp"
   step_done "built ${missing[*]}${copied:+; copied ${copied[*]}}; $(tail -n 1 "$LOG_DIR/build-k8s.log")"
@@ -139,16 +134,30 @@ resolve_component_tags() {
   ETCD_TAG=$(sed -n 's|.*/etcd:||p' "$f"); COREDNS_TAG=$(sed -n 's|.*/coredns:||p' "$f")
   PAUSE_TAG=$(sed -n 's|.*/pause:||p' "$f")
   [ -n "$ETCD_TAG" ] && [ -n "$COREDNS_TAG" ] && [ -n "$PAUSE_TAG" ] || die "cannot read the image tags from $f"
-  ETCD_VERSION=v${ETCD_TAG%-*}   # 3.6.8-0 -> v3.6.8
+  ETCD_VERSION=v${ETCD_TAG%-*}   # 3.6.8-0 -> v3.6.8 (hack/versions.env's is LAB_ETCD_VERSION here)
   KIND_SRC=$(mod_dir "sigs.k8s.io/kind@$KIND_VERSION")
   # kind's containerd config pins its own sandbox (pause) image tag
   SANDBOX_TAG=$(sed -n 's|^ *sandbox_image = "registry.k8s.io/pause:\(.*\)"|\1|p' "$KIND_SRC/images/base/files/etc/containerd/config.toml")
   [ -n "$SANDBOX_TAG" ] || die "cannot read sandbox_image from kind's containerd config"
 }
 
+# etcd: the lab's (hack/build-binaries.sh, LAB_ETCD_VERSION in hack/versions.env) when it is a
+# patch release of the same minor as the one kubeadm asks for — it is built anyway, and a second
+# etcd cost 2 min of a cold build — else kubeadm's own version. The image keeps kubeadm's tag.
 build_etcd() {
+  local lab
+  lab=$("$REPO_DIR/hack/build-binaries.sh" --print-paths etcd)
+  if [ "$(echo "$LAB_ETCD_VERSION" | cut -d. -f1-2)" = "$(echo "$ETCD_VERSION" | cut -d. -f1-2)" ]; then
+    step "etcd $LAB_ETCD_VERSION (the lab's) as etcd:$ETCD_TAG"
+    [ -x "$lab" ] || "$REPO_DIR/hack/build-binaries.sh" etcd >"$LOG_DIR/build-etcd.log" 2>&1 \
+      || { tail -n 30 "$LOG_DIR/build-etcd.log" >&2; die "hack/build-binaries.sh etcd failed (log $LOG_DIR/build-etcd.log)"; }
+    ETCD_BIN=$lab
+    step_done "$("$ETCD_BIN" --version | head -n 1)"
+    return
+  fi
   step "etcd $ETCD_VERSION"
   local out=$C/etcd-$ETCD_VERSION/etcd m=$C/mod/etcd-$ETCD_VERSION
+  ETCD_BIN=$out
   if [ -x "$out" ]; then step_done cached; return; fi
   mkdir -p "${out%/*}" "$m"
   # etcd's server module has replace directives, so `go install ...@version` refuses it: a wrapper module
@@ -161,12 +170,55 @@ build_etcd() {
   step_done built
 }
 
+# CoreDNS from hack/corednsbin: our main package with only the plugins the cluster's Corefile
+# uses, its go.mod aligned with hack/k8sbin (client-go & co. are cache hits). Cached by the
+# content of the wrapper; checked against the Corefile this kubeadm writes.
+coredns_hash() { cat "$HACK_DIR"/corednsbin/{main.go,go.mod,go.sum} | hash16; }
+build_coredns() {
+  local d=$HACK_DIR/corednsbin h
+  step "coredns $COREDNS_TAG (hack/corednsbin)"
+  pins "$d" github.com/coredns/coredns "$COREDNS_TAG" \
+    || die "hack/corednsbin does not pin CoreDNS $COREDNS_TAG (kubeadm $K8S's): run hack/build-binaries.sh --regen-modules"
+  h=$(coredns_hash)
+  COREDNS_BIN=$C/coredns-$COREDNS_TAG-$h/coredns
+  if [ -x "$COREDNS_BIN" ]; then step_done cached; return; fi
+  mkdir -p "${COREDNS_BIN%/*}"
+  run_logged build-coredns sh -c "cd '$d' && go build -trimpath -tags $GO_TAGS -ldflags '-s -w' -o '$COREDNS_BIN.tmp' ."
+  check_coredns_plugins "$COREDNS_BIN.tmp"
+  mv "$COREDNS_BIN.tmp" "$COREDNS_BIN"
+  step_done "built, $("$COREDNS_BIN" -plugins | wc -l) plugins"
+}
+
+# Every directive of the Corefile kubeadm writes (its CoreDNS ConfigMap template) must be a plugin
+# of our CoreDNS: a Corefile naming a missing one fails at start ("unknown directive").
+check_coredns_plugins() {
+  local src missing
+  src=$(mod_dir "k8s.io/kubernetes@$K8S")/cmd/kubeadm/app/phases/addons/dns/manifests.go
+  missing=$(python3 - "$src" <("$1" -plugins) <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+corefile = text.split("Corefile: |", 1)[1].split("`", 1)[0]
+depth, want = 0, set()
+for line in corefile.splitlines():
+    line = re.sub(r"\{\{.*?\}\}", "", line).strip()   # template actions
+    if depth == 1 and line and line[0] not in "{}":
+        want.add(line.split()[0])
+    depth += line.count("{") - line.count("}")
+have = set(open(sys.argv[2]).read().split())
+if not want:
+    print("(no directive found in " + sys.argv[1] + ")")
+print(" ".join(sorted(want - have)))
+PY
+  )
+  [ -z "$missing" ] || die "kubeadm $K8S's Corefile uses plugins hack/corednsbin lacks: $missing (add them to hack/corednsbin/main.go)"
+}
+
 go_install_step() { # NAME VERSION PACKAGE@VERSION BINARY
   step "$1 $2"
   local dir=$C/$1-$2
   if [ -x "$dir/$4" ]; then step_done cached; return; fi
   mkdir -p "$dir"
-  run_logged "build-$1" env GOBIN="$dir" go install -trimpath -ldflags "-s -w" "$3"
+  run_logged "build-$1" env GOBIN="$dir" go install -trimpath -tags "$GO_TAGS" -ldflags "-s -w" "$3"
   step_done built
 }
 
@@ -204,7 +256,7 @@ node_image_inputs() { # the content key of the offline node image
     declare -f build_node_image component_image
     # binaries are rebuilt only when missing, so size + mtime identify them (hashing 600 MB would
     # cost seconds on every warm `up`)
-    stat -c '%n %s %Y' "$K8S_DIR"/* "$C/etcd-$ETCD_VERSION/etcd" "$C/coredns-$COREDNS_TAG/coredns" \
+    stat -c '%n %s %Y' "$K8S_DIR"/* "$ETCD_BIN" "$COREDNS_BIN" \
       "$C/crictl-$CRICTL_VERSION/crictl" "$C/pause-$PAUSE_TAG/pause"
   } | hash16
 }
@@ -227,8 +279,8 @@ build_node_image() {
   rm -rf "$ctx"; mkdir -p "$ctx/kube-proxy"
   # the images kubeadm runs, tagged as it expects (they are never pulled: the node has them)
   for c in kube-apiserver kube-controller-manager kube-scheduler; do component_image "registry.k8s.io/$c:$K8S" "$K8S_DIR/$c"; done
-  component_image "registry.k8s.io/etcd:$ETCD_TAG" "$C/etcd-$ETCD_VERSION/etcd"
-  component_image "registry.k8s.io/coredns/coredns:$COREDNS_TAG" "$C/coredns-$COREDNS_TAG/coredns" /coredns
+  component_image "registry.k8s.io/etcd:$ETCD_TAG" "$ETCD_BIN"
+  component_image "registry.k8s.io/coredns/coredns:$COREDNS_TAG" "$COREDNS_BIN" /coredns
   component_image "registry.k8s.io/pause:$PAUSE_TAG" "$C/pause-$PAUSE_TAG/pause" /pause
   [ "$SANDBOX_TAG" = "$PAUSE_TAG" ] || docker tag "registry.k8s.io/pause:$PAUSE_TAG" "registry.k8s.io/pause:$SANDBOX_TAG"
   cp "$K8S_DIR/kube-proxy" "$HACK_DIR/kind/iptables-wrapper" "$ctx/kube-proxy/"
@@ -288,7 +340,7 @@ cmd_build() {
   build_k8s
   resolve_component_tags
   build_etcd
-  go_install_step coredns "$COREDNS_TAG" "github.com/coredns/coredns@$COREDNS_TAG" coredns
+  build_coredns
   go_install_step crictl "$CRICTL_VERSION" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" crictl
   build_pause
   step "debian base image"
@@ -549,6 +601,36 @@ cmd_mem() {
   fi
 }
 
+# What `build` would compile (no root, no Docker needed): said up front by .ci/run, since a cold
+# build is most of a first CI run. Times: docs/performance.md#kind.
+cmd_plan() {
+  local todo=() c
+  [ -x "$KIND_BIN" ] || todo+=(kind)
+  for c in kubeadm kubelet kube-scheduler kube-proxy; do
+    [ -x "$K8S_DIR/$c" ] || { todo+=("kubeadm/kubelet/kube-scheduler/kube-proxy"); break; }
+  done
+  compgen -G "$C/coredns-*-$(coredns_hash)/coredns" >/dev/null || todo+=(CoreDNS)
+  [ -x "$C/crictl-$CRICTL_VERSION/crictl" ] || todo+=(crictl)
+  [ -s "$(debian_rootfs_path)" ] || todo+=("Debian rootfs (debootstrap, in the background)")
+  if [ ${#todo[@]} -eq 0 ]; then
+    log "kind: binaries cached; the node image is checked against them (rebuilt after a recipe change: ≈ 30 s)"
+  else
+    c=$(printf '%s, ' "${todo[@]}")
+    log "kind: to build: ${c%, }, then the kind base and node images"
+    log "kind: all of it from a cold cache (control-plane packages already compiled) ≈ ${KIND_COLD_ESTIMATE}"
+  fi
+}
+
+# The Debian rootfs tar alone (debootstrap: network-bound, 1-5 min), cached; .ci/run starts it in
+# the background while the control plane compiles (hack/images.sh and `build` wait for it: a lock).
+cmd_rootfs() {
+  need_root "hack/kind.sh rootfs"
+  step "Debian rootfs (debootstrap)"
+  debian_rootfs_build >>"$LOG_DIR/debootstrap.log" 2>&1 \
+    || { tail -n 30 "$LOG_DIR/debootstrap.log" >&2; die "debootstrap failed (log $LOG_DIR/debootstrap.log)"; }
+  step_done "$(debian_rootfs_path)"
+}
+
 cmd_status() {
   "$HACK_DIR/docker.sh" status
   if [ -x "$KIND_BIN" ] && timeout 10 docker info >/dev/null 2>&1; then
@@ -571,8 +653,10 @@ case ${1:-} in
   build) SUMMARY_WHAT=build; cmd_build; summary ;;
   load) shift; cmd_load "$@" ;;
   status) cmd_status ;;
+  plan) cmd_plan ;;
+  rootfs) cmd_rootfs ;;
   selftest) cmd_selftest ;;
   mem) cmd_mem ;;
   env) cmd_env ;;
-  *) sed -n '2,35p' "$0"; exit 2 ;;
+  *) sed -n '2,43p' "$0"; exit 2 ;;
 esac
