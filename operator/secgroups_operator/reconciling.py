@@ -8,10 +8,10 @@ epochs → publish, one object at a time → statuses and Events.
   worker thread (``asyncio.to_thread``): the loop keeps serving watches, health and
   writes while it runs. One event reaches only what it changes: a pod's churn recompiles
   its node object and the address sets it is in.
-* **Epochs** (DESIGN.md §4, S-CT-2). The compiler's flush names the pods whose inbound
-  connections must be re-checked; the leader raises their epochs in the same round and
-  marks their nodes, whose objects then wait for and ``require`` the groups and sets
-  they reference (``publishing``).
+* **Epochs** (S-CT-2; docs/architecture.md, "Existing connections: epochs"). The
+  compiler's flush names the pods whose inbound connections must be re-checked; the
+  leader raises their epochs in the same round and marks their nodes, whose objects
+  then wait for and ``require`` the groups and sets they reference (``publishing``).
 * **Publish** (``publishing``): specs, node labels, node objects, deletions; each
   object's failure is retried alone, oversized objects are held and reported.
 * **Status** (``statuses``) of the objects a batch reached, and the realization of

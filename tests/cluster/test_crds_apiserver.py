@@ -224,7 +224,9 @@ def test_rule_printer_columns(control_plane: ControlPlane, created: str) -> None
 
 def test_group_and_address_group_printer_columns(control_plane: ControlPlane, created: str) -> None:
     header = control_plane.kubectl("get", "sg", "-n", created).stdout.splitlines()[0]
-    assert header.split() == ["NAME", "SEQUENCE", "MEMBERS", "READY", "AGE"]
+    assert header.split() == ["NAME", "SEQUENCE", "MEMBERS", "READY", "REALIZED", "AGE"]
+    wide = control_plane.kubectl("get", "sg", "-n", created, "-o", "wide").stdout
+    assert "GENERATION" in wide.splitlines()[0].split()
     header = control_plane.kubectl("get", "ipag", "-n", created, "-o", "wide").stdout
     assert header.splitlines()[0].split() == ["NAME", "FAMILY", "AGE", "DESCRIPTION"]
 
