@@ -7,13 +7,16 @@ Skipping (not root, no ``ip netns``) is decided by each module with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from secgroups_lab.network import Lab, PodNet, cleanup_leftovers
 
-PREFIX = "ksgnet"
+# Every lab lives in its own netns (underlay included), so two sessions run side by side
+# when one sets another prefix (KSG_NETNS_PREFIX=ksgatm).
+PREFIX = os.environ.get("KSG_NETNS_PREFIX", "ksgnet")
 
 
 @pytest.fixture(scope="session")
