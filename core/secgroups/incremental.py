@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
 
-from secgroups import naming
+from secgroups import naming, quotas
 from secgroups.addresses import collapse_entries
 from secgroups.compiled import (
     COMPILED_GROUP_KIND,
@@ -66,6 +66,8 @@ from secgroups.compiling import (
     missing_remote_problem,
     orphan_rule_problem,
     rule_group,
+    too_many_rules_problem,
+    uncompilable_group_problem,
     unknown_group_problem,
 )
 from secgroups.facts import ClusterFacts, NamespaceFacts, PodFacts
@@ -497,6 +499,17 @@ class IncrementalCompiler:
                     out.append(missing_remote_problem(source))
             elif key not in self._ipags:
                 out.append(missing_remote_problem(source))
+        # Groups in use with too many rules, or that the models refuse: as compile_policy
+        # reports them (a missing default group is synthesized, its rules ignored).
+        for group, pods in self._members.items():
+            if not pods or (group not in self._groups and group[1] == DEFAULT_GROUP_NAME):
+                continue
+            count = len(self._rules_of.get(group, ()))
+            failed = self._failed.get((COMPILED_GROUP_KIND, naming.compiled_group_name(*group)))
+            if failed is not None:
+                out.append(uncompilable_group_problem(group, count, ValueError(failed)))
+            elif count > quotas.MAX_RULES_PER_GROUP:
+                out.append(too_many_rules_problem(group, count))
         return tuple(sorted(set(out)))
 
     # ------------------------------------------------------------------ events

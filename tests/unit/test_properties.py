@@ -3,7 +3,8 @@
 (a) determinism: the same facts in any order compile to byte-identical objects;
 (b) adding a shadowed rule never changes a verdict;
 (c) compiled objects round-trip through the models and through JSON text;
-(d) the incremental compiler equals the full compiler after any event sequence, and
+(d) the incremental compiler equals the full compiler after any event sequence (its
+    policy and its problems, also with groups over the per-group rule limit), and
     the changes it returns are exactly the difference between the two policies.
 
 Example counts stay moderate (the unit tier must stay fast); the strategies in
@@ -16,10 +17,12 @@ import ipaddress
 import itertools
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from tests import strategies as sgst
 
+from secgroups import quotas
 from secgroups.addresses import collapse, collapse_entries, collapse_hosts, parse_entry
 from secgroups.clearing import plan_clearing
 from secgroups.compiled import CompiledPolicy
@@ -140,8 +143,25 @@ def _diff(old: CompiledPolicy, new: CompiledPolicy) -> Changes:
 def test_incremental_compiler_equals_the_full_compiler_after_any_events(
     case: tuple[ClusterFacts, list[Any]],
 ) -> None:
+    _check_incremental_against_full(case)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event_sequences())
+def test_incremental_problems_equal_the_full_compilers_with_groups_over_the_rule_limit(
+    case: tuple[ClusterFacts, list[Any]],
+) -> None:
+    """The same with the per-group rule limit lowered to 2: groups in use go over it
+    and back (``TooManyRules``), which 1,000 real rules per example would make slow."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quotas, "MAX_RULES_PER_GROUP", 2)
+        _check_incremental_against_full(case)
+
+
+def _check_incremental_against_full(case: tuple[ClusterFacts, list[Any]]) -> None:
     facts, events = case
     inc = IncrementalCompiler(facts)
+    assert inc.problems() == compile_policy(facts).problems
     assert inc.policy == compile_policy(facts).policy
     for event in events:
         before = inc.policy
