@@ -65,7 +65,11 @@ from secgroups.compiled import (
     CompiledNodeSpec,
 )
 from secgroups.models import API_VERSION
-from secgroups.quotas import MAX_COMPILED_OBJECT_BYTES, MAX_RULES_PER_GROUP
+from secgroups.quotas import (
+    MAX_COMPILED_OBJECT_BYTES,
+    MAX_RULES_PER_GROUP,
+    too_many_rules_error,
+)
 from secgroups_operator.ports import FIELD_MANAGER, PLACEMENT_MANAGER, Cluster, RequestError
 
 log = logging.getLogger(__name__)
@@ -154,7 +158,8 @@ def wanted_spec(kind: str, model: Any) -> Wanted:
     if kind == COMPILED_GROUP_KIND:
         rules = len(model.ingress) + len(model.egress)
         if rules > MAX_RULES_PER_GROUP:
-            held = f"TooManyRules: {rules} rules; at most {MAX_RULES_PER_GROUP} per group"
+            group = (model.group.namespace, model.group.name)
+            held = f"TooManyRules: {too_many_rules_error(group, rules)}"
         sets = tuple(
             sorted({r.remote.set for r in (*model.ingress, *model.egress) if r.remote.set})
         )

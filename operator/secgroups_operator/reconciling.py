@@ -46,7 +46,7 @@ from secgroups.compiled import (
     COMPILED_SET_KIND,
     SourceKind,
 )
-from secgroups.compiling import CompileOptions
+from secgroups.compiling import CompileOptions, uncompilable_group_problem
 from secgroups.incremental import (
     Changes,
     Delete,
@@ -64,7 +64,7 @@ from secgroups.models import (
     SecurityGroup,
     SecurityGroupRule,
 )
-from secgroups.quotas import MAX_ADDRESS_GROUP_CIDRS, MAX_RULES_PER_GROUP, address_group_cidrs
+from secgroups.quotas import MAX_ADDRESS_GROUP_CIDRS, address_group_cidrs
 from secgroups_operator.events import EventRecorder
 from secgroups_operator.intake import Intake, Problem
 from secgroups_operator.ports import Cluster
@@ -542,12 +542,10 @@ class Reconciler:
             key = self._group_key_of.get(name) or (
                 (spec.group.namespace, spec.group.name) if spec is not None else None
             )
-            if key is not None:
+            if key is not None:  # as compile_policy reports it (and the CLI shows it held)
                 n = len(inc.rules_of(key))
-                return (
-                    f"TooManyRules: {n} rules cannot be compiled into one group "
-                    f"(at most {MAX_RULES_PER_GROUP} per group): {text}"
-                )
+                problem = uncompilable_group_problem(key, n, ValueError(text))
+                return f"{problem.reason}: {problem.message}"
         return f"TooLarge: cannot be compiled: {text}"
 
     def _regenerate(self, inc: IncrementalCompiler, key: ObjKey, out: _Result) -> None:

@@ -7,8 +7,10 @@ statuses it reaches, never the whole cluster's):
   usage per direction and IP type), ``realization`` (nodes that enforce its current
   compiled rules / nodes that need them, and that generation of its compiled object),
   and a ``Ready`` condition: False with ``QuotaExceeded`` / ``TooManyMembers`` (S-L-1,
-  S-L-2), ``TooManyRules`` / ``TooLarge`` (its compiled form is held, see
-  ``publishing``) or ``PublishFailed``; warnings in the message.
+  S-L-2), ``TooManyRules`` / ``CannotCompile`` / ``TooLarge`` (its compiled form is
+  held, see ``publishing``; the held text is ``Reason: message``, the message in the
+  compiler's words, ``quotas.too_many_rules_error``) or ``PublishFailed``; warnings in
+  the message.
 * SecurityGroupRule: ``Ready``, or False with ``GroupNotFound`` / ``RemoteNotFound``.
 * IPAddressGroup: ``Ready`` with its compiled CIDR count, or False with ``TooLarge``.
 * Any of ours that does not parse: ``Ready`` False with ``Invalid``.
