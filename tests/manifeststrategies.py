@@ -535,8 +535,8 @@ def _status(draw: st.DrawFn, doc: dict[str, Any]) -> None:
                 {"observedGeneration": "one"},
                 {"conditions": [{"type": "Ready"}]},
                 {"conditions": "none"},
-                {"memberCount": 3, "quota": {"ingressIPv4": 1}},
-                {"memberCount": 3, "members": 3},
+                {"memberCount": 3, "rulesCountedTowardsQuota": {"ingressIPv4": 1}},
+                {"memberCount": 3, "members": 3},  # an unknown key
                 {"conditions": [{"type": "Ready", "status": "True", "why": "x"}]},
                 [],
                 "ok",
