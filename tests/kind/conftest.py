@@ -12,9 +12,10 @@
 * **lab** (marker ``cluster``): a netns lab of its own (prefix ``<KSG_TEST_PREFIX>e``).
 
 The kind tier runs when it can: as root, with the kind artefacts built once (``sudo make
-kind-up``; ≈ 35 min cold on 2 cores) or a cluster already up. Otherwise it is skipped with
-a one-line reason — except in CI (``CI`` set), where anything missing is built and a
-failure fails. ``KSG_KIND=0`` skips it.
+kind-up``; cold, after the control plane: ≈ 480 s for kind and the node image plus ≈ 6 min
+for our images, at a load average of 10 on 2 cores — docs/performance.md, "kind") or a
+cluster already up. Otherwise it is skipped with a one-line reason — except in CI (``CI``
+set), where anything missing is built and a failure fails. ``KSG_KIND=0`` skips it.
 
 A cluster this session brought up is removed at the end by ``make kind-down`` in
 ``test_kind_teardown.py`` (which checks that nothing is left); one that was already up is
