@@ -183,12 +183,14 @@ def test_group_status_shows_where_its_rules_are_enforced(scenario: LabCluster) -
     _, n2, _ = scenario.node_names()
 
     def realization() -> Any:
+        # Status is written at most once a second: an earlier test's edit of db may still
+        # show as "1/1" at the generation before; wait for the current one.
         r = (get(scenario, "sg", "-n", NS, "db").get("status") or {}).get("realization") or {}
-        return r if r.get("nodes") == "1/1" else None
+        compiled = get(scenario, "compiledsecuritygroup", f"sg.{NS}.db")
+        current = r.get("generation") == compiled["metadata"]["generation"]
+        return compiled if r.get("nodes") == "1/1" and current else None
 
-    r = wait_until("db realized on its one node", realization, 60)
-    compiled = get(scenario, "compiledsecuritygroup", f"sg.{NS}.db")
-    assert r["generation"] == compiled["metadata"]["generation"]
+    compiled = wait_until("db realized on its one node at its current generation", realization, 60)
     agent = get(scenario, "compilednodepolicy", n2)["status"]
     assert agent["appliedGroupRevision"] >= int(compiled["metadata"]["resourceVersion"])
     table = scenario.kubectl("get", "sg", "-n", NS, "db")
