@@ -48,6 +48,7 @@ import ctypes
 import json
 import os
 import selectors
+import shutil
 import socket
 import subprocess
 import sys
@@ -557,6 +558,8 @@ async def bench(args: argparse.Namespace) -> None:
         client_ip = client_net.ipv4
         results: dict[str, list[float]] = {k: [] for k in PORTS}
         misses = 0
+        allowed: list[float] = []  # the changes that open the stream
+        denied: list[float] = []  # and those that close it (an established flow re-checked)
         for i in range(args.changes):
             kind = ("rule", "label", "ipag")[i % 3]
             stream.switch(PORTS[kind])
@@ -600,6 +603,7 @@ async def bench(args: argparse.Namespace) -> None:
             if all(v is not None for v in got.values()):
                 latency = max(v for v in got.values() if v is not None) - t0
                 results[kind].append(latency)
+                (allowed if want else denied).append(latency)
             else:
                 misses += 1
             if (i + 1) % 30 == 0:
@@ -626,6 +630,8 @@ async def bench(args: argparse.Namespace) -> None:
         print(row("label", results["label"]))
         print(row("address group", results["ipag"]))
         print(row("all", everything))
+        print(row("  now allowed", allowed))
+        print(row("  now denied", denied))
         print(row("two-hop floor", floor))
         p99 = pct(everything, 99)
         verdict = "pass" if p99 <= 0.05 else "MISS"
@@ -648,6 +654,8 @@ async def bench(args: argparse.Namespace) -> None:
         if kube is not None:
             await kube.close()
         lab.teardown()
+        if args.keep_logs and logs.exists():
+            shutil.copytree(logs, args.keep_logs, dirs_exist_ok=True)
         cp.stop()
 
 
@@ -657,6 +665,7 @@ def main() -> int:
     p.add_argument("--nodes", type=int, default=10)
     p.add_argument("--pods", type=int, default=1000)
     p.add_argument("--changes", type=int, default=210)
+    p.add_argument("--keep-logs", help="copy the operator's and agents' logs here")
     p.add_argument("--quick", action="store_true", help="3 nodes, 60 pods, 30 changes")
     p.add_argument("--json", help="also write the raw figures here")
     args = p.parse_args()
