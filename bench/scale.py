@@ -241,7 +241,11 @@ class Watchers:
                 if fields:
                     params["fieldSelector"] = fields
                 resp = await kube._http().get(path, params=params, timeout=120)
-                rv = resp.json()["metadata"]["resourceVersion"]
+                # The list's metadata comes first: no need to parse megabytes of items.
+                m = re.search(rb'"resourceVersion":"(\d+)"', resp.content[:400])
+                if m is None:
+                    raise RuntimeError(f"no resourceVersion: {resp.content[:200]!r}")
+                rv = m[1].decode()
                 self.bytes += len(resp.content)
                 params = {k: v for k, v in params.items() if k != "limit"}
                 params.update(
