@@ -204,7 +204,7 @@ def _walk(value: Any) -> Iterator[Any]:
 
 def _reachable_rules(
     bases: list[str], rules: dict[str, list[Any]], maps: dict[str, list[Any]]
-) -> int:
+) -> tuple[int, set[str]]:
     """The rules in force: those of the chains reachable from the base chains (jumps, gotos
     and verdict-map elements). The stage transaction adds chains that nothing reaches yet."""
     seen, todo = set(bases), list(bases)
@@ -223,7 +223,7 @@ def _reachable_rules(
                 if name is not None and name not in seen:
                     seen.add(name)
                     todo.append(name)
-    return sum(len(rules.get(c, ())) for c in seen)
+    return sum(len(rules.get(c, ())) for c in seen), seen
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -234,8 +234,10 @@ class Sampler:
     netns: str
     a1_ip: str
     rule_counts: frozenset[int]
+    chains: tuple[dict[str, int], dict[str, int]]  # P1's and P2's chains: rules each
     samples: int = 0
     bad: list[str] = field(default_factory=list)
+    first_bad: bytes = b""  # the whole listing of the first bad sample (kept by the test)
     stop: threading.Event = field(default_factory=threading.Event)
     errors: list[BaseException] = field(default_factory=list)
 
@@ -258,14 +260,26 @@ class Sampler:
                     for key, verdict in item["map"].get("elem", ()):
                         if key == self.a1_ip:
                             target = _target(verdict)
-        total = _reachable_rules(bases, rules, maps)
+        total, seen = _reachable_rules(bases, rules, maps)
         if total not in self.rule_counts:
-            return f"{total} rules in force (P1/P2 have {sorted(self.rule_counts)})"
+            return f"{total} rules in force (P1/P2 have {sorted(self.rule_counts)}): " + (
+                self.explain({c: len(rules.get(c, ())) for c in seen})
+            )
         if target is None:
             return "no in_disp4 element for a1"
         if len(rules.get(target, ())) < 2:
             return f"a1's chain {target} has {len(rules.get(target, ()))} rules"
         return None
+
+    def explain(self, found: dict[str, int]) -> str:
+        """Which policy's chains the sample holds, and what neither policy has."""
+        parts = []
+        for label, want in zip(("P1", "P2"), self.chains, strict=True):
+            missing = sorted(set(want) - set(found))
+            odd = {c: (n, want[c]) for c, n in found.items() if c in want and want[c] != n}
+            parts.append(f"{label}: {len(missing)} chains missing, counts differ {odd}")
+        extra = {c: n for c, n in found.items() if not any(c in w for w in self.chains)}
+        return "; ".join([*parts, f"chains of neither: {extra}"])
 
     def loop(self) -> None:
         from secgroups_agent.nftables import OUTPUT_JSON
@@ -273,10 +287,12 @@ class Sampler:
 
         nft = LibNftables()
         while not self.stop.is_set():
-            problem = self.check(*nft.run(f"list table {TABLE}".encode(), OUTPUT_JSON))
+            rc, out, err = nft.run(f"list table {TABLE}".encode(), OUTPUT_JSON)
+            problem = self.check(rc, out, err)
             self.samples += 1
             if problem is not None:
-                self.bad.append(problem)
+                self.bad.append(f"{time.time():.3f} {problem}")
+                self.first_bad = self.first_bad or out
             time.sleep(SAMPLE_PAUSE)
 
     def run(self) -> None:
@@ -346,10 +362,13 @@ def test_a_thousand_policy_flips_never_leak_drop_or_empty_the_table(
     check_classes((p1, p2), a1, outside)
     interfaces = {ip: a1.host_ifname for ip in a1.ips}
     counts = frozenset({rule_count(p1, interfaces), rule_count(p2, interfaces)})
+    chains = tuple(
+        {c.name: len(c.rules) for c in render(p, NODE, interfaces).chains} for p in (p1, p2)
+    )
     run_in(node_ns, ["conntrack", "-F"], check=False)
     receiver = lab.client(a1)
     probe = Probe(lab.client(outside), outside, a1)
-    sampler = Sampler(node_ns, a1.ipv4, counts)
+    sampler = Sampler(node_ns, a1.ipv4, counts, (chains[0], chains[1]))
     threads = [
         threading.Thread(target=probe.run, name="probe", daemon=True),
         threading.Thread(target=sampler.run, name="sampler", daemon=True),
@@ -433,5 +452,10 @@ def test_a_thousand_policy_flips_never_leak_drop_or_empty_the_table(
                 f"{label}: allowed by one policy only, yet {len(arrived)} of {len(tokens)} "
                 f"arrived: the flips did not show ({summary})"
             )
-    assert sampler.bad == [], f"{len(sampler.bad)} bad table samples, first: {sampler.bad[:5]}"
+    if sampler.first_bad:
+        (tmp_path / "first-bad-sample.json").write_bytes(sampler.first_bad)
+    assert sampler.bad == [], (
+        f"{len(sampler.bad)} bad table samples (listing: {tmp_path}/first-bad-sample.json; "
+        f"{summary}), first: {sampler.bad[:5]}"
+    )
     assert sampler.samples >= 100, summary
