@@ -5,11 +5,12 @@ classes. Lists and stored objects come back with ``apiVersion`` and ``kind`` set
 carry the shell's field manager; a missing object on delete or on a status patch is
 not an error (it is gone, or not published yet).
 
-:class:`AsyncKube` is the operator's ``Cluster`` port (``list``, ``apply``, ``delete``,
-``patch_status``) and the agent's ``KubeApi`` port (``list_one``, ``watch_one``); the
-shells keep their in-memory fakes of those ports. Errors: :data:`ApiError` (the API
-server answered with an error status), :data:`TransportError` (the API server could
-not be reached; its base class, so catch ``ApiError`` first), and
+:class:`AsyncKube` serves the operator (behind its ``Cluster`` port, ``KubeCluster``) and
+the agent; its ``list_page`` and ``watch_events`` are the
+:class:`~secgroups_kube.reflector.ListWatchApi` both shells' reflectors read through. The
+shells keep in-memory fakes of their ports. Errors: :data:`ApiError` (the API server
+answered with an error status), :data:`TransportError` (the API server could not be
+reached; its base class, so catch ``ApiError`` first), and
 :class:`~secgroups_kube.config.KubeConfigError` from ``connect``.
 
 **HTTP/1.1, deliberately.** Each watch holds a long-lived request on a connection of its
@@ -34,6 +35,7 @@ from lightkube.models.meta_v1 import Status
 from lightkube.types import PatchType
 
 from secgroups_kube.config import KubeConfigError, load_config
+from secgroups_kube.reflector import Page
 from secgroups_kube.resources import (
     GLOBAL,
     NAMESPACED,
@@ -205,7 +207,7 @@ class AsyncKube:
         cont: str | None = None,
         labels: str | None = None,
         fields: str | None = None,
-    ) -> tuple[builtins.list[dict[str, Any]], str, str | None]:
+    ) -> Page:
         """One page of ``kind`` in every namespace: (items, the list's resourceVersion,
         the continue token of the next page or None)."""
         params: dict[str, Any] = {"limit": limit}
@@ -222,7 +224,7 @@ class AsyncKube:
         for item in items:  # list items come without apiVersion and kind
             item.setdefault("apiVersion", version)
             item.setdefault("kind", kind)
-        return items, str(meta.get("resourceVersion") or ""), meta.get("continue") or None
+        return Page(items, str(meta.get("resourceVersion") or ""), meta.get("continue") or None)
 
     async def watch_events(
         self,

@@ -9,12 +9,13 @@ that the agent never syncs from partial data.
   ``CompiledNodePolicy`` (field selector ``metadata.name=<node>``) and the
   ``CompiledSecurityGroup`` and ``CompiledAddressSet`` objects labelled for its node
   (``node.secgroups.dev/<node>``, put there by the operator before a node object
-  references them). Each watch lists first (in pages) and then watches from the list's
-  resourceVersion, resuming from the last version seen after a disconnect (bookmarks
-  keep it fresh; only 410 Gone relists). It is not ready until the three have been
-  listed and the generations the node object ``requires`` have been seen (so an epoch
-  raised for a rule or member change is never applied before the change itself,
-  docs/architecture.md, "Ordering"). Kubernetes access goes through the
+  references them). Each watch (:class:`Reflector`, on the shared loop
+  :class:`secgroups_kube.reflector.Reflector`) lists first (in pages) and then watches
+  from the list's resourceVersion, resuming from the last version seen after a
+  disconnect (bookmarks keep it fresh; only 410 Gone relists). It is not ready until
+  the three have been listed and the generations the node object ``requires`` have
+  been seen (so an epoch raised for a rule or member change is never applied before the
+  change itself, docs/architecture.md, "Ordering"). Kubernetes access goes through the
   :class:`KubeApi` port (:class:`secgroups_kube.AsyncKube`, or :class:`FakeKubeApi`
   in unit tests).
 * :class:`FileSource` reads a ``CompiledPolicy`` dump (JSON or YAML;
@@ -32,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +55,8 @@ from secgroups.compiled import (
     CompiledSecurityGroup,
 )
 from secgroups_agent import logs
+from secgroups_kube.reflector import ListWatchApi, Page
+from secgroups_kube.reflector import Reflector as ListWatch
 
 log = logs.get("sources")
 
@@ -262,32 +264,8 @@ def _short(exc: BaseException, limit: int = 300) -> str:
 
 
 # --------------------------------------------------------------------------- Kubernetes
-class KubeApi(Protocol):
-    """The two reads a reflector needs: list pages and watches, by selector."""
-
-    async def list_page(
-        self,
-        kind: str,
-        *,
-        limit: int,
-        cont: str | None = None,
-        labels: str | None = None,
-        fields: str | None = None,
-    ) -> tuple[list[dict[str, Any]], str, str | None]:
-        """(items, the list's resourceVersion, the next page's continue token)."""
-        ...
-
-    def watch_events(
-        self,
-        kind: str,
-        *,
-        resource_version: str,
-        labels: str | None = None,
-        fields: str | None = None,
-        timeout_s: int = 300,
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """``(ADDED|MODIFIED|DELETED|BOOKMARK, object)`` after ``resource_version``."""
-        ...
+#: The reads a reflector needs (list pages, watches), by selector: the shared port.
+KubeApi = ListWatchApi
 
 
 @dataclass
@@ -301,19 +279,17 @@ class _Entry:
     untrusted: bool = False  # only a version the operator did not write was seen (trust.py)
 
 
-def _code(exc: BaseException) -> int | None:
-    status = getattr(exc, "status", None)
-    code = getattr(status, "code", None)
-    return code if isinstance(code, int) else None
-
-
 class Reflector:
-    """List, then watch, the objects of one kind a selector picks (see ``KubeSource``).
+    """The objects of one kind a selector picks, vetted and parsed (see ``KubeSource``).
 
-    Watches resume from the last resourceVersion seen (bookmarks keep it fresh); only
-    410 Gone relists — a mark-and-sweep: what the new list lacks is *gone*. Errors back
-    off with jitter (0.2 s doubling to 30 s), so a thousand agents reconnecting to a
-    restarted API server do not arrive at once, and resume without relisting.
+    The list/watch loop is the shared :class:`secgroups_kube.reflector.Reflector`
+    (``stream``): watches resume from the last resourceVersion seen (bookmarks keep it
+    fresh); only 410 Gone relists; errors back off with jitter (0.2 s doubling to 30 s),
+    so a thousand agents reconnecting to a restarted API server do not arrive at once.
+    This class is its sink: ``entries`` by name — the parsed spec, or why not (invalid,
+    not written by the operator), and *gone* for what a relist lacks (mark-and-sweep) or a
+    watch deleted. ``on_change`` is called after every change, after each list and after
+    a bookmark (nothing changed, but :attr:`revision` moved).
     """
 
     def __init__(
@@ -330,29 +306,60 @@ class Reflector:
         timeout_s: int = 300,
         trust: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> None:
-        self.api, self.kind, self.parse = api, kind, parse
+        self.kind, self.parse = kind, parse
         # Who wrote an object (trust.writer_problem): a refused version is never parsed;
         # the last accepted one stays. Name -> why, while refused.
         self.trust = trust
         self.untrusted: dict[str, str] = {}
         self.on_change = on_change
-        self.labels, self.fields = labels, fields
-        self.backoff, self.page, self.timeout_s = backoff, page, timeout_s
         self.entries: dict[str, _Entry] = {}
-        self.listed = asyncio.Event()
-        self.resource_version: str | None = None
-        self.lists = 0
-        self.watches = 0
-        self.errors = 0
+        self._listing: set[str] | None = None  # names the list in progress has had
+        self.stream = ListWatch(
+            api,
+            kind,
+            self,
+            labels=labels,
+            fields=fields,
+            page=page,
+            timeout_s=timeout_s,
+            backoff=backoff,
+            on_bookmark=on_change,
+            logger=log,
+            log_fields=logs.fields,
+        )
+        self.listed = self.stream.listed
+
+    async def run(self) -> None:
+        await self.stream.run()
 
     @property
     def revision(self) -> int:
         """The resourceVersion up to which this reflector has every event (0 before)."""
-        try:
-            return int(self.resource_version or 0)
-        except ValueError:
-            return 0
+        return self.stream.revision
 
+    @property
+    def lists(self) -> int:
+        return self.stream.lists
+
+    # ------------------------------------------------------------------ the sink
+    def begin_list(self, kind: str) -> None:
+        self._listing = set()
+
+    def upsert(self, kind: str, obj: dict[str, Any]) -> None:
+        if self._listing is not None:
+            self._listing.add(str((obj.get("metadata") or {}).get("name")))
+        self._set(obj)
+
+    def delete(self, kind: str, obj: dict[str, Any]) -> None:
+        self._gone(str((obj.get("metadata") or {}).get("name")))
+
+    def end_list(self, kind: str) -> None:
+        seen, self._listing = self._listing or set(), None
+        for name in [n for n in self.entries if n not in seen]:
+            self._gone(name)
+        self.on_change()
+
+    # ------------------------------------------------------------------ entries
     def _set(self, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         name = str(meta.get("name"))
@@ -409,71 +416,6 @@ class Reflector:
         """Forget gone objects ``keep`` does not name any more."""
         for name in [n for n, e in self.entries.items() if e.gone and not keep(n)]:
             del self.entries[name]
-
-    async def run(self) -> None:
-        delay = self.backoff[0]
-        while True:
-            try:
-                if self.resource_version is None:
-                    await self._list()
-                await self._watch()
-                delay = self.backoff[0]
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.errors += 1
-                if _code(exc) == 410:
-                    self.resource_version = None  # too old: relist (no backoff needed)
-                    await asyncio.sleep(random.uniform(0, self.backoff[0]))
-                    continue
-                log.warning(
-                    "watch failed; resuming",
-                    extra=logs.fields(kind=self.kind, error=_short(exc), retry_in=delay),
-                )
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
-                delay = min(delay * 2, self.backoff[1])
-
-    async def _list(self) -> None:
-        seen: set[str] = set()
-        cont: str | None = None
-        first: str | None = None
-        while True:
-            items, rv, cont = await self.api.list_page(
-                self.kind, limit=self.page, cont=cont, labels=self.labels, fields=self.fields
-            )
-            first = first or rv
-            for obj in items:
-                seen.add(str((obj.get("metadata") or {}).get("name")))
-                self._set(obj)
-            if not cont:
-                break
-        for name in [n for n in self.entries if n not in seen]:
-            self._gone(name)
-        self.resource_version = first
-        self.lists += 1
-        self.listed.set()
-        self.on_change()
-
-    async def _watch(self) -> None:
-        assert self.resource_version is not None
-        self.watches += 1
-        async for typ, obj in self.api.watch_events(
-            self.kind,
-            resource_version=self.resource_version,
-            labels=self.labels,
-            fields=self.fields,
-            timeout_s=self.timeout_s,
-        ):
-            meta = obj.get("metadata") or {}
-            if typ in ("ADDED", "MODIFIED"):
-                self._set(obj)
-            elif typ == "DELETED":
-                self._gone(str(meta.get("name")))
-            rv = meta.get("resourceVersion")
-            if rv:
-                self.resource_version = str(rv)
-                if typ == "BOOKMARK":
-                    self.on_change()  # nothing changed, but the revision moved
 
 
 def _parse_node(obj: dict[str, Any]) -> tuple[CompiledNodeSpec, int | None]:
@@ -748,7 +690,7 @@ class FakeKubeApi:
         cont: str | None = None,
         labels: str | None = None,
         fields: str | None = None,
-    ) -> tuple[list[dict[str, Any]], str, str | None]:
+    ) -> Page:
         if self.gate is not None:
             await self.gate.wait()
         self.lists.append((kind, labels or fields or ""))
@@ -759,7 +701,7 @@ class FakeKubeApi:
         ]
         start = int(cont or 0)
         nxt = start + limit if start + limit < len(items) else None
-        return (
+        return Page(
             [dict(o) for o in items[start : start + limit]],
             str(self.rv),
             None if nxt is None else str(nxt),

@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from secgroups_kube.reflector import Page
 from secgroups_operator.ports import (
     FIELD_MANAGER,
     ConflictError,
     GoneError,
-    Page,
     RequestError,
     selector_matches,
 )
@@ -112,7 +112,7 @@ class FakeCluster:
         nxt = start + limit if start + limit < len(items) else None
         return Page(chunk, str(self.rv), None if nxt is None else str(nxt))
 
-    async def watch(
+    async def watch_events(
         self,
         kind: str,
         *,

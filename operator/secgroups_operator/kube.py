@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from secgroups_operator.ports import FIELD_MANAGER, ConflictError, GoneError, Page
+from secgroups_kube.reflector import Page
+from secgroups_operator.ports import FIELD_MANAGER, ConflictError, GoneError
 
 
 class KubeCluster:
@@ -52,7 +53,7 @@ class KubeCluster:
             raise
         return Page(items, rv, nxt)
 
-    async def watch(
+    async def watch_events(
         self,
         kind: str,
         *,

@@ -4,7 +4,8 @@ and the event recorder need from an API server, in kind names and plain dictiona
 * reads: one **page** of a list (``limit``/``continue``, so no list of 30,000 pods is
   ever held whole) and a **watch** from a resourceVersion with bookmarks
   (``allowWatchBookmarks``) — raw dictionaries, reduced to slim facts at once by the
-  reader;
+  reader. These two are the shared :class:`secgroups_kube.reflector.ListWatchApi`, so
+  the reflectors (``watching``) are the shared loop;
 * writes: server-side apply under a field manager (the spec and the node labels of a
   compiled object have different managers, so each can change without the other),
   create-if-absent (default groups: never overwrite a user's edits), delete, status
@@ -21,9 +22,10 @@ in-memory API server for unit tests.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Protocol
+
+from secgroups_kube.reflector import ListWatchApi
 
 FIELD_MANAGER = "secgroups-operator"
 #: The manager of the ``node.secgroups.dev/<node>`` labels of compiled objects.
@@ -32,6 +34,8 @@ PLACEMENT_MANAGER = "secgroups-operator-placement"
 
 class GoneError(Exception):
     """410 Gone: the watch's resourceVersion is too old; list again."""
+
+    code = 410  # what secgroups_kube.reflector.status_code reads
 
 
 class ConflictError(Exception):
@@ -47,36 +51,10 @@ class RequestError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class Page:
-    items: list[dict[str, Any]]
-    resource_version: str
-    cont: str | None  # the continue token of the next page, None after the last
-
-
-class Cluster(Protocol):
-    async def list_page(
-        self,
-        kind: str,
-        *,
-        limit: int,
-        cont: str | None = None,
-        labels: str | None = None,
-        fields: str | None = None,
-    ) -> Page: ...
-
-    def watch(
-        self,
-        kind: str,
-        *,
-        resource_version: str,
-        labels: str | None = None,
-        fields: str | None = None,
-        timeout_s: int = 300,
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """``(ADDED|MODIFIED|DELETED|BOOKMARK, object)`` after ``resource_version``;
-        raises :class:`GoneError` when it is too old. Ends after ``timeout_s``."""
-        ...
+class Cluster(ListWatchApi, Protocol):
+    """``list_page`` and ``watch_events`` (:class:`~secgroups_kube.reflector.ListWatchApi`:
+    a too old resourceVersion or continue token raises :class:`GoneError`), and the
+    writes below."""
 
     async def apply(
         self, body: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER
