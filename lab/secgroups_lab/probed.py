@@ -743,7 +743,9 @@ class Daemon:
                 self.stopping.set()
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), 1.0)
+                # not wait_for: it can swallow a cancel, and the task never ends
+                async with asyncio.timeout(1.0):
+                    await self.stopping.wait()
 
     async def run(self) -> None:
         await self.start()

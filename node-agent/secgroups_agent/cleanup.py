@@ -123,7 +123,9 @@ class Cleanup:
         while not stop.is_set():
             await self.step()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval)
+                # not wait_for: it can swallow a cancel, and the task never ends
+                async with asyncio.timeout(self.interval):
+                    await stop.wait()
 
 
 async def run(node: str, agent_addr: str, serve_addr: str, leftovers: Sequence[Path] = ()) -> int:

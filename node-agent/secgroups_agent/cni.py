@@ -458,7 +458,9 @@ class CniState:
                 raise CniError(self._not_safe_reason(binding))
             event = self._commit
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), left)
+                # not wait_for: it can swallow a cancel, and the task never ends
+                async with asyncio.timeout(left):
+                    await event.wait()
 
     def _not_safe_reason(self, binding: Binding) -> str:
         problem = self.problem()

@@ -167,7 +167,9 @@ class KubeNamespaces(_Reflector):
 
     async def wait_known(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.known.wait(), timeout)
+            # not wait_for: it can swallow a cancel, and the task never ends
+            async with asyncio.timeout(timeout):
+                await self.known.wait()
         return self.known.is_set()
 
 
@@ -284,7 +286,9 @@ class Readiness:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.retry_after)
+                # not wait_for: it can swallow a cancel, and the task never ends
+                async with asyncio.timeout(self.retry_after):
+                    await self._wake.wait()
 
     async def _patch(self, pod: PodInfo) -> None:
         managed = pod.uid in self.enforced_uids

@@ -278,7 +278,9 @@ class SyncLoop:
             timeout = min(timeout, self._seal_at - now)
         self._event.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), max(timeout, 0.001))
+            # not wait_for: it can swallow a cancel, and the task never ends
+            async with asyncio.timeout(max(timeout, 0.001)):
+                await self._event.wait()
 
     def _record(self, result: SyncResult) -> SyncResult:
         self.results = [*self.results[-9:], result]
@@ -660,7 +662,9 @@ class SyncLoop:
     async def _drift_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drift_now.wait(), self.config.drift_period)
+                # not wait_for: it can swallow a cancel, and the task never ends
+                async with asyncio.timeout(self.config.drift_period):
+                    await self._drift_now.wait()
             self._drift_now.clear()
             expected = self.planner.applied
             if expected is None or self._dirty:

@@ -616,7 +616,9 @@ class AdmissionServer:
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), MAINTAIN_S)
+                    # not wait_for: it can swallow a cancel, and the task never ends
+                    async with asyncio.timeout(MAINTAIN_S):
+                        await stop.wait()
                 if stop.is_set():
                     break
                 try:
