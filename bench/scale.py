@@ -257,6 +257,7 @@ class Watchers:
                 rv = found[-1].decode()
                 self.bytes += len(resp.content)
                 self.listed += 1
+                del resp, found  # a thousand agents' lists held while watching: gigabytes
                 params = {k: v for k, v in params.items() if k != "limit"}
                 params.update(
                     watch="true",
