@@ -26,7 +26,8 @@ longer arrive (now denied; the established flow is re-checked through its epoch,
 S-CT-2 requires). A change's latency is the slowest target's. Three kinds of change,
 each toggling the verdict on all ten nodes, in turn:
 
-* **rule** — a SecurityGroupRule (UDP 7002 from group ``client``) applied / deleted;
+* **rule** — a SecurityGroupRule (UDP 7002 from the client's address as a CIDR) applied /
+  deleted;
 * **label** — the client pod relabelled out of / into group ``client`` (UDP 7000);
 * **address group** — the client's IP added to / removed from an IPAddressGroup a target
   rule uses (UDP 7001).
@@ -605,7 +606,10 @@ async def bench(args: argparse.Namespace) -> None:
                             "target",
                             protocol="UDP",
                             ports=str(PORTS["rule"]),
-                            remote={"securityGroup": {"name": "client"}},
+                            ipFamily="IPv4",
+                            # the client's address, not its group: the label toggles
+                            # below must not decide this rule's verdict too
+                            remote={"cidr": f"{client_ip}/32"},
                         ),
                         force=True,
                     )
