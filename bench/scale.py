@@ -2,8 +2,10 @@
 (kwok nodes and pods) on the lab's real control plane.
 
 Run as root: ``sudo .venv/bin/python bench/scale.py`` (``--quick`` for a small smoke run;
-``--nodes/--pods/--namespaces`` to change the shape). A script, not a test: it prints the
-figures with their goals (docs/performance.md, "Operator at scale") and asserts nothing.
+``--nodes/--pods/--namespaces`` to change the shape; ``--pods-first`` to create every pod
+before the operator starts — no RSS steps, and its first start is the cold start). A
+script, not a test: it prints the figures with their goals (docs/performance.md,
+"Operator at scale") and asserts nothing.
 Needs kwok: ``hack/build-binaries.sh kwok`` (v0.8.0 from the Go module proxy, cached like
 the control plane; this script builds it if missing).
 
