@@ -64,6 +64,9 @@ from secgroups_kube import AsyncKube
 from secgroups_lab import binaries, controlplane, network, underlay
 from secgroups_lab._cmd import in_netns
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from apibench import pct, req  # type: ignore[import-not-found]
+
 REPO = Path(__file__).resolve().parents[1]
 
 API = "secgroups.dev/v1alpha1"
@@ -342,28 +345,6 @@ class Kubelet:
         return nets
 
 
-async def req(
-    kube: AsyncKube,
-    method: str,
-    path: str,
-    body: Any = None,
-    *,
-    params: dict[str, Any] | None = None,
-    ctype: str = "application/json",
-) -> Any:
-    """A raw request through the shared client's HTTP connection (bench only)."""
-    resp = await kube._http().request(
-        method,
-        path,
-        params=params or {},
-        content=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": ctype},
-    )
-    if resp.status_code >= 400:
-        raise RuntimeError(f"{method} {path}: {resp.status_code} {resp.text[:300]}")
-    return resp.json() if resp.content else None
-
-
 MERGE = "application/merge-patch+json"
 APPLY = "application/apply-patch+yaml"
 
@@ -473,13 +454,6 @@ async def apply_totals(kube: AsyncKube) -> dict[str, tuple[float, float]]:
 
 
 # --------------------------------------------------------------------------- main
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
 
 
 async def bench(args: argparse.Namespace) -> None:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -60,7 +61,13 @@ from secgroups_lab._cmd import in_netns
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+import apibench  # type: ignore[import-not-found]  # noqa: E402
 from compile import synthetic_cluster  # type: ignore[import-not-found]  # noqa: E402
+
+# Every request of this benchmark: a long deadline (the API server under 30,000 pods), and a
+# POST of an object that exists is not an error (phases create what may be there).
+req = functools.partial(apibench.req, timeout=120, conflict_ok=True)
+pct = apibench.pct
 
 API = "secgroups.dev/v1alpha1"
 KWOK_STAGES = (
@@ -83,35 +90,6 @@ def rss_mb(pid: int) -> float:
     except OSError:
         return float("nan")
     return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
-
-
-async def req(
-    kube: AsyncKube,
-    method: str,
-    path: str,
-    body: Any = None,
-    *,
-    params: dict[str, Any] | None = None,
-    ctype: str = "application/json",
-) -> Any:
-    resp = await kube._http().request(
-        method,
-        path,
-        params=params or {},
-        content=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": ctype},
-        timeout=120,
-    )
-    if resp.status_code >= 400 and not (method == "POST" and resp.status_code == 409):
-        raise RuntimeError(f"{method} {path}: {resp.status_code} {resp.text[:300]}")
-    return resp.json() if resp.content else None
 
 
 async def gather_limited(coros: list[Any], limit: int = 32) -> None:
