@@ -13,9 +13,13 @@ node's pods, and their readiness gate ``secgroups.dev/policy-applied`` (docs/cni
   gate was given to but that no policy applies to (their namespace is not enforced any
   more, hostNetwork) get it True too, so they never stay unready for our sake.
 
-Each list+watch relists with jittered backoff after any error (the API server away,
-410 Gone) and is not *known* until its first list is in. The writes go through the
-:class:`PodStatusApi` port (``secgroups_kube.AsyncKube``).
+The two are sinks of the agent's and operator's one list/watch loop,
+:class:`secgroups_kube.reflector.Reflector`: paged lists, watches resumed from the last
+resourceVersion seen, a relist on 410 Gone, jittered backoff after any other error (the
+API server away). Each is not *known* until its first list is in, and calls its
+``listeners`` after each list and each change. The reads go through that loop's
+``ListWatchApi`` port, the writes through :class:`PodStatusApi` (both
+``secgroups_kube.AsyncKube``).
 
 Neighbours: ``cni`` (the state that calls :meth:`Readiness.committed`), ``main``.
 """
@@ -24,45 +28,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from secgroups.membership import Scope
 from secgroups_agent import logs
 from secgroups_agent.planning import TableState
 from secgroups_agent.sources import Snapshot
+from secgroups_kube.reflector import ListWatchApi, Reflector
 
 log = logs.get("cni")
 
 GATE = "secgroups.dev/policy-applied"
 LIST_LIMIT = 500
-
-
-class WatchApi(Protocol):
-    """The list/watch calls of ``secgroups_kube.AsyncKube`` the reflectors use."""
-
-    async def list_page(
-        self,
-        kind: str,
-        *,
-        limit: int = ...,
-        cont: str | None = None,
-        labels: str | None = None,
-        fields: str | None = None,
-    ) -> tuple[list[dict[str, Any]], str, str | None]: ...
-
-    def watch_events(
-        self,
-        kind: str,
-        *,
-        resource_version: str,
-        labels: str | None = None,
-        fields: str | None = None,
-        timeout_s: int = ...,
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
+V = TypeVar("V")
 
 
 class PodStatusApi(Protocol):
@@ -71,99 +52,47 @@ class PodStatusApi(Protocol):
     ) -> dict[str, Any] | None: ...
 
 
-class _Reflector:
-    """List, then watch from the list's version; relist after any error."""
+class _Cache(Generic[V]):
+    """One value per object of ``kind`` a selector picks, kept by a sink of the shared
+    list/watch loop (``stream``, :class:`secgroups_kube.reflector.Reflector`).
+
+    A list builds a new map and replaces the old one whole at its end (the objects the
+    list lacks are gone); a watch event changes one entry. Not :attr:`known` until the
+    first list is in; ``listeners`` are called after each list and each watch event.
+    """
 
     kind = ""
 
     def __init__(
         self,
-        api: WatchApi,
+        api: ListWatchApi,
         *,
         labels: str | None = None,
         fields: str | None = None,
         backoff: tuple[float, float] = (0.2, 30.0),
     ) -> None:
-        self.api = api
-        self.labels = labels
-        self.fields = fields
-        self.backoff = backoff
+        self.items: dict[str, V] = {}
+        self._listing: dict[str, V] | None = None  # the list in progress
         self.known = asyncio.Event()
         self.listeners: list[Callable[[], None]] = []
+        self.stream = Reflector(
+            api,
+            self.kind,
+            self,
+            labels=labels,
+            fields=fields,
+            page=LIST_LIMIT,
+            backoff=backoff,
+            logger=log,
+            log_fields=logs.fields,
+        )
 
-    def replace(self, items: list[dict[str, Any]]) -> None:
+    def entry(self, obj: dict[str, Any]) -> tuple[str, V]:
+        """The key and value ``obj`` is kept as."""
         raise NotImplementedError
-
-    def event(self, typ: str, obj: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def _notify(self) -> None:
-        for listener in self.listeners:
-            listener()
 
     async def run(self) -> None:
-        failures = 0
-        while True:
-            try:
-                items: list[dict[str, Any]] = []
-                cont: str | None = None
-                while True:
-                    page, version, cont = await self.api.list_page(
-                        self.kind, limit=LIST_LIMIT, cont=cont, labels=self.labels,
-                        fields=self.fields,
-                    )  # fmt: skip
-                    items += page
-                    if not cont:
-                        break
-                self.replace(items)
-                self.known.set()
-                self._notify()
-                failures = 0
-                async for typ, obj in self.api.watch_events(
-                    self.kind, resource_version=version, labels=self.labels, fields=self.fields
-                ):
-                    if typ == "BOOKMARK":
-                        continue
-                    self.event(typ, obj)
-                    self._notify()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                first, most = self.backoff
-                delay = min(first * 2 ** (failures - 1), most) * random.uniform(0.8, 1.2)
-                log.warning(
-                    "watch failed; relisting",
-                    extra=logs.fields(kind=self.kind, error=str(exc)[:300], retry_in=delay),
-                )
-                await asyncio.sleep(delay)
-                continue
-            await asyncio.sleep(0)  # the server ended the watch: relist
-
-
-class KubeNamespaces(_Reflector):
-    """The enforced namespaces (label ``scope.key=scope.value``)."""
-
-    kind = "Namespace"
-
-    def __init__(self, api: WatchApi, scope: Scope | None = None, **kw: Any) -> None:
-        scope = scope or Scope()
-        super().__init__(api, labels=f"{scope.key}={scope.value}", **kw)
-        self.names: set[str] = set()
-
-    def replace(self, items: list[dict[str, Any]]) -> None:
-        self.names = {str((i.get("metadata") or {}).get("name")) for i in items}
-
-    def event(self, typ: str, obj: dict[str, Any]) -> None:
-        name = str((obj.get("metadata") or {}).get("name"))
-        # The watch is label-selected: a namespace that loses the label arrives as DELETED.
-        if typ == "DELETED":
-            self.names.discard(name)
-        else:
-            self.names.add(name)
-
-    def enforced(self, namespace: str) -> bool | None:
-        return namespace in self.names if self.known.is_set() else None
+        await self.stream.run()
 
     async def wait_known(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -171,6 +100,55 @@ class KubeNamespaces(_Reflector):
             async with asyncio.timeout(timeout):
                 await self.known.wait()
         return self.known.is_set()
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            listener()
+
+    # ------------------------------------------------------------------ the sink
+    def begin_list(self, kind: str) -> None:
+        self._listing = {}
+
+    def upsert(self, kind: str, obj: dict[str, Any]) -> None:
+        key, value = self.entry(obj)
+        if self._listing is not None:
+            self._listing[key] = value
+            return
+        self.items[key] = value
+        self._notify()
+
+    def delete(self, kind: str, obj: dict[str, Any]) -> None:
+        key, _ = self.entry(obj)
+        self.items.pop(key, None)
+        self._notify()
+
+    def end_list(self, kind: str) -> None:
+        self.items, self._listing = self._listing or {}, None
+        self.known.set()
+        self._notify()
+
+
+class KubeNamespaces(_Cache[None]):
+    """The enforced namespaces (label ``scope.key=scope.value``), by name.
+
+    The watch is label-selected: a namespace that loses the label arrives as DELETED.
+    """
+
+    kind = "Namespace"
+
+    def __init__(self, api: ListWatchApi, scope: Scope | None = None, **kw: Any) -> None:
+        scope = scope or Scope()
+        super().__init__(api, labels=f"{scope.key}={scope.value}", **kw)
+
+    def entry(self, obj: dict[str, Any]) -> tuple[str, None]:
+        return str((obj.get("metadata") or {}).get("name")), None
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.items)
+
+    def enforced(self, namespace: str) -> bool | None:
+        return namespace in self.items if self.known.is_set() else None
 
 
 @dataclass
@@ -196,24 +174,21 @@ class PodInfo:
         )
 
 
-class KubePods(_Reflector):
-    """This node's pods, by UID."""
+class KubePods(_Cache[PodInfo]):
+    """This node's pods (field selector ``spec.nodeName``), by UID."""
 
     kind = "Pod"
 
-    def __init__(self, api: WatchApi, node: str, **kw: Any) -> None:
+    def __init__(self, api: ListWatchApi, node: str, **kw: Any) -> None:
         super().__init__(api, fields=f"spec.nodeName={node}", **kw)
-        self.pods: dict[str, PodInfo] = {}
 
-    def replace(self, items: list[dict[str, Any]]) -> None:
-        self.pods = {p.uid: p for p in map(PodInfo.of, items)}
-
-    def event(self, typ: str, obj: dict[str, Any]) -> None:
+    def entry(self, obj: dict[str, Any]) -> tuple[str, PodInfo]:
         info = PodInfo.of(obj)
-        if typ == "DELETED":
-            self.pods.pop(info.uid, None)
-        else:
-            self.pods[info.uid] = info
+        return info.uid, info
+
+    @property
+    def pods(self) -> dict[str, PodInfo]:
+        return self.items
 
 
 def in_force(snap: Snapshot, state: TableState, pending: frozenset[str]) -> set[str]:
