@@ -2,7 +2,8 @@
 
 The one list/watch loop of the operator (``secgroups_operator.watching``: one per kind
 it reads) and the node agent (``secgroups_agent.sources``: its node object and the
-groups and sets labelled for its node). It lists page by page (``limit``/``continue``;
+groups and sets labelled for its node; ``secgroups_agent.cnikube``: the enforced
+namespaces and the node's pods). It lists page by page (``limit``/``continue``;
 each page is handed to the :class:`Sink` and dropped, so 30,000 pods never sit in
 memory at once), then watches from the list's resourceVersion with bookmarks. When the
 server ends a watch (its timeout) or the connection breaks, it watches again **from
