@@ -4,6 +4,7 @@ through the shared client's HTTP connection, and a nearest-rank percentile."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from secgroups_kube import AsyncKube
@@ -43,3 +44,50 @@ async def req(
     if resp.status_code >= 400 and not conflict:
         raise RuntimeError(f"{method} {path}: {resp.status_code} {resp.text[:300]}")
     return resp.json() if resp.content else None
+
+
+MUTATING = ("APPLY", "PATCH", "UPDATE", "CREATE", "DELETE")
+Totals = dict[tuple[str, str, str], tuple[float, float]]
+
+
+async def request_totals(kube: AsyncKube, timeout: float = 60) -> Totals:
+    """The API server's own count of mutating requests so far: per (verb, resource,
+    subresource), (requests, seconds spent) from ``apiserver_request_duration_seconds``
+    — what a write costs on the server, and which writes a run made (the difference of
+    two calls)."""
+    resp = await kube._http().get("/metrics", timeout=timeout)
+    out: dict[tuple[str, str, str], list[float]] = {}
+    for line in resp.text.splitlines():
+        if not line.startswith("apiserver_request_duration_seconds_"):
+            continue
+        if line.startswith("apiserver_request_duration_seconds_sum"):
+            slot = 1
+        elif line.startswith("apiserver_request_duration_seconds_count"):
+            slot = 0
+        else:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        if labels.get("verb") not in MUTATING:
+            continue
+        key = (labels["verb"], labels.get("resource", ""), labels.get("subresource", ""))
+        out.setdefault(key, [0.0, 0.0])[slot] += float(line.rsplit(" ", 1)[1])
+    return {k: (n, t) for k, (n, t) in out.items()}
+
+
+def totals_since(before: Totals, after: Totals) -> Totals:
+    """What was served between two :func:`request_totals` calls."""
+    out: Totals = {}
+    for key, (n1, t1) in after.items():
+        n0, t0 = before.get(key, (0.0, 0.0))
+        if n1 > n0:
+            out[key] = (n1 - n0, t1 - t0)
+    return out
+
+
+def describe_totals(totals: Totals, keep: Any = lambda key: True) -> str:
+    """``verb resource[/sub] count × mean ms`` for the kept keys, most time first."""
+    rows = sorted(((t, k, n) for k, (n, t) in totals.items() if keep(k)), reverse=True)
+    return "; ".join(
+        f"{verb} {res}{'/' + sub if sub else ''} {n:.0f} × {1000 * t / n:.1f} ms"
+        for t, (verb, res, sub), n in rows
+    )

@@ -48,7 +48,6 @@ import contextlib
 import ctypes
 import json
 import os
-import re
 import selectors
 import shutil
 import socket
@@ -65,7 +64,13 @@ from secgroups_lab import binaries, controlplane, network, underlay
 from secgroups_lab._cmd import in_netns
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from apibench import pct, req  # type: ignore[import-not-found]
+from apibench import (  # type: ignore[import-not-found]
+    describe_totals,
+    pct,
+    req,
+    request_totals,
+    totals_since,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -434,25 +439,6 @@ async def two_hop_floor(kube: AsyncKube, samples: int) -> list[float]:
     return out
 
 
-async def apply_totals(kube: AsyncKube) -> dict[str, tuple[float, float]]:
-    """Per resource: (server-side applies, seconds spent) as the API server counts them
-    (``apiserver_request_duration_seconds``) — what one write costs, beside the floor's."""
-    resp = await kube._http().get("/metrics", timeout=60)
-    out: dict[str, list[float]] = {}
-    for line in resp.text.splitlines():
-        if not line.startswith("apiserver_request_duration_seconds_") or 'verb="APPLY"' not in line:
-            continue
-        m = re.search(r'resource="(\w+)"', line)
-        if m is None:
-            continue
-        acc = out.setdefault(m[1], [0.0, 0.0])
-        if line.startswith("apiserver_request_duration_seconds_count"):
-            acc[0] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("apiserver_request_duration_seconds_sum"):
-            acc[1] += float(line.rsplit(" ", 1)[1])
-    return {k: (n, t) for k, (n, t) in out.items()}
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -553,7 +539,7 @@ async def bench(args: argparse.Namespace) -> None:
         threading.Thread(target=stream.run_sender, daemon=True).start()
         threading.Thread(target=stream.run_receiver, daemon=True).start()
 
-        applies0 = await apply_totals(kube)
+        applies0 = await request_totals(kube)
         floor = await two_hop_floor(kube, args.changes)
         log(
             f"two-hop floor: p50 {pct(floor, 50) * 1000:.1f} ms, p99 {pct(floor, 99) * 1000:.1f} ms"
@@ -620,12 +606,10 @@ async def bench(args: argparse.Namespace) -> None:
 
         everything = [x for v in results.values() for x in v]
         load = os.getloadavg()
-        applies1 = await apply_totals(kube)
-        costs = []
-        for res, (n1, t1) in sorted(applies1.items()):
-            n0, t0_ = applies0.get(res, (0.0, 0.0))
-            if n1 > n0 and (res.startswith("compiled") or res == "configmaps"):
-                costs.append(f"{res} {n1 - n0:.0f} × {1000 * (t1 - t0_) / (n1 - n0):.1f} ms")
+        served = totals_since(applies0, await request_totals(kube))
+        costs = describe_totals(
+            served, lambda k: k[1].startswith("compiled") or k[1] in ("configmaps", "pods")
+        )
 
         def row(name: str, vals: list[float]) -> str:
             top = max(vals, default=float("nan"))
@@ -651,7 +635,7 @@ async def bench(args: argparse.Namespace) -> None:
         verdict = "pass" if p99 <= 0.05 else "MISS"
         print(f"goal p99 <= 50 ms: {p99 * 1000:.1f} ms -> {verdict}; unrealized in 10 s: {misses}")
         print(f"ratio p50 / floor p50: {pct(everything, 50) / pct(floor, 50):.1f}")
-        print("API server applies, floor and changes (count × mean): " + "; ".join(costs))
+        print(f"API server writes, floor and changes (count × mean; most time first): {costs}")
         if args.json:
             Path(args.json).write_text(
                 json.dumps({"results": results, "floor": floor, "load": load, "misses": misses})

@@ -329,27 +329,6 @@ async def apiserver_metrics(kube: AsyncKube) -> dict[str, float]:
     return out
 
 
-async def apply_costs(kube: AsyncKube) -> dict[str, tuple[int, float]]:
-    """Per compiled kind: server-side applies served by the API server so far and their
-    mean latency in ms (``apiserver_request_duration_seconds``: what one write costs)."""
-    resp = await kube._http().get("/metrics", timeout=600)
-    sums: dict[str, list[float]] = {}
-    for line in resp.text.splitlines():
-        if not line.startswith("apiserver_request_duration_seconds_"):
-            continue
-        if 'verb="APPLY"' not in line or "compiled" not in line:
-            continue
-        m = re.search(r'resource="(compiled\w+)"', line)
-        if not m:
-            continue
-        acc = sums.setdefault(m[1], [0.0, 0.0])
-        if line.startswith("apiserver_request_duration_seconds_sum"):
-            acc[0] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("apiserver_request_duration_seconds_count"):
-            acc[1] += float(line.rsplit(" ", 1)[1])
-    return {k: (int(c), 1000 * t / c if c else float("nan")) for k, (t, c) in sums.items()}
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -845,10 +824,10 @@ async def bench(args: argparse.Namespace) -> None:
             await cold_start(op, figure)
         await asyncio.sleep(30)
         figure("operator RSS, steady, 30 s later", f"{op.rss():.0f} MB", "<= 300 MB, flat")
-        costs = await apply_costs(kube)
+        costs = await apibench.request_totals(kube, timeout=600)
         figure(
-            "API server: server-side applies, mean latency",
-            ", ".join(f"{k} {n:,} × {ms:.0f} ms" for k, (n, ms) in sorted(costs.items())),
+            "API server: writes of the compiled kinds, the whole run (count × mean)",
+            apibench.describe_totals(costs, lambda k: k[1].startswith("compiled")),
         )
 
         print()
