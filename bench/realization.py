@@ -549,6 +549,7 @@ async def bench(args: argparse.Namespace) -> None:
         client_ip = client_net.ipv4
         results: dict[str, list[float]] = {k: [] for k in PORTS}
         misses = 0
+        trace: list[dict[str, Any]] = []  # per change, for --json: when, what, how long
         allowed: list[float] = []  # the changes that open the stream
         denied: list[float] = []  # and those that close it (an established flow re-checked)
         for i in range(args.changes):
@@ -557,7 +558,7 @@ async def bench(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.15)
             # the current verdict must hold before the change
             want = not state[kind]
-            t0 = time.perf_counter()
+            t0, wall0 = time.perf_counter(), time.time()
             if kind == "rule":
                 if want:
                     await kube.apply(
@@ -594,6 +595,14 @@ async def bench(args: argparse.Namespace) -> None:
                     break
                 await asyncio.sleep(0.01)
             state[kind] = want
+            trace.append(
+                {
+                    "kind": kind,
+                    "allowed": want,
+                    "at": wall0,
+                    "nodes": {k: None if v is None else v - t0 for k, v in got.items()},
+                }
+            )
             if all(v is not None for v in got.values()):
                 latency = max(v for v in got.values() if v is not None) - t0
                 results[kind].append(latency)
@@ -638,7 +647,15 @@ async def bench(args: argparse.Namespace) -> None:
         print(f"API server writes, floor and changes (count × mean; most time first): {costs}")
         if args.json:
             Path(args.json).write_text(
-                json.dumps({"results": results, "floor": floor, "load": load, "misses": misses})
+                json.dumps(
+                    {
+                        "results": results,
+                        "floor": floor,
+                        "load": load,
+                        "misses": misses,
+                        "changes": trace,
+                    }
+                )
             )
     finally:
         if stream is not None:
