@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,7 +25,13 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # several validators; ipaddress is slow enough for that to show in `lint`.
 @functools.lru_cache(maxsize=1 << 16)
 def parse_ip(text: str) -> IPAddress:
-    """Parse one IP address; ValueError if it is not one.
+    """:func:`check_ip`, memoised (for the CIDRs of rules and address groups)."""
+    return check_ip(text)
+
+
+def check_ip(text: str) -> IPAddress:
+    """Parse one IP address; ValueError if it is not one. Not memoised: for pod IPs,
+    each seen once per pod version (a cache would hold every pod IP of the cluster).
 
     Stricter than :func:`ipaddress.ip_address`, as the API server's CEL ``isIP`` is:
     no IPv6 zone (``fe80::1%eth0``: meaningless off the host that wrote it) and no
@@ -108,7 +115,9 @@ def host_key(text: str) -> HostKey:
     object); ``ipaddress`` parsing and printing dominated the compile profile.
     """
     ip = ipaddress.ip_address(text)
-    return ip.version, int(ip), str(ip)
+    canonical = str(ip)
+    # The cache holds every pod IP: keep one string of each where the text is canonical.
+    return ip.version, int(ip), text if canonical == text else canonical
 
 
 def collapse_hosts(ips: Iterable[IPAddress]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -171,7 +180,8 @@ def _to_cidrs(
             merged.append([lo, hi])
     for first, last in merged:
         if first == last and first in texts:  # the common case: a lone pod IP
-            out.append(f"{texts[first]}/{bits}")
+            # one string for all the sets a pod is in (it is in several)
+            out.append(sys.intern(f"{texts[first]}/{bits}"))
             continue
         # Split [first, last] into the fewest aligned blocks, largest first.
         lo = first

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -46,6 +46,7 @@ from secgroups.models import (
     Protocol,
 )
 from secgroups.ports import PortRange
+from secgroups.sharing import share_fields_set
 
 COMPILED_GROUP_KIND = "CompiledSecurityGroup"
 COMPILED_SET_KIND = "CompiledAddressSet"
@@ -102,6 +103,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(
         frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel
     )
+
+    def model_post_init(self, context: Any, /) -> None:
+        share_fields_set(self)  # frozen: equal sets of given fields are one object
 
 
 class RemoteKind(StrEnum):

@@ -20,10 +20,14 @@ from secgroups.models import (
     SecurityGroupRule,
     parse_resource,
 )
+from secgroups.sharing import intern, share_fields_set
 
 
 class _Fact(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def model_post_init(self, context: Any, /) -> None:
+        share_fields_set(self)  # frozen: equal sets of given fields are one object
 
 
 class NamespaceFacts(_Fact):
@@ -71,17 +75,25 @@ class PodFacts(_Fact):
         ips = tuple(p["ip"] for p in status.get("podIPs") or () if p.get("ip"))
         if not ips and status.get("podIP"):
             ips = (status["podIP"],)
+        node = spec.get("nodeName")
+        groups = (meta.get("annotations") or {}).get(GROUPS_ANNOTATION)
+        # Strings many pods share are kept once (a decoded object has its own copies).
         return cls(
-            namespace=meta.get("namespace") or "default",
+            namespace=_intern(meta.get("namespace") or "default"),
             name=meta["name"],
             uid=meta.get("uid") or "",
-            node=spec.get("nodeName"),
+            node=_intern(node),
             ips=ips,
-            labels=dict(meta.get("labels") or {}),
-            groups_annotation=(meta.get("annotations") or {}).get(GROUPS_ANNOTATION),
+            labels={_intern(k): _intern(v) for k, v in (meta.get("labels") or {}).items()},
+            groups_annotation=_intern(groups),
             host_network=bool(spec.get("hostNetwork", False)),
-            phase=status.get("phase") or "Running",
+            phase=_intern(status.get("phase") or "Running"),
         )
+
+
+def _intern(value: Any) -> Any:
+    """A string interned; anything else as it is (the model then refuses it)."""
+    return intern(value) if isinstance(value, str) else value
 
 
 class ClusterFacts(_Fact):

@@ -285,7 +285,6 @@ class IncrementalCompiler:
         )
         # --- memberships (managed pods only)
         self._groups_of: dict[PodKey, tuple[GroupKey, ...]] = {}
-        self._member_ips: dict[PodKey, tuple[str, ...]] = {}
         self._unknown: dict[PodKey, tuple[str, ...]] = {}
         self._members: dict[GroupKey, set[PodKey]] = defaultdict(set)
         # --- outputs and their reference counts
@@ -301,7 +300,7 @@ class IncrementalCompiler:
         self._group_nodes: dict[str, set[str]] = defaultdict(set)
         self._out_nodes: dict[str, CompiledNodeSpec] = {}
         # --- S-CT-2 bookkeeping: managed pods' places, effective rules and their indexes
-        self._places: dict[PodKey, _Place] = {}
+        self._places: dict[PodKey, _Place] = {}  # also the IPs its groups' sets list
         self._eff_of: dict[GroupKey, dict[str, _EffRule]] = {}
         self._meanings: Counter[tuple[object, ...]] = Counter()
         self._inbound_from_group: dict[GroupKey, dict[str, _EffRule]] = defaultdict(dict)
@@ -595,9 +594,10 @@ class IncrementalCompiler:
             self._dirty_nodes.add(name)
 
     def _put_pod(self, pod: PodFacts) -> None:
-        self._pods[pod.key] = pod
-        self._pods_in_ns[pod.namespace].add(pod.key)
-        self._dirty_pods.add(pod.key)
+        key = pod.key  # one tuple for every index that keeps it (a new one per call)
+        self._pods[key] = pod
+        self._pods_in_ns[pod.namespace].add(key)
+        self._dirty_pods.add(key)
 
     def _drop_pod(self, key: PodKey) -> None:
         if self._pods.pop(key, None) is not None:
@@ -866,8 +866,8 @@ class IncrementalCompiler:
         """Recompute one pod's memberships and its entry in its node object."""
         pod = self._pods.get(key)
         old_groups = self._groups_of.get(key, ())
-        old_ips = self._member_ips.get(key, ())
         old_place = self._places.get(key)
+        old_ips = old_place[0] if old_place is not None else ()
         was_managed = key in self._groups_of
         new_groups: tuple[GroupKey, ...] = ()
         new_ips: tuple[str, ...] = ()
@@ -886,12 +886,10 @@ class IncrementalCompiler:
                 "Pod", f"{key[0]}/{key[1]}", lambda: compile_pod(pod, new_groups, epoch)
             )
             self._groups_of[key] = new_groups
-            self._member_ips[key] = new_ips
             new_place = (pod.ips, pod.node)
             self._places[key] = new_place
         else:
             self._groups_of.pop(key, None)
-            self._member_ips.pop(key, None)
             self._places.pop(key, None)
         if (old_groups, old_place) != (new_groups, new_place):
             deltas.append(
@@ -1019,7 +1017,7 @@ class IncrementalCompiler:
         kind, key = self._set_source[name]
         spec: CompiledAddressSetSpec | None
         if kind is SourceKind.SECURITY_GROUP:
-            ips = [ip for pod in self._members.get(key, ()) for ip in self._member_ips[pod]]
+            ips = [ip for pod in self._members.get(key, ()) for ip in self._places[pod][0]]
             spec = self._build(COMPILED_SET_KIND, name, lambda: compile_group_set(key, ips))
         else:
             ipag = self._ipags.get(key)

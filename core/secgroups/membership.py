@@ -19,6 +19,7 @@ Used by the compiler, the clearing planner and the CLI, so all three agree.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -131,7 +132,7 @@ def sequence_of(
     order: list[GroupKey] = []
     missing: list[str] = []
     for name in pod.annotated_groups():
-        key = (pod.namespace, name)
+        key = (pod.namespace, sys.intern(name))  # kept per pod: one string per group name
         if key in groups or name == DEFAULT_GROUP_NAME:  # the default group always exists
             order.append(key)
         else:

@@ -32,6 +32,7 @@ from pydantic_core import PydanticCustomError
 
 from secgroups import addresses
 from secgroups import ports as portspec
+from secgroups.sharing import share_fields_set
 
 GROUP = "secgroups.dev"
 VERSION = "v1alpha1"
@@ -164,6 +165,9 @@ class _Model(BaseModel):
         alias_generator=to_camel,
         use_enum_values=False,
     )
+
+    def model_post_init(self, context: Any, /) -> None:
+        share_fields_set(self)  # frozen: equal sets of given fields are one object
 
 
 class Direction(StrEnum):

@@ -9,6 +9,7 @@ same idea with a tighter budget (see the renderer).
 from __future__ import annotations
 
 import hashlib
+import sys
 
 MAX_OBJECT_NAME = 253
 
@@ -28,13 +29,14 @@ def bounded(text: str, limit: int, sep: str = "-") -> str:
 
 
 def compiled_group_name(namespace: str, name: str) -> str:
-    """CompiledSecurityGroup name of the group ``namespace/name``."""
-    return bounded(f"sg.{namespace}.{name}", MAX_OBJECT_NAME)
+    """CompiledSecurityGroup name of the group ``namespace/name`` (interned: every pod
+    entry of a node object names its groups)."""
+    return sys.intern(bounded(f"sg.{namespace}.{name}", MAX_OBJECT_NAME))
 
 
 def sg_set_name(namespace: str, name: str) -> str:
     """CompiledAddressSet name of the members of security group ``namespace/name``."""
-    return bounded(f"sg.{namespace}.{name}", MAX_OBJECT_NAME)
+    return sys.intern(bounded(f"sg.{namespace}.{name}", MAX_OBJECT_NAME))
 
 
 def ipag_set_name(namespace: str, name: str) -> str:

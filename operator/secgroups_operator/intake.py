@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from secgroups import naming
-from secgroups.addresses import parse_ip
+from secgroups.addresses import check_ip
 from secgroups.facts import NamespaceFacts, PodFacts
 from secgroups.incremental import Delete, Event, Kind, Node, Upsert
 from secgroups.models import IPAddressGroup, SecurityGroup, SecurityGroupRule, parse_resource
@@ -208,7 +208,7 @@ class Intake:
 
 def _valid_ip(text: str) -> bool:
     try:
-        parse_ip(text)
+        check_ip(text)
     except ValueError:
         return False
     return True
