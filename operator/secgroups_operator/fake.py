@@ -6,7 +6,7 @@ per field manager (labels owned by each manager, the spec by whoever sends one);
 pages with continue tokens; watches from a resourceVersion with label selectors,
 including the ADDED/DELETED a watcher sees when an object starts or stops matching;
 410 GoneError for a resourceVersion older than the last compaction; etcd's request-size
-limit. Failures can be injected per object (``fail``).
+limit. Failures can be injected per object (``fail``), slowness per kind (``hold``).
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ class FakeCluster:
     _labels: dict[Key, dict[str, dict[str, str]]] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     watches_open: int = 0
+    #: kind → writes (applies) of that kind wait until the event is set: a slow API server.
+    hold: dict[str, asyncio.Event] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ test helpers
 
@@ -173,6 +175,9 @@ class FakeCluster:
         self, body: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER
     ) -> dict[str, Any]:
         await asyncio.sleep(0)
+        gate = self.hold.get(str(body.get("kind")))
+        if gate is not None:
+            await gate.wait()
         key = _key(body)
         self._check(key, body)
         old = self.objects.get(key)

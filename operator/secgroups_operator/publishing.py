@@ -30,6 +30,14 @@ this order:
    "Ordering");
 4. deletions of groups and sets no longer wanted.
 
+**Pipelined** (the operator's loop): steps 3-4 run as a background task, and the next
+round may write its groups and sets (1-2) while they run — most changes take effect
+through a group or a set, and a round's node objects (re-checks on every node that hosts
+a member) took up to a second on a loaded API server. Node objects and deletions wait
+for the task to end, so no object ever has two writes in flight; the order above holds
+because a node object is gated and given its ``requires`` at its own write time, from
+what is stored then.
+
 **Isolation.** A failed write is retried for that object alone, with backoff (1 s
 doubling to 5 min, jittered); only the pods that use it wait — other tenants' pods on the
 same node are published as usual.
@@ -223,6 +231,9 @@ class Publisher:
     need_spec: set[ObjKey] = field(default_factory=set)
     #: Node objects whose pods got new epochs not yet published (they require all refs).
     bumped: set[str] = field(default_factory=set)
+    #: Per node, how many times it was bumped: a write clears ``bumped`` only if no
+    #: bump came while it was in flight (the next round's compile may run meanwhile).
+    bump_count: dict[str, int] = field(default_factory=dict)
     #: Per node, references its object gained since it was last written.
     new_refs: dict[str, set[str]] = field(default_factory=dict)
     retry: dict[ObjKey, _Retry] = field(default_factory=dict)
@@ -232,6 +243,11 @@ class Publisher:
     gated: dict[str, tuple[bytes, frozenset[str]]] = field(default_factory=dict)
     writes_total: int = 0
     last: RoundStats = field(default_factory=RoundStats)
+    #: Told when a round's background writes end (their stats, seconds): due node
+    #: objects may have waited for them.
+    on_tail_done: Callable[[RoundStats, float], None] = lambda _s, _t: None
+    _tail: asyncio.Task[RoundStats] | None = field(default=None, repr=False)
+    _tail_keys: frozenset[ObjKey] = frozenset()
 
     # ------------------------------------------------------------------ state in
 
@@ -321,6 +337,7 @@ class Publisher:
     def bump(self, nodes: Iterable[str]) -> None:
         for node in nodes:
             self.bumped.add(node)
+            self.bump_count[node] = self.bump_count.get(node, 0) + 1
             self.dirty.add((COMPILED_NODE_KIND, node))
 
     # ------------------------------------------------------------------ state queries
@@ -349,16 +366,39 @@ class Publisher:
 
     def converged(self) -> bool:
         """Everything wanted is stored (held objects aside)."""
-        return not self.dirty and not self.need_spec
+        return not self.dirty and not self.need_spec and not self.tail_running()
 
     # ------------------------------------------------------------------ a round
 
-    async def publish(self) -> RoundStats:
+    def tail_running(self) -> bool:
+        """Whether the node objects (and deletions) of an earlier round are still being
+        written in the background (:meth:`publish` with ``pipelined``)."""
+        return self._tail is not None and not self._tail.done()
+
+    async def stop_tail(self) -> None:
+        """Cancel the background writes (leadership lost, shutdown) and wait for them."""
+        tail, self._tail = self._tail, None
+        self._tail_keys = frozenset()
+        if tail is not None and not tail.done():
+            tail.cancel()
+            await asyncio.gather(tail, return_exceptions=True)
+
+    async def publish(self, *, pipelined: bool = False) -> RoundStats:
+        """One round of writes (module docstring: specs, labels, node objects, deletions).
+
+        ``pipelined`` (the operator's loop): the node objects and deletions are written
+        by a background task and this returns once the groups and sets are written, so
+        that the next change's groups and sets (what most changes need to take effect)
+        never wait behind this round's node objects. While that task runs, a round
+        writes groups and sets only; node objects and deletions stay due until the task
+        ends (``on_tail_done``), so no object has two writes in flight. The order holds
+        whatever overlaps: a node object is built and gated at its own write time, from
+        what is stored then (``_pending_refs``, ``requires_of``)."""
         stats = RoundStats()
         now = time.monotonic()
         sem = asyncio.Semaphore(self.concurrency)
-        keys = sorted(k for k in self.dirty if self._ready(k, now))
-        done: set[ObjKey] = set()
+        busy = self.tail_running()
+        keys = sorted(k for k in self.dirty if self._ready(k, now) and k not in self._tail_keys)
 
         # 1-2. groups and sets: specs, then labels
         specs, labels = [], []
@@ -383,6 +423,41 @@ class Publisher:
                     labels.append(k)
         await self._run(labels, self._write_labels, sem, stats)
 
+        later = [k for k in keys if k[0] == COMPILED_NODE_KIND or self._deletion(k)]
+        first = [k for k in keys if not (k[0] == COMPILED_NODE_KIND or self._deletion(k))]
+        if busy:  # node objects and deletions wait for the running task
+            self._settle(first, stats)
+            return stats
+        if pipelined and later:
+            self._settle(first, stats)
+            self._tail_keys = frozenset(later)
+            self._tail = asyncio.create_task(self._tail_writes(later), name="publish-tail")
+            return stats
+        await self._nodes_and_deletions(later, sem, stats)
+        self._settle(keys, stats)
+        return stats
+
+    def _deletion(self, key: ObjKey) -> bool:
+        w = self.wanted.get(key)
+        return key[0] != COMPILED_NODE_KIND and w is not None and w.gone
+
+    async def _tail_writes(self, keys: list[ObjKey]) -> RoundStats:
+        stats = RoundStats()
+        t0 = time.monotonic()
+        try:
+            await self._nodes_and_deletions(
+                keys, asyncio.Semaphore(self.concurrency), stats, time.monotonic()
+            )
+            self._settle(keys, stats)
+        finally:
+            self._tail_keys = frozenset()
+        self.on_tail_done(stats, time.monotonic() - t0)
+        return stats
+
+    async def _nodes_and_deletions(
+        self, keys: list[ObjKey], sem: asyncio.Semaphore, stats: RoundStats, now: float = 0.0
+    ) -> None:
+        now = now or time.monotonic()
         # 3. node objects
         nodes = []
         for k in keys:
@@ -401,7 +476,7 @@ class Publisher:
                     nodes.append(k)
         await self._run(nodes, self._write_node, sem, stats)
 
-        # 4. deletions of groups and sets
+        # 4. deletions of groups and sets (no node object references them any more)
         gone = [
             k
             for k in keys
@@ -413,7 +488,9 @@ class Publisher:
         ]
         await self._run(gone, self._delete, sem, stats)
 
-        # What is in place leaves the dirty set; the rest stays for the next round.
+    def _settle(self, keys: Iterable[ObjKey], stats: RoundStats) -> None:
+        """What is in place leaves the dirty set; the rest stays for the next round."""
+        done: set[ObjKey] = set()
         for k in keys:
             left = self.wanted.get(k)
             if left is None:
@@ -431,7 +508,6 @@ class Publisher:
         self.dirty -= done
         self.writes_total += stats.writes + stats.label_writes + stats.deletes
         self.last = stats
-        return stats
 
     def _ready(self, key: ObjKey, now: float) -> bool:
         r = self.retry.get(key)
@@ -570,10 +646,12 @@ class Publisher:
     async def _write_node(self, key: ObjKey, stats: RoundStats) -> None:
         w = self.wanted[key]
         node = key[1]
+        bumps = self.bump_count.get(node, 0)  # before any await: see ``bump_count``
         if w.gone:
             await self.cluster.delete(key[0], node)
             self.stored.pop(key, None)
             self.bumped.discard(node)
+            self.bump_count.pop(node, None)
             self.new_refs.pop(node, None)
             self.gated.pop(node, None)
             stats.deletes += 1
@@ -634,8 +712,11 @@ class Publisher:
         else:
             digest = w.digest
             self.gated.pop(node, None)
-            self.bumped.discard(node)
-            self.new_refs.pop(node, None)
+            if self.bump_count.get(node, 0) == bumps:
+                self.bumped.discard(node)
+            left = self.new_refs.pop(node, set()) - refs  # refs gained meanwhile stay
+            if left:
+                self.new_refs[node] = left
         self._stored_after(key, stored_obj, digest=digest, requires=requires)
         stats.writes += 1
 

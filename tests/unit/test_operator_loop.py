@@ -223,6 +223,41 @@ def test_a_removed_inbound_allow_raises_the_epoch_after_the_group_is_written() -
     run(go)
 
 
+def test_a_group_change_does_not_wait_behind_slow_node_objects_and_keeps_the_order() -> None:
+    """Node objects are written in the background: while one is stuck on a slow API
+    server, the next change's group is published; a re-check raised meanwhile still
+    reaches the node object with ``requires`` of the group it was raised for."""
+
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        async with Running(fake) as op:
+            await wait_until("settled", lambda: settled(op) and node_pods(fake, "n2"))
+            epoch = node_pods(fake, "n2")["a/d1"].get("epoch", 0)
+            slow = fake.hold["CompiledNodePolicy"] = asyncio.Event()
+
+            def db_rules() -> list[str]:
+                spec = must(fake, "CompiledSecurityGroup", "sg.a.db")["spec"]
+                return [r["id"] for r in spec.get("ingress", ())]
+
+            fake.remove("SecurityGroupRule", "db-from-web", "a")  # row 4: d1 re-checked
+            await wait_until("the group without the rule", lambda: not db_rules())
+            fake.put(rule("a", "db-from-b", "db", ports="5432", remote={"cidr": "100.64.9.0/24"}))
+            await wait_until("the next change's group, beside the stuck node object", db_rules)
+            assert not slow.is_set()
+            assert node_pods(fake, "n2")["a/d1"].get("epoch", 0) == epoch  # still in flight
+            fake.remove("SecurityGroupRule", "db-from-b", "a")  # another re-check meanwhile
+            await wait_until("the group without it", lambda: not db_rules())
+            slow.set()
+            await wait_until("settled", lambda: settled(op))
+            assert node_pods(fake, "n2")["a/d1"].get("epoch", 0) >= epoch + 2
+            group = must(fake, "CompiledSecurityGroup", "sg.a.db")
+            n2 = must(fake, "CompiledNodePolicy", "n2")
+            assert n2["spec"]["requires"]["group/sg.a.db"] == group["metadata"]["generation"]
+
+    run(go)
+
+
 # ----------------------------------------------------------------------------- isolation
 
 
