@@ -32,6 +32,7 @@ Pure: no I/O; the operator feeds it from its watches and writes what it returns.
 from __future__ import annotations
 
 import bisect
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -1066,8 +1067,11 @@ class IncrementalCompiler:
         if spec != old:
             self._out_nodes[node] = spec
             changes.nodes[node] = spec
-            added = [f"group/{g}" for g in _added(old.groups if old else (), group_names)]
-            added += [f"set/{x}" for x in _added(old.sets if old else (), set_names)]
+            # interned: the operator keeps them per node (a node object's ``requires``)
+            added = [
+                sys.intern(f"group/{g}") for g in _added(old.groups if old else (), group_names)
+            ]
+            added += [sys.intern(f"set/{x}") for x in _added(old.sets if old else (), set_names)]
             if added:
                 changes.new_refs.setdefault(node, set()).update(added)
 

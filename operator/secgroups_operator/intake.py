@@ -41,6 +41,7 @@ from secgroups.facts import NamespaceFacts, PodFacts
 from secgroups.incremental import Delete, Event, Kind, Node, Upsert
 from secgroups.models import IPAddressGroup, SecurityGroup, SecurityGroupRule, parse_resource
 from secgroups.quotas import MAX_ADDRESS_GROUP_CIDRS, address_group_cidrs
+from secgroups.sharing import intern
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def rv_of(obj: Mapping[str, Any]) -> int:
 
 def key_of(kind: str, obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata") or {}
-    return (kind, meta.get("namespace") or "", meta["name"])
+    namespace = meta.get("namespace") or ""
+    return (kind, intern(namespace) if isinstance(namespace, str) else namespace, meta["name"])
 
 
 @dataclass
@@ -150,10 +152,12 @@ class Intake:
         doc = {k: v for k, v in obj.items() if k in ("apiVersion", "kind", "metadata", "spec")}
         doc["kind"] = kind
         doc["metadata"] = {
-            k: v
+            k: _shared(v) if k != "uid" else v
             for k, v in meta.items()
             if k in ("name", "namespace", "uid", "generation", "labels", "annotations")
         }
+        if "spec" in doc:
+            doc["spec"] = _shared(doc["spec"])
         resource = parse_resource(doc)
         assert isinstance(resource, SecurityGroup | SecurityGroupRule | IPAddressGroup)
         if isinstance(resource, IPAddressGroup):
@@ -204,6 +208,18 @@ class Intake:
 
     def _clear(self, key: Key) -> None:
         self.problems.pop(key, None)
+
+
+def _shared(value: Any) -> Any:
+    """``value`` with its short strings interned (a decoded object has its own copy of
+    every namespace, group name, port list and remote: 20,000 rules repeat them)."""
+    if isinstance(value, str):
+        return intern(value) if len(value) <= 100 else value
+    if isinstance(value, dict):
+        return {_shared(k): _shared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shared(v) for v in value]
+    return value
 
 
 def _valid_ip(text: str) -> bool:

@@ -27,7 +27,7 @@ from secgroups.compiled import COMPILED_GROUP_KIND, COMPILED_NODE_KIND, COMPILED
 from secgroups.membership import Scope
 from secgroups.models import ENFORCE_LABEL
 from secgroups_kube import AsyncKube
-from secgroups_operator import admission
+from secgroups_operator import admission, memory
 from secgroups_operator.intake import KINDS
 from secgroups_operator.kube import KubeCluster
 from secgroups_operator.leader import LeaderElector
@@ -62,6 +62,7 @@ class Operator:
         lease: tuple[str, str] | None = None,
         lease_s: float = 8.0,
         page: int = 500,
+        trim_s: float = 30.0,
     ) -> None:
         self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
         self.reconciler = Reconciler(cluster, options, identity=self.identity)
@@ -87,6 +88,7 @@ class Operator:
             )
         self.timings = Timings()
         self.ready = asyncio.Event()
+        self.trim_s = trim_s  # how often freed memory may be given back (``memory``)
 
     @property
     def leading(self) -> bool:
@@ -113,6 +115,15 @@ class Operator:
             await _until(self.reconciler.loaded, stop)
             self.timings.built = time.monotonic()
             self.ready.set()
+            # The lists' pages and the build's intermediates are free now: give them back,
+            # and later what busy rounds free (``memory``; glibc keeps it otherwise).
+            memory.trim()
+            tasks.append(
+                asyncio.create_task(
+                    memory.trim_after_rounds(lambda: self.reconciler.rounds, stop, self.trim_s),
+                    name="trim",
+                )
+            )
             await rec
         finally:
             stop.set()

@@ -56,6 +56,7 @@ import hashlib
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -531,10 +532,12 @@ class Publisher:
         return frozenset(r for r in w.refs if self._pending(r))
 
     def _pod_refs(self, pod: Mapping[str, Any]) -> set[str]:
+        # Interned: a node's stored ``requires`` keeps these names, and 1,000 nodes name
+        # the same groups and sets (1.5 kB per pod at 30,000 pods otherwise).
         groups = pod.get("groups", ())
-        refs = {f"group/{g}" for g in groups}
+        refs = {sys.intern(f"group/{g}") for g in groups}
         for g in groups:
-            refs.update(f"set/{s}" for s in self.group_sets.get(g, ()))
+            refs.update(sys.intern(f"set/{s}") for s in self.group_sets.get(g, ()))
         return refs
 
     def requires_of(
