@@ -55,4 +55,5 @@ def node_label(node: str) -> str:
     Node names are DNS subdomains, valid label names when at most 63 characters;
     longer ones are cut and hashed like object names.
     """
-    return NODE_LABEL_PREFIX + bounded(node, 63)
+    # interned: a cold start holds the node labels of every group and set at once
+    return sys.intern(NODE_LABEL_PREFIX + bounded(node, 63))
