@@ -515,13 +515,29 @@ async def run(args: argparse.Namespace, objects: Path, counts: dict[str, int]) -
     stop = asyncio.Event()
     task = asyncio.create_task(op.run(stop))
     t0 = time.monotonic()
+    if cold:
+        while op.timings.lists_done is None and not task.done():
+            await asyncio.sleep(0.01)
+        log(
+            f"listed in {time.monotonic() - t0:.1f} s: RSS {rss_mb():.0f} MB, "
+            f"peak so far {rss_mb('VmHWM'):.0f} MB"
+        )
     await asyncio.wait_for(op.ready.wait(), 900)
+    built = tracemalloc.take_snapshot() if cold and args.sites else None
+    if cold:
+        log(
+            f"built in {time.monotonic() - t0:.1f} s: RSS {rss_mb():.0f} MB, "
+            f"peak so far {rss_mb('VmHWM'):.0f} MB"
+        )
     await settle(op, cluster)
     out: dict[str, Any] = {"steps": []}
     took = time.monotonic() - t0
     snap0 = tracemalloc.take_snapshot() if args.sites else None
     rss = measure()
     if cold:
+        if built is not None and snap0 is not None:
+            print("    what the build held until published (negative: freed since):")
+            top_sites(built, snap0, args.sites, 1)
         out["cold"] = (pods, rss, rss_mb("VmHWM"), took)
         log(
             f"cold start on {pods:,} pods: {took:.1f} s; "
