@@ -20,7 +20,7 @@ from secgroups.models import (
     SecurityGroupRule,
     parse_resource,
 )
-from secgroups.sharing import intern, share_fields_set
+from secgroups.sharing import intern, share_fields_set, share_labels
 
 
 class _Fact(BaseModel):
@@ -45,6 +45,11 @@ class PodFacts(_Fact):
     groups_annotation: str | None = None
     host_network: bool = False
     phase: str = "Running"
+
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
+        # frozen, so the dict is never changed: equal label sets are one dict
+        self.__dict__["labels"] = share_labels(self.labels)
 
     @property
     def key(self) -> tuple[str, str]:

@@ -12,6 +12,8 @@ instances at 30,000 pods and 20,000 rules. Two things of theirs repeat:
   :func:`share_fields_set`, the ``model_post_init`` of the frozen bases in ``models``,
   ``compiled`` and ``facts``. What the set says is unchanged (``exclude_unset`` and
   ``model_fields_set`` see the same names);
+* **label sets**: the pods of a workload carry equal labels; :func:`share_labels`
+  keeps one dict of each for the (frozen) pod facts;
 * **strings** that many objects name: namespaces, node names, label keys and values,
   group names. :func:`intern` makes equal strings one object where they enter
   (the operator's intake); JSON decoding makes a new one for every occurrence.
@@ -37,6 +39,25 @@ def share_fields_set(model: Any, context: Any = None, /) -> None:
             return
         shared = _FIELDS_SETS[key] = set(key)
     object.__setattr__(model, "__pydantic_fields_set__", shared)
+
+
+_LABEL_SETS: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+#: Distinct label sets kept for sharing (a bound: they stay while the process runs).
+_MAX_LABEL_SETS = 1 << 16
+
+
+def share_labels(labels: dict[str, str]) -> dict[str, str]:
+    """The one dict equal to ``labels`` (pods of a workload carry the same labels); for
+    the labels of frozen facts, which nobody changes in place."""
+    if not labels:
+        return labels
+    key = tuple(sorted(labels.items()))
+    shared = _LABEL_SETS.get(key)
+    if shared is None:
+        if len(_LABEL_SETS) >= _MAX_LABEL_SETS:
+            return labels
+        shared = _LABEL_SETS[key] = labels
+    return shared
 
 
 def intern(text: str) -> str:
