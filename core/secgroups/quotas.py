@@ -17,6 +17,11 @@ admission webhook or ``lint`` can refuse what would break them:
 * :data:`MAX_ADDRESS_GROUP_CIDRS` CIDRs in one IP address group once compiled
   (:func:`address_group_cidrs`: an IPv6 range can split into up to 254 CIDRs).
 
+What is measured against :data:`MAX_COMPILED_OBJECT_BYTES` is written here once
+(:func:`spec_text`, :func:`too_large_error`): the operator's publisher holds what it
+says is too large, and ``compiling`` reports the same objects, in the same words, to
+``lint``, ``explain`` and ``trace``.
+
 Pure: the operator reports the result in status (and a webhook can reject on it),
 the CLI's ``lint`` prints it.
 """
@@ -25,6 +30,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from pydantic import BaseModel
 
 from secgroups.addresses import parse_entry
 from secgroups.facts import ClusterFacts
@@ -133,6 +140,25 @@ def too_many_rules_error(group: GroupKey, count: int) -> str:
     return (
         f"security group {group[0]}/{group[1]}: {count} rules; at most "
         f"{MAX_RULES_PER_GROUP} rules can be attached to one group"
+    )
+
+
+def spec_text(spec: BaseModel) -> bytes:
+    """A compiled spec as the JSON text the operator writes, compares and measures:
+    pydantic's own serializer (fast, in Rust), defaults left out, never ``requires``
+    (the publisher adds it when writing a node object)."""
+    text = spec.model_dump_json(by_alias=True, exclude_defaults=True, exclude={"requires"})
+    return text.encode()
+
+
+def too_large_error(size: int) -> str | None:
+    """Why a compiled object whose :func:`spec_text` is ``size`` bytes cannot be published
+    (None when it can): the operator's ``TooLarge`` and ``lint``'s ``too-large`` say this."""
+    if size <= MAX_COMPILED_OBJECT_BYTES:
+        return None
+    return (
+        f"its compiled form is {size:,} bytes; at most "
+        f"{MAX_COMPILED_OBJECT_BYTES:,} can be published"
     )
 
 

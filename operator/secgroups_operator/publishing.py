@@ -42,7 +42,8 @@ what is stored then.
 doubling to 5 min, jittered); only the pods that use it wait — other tenants' pods on the
 same node are published as usual.
 **Size bound**: a spec is not written when it would break
-``quotas.MAX_COMPILED_OBJECT_BYTES`` (or when a group has more than
+``quotas.MAX_COMPILED_OBJECT_BYTES`` (``quotas.too_large_error``, which ``compiling``
+reports to the CLI in the same words; or when a group has more than
 ``quotas.MAX_RULES_PER_GROUP`` rules); the object is *held* — the API server keeps what
 it has and agents keep enforcing that — and its owner is told (status and Event). An IP
 address group the intake refused is held the same way. A node object may reference a
@@ -77,6 +78,8 @@ from secgroups.models import API_VERSION
 from secgroups.quotas import (
     MAX_COMPILED_OBJECT_BYTES,
     MAX_RULES_PER_GROUP,
+    spec_text,
+    too_large_error,
     too_many_rules_error,
 )
 from secgroups_operator.ports import FIELD_MANAGER, PLACEMENT_MANAGER, Cluster, RequestError
@@ -100,14 +103,6 @@ def canonical(data: Any) -> bytes:
 
 def _digest(text: bytes) -> bytes:
     return hashlib.blake2b(text, digest_size=16).digest()
-
-
-def spec_text(model: Any) -> bytes:
-    """A compiled spec model as the JSON we write and compare by: pydantic's own
-    serializer (fast, in Rust), defaults left out, never ``requires`` (the publisher adds
-    it when writing a node object). Stored specs go through the same model first."""
-    text: str = model.model_dump_json(by_alias=True, exclude_defaults=True, exclude={"requires"})
-    return text.encode()
 
 
 def labels_digest(keys: Iterable[str]) -> bytes:
@@ -145,7 +140,7 @@ class Wanted:
 
     digest: bytes
     size: int
-    spec: bytes | None = None  # the spec's JSON text (spec_text)
+    spec: bytes | None = None  # the spec's JSON text (quotas.spec_text)
     labels: tuple[str, ...] | None = None
     labels_digest: bytes = NO_LABELS
     refs: frozenset[str] | None = None
@@ -180,11 +175,8 @@ def wanted_spec(kind: str, model: Any) -> Wanted:
         for pod in model.pods:
             groups.update(pod.groups)
         refs = frozenset({f"group/{g}" for g in groups} | {f"set/{x}" for x in model.sets})
-    if held is None and len(text) > MAX_COMPILED_OBJECT_BYTES:
-        held = (
-            f"TooLarge: its compiled form is {len(text):,} bytes; at most "
-            f"{MAX_COMPILED_OBJECT_BYTES:,} can be published"
-        )
+    if held is None and (too_large := too_large_error(len(text))) is not None:
+        held = f"TooLarge: {too_large}"
     return Wanted(_digest(text), len(text), spec=text, refs=refs, held=held, sets=sets, owner=owner)
 
 
