@@ -13,8 +13,9 @@ One reading of the input is decided here: a pod read from files may have IPs but
 compiled objects, sees them; the node never changes a verdict the CLI shows.
 
 Verdicts are those of the policy as the operator publishes it: a group in use that it
-holds (more rules than one compiled group holds, ``compiling.held_groups``) is absent,
-so agents skip it and so do the evaluator, ``explain`` and ``trace``, which say why.
+holds (more rules than one compiled group holds, or a compiled form too large to
+publish: ``compiling.held_groups``) is absent, so agents skip it and so do the
+evaluator, ``explain`` and ``trace``, which say why.
 ``lint`` still looks at the held group's rules (what-if, :meth:`PolicyView.compiled_group`).
 """
 

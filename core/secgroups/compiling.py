@@ -27,6 +27,14 @@ words (``quotas.too_many_rules_error``), for every group over
 ``quotas.MAX_RULES_PER_GROUP`` rules, which the operator does not publish either
 (docs/architecture.md, "Limits").
 
+A compiled group or address set whose JSON is over ``quotas.MAX_COMPILED_OBJECT_BYTES``
+is not published either (the operator holds it and reports ``TooLarge`` on its owner):
+:func:`too_large_problems` reports it on the owning SecurityGroup or IPAddressGroup in
+the operator's words (``quotas.too_large_error``), measured on the same JSON text
+(``quotas.spec_text``). A group too large is held as one with too many rules is; an
+address set too large has reason ``SetTooLarge`` here (the operator says ``TooLarge``
+on the owner too), so that its group's own rules are not taken for held.
+
 The per-object steps are public functions (``compile_rule``, ``compile_group``,
 ``compile_group_set``, ``compile_ipag_set``, ``compile_pod``, ``compile_node``) so
 that ``incremental`` builds byte-identical objects from the same code.
@@ -317,8 +325,34 @@ def too_many_rules_problem(group: GroupKey, count: int) -> Problem:
     )
 
 
+def too_large_problems(
+    groups: Iterable[CompiledGroupSpec],
+    sets: Iterable[CompiledAddressSetSpec],
+    skip: Iterable[GroupKey] = (),
+) -> list[Problem]:
+    """Compiled groups and address sets too large to publish, each as a problem of its
+    owner (module docstring). ``skip``: groups already held for too many rules (the
+    operator checks that first and reports only it)."""
+    skipped = set(skip)
+    out: list[Problem] = []
+    for spec in groups:
+        key = (spec.group.namespace, spec.group.name)
+        if key not in skipped and (error := quotas.too_large_error(len(quotas.spec_text(spec)))):
+            out.append(Problem("SecurityGroup", *key, Severity.ERROR, "TooLarge", error))
+    for aset in sets:
+        if error := quotas.too_large_error(len(quotas.spec_text(aset))):
+            kind = (
+                "SecurityGroup"
+                if aset.source_kind is SourceKind.SECURITY_GROUP
+                else "IPAddressGroup"
+            )
+            source = (aset.source.namespace, aset.source.name)
+            out.append(Problem(kind, *source, Severity.ERROR, "SetTooLarge", error))
+    return out
+
+
 # Problems of a group in use that the operator does not publish (module docstring).
-HELD_REASONS = frozenset({"TooManyRules", "CannotCompile"})
+HELD_REASONS = frozenset({"TooManyRules", "CannotCompile", "TooLarge"})
 
 
 def held_groups(problems: Iterable[Problem]) -> dict[GroupKey, str]:
@@ -413,6 +447,7 @@ def _compile_policy(facts: ClusterFacts, options: CompileOptions) -> Compilation
     compiled_groups: dict[str, CompiledGroupSpec] = {}
     group_sets: dict[str, tuple[str, ...]] = {}
     needed_sets: dict[str, SetSource] = {}
+    too_many: list[GroupKey] = []
     for gkey in members:
         gname = naming.compiled_group_name(*gkey)
         if gkey not in groups and gkey[1] == DEFAULT_GROUP_NAME:
@@ -426,6 +461,7 @@ def _compile_policy(facts: ClusterFacts, options: CompileOptions) -> Compilation
                 continue
             if len(attached) > quotas.MAX_RULES_PER_GROUP:
                 problems.append(too_many_rules_problem(gkey, len(attached)))
+                too_many.append(gkey)
         compiled_groups[gname] = spec
         group_sets[gname] = tuple(sources)
         needed_sets.update(sources)
@@ -443,6 +479,7 @@ def _compile_policy(facts: ClusterFacts, options: CompileOptions) -> Compilation
             if key not in ipags:
                 problems.append(missing_remote_problem(source))
             compiled_sets[set_name] = compile_ipag_set(key, ipags.get(key))
+    problems.extend(too_large_problems(compiled_groups.values(), compiled_sets.values(), too_many))
 
     pods_on: dict[str, list[CompiledPod]] = {n: [] for n in facts.nodes}
     for pkey, pod in ms.pods.items():

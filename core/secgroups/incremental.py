@@ -67,6 +67,7 @@ from secgroups.compiling import (
     missing_remote_problem,
     orphan_rule_problem,
     rule_group,
+    too_large_problems,
     too_many_rules_problem,
     uncompilable_group_problem,
     unknown_group_problem,
@@ -501,6 +502,7 @@ class IncrementalCompiler:
                 out.append(missing_remote_problem(source))
         # Groups in use with too many rules, or that the models refuse: as compile_policy
         # reports them (a missing default group is synthesized, its rules ignored).
+        held: list[GroupKey] = []  # their last compiled form (if any) is not measured
         for group, pods in self._members.items():
             if not pods or (group not in self._groups and group[1] == DEFAULT_GROUP_NAME):
                 continue
@@ -508,8 +510,12 @@ class IncrementalCompiler:
             failed = self._failed.get((COMPILED_GROUP_KIND, naming.compiled_group_name(*group)))
             if failed is not None:
                 out.append(uncompilable_group_problem(group, count, ValueError(failed)))
+                held.append(group)
             elif count > quotas.MAX_RULES_PER_GROUP:
                 out.append(too_many_rules_problem(group, count))
+                held.append(group)
+        # Compiled groups and sets too large to publish, as compile_policy measures them.
+        out.extend(too_large_problems(self._out_groups.values(), self._out_sets.values(), held))
         return tuple(sorted(set(out)))
 
     # ------------------------------------------------------------------ events

@@ -10,7 +10,9 @@ Severities, decided here and listed in ``docs/cli.md``:
   that does not exist (it has no effect), a remote naming a missing group or address
   group (the rule matches nothing), a pod annotation naming a missing group, a quota
   exceeded (S-L-1, S-L-2), more rules on one group than one compiled group holds (the
-  admission webhook refuses the write, in the same words; the operator holds the group).
+  admission webhook refuses the write, in the same words; the operator holds the group),
+  a group or address group in use whose compiled form is too large to publish (the
+  operator holds it and reports ``TooLarge`` in the same words).
 * **warning** — valid but risky or wasteful (S-O-2): SSH/RDP, all ports or database
   ports open to the world; a rule shadowed by an earlier rule of its group; an ICMP
   type that its family does not have (an IPv6 rule for type 8, IPv4's echo request:
@@ -92,6 +94,7 @@ class Code(StrEnum):
     UNUSED_ADDRESS_GROUP = "unused-address-group"
     QUOTA = "quota"
     TOO_MANY_RULES = "too-many-rules"
+    TOO_LARGE = "too-large"
     GROUP_MISSING = "group-missing"
     REMOTE_MISSING = "remote-missing"
     ANNOTATION_GROUP_MISSING = "annotation-group-missing"
@@ -377,6 +380,25 @@ def _size_findings(view: PolicyView) -> list[Finding]:
     ]
 
 
+def _too_large_findings(view: PolicyView) -> list[Finding]:
+    """Compiled groups and address sets over the size the operator publishes, as the
+    compiler reports them (``compiling.too_large_problems``): only what is in use is
+    compiled, so only that is measured."""
+    return [
+        Finding(
+            p.namespace,
+            p.kind,
+            p.name,
+            Code.TOO_LARGE,
+            Severity.ERROR,
+            "",  # a limit of the product (docs/architecture.md, "Limits")
+            p.message,
+        )
+        for p in view.compilation.problems
+        if p.reason in ("TooLarge", "SetTooLarge")
+    ]
+
+
 def lint(facts: ClusterFacts, scope: Scope | None = None) -> tuple[Finding, ...]:
     """Every finding for ``facts``, sorted by namespace, kind, name, code."""
     return lint_view(PolicyView(facts, scope))
@@ -394,4 +416,5 @@ def lint_view(view: PolicyView) -> tuple[Finding, ...]:
     findings += _unused_findings(view)
     findings += _quota_findings(view)
     findings += _size_findings(view)
+    findings += _too_large_findings(view)
     return tuple(sorted(set(findings)))
