@@ -474,22 +474,13 @@ async def bench(args: argparse.Namespace) -> None:
         nets = await kubelet.pods(specs)
         log(f"{len(nets)} pods with netns and IPs ({time.monotonic() - t:.1f} s)")
 
-        procs.append(
-            spawn(
-                "operator",
-                [
-                    sys.executable,
-                    "-m",
-                    "secgroups_operator.main",
-                    "--kubeconfig",
-                    str(cp.kubeconfig),
-                    "--liveness",
-                    "",
-                    "--no-webhook",
-                ],
-                logs,
-            )
-        )
+        def start_operator(serial: bool) -> subprocess.Popen[bytes]:
+            argv = [sys.executable, "-m", "secgroups_operator.main"]
+            argv += ["--kubeconfig", str(cp.kubeconfig), "--liveness", "", "--no-webhook"]
+            return spawn("operator", argv + (["--serial-rounds"] if serial else []), logs)
+
+        operator = start_operator(serial=False)
+        procs.append(operator)
         for i, name in enumerate(nodes, start=1):
             procs.append(
                 spawn(
@@ -552,7 +543,30 @@ async def bench(args: argparse.Namespace) -> None:
         trace: list[dict[str, Any]] = []  # per change, for --json: when, what, how long
         allowed: list[float] = []  # the changes that open the stream
         denied: list[float] = []  # and those that close it (an established flow re-checked)
+        # --compare: blocks of changes with the operator serial, pipelined, serial,
+        # pipelined (restarted between blocks: a restart on a published cluster writes
+        # nothing), so both are measured side by side on the same lab and load.
+        block = max(3, args.changes // 4 // 3 * 3) if args.compare else args.changes + 1
+        mode = "pipelined"
+        by_mode: dict[str, list[float]] = {"serial": [], "pipelined": []}
         for i in range(args.changes):
+            if args.compare and i % block == 0:
+                mode = "serial" if (i // block) % 2 == 0 else "pipelined"
+                oplog = logs / "operator.log"
+                ready = oplog.read_text().count("all compiled objects published")
+                operator.terminate()
+                operator.wait(15)
+                procs.remove(operator)
+                operator = start_operator(serial=mode == "serial")
+                procs.append(operator)
+                t = time.monotonic()  # its lists and initial build (it writes nothing)
+                while oplog.read_text().count("all compiled objects published") <= ready:
+                    if time.monotonic() - t > 120:
+                        raise SystemExit("the restarted operator did not publish in 120 s")
+                    await asyncio.sleep(0.2)
+                while not await all_applied():
+                    await asyncio.sleep(0.5)
+                log(f"  operator restarted, {mode} rounds")
             kind = ("rule", "label", "ipag")[i % 3]
             stream.switch(PORTS[kind])
             await asyncio.sleep(0.15)
@@ -599,6 +613,7 @@ async def bench(args: argparse.Namespace) -> None:
                 {
                     "kind": kind,
                     "allowed": want,
+                    "mode": mode,
                     "at": wall0,
                     "nodes": {k: None if v is None else v - t0 for k, v in got.items()},
                 }
@@ -607,6 +622,7 @@ async def bench(args: argparse.Namespace) -> None:
                 latency = max(v for v in got.values() if v is not None) - t0
                 results[kind].append(latency)
                 (allowed if want else denied).append(latency)
+                by_mode[mode].append(latency)
             else:
                 misses += 1
             if (i + 1) % 30 == 0:
@@ -645,6 +661,15 @@ async def bench(args: argparse.Namespace) -> None:
         print(f"goal p99 <= 50 ms: {p99 * 1000:.1f} ms -> {verdict}; unrealized in 10 s: {misses}")
         print(f"ratio p50 / floor p50: {pct(everything, 50) / pct(floor, 50):.1f}")
         print(f"API server writes, floor and changes (count × mean; most time first): {costs}")
+        if args.compare:
+            serial, piped = by_mode["serial"], by_mode["pipelined"]
+            print("side by side, the same lab and changes in alternating blocks:")
+            print(row("  serial rounds", serial))
+            print(row("  pipelined", piped))
+            print(
+                f"  pipelined / serial: p50 {pct(piped, 50) / pct(serial, 50):.2f}, "
+                f"p99 {pct(piped, 99) / pct(serial, 99):.2f}"
+            )
         if args.json:
             Path(args.json).write_text(
                 json.dumps(
@@ -684,6 +709,11 @@ def main() -> int:
     p.add_argument("--keep-logs", help="copy the operator's and agents' logs here")
     p.add_argument("--quick", action="store_true", help="3 nodes, 60 pods, 30 changes")
     p.add_argument("--json", help="also write the raw figures here")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="operator with serial rounds vs pipelined, in alternating blocks of changes",
+    )
     args = p.parse_args()
     if args.quick:
         args.nodes, args.pods, args.changes = 3, 60, 30

@@ -214,6 +214,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--debounce", type=float, default=0.005, help="seconds to batch events")
     p.add_argument("--page-size", type=int, default=500, help="objects per list page")
+    p.add_argument(
+        "--serial-rounds",
+        action="store_true",
+        help="write a round's node objects before the next round starts (the behaviour "
+        "before pipelining; for comparisons: bench/realization.py --compare)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     admission.add_arguments(p)
     return p.parse_args(argv)
@@ -225,6 +231,7 @@ async def run(args: argparse.Namespace) -> None:
         scope=Scope(key=key, value=value or "true"),
         create_defaults=not args.no_default_groups,
         debounce_s=args.debounce,
+        pipelined=not args.serial_rounds,
     )
     lease = None
     if args.leader_election_lease:

@@ -104,6 +104,8 @@ class Options:
     create_defaults: bool = True
     debounce_s: float = 0.005
     status_interval_s: float = 1.0
+    #: Node objects and deletions written in the background (``Publisher.publish``).
+    pipelined: bool = True
 
 
 @dataclass
@@ -321,7 +323,7 @@ class Reconciler:
                 await asyncio.sleep(self.options.debounce_s)
             self._wake.clear()
             try:
-                await self.round(pipelined=True)
+                await self.round(pipelined=self.options.pipelined)
             except asyncio.CancelledError:
                 raise
             except Exception:
