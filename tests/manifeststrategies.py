@@ -548,7 +548,11 @@ def _status(draw: st.DrawFn, doc: dict[str, Any]) -> None:
 def _wrong_type(draw: st.DrawFn, doc: dict[str, Any]) -> None:
     kind = doc["kind"]
     paths = (*STRINGS[kind], *INTEGERS[kind], *DEFAULTED[kind], *OPTIONAL[kind])
-    _set(doc, draw(st.sampled_from(paths)), draw(st.sampled_from(WRONG_TYPES)))
+    # A copy: a later mutation may write into the value (``_address`` appends to a list
+    # it finds, ``_set`` creates objects inside a dict), and the constants are shared by
+    # every example — a shared ``{}`` set at ``spec`` and then at ``spec.description``
+    # became a cycle that json.dumps refused.
+    _set(doc, draw(st.sampled_from(paths)), copy.deepcopy(draw(st.sampled_from(WRONG_TYPES))))
 
 
 def _text(draw: st.DrawFn, doc: dict[str, Any]) -> None:
