@@ -224,6 +224,9 @@ class ObjectMeta(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
 
+    def model_post_init(self, context: Any, /) -> None:
+        share_fields_set(self)  # frozen, like the _Model kinds: one set per distinct set
+
 
 class LabelSelectorRequirement(_Model):
     key: str = Field(description="The label key the selector applies to.", max_length=317)
