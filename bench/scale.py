@@ -406,7 +406,9 @@ class Operator:
 
     async def settle(self, after: int, quiet: float = 1.5, timeout: float = 60) -> None:
         """Wait for a round beyond the first ``after`` logged ones, then for ``quiet``
-        seconds without another (rounds that write nothing are not logged)."""
+        seconds without another and no node objects in flight (rounds that write nothing
+        are not logged). Without the last part a pod deleted whose re-checks rewrite
+        hundreds of node objects in the background had them counted as the next pod's."""
         deadline = time.monotonic() + timeout
         n, since = len(self.rounds()), time.monotonic()
         while time.monotonic() < deadline:
@@ -414,8 +416,14 @@ class Operator:
             m = len(self.rounds())
             if m != n:
                 n, since = m, time.monotonic()
-            elif n > after and time.monotonic() - since >= quiet:
+            elif n > after and time.monotonic() - since >= quiet and not self.tail_running():
                 return
+
+    def tail_running(self) -> bool:
+        """Whether a round's node objects are still being written in the background (the
+        operator logs when they start and when they end)."""
+        text = self.text()
+        return text.count("written in the background") > text.count("(node objects and deletions)")
 
     def rounds(self) -> list[tuple[int, float, int, float]]:
         """(events, compile ms, writes, publish ms) of every logged round."""

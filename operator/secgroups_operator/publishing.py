@@ -245,6 +245,8 @@ class Publisher:
     #: objects may have waited for them.
     on_tail_done: Callable[[RoundStats, float], None] = lambda _s, _t: None
     _tail: asyncio.Task[RoundStats] | None = field(default=None, repr=False)
+    #: Keys the last ``publish`` handed to a new background task (0: none started).
+    tail_started: int = 0
     _tail_keys: frozenset[ObjKey] = frozenset()
 
     # ------------------------------------------------------------------ state in
@@ -396,6 +398,7 @@ class Publisher:
         now = time.monotonic()
         sem = asyncio.Semaphore(self.concurrency)
         busy = self.tail_running()
+        self.tail_started = 0
         keys = sorted(k for k in self.dirty if self._ready(k, now) and k not in self._tail_keys)
 
         # 1-2. groups and sets: specs, then labels
@@ -430,6 +433,7 @@ class Publisher:
             self._settle(first, stats)
             self._tail_keys = frozenset(later)
             self._tail = asyncio.create_task(self._tail_writes(later), name="publish-tail")
+            self.tail_started = len(later)
             return stats
         await self._nodes_and_deletions(later, sem, stats)
         self._settle(keys, stats)

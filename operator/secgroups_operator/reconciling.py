@@ -261,13 +261,12 @@ class Reconciler:
 
     def _tail_done(self, stats: RoundStats, seconds: float) -> None:
         """A round's background writes ended: node objects that waited are due now."""
-        if stats.writes or stats.deletes:
-            log.info(
-                "round: 0 events, compile 0.0 ms, %d writes in %.1f ms, 0 pods re-checked "
-                "(node objects and deletions)",
-                stats.writes + stats.deletes,
-                seconds * 1000,
-            )
+        log.info(
+            "round: 0 events, compile 0.0 ms, %d writes in %.1f ms, 0 pods re-checked "
+            "(node objects and deletions)",
+            stats.writes + stats.deletes,
+            seconds * 1000,
+        )
         self._wake.set()
         self._status_wake.set()
 
@@ -370,6 +369,11 @@ class Reconciler:
         if self.leading:
             t0 = time.monotonic()
             stats = await self.publisher.publish(pipelined=pipelined)
+            if self.publisher.tail_started:
+                log.info(
+                    "round: %d node objects and deletions due, written in the background",
+                    self.publisher.tail_started,
+                )
             info.writes = stats.writes + stats.label_writes + stats.deletes
             if self.publisher.need_spec:
                 self._wake.set()  # bodies dropped after writing are needed again
