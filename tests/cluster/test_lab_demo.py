@@ -57,7 +57,24 @@ class Demo:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.proc = subprocess.Popen(
+        # A terminal's foreground job gets SIGINT; a test run started in the background
+        # (`cmd &` without job control) has SIGINT ignored, children inherit that, and
+        # Python then never raises KeyboardInterrupt: the demo ran to its end and exited 0
+        # under the "Ctrl-C". A handler of ours is reset to the default across exec.
+        ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        if ignored:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            self.proc = self._start(prefix)
+        finally:
+            if ignored:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.err: list[str] = []
+        self._partial = b""
+
+    @staticmethod
+    def _start(prefix: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
             demo("up", "--prefix", prefix),
             cwd=REPO,
             stdin=subprocess.DEVNULL,
@@ -67,8 +84,6 @@ class Demo:
             start_new_session=True,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
-        self.err: list[str] = []
-        self._partial = b""
 
     def wait_for_line(self, needle: str, timeout: float = LAB_START) -> None:
         """Read stderr (unbuffered: a line is seen as soon as it is written) until a line
