@@ -209,6 +209,8 @@ class RoundStats:
     deletes: int = 0
     deferred: int = 0
     failed: int = 0
+    #: Node objects and deletions handed to a background task by this round.
+    background: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.writes or self.label_writes or self.deletes or self.failed)
@@ -245,8 +247,6 @@ class Publisher:
     #: objects may have waited for them.
     on_tail_done: Callable[[RoundStats, float], None] = lambda _s, _t: None
     _tail: asyncio.Task[RoundStats] | None = field(default=None, repr=False)
-    #: Keys the last ``publish`` handed to a new background task (0: none started).
-    tail_started: int = 0
     _tail_keys: frozenset[ObjKey] = frozenset()
 
     # ------------------------------------------------------------------ state in
@@ -375,12 +375,17 @@ class Publisher:
         written in the background (:meth:`publish` with ``pipelined``)."""
         return self._tail is not None and not self._tail.done()
 
+    def cancel_tail(self) -> None:
+        """Cancel the background writes (leadership lost): a follower writes nothing."""
+        if self.tail_running():
+            assert self._tail is not None
+            self._tail.cancel()
+
     async def stop_tail(self) -> None:
-        """Cancel the background writes (leadership lost, shutdown) and wait for them."""
-        tail, self._tail = self._tail, None
-        self._tail_keys = frozenset()
-        if tail is not None and not tail.done():
-            tail.cancel()
+        """Cancel the background writes and wait for them to end (shutdown)."""
+        tail = self._tail
+        self.cancel_tail()
+        if tail is not None:
             await asyncio.gather(tail, return_exceptions=True)
 
     async def publish(self, *, pipelined: bool = False) -> RoundStats:
@@ -398,7 +403,6 @@ class Publisher:
         now = time.monotonic()
         sem = asyncio.Semaphore(self.concurrency)
         busy = self.tail_running()
-        self.tail_started = 0
         keys = sorted(k for k in self.dirty if self._ready(k, now) and k not in self._tail_keys)
 
         # 1-2. groups and sets: specs, then labels
@@ -424,8 +428,11 @@ class Publisher:
                     labels.append(k)
         await self._run(labels, self._write_labels, sem, stats)
 
-        later = [k for k in keys if k[0] == COMPILED_NODE_KIND or self._deletion(k)]
-        first = [k for k in keys if not (k[0] == COMPILED_NODE_KIND or self._deletion(k))]
+        first: list[ObjKey] = []
+        later: list[ObjKey] = []  # node objects and deletions
+        for k in keys:
+            gone = k in self.wanted and self.wanted[k].gone
+            (later if k[0] == COMPILED_NODE_KIND or gone else first).append(k)
         if busy:  # node objects and deletions wait for the running task
             self._settle(first, stats)
             return stats
@@ -433,23 +440,17 @@ class Publisher:
             self._settle(first, stats)
             self._tail_keys = frozenset(later)
             self._tail = asyncio.create_task(self._tail_writes(later), name="publish-tail")
-            self.tail_started = len(later)
+            stats.background = len(later)
             return stats
         await self._nodes_and_deletions(later, sem, stats)
         self._settle(keys, stats)
         return stats
 
-    def _deletion(self, key: ObjKey) -> bool:
-        w = self.wanted.get(key)
-        return key[0] != COMPILED_NODE_KIND and w is not None and w.gone
-
     async def _tail_writes(self, keys: list[ObjKey]) -> RoundStats:
         stats = RoundStats()
         t0 = time.monotonic()
         try:
-            await self._nodes_and_deletions(
-                keys, asyncio.Semaphore(self.concurrency), stats, time.monotonic()
-            )
+            await self._nodes_and_deletions(keys, asyncio.Semaphore(self.concurrency), stats)
             self._settle(keys, stats)
         finally:
             self._tail_keys = frozenset()
@@ -457,9 +458,9 @@ class Publisher:
         return stats
 
     async def _nodes_and_deletions(
-        self, keys: list[ObjKey], sem: asyncio.Semaphore, stats: RoundStats, now: float = 0.0
+        self, keys: list[ObjKey], sem: asyncio.Semaphore, stats: RoundStats
     ) -> None:
-        now = now or time.monotonic()
+        now = time.monotonic()
         # 3. node objects
         nodes = []
         for k in keys:

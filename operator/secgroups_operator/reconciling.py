@@ -256,8 +256,7 @@ class Reconciler:
     def stop_leading(self) -> None:
         self.leading = False
         self.events.enabled = False
-        if self.publisher.tail_running():  # a follower writes nothing
-            asyncio.get_running_loop().create_task(self.publisher.stop_tail())
+        self.publisher.cancel_tail()  # a follower writes nothing
 
     def _tail_done(self, stats: RoundStats, seconds: float) -> None:
         """A round's background writes ended: node objects that waited are due now."""
@@ -369,10 +368,10 @@ class Reconciler:
         if self.leading:
             t0 = time.monotonic()
             stats = await self.publisher.publish(pipelined=pipelined)
-            if self.publisher.tail_started:
+            if stats.background:
                 log.info(
                     "round: %d node objects and deletions due, written in the background",
-                    self.publisher.tail_started,
+                    stats.background,
                 )
             info.writes = stats.writes + stats.label_writes + stats.deletes
             if self.publisher.need_spec:
