@@ -9,6 +9,9 @@ from typing import Any
 
 from secgroups_kube import AsyncKube
 
+MERGE = "application/merge-patch+json"
+APPLY = "application/apply-patch+yaml"  # server-side apply
+
 
 def pct(values: list[float], q: float) -> float:
     """The nearest-rank ``q``-th percentile (NaN for no values)."""

@@ -34,10 +34,9 @@ from secgroups_kube.resources import api_path
 from secgroups_lab import binaries, controlplane
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from apibench import pct, req  # type: ignore[import-not-found]
+from apibench import APPLY, pct, req  # type: ignore[import-not-found]
 
 REPO = Path(__file__).resolve().parent.parent
-APPLY = "application/apply-patch+yaml"
 
 
 def node_body(name: str, pods: int, epoch: int) -> dict[str, Any]:

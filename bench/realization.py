@@ -65,6 +65,8 @@ from secgroups_lab._cmd import in_netns
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apibench import (  # type: ignore[import-not-found]
+    APPLY,
+    MERGE,
     describe_totals,
     pct,
     req,
@@ -348,10 +350,6 @@ class Kubelet:
                 )
             log(f"  {min(i + 100, len(specs))}/{len(specs)} pods")
         return nets
-
-
-MERGE = "application/merge-patch+json"
-APPLY = "application/apply-patch+yaml"
 
 
 def spawn(name: str, argv: list[str], logs: Path) -> subprocess.Popen[bytes]:

@@ -77,7 +77,6 @@ KWOK_STAGES = (
     "pod/fast/pod-delete.yaml",
 )
 COMPILED = ("compiledsecuritygroups", "compiledaddresssets", "compilednodepolicies")
-MERGE = "application/merge-patch+json"
 
 
 def log(msg: str) -> None:
@@ -333,19 +332,26 @@ async def apiserver_metrics(kube: AsyncKube) -> dict[str, float]:
 # --------------------------------------------------------------------------- main
 
 
-async def cold_start(op: Operator, figure: Any) -> None:
-    """Start the operator on a cluster without compiled objects: every one is written."""
+async def start_and_publish(op: Operator, figure: Any, name: str, timeout: float) -> None:
+    """Start the operator and report its start-up figure: the initial lists, and when
+    everything was published after them (with the writes that took)."""
     op.start()
     m = await op.wait_log(
-        r"all compiled objects published: (\d+) objects \((\d+) writes\) ([\d.]+) s after", 1800
+        r"all compiled objects published: (\d+) objects \((\d+) writes\) ([\d.]+) s after",
+        timeout,
     )
     lists = re.search(r"initial lists in ([\d.]+) s", op.text())
     figure(
-        "start from scratch (every compiled object written)",
+        name,
         f"lists {lists[1] if lists else '?'} s; published {m[3]} s after the lists "
         f"({m[2]} writes); RSS {op.rss():.0f} MB",
         "<= 3 s after the lists",
     )
+
+
+async def cold_start(op: Operator, figure: Any) -> None:
+    """Start the operator on a cluster without compiled objects: every one is written."""
+    await start_and_publish(op, figure, "start from scratch (every compiled object written)", 1800)
 
 
 class Operator:
@@ -815,17 +821,7 @@ async def bench(args: argparse.Namespace) -> None:
 
         # Restarts: warm (everything published) and cold (compiled objects deleted).
         op.stop()
-        op.start()
-        m = await op.wait_log(
-            r"all compiled objects published: (\d+) objects \((\d+) writes\) ([\d.]+) s after", 900
-        )
-        lists = re.search(r"initial lists in ([\d.]+) s", op.text())
-        figure(
-            "restart on a published cluster",
-            f"lists {lists[1] if lists else '?'} s; published {m[3]} s after the lists "
-            f"({m[2]} writes); RSS {op.rss():.0f} MB",
-            "<= 3 s after the lists",
-        )
+        await start_and_publish(op, figure, "restart on a published cluster", 900)
         if not args.pods_first:
             op.stop()
             for plural in COMPILED:
