@@ -7,8 +7,10 @@ Running and Ready, but runs no containers; and there is no kube-scheduler. So af
 kube-controller-manager create the chart's pods, and :class:`ChartPods` does for each
 what the scheduler and the kubelet would, from the pod spec alone:
 
-* picks its node (a DaemonSet pod's node from its node affinity, the operator's the first
-  node; the uninstall Job's pod stays unbound: the simulated kubelet ignores it) and
+* picks its node (a DaemonSet pod's node from its node affinity; a host-network
+  operator's the first node where no replica's process still runs, and none — the pod
+  stays Pending — while every node has one; the uninstall Job's pod stays unbound: the
+  simulated kubelet ignores it) and
   binds it (``pods/binding``, as the scheduler does);
 * runs its container's command and args as a process from this repository's venv — in
   the node's network namespace for ``hostNetwork`` pods, else in the root netns — with
@@ -64,6 +66,10 @@ COMMANDS = {
     "secgroups-agent": "secgroups_agent.main",
     "secgroups-operator-uninstall": "secgroups_operator.uninstall",
 }
+
+
+# _node_for's answer for a pod no node can take yet.
+PENDING = "<pending>"
 
 
 @dataclass
@@ -207,6 +213,8 @@ class ChartPods:
                     if pod["spec"].get("nodeName") and not self._ours(uid):
                         continue  # bound by someone else: not ours to run
                     proc = self._new(pod)
+                    if proc is None:
+                        continue  # Pending: every node's ports are held; tried again next pass
                     self.processes[uid] = proc
                     self.history.append(proc)
                     threading.Thread(target=self._launch, args=(proc, pod), daemon=True).start()
@@ -215,14 +223,17 @@ class ChartPods:
     def _ours(self, uid: str) -> bool:
         return any(p.uid == uid for p in self.history)
 
-    def _new(self, pod: dict[str, Any]) -> Process:
+    def _new(self, pod: dict[str, Any]) -> Process | None:
         meta = pod["metadata"]
         component = meta.get("labels", {}).get("app.kubernetes.io/component", "?")
+        node = self._node_for(pod, component)
+        if node == PENDING:
+            return None
         return Process(
             pod=meta["name"],
             uid=meta["uid"],
             component=component,
-            node=self._node_for(pod, component),
+            node=node,
             log=self.workdir / f"{meta['name']}.log",
         )
 
@@ -240,9 +251,15 @@ class ChartPods:
         if component == "cleanup-job":
             return None  # runs anywhere; unbound so that the simulated kubelet ignores it
         # A host-network replica's ports are the node's: one per node, as the scheduler does.
+        # A replica being stopped still holds them — the scheduler counts a terminating pod
+        # until the kubelet has stopped it and the pod is gone — so a rollout's new replica
+        # waits (Pending) rather than starting beside it and failing to bind.
         taken = {p.node for p in self.processes.values() if p.component == component}
+        taken |= {p.node for p in self.history if p.component == component and p.alive()}
         free = [n for n in self.lab.node_names() if n not in taken]
-        return (free or self.lab.node_names())[0]
+        if free:
+            return free[0]
+        return PENDING if pod["spec"].get("hostNetwork") else self.lab.node_names()[0]
 
     # ------------------------------------------------------------------ one pod
     def _launch(self, proc: Process, pod: dict[str, Any]) -> None:

@@ -164,6 +164,11 @@ def chart_lab(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         def crds() -> list[str]:
             return [n for n in lab.kubectl("get", "crd", "-o", "name").split() if "secgroups" in n]
 
+        # Each kind listed first: a CRD deleted while its storage is still starting can
+        # stall its own deletion (InstanceDeletionFailed: storage is (re)initializing).
+        for crd in crds():
+            kind = crd.split("/", 1)[1]
+            wait_until(f"{kind} served", lambda k=kind: _lists(lab, k), 60)
         lab.kubectl("delete", "--wait=false", *crds())
         try:
             wait_until("the lab's CRDs deleted", lambda: not crds(), 120)
@@ -173,6 +178,11 @@ def chart_lab(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield Lab(lab, tools, schemas, work)
     finally:
         lab.down()
+
+
+def _lists(lab: LabCluster, resource: str) -> bool:
+    assert lab.cp is not None
+    return lab.cp.kubectl("get", resource, "-A", "-o", "name", check=False).returncode == 0
 
 
 # --------------------------------------------------------------------------- static checks
