@@ -229,6 +229,23 @@ class CompiledGroupSpec(_Model):
     egress: tuple[CompiledRule, ...] = Field(
         default=(), max_length=MAX_RULES_PER_DIRECTION, description="Egress rules in match order."
     )
+    recheck: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Re-check counter: raised when the inbound connections of every member must be "
+            "re-checked (S-CT-2); part of each member's epoch mark."
+        ),
+    )
+    requires: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        max_length=MAX_REFERENCES,
+        description=(
+            "Minimum metadata.generation of the address sets ('set/<name>') the agent must "
+            "have seen before applying this object: a re-check raised for a rule change is "
+            "never applied against older set members."
+        ),
+    )
 
     def rules(self, direction: Direction) -> tuple[CompiledRule, ...]:
         return self.ingress if direction is Direction.INGRESS else self.egress
@@ -244,6 +261,15 @@ class CompiledAddressSetSpec(_Model):
     )
     ipv6: tuple[IPv6CIDR, ...] = Field(
         default=(), max_length=MAX_SET_CIDRS, description="IPv6 members as collapsed CIDRs."
+    )
+    recheck: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Re-check counter: raised with a change of members that can narrow an inbound "
+            "rule naming this set (S-CT-2); part of the epoch mark of every pod whose groups "
+            "name it in an inbound rule."
+        ),
     )
 
     def networks(self, family: IPFamily) -> tuple[IPNetwork, ...]:
