@@ -38,8 +38,22 @@ Readings the table leaves open, decided here and documented in docs/semantics.md
   is denied everything rather than given the default group) is re-checked when it
   arrives the way a member would be: newly managed, a new IP, or a new node.
 
-The operator turns the plan into new ingress epochs
-(docs/architecture.md#existing-connections-epochs); the node agent never needs to know why.
+The plan also says how the operator delivers it (docs/architecture.md#existing-connections-epochs),
+in as few writes as possible — each carrier is part of a pod's epoch mark
+(``secgroups.nft.epochs.pod_mark``):
+
+* a **group's re-check counter** (its compiled object) for "all pods of A" in rows 2
+  (A itself), 3, 4, 5 and 6: one write reaches every member on every node;
+* an **address set's counter** for the groups B of rows 1 and 2 — the members of A the
+  set holds changed, and the counter travels with them in the same object, so an agent
+  never re-checks against the old members; it reaches every pod whose groups name the
+  set in an inbound rule (a B whose rule has the other action is re-checked too, which
+  keeps every allowed flow);
+* a **pod's own epoch** (its node object, rewritten anyway since its entry changed) for
+  the pods no counter reaches: pods added to a group or removed from one (a counter
+  reaches only current members), pods in no group, and a new group order.
+
+The node agent never needs to know why.
 """
 
 from __future__ import annotations
@@ -48,6 +62,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from secgroups import naming
 from secgroups.compiled import CompiledRule, SourceKind
 from secgroups.compiling import compile_rule, default_rules, rule_group
 from secgroups.facts import ClusterFacts
@@ -59,9 +74,14 @@ _Recheck = Callable[[GroupKey, str], None]
 
 @dataclass(frozen=True)
 class ClearingPlan:
-    """Pods to re-check, each with the reasons (which S-CT-2 row, which object)."""
+    """Pods to re-check, each with the reasons (which S-CT-2 row, which object), and how
+    (see the module docstring): ``groups`` whose counter goes up, address ``sets``
+    whose counter goes up, and the ``direct`` pods whose own epoch does."""
 
     reasons: Mapping[PodKey, tuple[str, ...]]
+    groups: frozenset[GroupKey] = frozenset()
+    sets: frozenset[str] = frozenset()
+    direct: frozenset[PodKey] = frozenset()
 
     @property
     def pods(self) -> frozenset[PodKey]:
@@ -154,13 +174,29 @@ def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = No
     old_ms, new_ms = resolve(old, scope), resolve(new, scope)
     old_members, new_members = _member_places(old_ms), _member_places(new_ms)
     reasons: dict[PodKey, list[str]] = defaultdict(list)
+    counted_groups: set[GroupKey] = set()
+    counted_sets: set[str] = set()
+    direct: set[PodKey] = set()
 
     def pods_of(group: GroupKey) -> Iterable[PodKey]:
         return sorted(set(old_members.get(group, ())) | set(new_members.get(group, ())))
 
-    def recheck_group(group: GroupKey, why: str) -> None:
+    def reach(group: GroupKey, why: str) -> None:
         for pod in pods_of(group):
             reasons[pod].append(why)
+        # Members that left are no longer reached by a counter of the group.
+        direct.update(set(old_members.get(group, ())) - set(new_members.get(group, ())))
+
+    def recheck_group(group: GroupKey, why: str) -> None:
+        reach(group, why)
+        if new_members.get(group):
+            counted_groups.add(group)
+
+    def recheck_users(group: GroupKey, named: GroupKey, why: str) -> None:
+        """All pods of ``group``, whose inbound rule names group ``named``'s members."""
+        reach(group, why)
+        if new_members.get(group):
+            counted_sets.add(naming.sg_set_name(*named))
 
     old_rules, new_rules = _effective_rules(old, old_ms), _effective_rules(new, new_ms)
     # Verdicts depend on which rule meanings a group has, not on names or copies: a
@@ -188,11 +224,13 @@ def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = No
         label = f"{group[0]}/{group[1]}"
         for pod in sorted(added):
             reasons[pod].append(f"S-CT-2 row 1: added to security group {label}")
+        direct.update(added)
         if added:
             for rule in inbound_now:
                 if rule.rule.action is Action.DENY and rule.remote_group == group:
-                    recheck_group(
+                    recheck_users(
                         rule.group,
+                        group,
                         f"S-CT-2 row 1: {label} gained members and inbound Deny rule "
                         f"{rule.id} names it",
                     )
@@ -200,8 +238,9 @@ def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = No
             recheck_group(group, f"S-CT-2 row 2: pods removed from security group {label}")
             for rule in inbound_now:
                 if rule.rule.action is Action.ALLOW and rule.remote_group == group:
-                    recheck_group(
+                    recheck_users(
                         rule.group,
+                        group,
                         f"S-CT-2 row 2: {label} lost members and inbound Allow rule "
                         f"{rule.id} names it",
                     )
@@ -218,6 +257,7 @@ def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = No
         before_place = None if was is None else (frozenset(was.ips), was.node)
         if _arrived((frozenset(now.ips), now.node), before_place):
             reasons[pod].append("in no security group (annotated groups missing): denied all")
+            direct.add(pod)
 
     # Extension: same groups, new order (S-X-1 makes order matter).
     for pod, groups in new_ms.groups_of.items():
@@ -228,6 +268,7 @@ def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = No
             and set(before_groups) == set(groups)
         ):
             reasons[pod].append("group sequence changed (S-X-1)")
+            direct.add(pod)
 
     # Rows 3, 4 and 5: rules.
     for rid in sorted(set(old_rules) | set(new_rules)):
@@ -267,7 +308,10 @@ def plan_clearing(old: ClusterFacts, new: ClusterFacts, scope: Scope | None = No
 
     alive = set(new_ms.pods) | set(old_ms.pods)
     return ClearingPlan(
-        {pod: tuple(dict.fromkeys(why)) for pod, why in sorted(reasons.items()) if pod in alive}
+        {pod: tuple(dict.fromkeys(why)) for pod, why in sorted(reasons.items()) if pod in alive},
+        frozenset(counted_groups),
+        frozenset(counted_sets),
+        frozenset(direct & alive),
     )
 
 
@@ -282,7 +326,8 @@ def _rule_deleted(rule: _Rule, recheck: _Recheck) -> None:
 
 
 def bump_epochs(epochs: Mapping[PodKey, int], plan: ClearingPlan) -> dict[PodKey, int]:
-    """New ingress epochs: every planned pod's epoch goes up by one.
+    """New ingress epochs: every planned pod's epoch goes up by one (each pod re-checked
+    through its own epoch, none through a counter).
 
     See docs/architecture.md#existing-connections-epochs.
     """
@@ -290,3 +335,25 @@ def bump_epochs(epochs: Mapping[PodKey, int], plan: ClearingPlan) -> dict[PodKey
     for pod in plan.pods:
         out[pod] = out.get(pod, 0) + 1
     return out
+
+
+@dataclass(frozen=True)
+class Rechecks:
+    """What carries re-checks from one compilation to the next: pods' epochs and the
+    counters of compiled groups and address sets, by object name (``CompileOptions``)."""
+
+    epochs: Mapping[PodKey, int]
+    groups: Mapping[str, int]
+    sets: Mapping[str, int]
+
+    def bumped(self, plan: ClearingPlan) -> Rechecks:
+        """After ``plan``: each of its carriers (module docstring) goes up by one."""
+        epochs, groups, sets = dict(self.epochs), dict(self.groups), dict(self.sets)
+        for pod in plan.direct:
+            epochs[pod] = epochs.get(pod, 0) + 1
+        for key in plan.groups:
+            name = naming.compiled_group_name(*key)
+            groups[name] = groups.get(name, 0) + 1
+        for name in plan.sets:
+            sets[name] = sets.get(name, 0) + 1
+        return Rechecks(epochs, groups, sets)

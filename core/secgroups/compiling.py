@@ -116,6 +116,10 @@ class CompileOptions:
     # (S-CT-2 clearing, docs/architecture.md#existing-connections-epochs). Pods not listed
     # get epoch 0.
     epochs: Mapping[PodKey, int] = field(default_factory=dict)
+    # Re-check counters of compiled groups and address sets, by object name (the same
+    # S-CT-2 clearing for all members of a group, or all users of a set, in one object).
+    group_rechecks: Mapping[str, int] = field(default_factory=dict)
+    set_rechecks: Mapping[str, int] = field(default_factory=dict)
 
 
 # The user object an address set is made from: a security group or an IP address group.
@@ -217,13 +221,15 @@ def compile_rule(rule: SecurityGroupRule) -> tuple[CompiledRule, SetSource | Non
 
 
 def compile_group(
-    key: GroupKey, rules: Iterable[tuple[CompiledRule, SetSource | None]] | None
+    key: GroupKey,
+    rules: Iterable[tuple[CompiledRule, SetSource | None]] | None,
+    recheck: int = 0,
 ) -> tuple[CompiledGroupSpec, dict[str, SetSource]]:
     """A group in use → its compiled spec and the address sets its rules reference.
 
     ``rules`` are the group's compiled rules (``compile_rule``), in any order; ``None``
     means the group has no object, which for a namespace's ``default`` group means the
-    S-D-1 rules are synthesized.
+    S-D-1 rules are synthesized. ``recheck`` is its re-check counter.
     """
     sources: dict[str, SetSource] = {}
     if rules is None:
@@ -241,6 +247,7 @@ def compile_group(
         synthesized=rules is None,
         ingress=tuple(r for r in ordered if r.direction is Direction.INGRESS),
         egress=tuple(r for r in ordered if r.direction is Direction.EGRESS),
+        recheck=recheck,
     )
     return spec, sources
 
@@ -250,7 +257,9 @@ def host_networks(ips: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]
     return collapse_host_keys(host_key(ip) for ip in ips)
 
 
-def compile_group_set(key: GroupKey, member_ips: Iterable[str]) -> CompiledAddressSetSpec:
+def compile_group_set(
+    key: GroupKey, member_ips: Iterable[str], recheck: int = 0
+) -> CompiledAddressSetSpec:
     """The address set of security group ``key``: its member pods' IPs."""
     v4, v6 = host_networks(member_ips)
     return CompiledAddressSetSpec(
@@ -258,10 +267,13 @@ def compile_group_set(key: GroupKey, member_ips: Iterable[str]) -> CompiledAddre
         source=ObjectKey(namespace=key[0], name=key[1]),
         ipv4=v4,
         ipv6=v6,
+        recheck=recheck,
     )
 
 
-def compile_ipag_set(key: GroupKey, ipag: IPAddressGroup | None) -> CompiledAddressSetSpec:
+def compile_ipag_set(
+    key: GroupKey, ipag: IPAddressGroup | None, recheck: int = 0
+) -> CompiledAddressSetSpec:
     """The address set of IP address group ``key`` (empty when it does not exist)."""
     v4, v6 = collapse_entries(() if ipag is None else ipag.spec.addresses)
     return CompiledAddressSetSpec(
@@ -269,6 +281,7 @@ def compile_ipag_set(key: GroupKey, ipag: IPAddressGroup | None) -> CompiledAddr
         source=ObjectKey(namespace=key[0], name=key[1]),
         ipv4=v4,
         ipv6=v6,
+        recheck=recheck,
     )
 
 
@@ -450,12 +463,14 @@ def _compile_policy(facts: ClusterFacts, options: CompileOptions) -> Compilation
     too_many: list[GroupKey] = []
     for gkey in members:
         gname = naming.compiled_group_name(*gkey)
+        recheck = options.group_rechecks.get(gname, 0)
         if gkey not in groups and gkey[1] == DEFAULT_GROUP_NAME:
-            spec, sources = compile_group(gkey, None)
+            spec, sources = compile_group(gkey, None, recheck)
         else:
             attached = rules_of.get(gkey, ())
             try:
-                spec, sources = compile_group(gkey, [compile_rule(r) for r in attached])
+                rules = [compile_rule(r) for r in attached]
+                spec, sources = compile_group(gkey, rules, recheck)
             except ValueError as exc:  # the compiled models refuse it: left out (module doc)
                 problems.append(uncompilable_group_problem(gkey, len(attached), exc))
                 continue
@@ -474,11 +489,15 @@ def _compile_policy(facts: ClusterFacts, options: CompileOptions) -> Compilation
             if key not in groups and key[1] != DEFAULT_GROUP_NAME:
                 problems.append(missing_remote_problem(source))
             ips = [ip for pod in members.get(key, ()) for ip in ms.pods[pod].ips]
-            compiled_sets[set_name] = compile_group_set(key, ips)
+            compiled_sets[set_name] = compile_group_set(
+                key, ips, options.set_rechecks.get(set_name, 0)
+            )
         else:
             if key not in ipags:
                 problems.append(missing_remote_problem(source))
-            compiled_sets[set_name] = compile_ipag_set(key, ipags.get(key))
+            compiled_sets[set_name] = compile_ipag_set(
+                key, ipags.get(key), options.set_rechecks.get(set_name, 0)
+            )
     problems.extend(too_large_problems(compiled_groups.values(), compiled_sets.values(), too_many))
 
     pods_on: dict[str, list[CompiledPod]] = {n: [] for n in facts.nodes}

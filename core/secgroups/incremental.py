@@ -133,12 +133,15 @@ class Delete:
 
 @dataclass(frozen=True)
 class SetEpochs:
-    """New ingress epochs for some pods (the operator's S-CT-2 plan).
+    """New ingress epochs for some pods, and new re-check counters for some compiled
+    groups and address sets by name (the operator's S-CT-2 plan).
 
     See docs/architecture.md#existing-connections-epochs.
     """
 
     epochs: Mapping[PodKey, int]
+    groups: Mapping[str, int] = field(default_factory=dict)
+    sets: Mapping[str, int] = field(default_factory=dict)
 
 
 Event = Upsert | Delete | SetEpochs
@@ -150,7 +153,9 @@ class Changes:
 
     The other fields say what else the flush changed (they do not take part in
     equality, which compares the objects only): ``recheck`` — the pods whose inbound
-    connections must be re-checked (S-CT-2, as ``clearing.plan_clearing``);
+    connections must be re-checked (S-CT-2, as ``clearing.plan_clearing``), and how:
+    ``recheck_groups`` and ``recheck_sets`` — whose counters go up — and
+    ``recheck_direct`` — the pods whose own epoch does (``ClearingPlan``);
     ``placed_groups`` / ``placed_sets`` — compiled objects whose set of nodes changed
     (:meth:`IncrementalCompiler.nodes_of_group`); ``member_groups`` — groups whose
     member count changed; ``new_refs`` — per node, the groups and sets its object
@@ -163,6 +168,9 @@ class Changes:
     sets: dict[str, CompiledAddressSetSpec | None] = field(default_factory=dict)
     nodes: dict[str, CompiledNodeSpec | None] = field(default_factory=dict)
     recheck: set[PodKey] = field(default_factory=set, compare=False)
+    recheck_groups: set[GroupKey] = field(default_factory=set, compare=False)
+    recheck_sets: set[str] = field(default_factory=set, compare=False)
+    recheck_direct: set[PodKey] = field(default_factory=set, compare=False)
     placed_groups: set[str] = field(default_factory=set, compare=False)
     placed_sets: set[str] = field(default_factory=set, compare=False)
     member_groups: set[GroupKey] = field(default_factory=set, compare=False)
@@ -181,6 +189,9 @@ class Changes:
         self.sets.update(later.sets)
         self.nodes.update(later.nodes)
         self.recheck |= later.recheck
+        self.recheck_groups |= later.recheck_groups
+        self.recheck_sets |= later.recheck_sets
+        self.recheck_direct |= later.recheck_direct
         self.placed_groups |= later.placed_groups
         self.placed_sets |= later.placed_sets
         self.member_groups |= later.member_groups
@@ -277,6 +288,8 @@ class IncrementalCompiler:
         self._rules: dict[RuleKey, SecurityGroupRule] = {}
         self._ipags: dict[GroupKey, IPAddressGroup] = {}
         self._epochs: dict[PodKey, int] = dict(options.epochs)
+        self._group_rechecks: dict[str, int] = dict(options.group_rechecks)
+        self._set_rechecks: dict[str, int] = dict(options.set_rechecks)
         # --- indexes over the inputs
         self._pods_in_ns: dict[str, set[PodKey]] = defaultdict(set)
         self._groups_in_ns: dict[str, dict[str, SecurityGroup]] = defaultdict(dict)
@@ -338,7 +351,12 @@ class IncrementalCompiler:
 
     @property
     def options(self) -> CompileOptions:
-        return CompileOptions(scope=self.scope, epochs=dict(self._epochs))
+        return CompileOptions(
+            scope=self.scope,
+            epochs=dict(self._epochs),
+            group_rechecks=dict(self._group_rechecks),
+            set_rechecks=dict(self._set_rechecks),
+        )
 
     def facts(self) -> ClusterFacts:
         """The current inputs, in a canonical order."""
@@ -399,6 +417,14 @@ class IncrementalCompiler:
 
     def epoch(self, pod: PodKey) -> int:
         return self._epochs.get(pod, 0)
+
+    def group_recheck(self, name: str) -> int:
+        """The re-check counter of compiled group ``name``."""
+        return self._group_rechecks.get(name, 0)
+
+    def set_recheck(self, name: str) -> int:
+        """The re-check counter of address set ``name``."""
+        return self._set_rechecks.get(name, 0)
 
     def node_of(self, pod: PodKey) -> str | None:
         """The node whose object lists ``pod`` (None if it is on none)."""
@@ -523,7 +549,7 @@ class IncrementalCompiler:
     def apply(self, event: Event) -> Changes:
         """Apply one event; return the compiled objects it changed."""
         if isinstance(event, SetEpochs):
-            self._set_epochs(event.epochs)
+            self._set_epochs(event)
         elif isinstance(event, Delete):
             self._delete(event)
         else:
@@ -534,7 +560,7 @@ class IncrementalCompiler:
         """Apply several events and flush once (e.g. a batch of watch events)."""
         for event in events:
             if isinstance(event, SetEpochs):
-                self._set_epochs(event.epochs)
+                self._set_epochs(event)
             elif isinstance(event, Delete):
                 self._delete(event)
             else:
@@ -680,10 +706,18 @@ class IncrementalCompiler:
             del self._ipags[key]
             self._dirty_sets.add(naming.ipag_set_name(*key))
 
-    def _set_epochs(self, epochs: Mapping[PodKey, int]) -> None:
-        for pod, epoch in epochs.items():
+    def _set_epochs(self, event: SetEpochs) -> None:
+        for pod, epoch in event.epochs.items():
             self._epochs[pod] = epoch
             self._dirty_pods.add(pod)
+        for name, n in event.groups.items():
+            self._group_rechecks[name] = n
+            spec = self._out_groups.get(name)
+            if spec is not None:  # in use; else it takes its counter when it is again
+                self._dirty_groups.add((spec.group.namespace, spec.group.name))
+        for name, n in event.sets.items():
+            self._set_rechecks[name] = n
+            self._dirty_sets.add(name)
 
     # ------------------------------------------------------------------ recompilation
 
@@ -698,7 +732,7 @@ class IncrementalCompiler:
             self._refresh_group(group, changes)
         self._dirty_groups.clear()
         if not self._loading:
-            self._plan(deltas, rules, had, changes.recheck)
+            self._plan(deltas, rules, had, changes)
         self._ipag_before.clear()
         for name in sorted(self._dirty_sets):
             self._refresh_set(name, changes)
@@ -790,9 +824,11 @@ class IncrementalCompiler:
         deltas: list[_Delta],
         rules: list[_RuleChange],
         had: Mapping[tuple[object, ...], bool],
-        recheck: set[PodKey],
+        changes: Changes,
     ) -> None:
-        """The S-CT-2 plan of this flush (``clearing.plan_clearing``'s rows, by delta)."""
+        """The S-CT-2 plan of this flush (``clearing.plan_clearing``'s rows and carriers,
+        by delta)."""
+        recheck, direct = changes.recheck, changes.recheck_direct
         left: dict[GroupKey, set[PodKey]] = defaultdict(set)
         added: dict[GroupKey, set[PodKey]] = defaultdict(set)
         removed: dict[GroupKey, set[PodKey]] = defaultdict(set)
@@ -813,37 +849,53 @@ class IncrementalCompiler:
             # denied everything: re-checked when it arrives as a member would be.
             if new_groups == () and new_place is not None:
                 before_place = old_place if old_groups is not None else None
-                recheck.update((pod,) if _arrived(new_place, before_place) else ())
+                if _arrived(new_place, before_place):
+                    recheck.add(pod)
+                    direct.add(pod)
             # Same groups in another order: S-X-1 makes the order decide verdicts.
             same_set = old_groups and new_groups and set(old_groups) == set(new_groups)
             if same_set and old_groups != new_groups:
                 recheck.add(pod)
+                direct.add(pod)
 
-        def pods_of(group: GroupKey) -> set[PodKey]:
-            return set(self._members.get(group, ())) | left.get(group, set())
+        def reach(group: GroupKey) -> None:
+            recheck.update(self._members.get(group, ()))
+            recheck.update(left.get(group, ()))
+            direct.update(left.get(group, ()))  # a counter of the group no longer reaches them
+
+        def recheck_group(group: GroupKey) -> None:
+            reach(group)
+            if self._members.get(group):
+                changes.recheck_groups.add(group)
+
+        def recheck_users(group: GroupKey, named: GroupKey) -> None:
+            reach(group)
+            if self._members.get(group):
+                changes.recheck_sets.add(naming.sg_set_name(*named))
 
         # Rows 1 and 2: membership, judged by the inbound rules in force now.
         for g in sorted(added.keys() | removed.keys()):
             users = self._inbound_from_group.get(g, {}).values()
             if added.get(g):
                 recheck |= added[g]
+                direct |= added[g]
                 for r in users:
                     if r.rule.action is Action.DENY:
-                        recheck |= pods_of(r.group)
+                        recheck_users(r.group, g)
             if removed.get(g):
-                recheck |= pods_of(g)
+                recheck_group(g)
                 for r in users:
                     if r.rule.action is Action.ALLOW:
-                        recheck |= pods_of(r.group)
+                        recheck_users(r.group, g)
 
         # Rows 3, 4 and 5: rules, by meaning (a rename or a duplicate changes nothing).
         def rule_added(n: _EffRule) -> None:
             if n.rule.action is Action.DENY and not had[n.meaning()]:
-                recheck.update(pods_of(n.group))
+                recheck_group(n.group)
 
         def rule_deleted(o: _EffRule) -> None:
             if o.inbound and o.rule.action is Action.ALLOW and not self._meanings.get(o.meaning()):
-                recheck.update(pods_of(o.group))
+                recheck_group(o.group)
 
         for _, o, n in rules:
             if o is None:
@@ -855,7 +907,7 @@ class IncrementalCompiler:
                 rule_deleted(o)
                 rule_added(n)
             elif n.inbound and o.match_fields() != n.match_fields():
-                recheck |= pods_of(n.group)
+                recheck_group(n.group)
 
         # Row 6: entries of an IP address group that an inbound rule uses.
         for key, before_ipag in sorted(self._ipag_before.items()):
@@ -865,7 +917,7 @@ class IncrementalCompiler:
             }
             if users_of and _entries(before_ipag) != _entries(self._ipags.get(key)):
                 for g in users_of:
-                    recheck |= pods_of(g)
+                    recheck_group(g)
 
     # ------------------------------------------------------------------ recompilation
 
@@ -979,7 +1031,10 @@ class IncrementalCompiler:
             rules = None
             if key in self._groups or key[1] != DEFAULT_GROUP_NAME:
                 rules = self._rules_of.get(key, {}).values()
-            built = self._build(COMPILED_GROUP_KIND, gname, lambda: compile_group(key, rules))
+            recheck = self._group_rechecks.get(gname, 0)
+            built = self._build(
+                COMPILED_GROUP_KIND, gname, lambda: compile_group(key, rules, recheck)
+            )
             if built is None:  # cannot be compiled: what was compiled before stays
                 return
             spec, sources = built
@@ -1022,13 +1077,18 @@ class IncrementalCompiler:
                 changes.sets[name] = None
             return
         kind, key = self._set_source[name]
+        recheck = self._set_rechecks.get(name, 0)
         spec: CompiledAddressSetSpec | None
         if kind is SourceKind.SECURITY_GROUP:
             ips = [ip for pod in self._members.get(key, ()) for ip in self._places[pod][0]]
-            spec = self._build(COMPILED_SET_KIND, name, lambda: compile_group_set(key, ips))
+            spec = self._build(
+                COMPILED_SET_KIND, name, lambda: compile_group_set(key, ips, recheck)
+            )
         else:
             ipag = self._ipags.get(key)
-            spec = self._build(COMPILED_SET_KIND, name, lambda: compile_ipag_set(key, ipag))
+            spec = self._build(
+                COMPILED_SET_KIND, name, lambda: compile_ipag_set(key, ipag, recheck)
+            )
         if spec is not None and spec != old:
             self._out_sets[name] = spec
             changes.sets[name] = spec

@@ -2,8 +2,11 @@
 full-cluster functions on the same two states (Hypothesis):
 
 * ``Changes.recheck`` equals ``clearing.plan_clearing(old facts, new facts).pods``
-  for any batch of events — the operator raises epochs from it without re-planning
-  the whole cluster;
+  for any batch of events, and its carriers (``recheck_groups``, ``recheck_sets``,
+  ``recheck_direct``) the plan's — the operator raises counters and epochs from them
+  without re-planning the whole cluster;
+* raising those carriers gives every pod of the plan still on a node a new epoch mark
+  (``pod_mark``): nothing the plan names is left on the fast path;
 * ``nodes_of_group`` / ``nodes_of_set`` equal the nodes whose compiled node object
   lists the group or set, and ``placed_*`` names exactly those whose nodes changed
   (the labels that let each agent watch only its own objects);
@@ -21,10 +24,22 @@ from hypothesis import strategies as st
 from tests import strategies as sgst
 from tests.corecases import facts, ns, pod, rule, sg
 
+from secgroups import naming
 from secgroups.clearing import plan_clearing
 from secgroups.compiled import CompiledPolicy
 from secgroups.facts import ClusterFacts
-from secgroups.incremental import Delete, IncrementalCompiler, Kind, Upsert
+from secgroups.incremental import Delete, IncrementalCompiler, Kind, SetEpochs, Upsert
+from secgroups.membership import PodKey
+from secgroups.nft.epochs import pod_mark
+
+
+def _marks(policy: CompiledPolicy) -> dict[PodKey, tuple[str, int]]:
+    """Each pod on a node → (its UID, its epoch mark)."""
+    return {
+        (p.namespace, p.name): (p.uid, pod_mark(p, policy.groups, policy.sets))
+        for spec in policy.nodes.values()
+        for p in spec.pods
+    }
 
 
 def _where(policy: CompiledPolicy) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
@@ -62,9 +77,28 @@ def test_a_flush_reports_what_the_full_functions_say(
         old_groups, old_sets = _where(inc.policy)
         old_counts = _counts(inc)
         old_policy = inc.policy
+        old_marks = _marks(inc.policy)
         changes = inc.apply_all(batch)
         new = inc.facts()
-        assert changes.recheck == set(plan_clearing(old, new, inc.scope).pods), batch
+        plan = plan_clearing(old, new, inc.scope)
+        assert changes.recheck == set(plan.pods), batch
+        assert changes.recheck_groups == set(plan.groups), batch
+        assert changes.recheck_sets == set(plan.sets), batch
+        assert changes.recheck_direct == set(plan.direct), batch
+        # What the operator does next: raise each carrier by one.
+        bumped = SetEpochs(
+            {p: inc.epoch(p) + 1 for p in changes.recheck_direct},
+            {
+                n: inc.group_recheck(n) + 1
+                for n in (naming.compiled_group_name(*g) for g in changes.recheck_groups)
+            },
+            {n: inc.set_recheck(n) + 1 for n in changes.recheck_sets},
+        )
+        inc.apply(bumped)
+        new_marks = _marks(inc.policy)
+        for pod in plan.pods:
+            if pod in old_marks and pod in new_marks and old_marks[pod][0] == new_marks[pod][0]:
+                assert new_marks[pod] != old_marks[pod], (pod, plan.reasons[pod], batch)
         groups, sets = _where(inc.policy)
         for name in groups.keys() | old_groups.keys():
             assert inc.nodes_of_group(name) == groups.get(name, set())
