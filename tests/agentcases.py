@@ -110,3 +110,15 @@ def web_http_revoked(web1_epoch: int = 3) -> CompiledPolicy:
             "nodes": {NODE: node.model_copy(update={"pods": pods})},
         }
     )
+
+
+def with_group(policy: CompiledPolicy, key: str, **update: object) -> CompiledPolicy:
+    """``policy`` with fields of group ``key`` replaced (e.g. ``recheck=1``)."""
+    spec = policy.groups[key].model_copy(update=update)
+    return policy.model_copy(update={"groups": {**policy.groups, key: spec}})
+
+
+def with_set(policy: CompiledPolicy, key: str, **update: object) -> CompiledPolicy:
+    """``policy`` with fields of address set ``key`` replaced (e.g. ``recheck=1``)."""
+    spec = policy.sets[key].model_copy(update=update)
+    return policy.model_copy(update={"sets": {**policy.sets, key: spec}})

@@ -10,7 +10,9 @@ gives them:
   containers, empty);
 * a group — a node whose only pod has no IP and is in that group, with the sets the
   group references emptied of members (names and declarations do not depend on them);
-* a pod — a node with that pod alone and its groups without rules;
+* a pod — a node with that pod alone and its groups without rules (but with what its
+  mark depends on: each group's re-check counter, and a rule naming each set whose
+  counter is raised — ``marked_group``);
 * the anti-spoofing elements — ``rendering.antispoof_sets`` of the node's routes;
 * an address set's declarations — a probe group whose IPv4 and IPv6 rules reference it;
 * member elements — built here with ``objects.element`` following the renderer's rule
@@ -46,6 +48,7 @@ from secgroups.compiled import (
 from secgroups.models import Action, Direction, IPFamily, Protocol
 from secgroups.nft import names
 from secgroups.nft.elements import DataType, canonical_elements
+from secgroups.nft.epochs import recheck_counters
 from secgroups.nft.objects import Chain, CtTimeout, Element, Map, Ruleset, Set, TableObject, element
 from secgroups.nft.rendering import (
     MAX_HASH_SET_ADDRESSES,
@@ -311,15 +314,21 @@ class PartRenderer:
         return out
 
     def pods(
-        self, pods: tuple[CompiledPod, ...], groups: Mapping[str, CompiledGroupSpec]
+        self,
+        pods: tuple[CompiledPod, ...],
+        groups: Mapping[str, CompiledGroupSpec],
+        sets: Mapping[str, CompiledAddressSetSpec],
     ) -> PodPart:
         """The group-list chains and container elements of ``pods`` (one pod, or all)."""
         used = {g for p in pods for g in p.groups if g in groups}
-        bare = {
-            g: CompiledGroupSpec(group=groups[g].group, synthesized=groups[g].synthesized)
-            for g in used
+        bare = {g: marked_group(g, groups[g], sets) for g in used}
+        counted = {
+            r.remote.set: sets[r.remote.set].model_copy(update={"ipv4": (), "ipv6": ()})
+            for spec in bare.values()
+            for r in spec.ingress
+            if r.remote.set is not None
         }
-        rs = self._render(pods=pods, groups=bare, sets={})
+        rs = self._render(pods=pods, groups=bare, sets=counted)
         static = self.static()
         group_chains = {
             names.group_chain(g, spec.group.namespace, spec.group.name, d)
@@ -336,6 +345,40 @@ class PartRenderer:
         """The anti-spoofing containers' elements (``rendering.antispoof_sets``) of every
         routed pod address: what ``render`` puts in them whatever the pods."""
         return {s.name: s.elements for s in antispoof_sets(interfaces)}
+
+
+def mark_counters(
+    key: str, spec: CompiledGroupSpec, sets: Mapping[str, CompiledAddressSetSpec]
+) -> tuple[tuple[str, int], ...]:
+    """What group ``key`` puts in its members' marks: its raised re-check counter and
+    those of the sets it names inbound (``epochs.recheck_counters`` of the group alone)."""
+    return recheck_counters((key,), {key: spec}, sets)
+
+
+def marked_group(
+    key: str, spec: CompiledGroupSpec, sets: Mapping[str, CompiledAddressSetSpec]
+) -> CompiledGroupSpec:
+    """``spec`` reduced to what a pod part depends on: its name (group-list chains) and
+    the inputs of its members' marks (``epochs.pod_mark``) — its counter, and one
+    any-protocol rule per set it names inbound whose counter is raised (none usually),
+    so that the renderer computes the same marks as from the whole policy."""
+    prefix = "set/"
+    rules = tuple(
+        CompiledRule(
+            id=f"{_PROBE_NS}/recheck-{name[len(prefix) :]}",
+            direction=Direction.INGRESS,
+            action=Action.ALLOW,
+            priority=1,
+            family=IPFamily.IPV4,
+            protocol=Protocol.ALL,
+            remote=CompiledRemote(kind=RemoteKind.SET, set=name[len(prefix) :]),
+        )
+        for name, _ in mark_counters(key, spec, sets)
+        if name.startswith(prefix)
+    )
+    return CompiledGroupSpec(
+        group=spec.group, synthesized=spec.synthesized, recheck=spec.recheck, ingress=rules
+    )
 
 
 def used_sets(spec: CompiledGroupSpec) -> list[str]:

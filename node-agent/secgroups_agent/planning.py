@@ -10,7 +10,9 @@ inputs change:
   dispatch maps, which set twins it uses) — when its spec or the identity of a set it
   references changes;
 * one part per **pod** (its group-list chains, its elements of the pod sets and maps) —
-  when the pod or its groups' identities change;
+  when the pod, its groups' identities or its mark's inputs change (its groups' re-check
+  counters and those of the sets they name inbound: ``secgroups.nft.epochs.pod_mark``);
+  a group whose counters alone changed keeps its chains;
 * the **anti-spoofing** elements (every routed pod address of the node, managed or not,
   with its interface) — when the routes change;
 * the **elements** of each address-set twin (one per compiled set and family), kept per
@@ -97,6 +99,7 @@ from secgroups_agent.parts import (
     canonical_ip,
     cidr_elements,
     key_of,
+    mark_counters,
     member_block,
     member_cidrs,
     set_identity,
@@ -208,6 +211,18 @@ def _same(a: object, b: object) -> bool:
     return a is b or a == b
 
 
+# What a group's chains do not depend on: its re-check counter (part of its members' marks,
+# in the pod parts) and the generations it requires (the source's gating).
+_COUNTERS = frozenset({"recheck", "requires"})
+
+
+def _same_rules(a: CompiledGroupSpec, b: CompiledGroupSpec) -> bool:
+    """``a`` and ``b`` render the same group chains (they may differ in counters)."""
+    return a is b or all(
+        getattr(a, f) == getattr(b, f) for f in type(a).model_fields if f not in _COUNTERS
+    )
+
+
 @dataclass
 class _Caches:
     groups: dict[str, tuple[CompiledGroupSpec, tuple[tuple[str, object], ...], GroupPart]] = field(
@@ -230,9 +245,14 @@ class _Caches:
             tuple[tuple[str, CompiledGroupSpec], ...],
             list[Chain],
             dict[str, dict[str, Element]],
+            tuple[tuple[str, int], ...],
         ]
         | None
     ) = None
+    # Per group: (its spec, the raised set counters, what its members' pod parts depend on).
+    marks: dict[str, tuple[CompiledGroupSpec, tuple[tuple[str, int], ...], tuple[object, ...]]] = (
+        field(default_factory=dict)
+    )
     antispoof: tuple[dict[str, str], dict[str, dict[str, Element]]] | None = None
     # The last _claim that refused nothing: its inputs (node, used groups, their parts)
     # and its answer, which then does not depend on who held what before.
@@ -241,7 +261,7 @@ class _Caches:
             CompiledNodeSpec,
             tuple[str, ...],
             tuple[GroupPart, ...],
-            tuple[Snapshot, dict[str, GroupPart], Claims, list[Refusal]],
+            tuple[dict[str, GroupPart], Claims],
         ]
         | None
     ) = None
@@ -273,25 +293,32 @@ class Planner:
         self, key: str, spec: CompiledGroupSpec, sets: Mapping[str, CompiledAddressSetSpec]
     ) -> GroupPart:
         hit = self._cache.groups.get(key)
-        same = hit is not None and _same(hit[0], spec)
+        same = hit is not None and _same_rules(hit[0], spec)
         used = [d[0] for d in hit[1]] if hit is not None and same else used_sets(spec)
         deps: tuple[tuple[str, object], ...] = tuple(
             (s, set_identity(sets[s]) if s in sets else None) for s in used
         )
         if hit is not None and same and hit[1] == deps:
+            if hit[0] is not spec:  # counters alone changed: compare with the new one next
+                self._cache.groups[key] = (spec, deps, hit[2])
             return hit[2]
         part = self.parts.group(key, spec, sets)
         self._cache.groups[key] = (spec, deps, part)
         return part
 
-    def _pod_part(self, pod: CompiledPod, groups: Mapping[str, CompiledGroupSpec]) -> PodPart:
-        sig = tuple(
-            (g, groups[g].group, groups[g].synthesized) if g in groups else g for g in pod.groups
-        )
+    def _pod_part(
+        self,
+        pod: CompiledPod,
+        groups: Mapping[str, CompiledGroupSpec],
+        sets: Mapping[str, CompiledAddressSetSpec],
+        sigs: Mapping[str, tuple[object, ...]],
+    ) -> PodPart:
+        """``sigs``: per group, what the pod part depends on (``_group_sig``)."""
+        sig = tuple(sigs.get(g, g) for g in pod.groups)
         hit = self._cache.pods.get((pod.namespace, pod.name))
         if hit is not None and _same(hit[0], pod) and hit[1] == sig:
             return hit[2]
-        part = self.parts.pods((pod,), groups)
+        part = self.parts.pods((pod,), groups, sets)
         self._cache.pods[(pod.namespace, pod.name)] = (pod, sig, part)
         return part
 
@@ -332,16 +359,35 @@ class Planner:
         self._cache.antispoof = (dict(interfaces), boxes)
         return boxes
 
+    def _group_sig(
+        self,
+        key: str,
+        spec: CompiledGroupSpec,
+        sets: Mapping[str, CompiledAddressSetSpec],
+        counters: tuple[tuple[str, int], ...],
+    ) -> tuple[object, ...]:
+        """What the pod parts of ``key``'s members depend on: its name, and its members'
+        mark inputs (``parts.mark_counters``), kept while neither the group object nor
+        the raised set counters (``counters``) change."""
+        hit = self._cache.marks.get(key)
+        if hit is None or hit[0] is not spec or hit[1] != counters:
+            sig = (key, spec.group, spec.synthesized, mark_counters(key, spec, sets))
+            hit = self._cache.marks[key] = (spec, counters, sig)
+        return hit[2]
+
     def _pod_section(self, snap: Snapshot) -> tuple[list[Chain], dict[str, dict[str, Element]]]:
-        """Group-list chains and container elements of all pods (cached on its inputs)."""
+        """Group-list chains and container elements of all pods (cached on its inputs: the
+        node, the group objects and the raised set counters, which are in the marks)."""
         node = snap.node
         groups = tuple(snap.groups.items())
+        counters = tuple((k, s.recheck) for k, s in snap.sets.items() if s.recheck)
         hit = self._cache.pod_section
         if (
             hit is not None
             and hit[0] is node
             and len(hit[1]) == len(groups)
             and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(hit[1], groups, strict=True))
+            and hit[4] == counters
         ):
             return hit[2], hit[3]
         claimed: dict[str, int] = {}
@@ -351,12 +397,15 @@ class Planner:
         pods = sorted(node.pods, key=lambda p: (p.namespace, p.name))
         if any(n > 1 for n in claimed.values()):
             # Two pods claim one IP: only a render of all pods resolves the owner.
-            pod_parts = [self.parts.pods(tuple(pods), snap.groups)]
+            pod_parts = [self.parts.pods(tuple(pods), snap.groups, snap.sets)]
         else:
-            pod_parts = [self._pod_part(p, snap.groups) for p in pods]
+            sigs = {g: self._group_sig(g, spec, snap.sets, counters) for g, spec in groups}
+            pod_parts = [self._pod_part(p, snap.groups, snap.sets, sigs) for p in pods]
             alive = {(p.namespace, p.name) for p in pods}
             for gone_pod in set(self._cache.pods) - alive:
                 del self._cache.pods[gone_pod]
+            for gone_group in set(self._cache.marks) - set(snap.groups):
+                del self._cache.marks[gone_group]
         chains: dict[str, Chain] = {}
         containers: dict[str, dict[str, Element]] = {n: {} for n in self.parts.static().containers}
         for part in pod_parts:
@@ -367,7 +416,7 @@ class Planner:
                 for el in els:
                     box[el.key_text()] = el  # texts are canonical, and cheap to hash
         out = list(chains.values())
-        self._cache.pod_section = (node, groups, out, containers)
+        self._cache.pod_section = (node, groups, out, containers, counters)
         return out, containers
 
     def _claim(
@@ -398,7 +447,10 @@ class Planner:
             and hit[1] == tuple(used)
             and all(a is b for a, b in zip(hit[2], parts.values(), strict=True))
         ):
-            return hit[3][0], dict(hit[3][1]), hit[3][2], []  # the hot path: nothing moved
+            # The hot path: no name moved. Nothing was refused, so nothing is isolated and
+            # the pods render from this snapshot itself — not the cached one, whose groups
+            # and sets may differ in what the parts do not hold (re-check counters).
+            return snap, dict(hit[3][0]), hit[3][1], []
         wants = {g: list(_group_claims(g, part)) for g, part in parts.items()}
         lists: dict[tuple[str, ...], list[tuple[Key, str]]] = {(): _list_claims((), snap)}
         for pod in node.pods:
@@ -435,7 +487,7 @@ class Planner:
                 node,
                 tuple(used),
                 tuple(parts.values()),
-                (snap, parts, claims, []),
+                (parts, claims),
             )
         else:
             self._cache.claims = None

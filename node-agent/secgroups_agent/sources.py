@@ -13,9 +13,10 @@ that the agent never syncs from partial data.
   :class:`secgroups_kube.reflector.Reflector`) lists first (in pages) and then watches
   from the list's resourceVersion, resuming from the last version seen after a
   disconnect (bookmarks keep it fresh; only 410 Gone relists). It is not ready until
-  the three have been listed and the generations the node object ``requires`` have
-  been seen (so an epoch raised for a rule or member change is never applied before the
-  change itself, docs/architecture.md, "Ordering"). Kubernetes access goes through the
+  the three have been listed and the generations the node object and the groups it
+  references ``require`` have been seen (so an epoch or a group's re-check counter raised
+  for a rule or member change is never applied before the change itself,
+  docs/architecture.md, "Ordering"). Kubernetes access goes through the
   :class:`KubeApi` port (:class:`secgroups_kube.AsyncKube`, or :class:`FakeKubeApi`
   in unit tests).
 * :class:`FileSource` reads a ``CompiledPolicy`` dump (JSON or YAML;
@@ -114,6 +115,21 @@ def references(node: CompiledNodeSpec) -> tuple[set[str], set[str]]:
     for pod in node.pods:
         groups.update(pod.groups)
     return groups, set(node.sets)
+
+
+def required_generations(node: CompiledNodeSpec, groups: Iterable[object]) -> dict[str, int]:
+    """The generations (``group/<name>``, ``set/<name>`` → minimum) the agent must hold
+    before applying ``node``: its own ``requires`` and those of the group objects it
+    references (``groups``: the parsed specs held, anything else ignored), the highest
+    per object. A group's ``requires`` names the sets a re-check raised on it needs (its
+    counter must not re-check flows against older members)."""
+    out = dict(node.requires)
+    for spec in groups:
+        if isinstance(spec, CompiledGroupSpec):
+            for key, need in spec.requires.items():
+                if need > out.get(key, -1):
+                    out[key] = need
+    return out
 
 
 def slice_policy(policy: CompiledPolicy, node: str, generation: int | None = None) -> Snapshot:
@@ -548,6 +564,10 @@ class KubeSource:
             return SourceProblem("SourceInvalid", f"{COMPILED_NODE_KIND} {self.node}: {node.error}")
         spec = node.spec
         group_names, set_names = self._purge()
+        requires = required_generations(
+            spec,
+            (e.spec for n in group_names if (e := self._groups.entries.get(n)) is not None),
+        )
         groups: dict[str, CompiledGroupSpec] = {}
         sets: dict[str, CompiledAddressSetSpec] = {}
         missing: list[str] = []
@@ -558,7 +578,7 @@ class KubeSource:
         ):
             for name in sorted(names):
                 entry = refl.entries.get(name)
-                need = spec.requires.get(f"{prefix}/{name}")
+                need = requires.get(f"{prefix}/{name}")
                 if need is not None and (entry is None or (entry.generation or 0) < need):
                     waiting.append(f"{prefix}/{name} generation {need}")
                 elif entry is not None and entry.untrusted:  # never rendered as absent

@@ -4,7 +4,9 @@ S-CT-2 says a re-checked pod's denied inbound flows are interrupted. The epochs
 (docs/architecture.md#existing-connections-epochs) re-check each flow in the kernel at the
 *remote's* next packet, but the pod's own packets on the flow are replies, accepted
 whatever the flow's mark: a one-way UDP stream from the pod would keep reaching a revoked
-client (docs/nftables.md, "Epochs"). So after every commit that raised a pod's epoch, the
+client (docs/nftables.md, "Epochs"). So after every commit that changed a pod's mark — its
+epoch raised on the node object, or a re-check counter of one of its groups or of a set they
+name inbound raised on that group or set object (``secgroups.nft.epochs.pod_mark``) — the
 agent sweeps that pod's flows:
 
 1. the entries still carrying one of the pod's **old** marks (a kernel-side mark filter:
@@ -42,9 +44,15 @@ from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from secgroups.compiled import CompiledNodeSpec, CompiledPod, CompiledPolicy
+from secgroups.compiled import (
+    CompiledAddressSetSpec,
+    CompiledGroupSpec,
+    CompiledNodeSpec,
+    CompiledPod,
+    CompiledPolicy,
+)
 from secgroups.evaluating import Evaluator
-from secgroups.nft.epochs import MARK_TOMBSTONE, MARK_UNSTAMPED, epoch_mark
+from secgroups.nft.epochs import MARK_TOMBSTONE, MARK_UNSTAMPED, pod_mark
 from secgroups.rechecking import InboundFlow, still_allowed
 from secgroups_agent.conntrack import ConntrackPort, CtFlow
 from secgroups_agent.sources import Snapshot
@@ -52,9 +60,14 @@ from secgroups_agent.sources import Snapshot
 Stale = Mapping[str, Set[int]]  # pod UID -> old marks whose flows are still to sweep
 
 
-def pod_marks(node: CompiledNodeSpec) -> dict[str, int]:
-    """Pod UID → its current epoch mark (what ``in_epoch*`` holds for its IPs)."""
-    return {p.uid: epoch_mark(p.uid, p.epoch) for p in node.pods}
+def pod_marks(
+    node: CompiledNodeSpec,
+    groups: Mapping[str, CompiledGroupSpec],
+    sets: Mapping[str, CompiledAddressSetSpec],
+) -> dict[str, int]:
+    """Pod UID → its current mark under the node's ``groups`` and ``sets`` (what
+    ``in_epoch*`` holds for its IPs: ``epochs.pod_mark``)."""
+    return {p.uid: pod_mark(p, groups, sets) for p in node.pods}
 
 
 def stale_marks(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, set[int]]:
@@ -207,7 +220,7 @@ class Sweeper:
             pod = pods.get(uid)
             if pod is None:
                 continue  # gone: its IPs' entries are deleted (conntrack.delete_ips)
-            new_mark = epoch_mark(pod.uid, pod.epoch)
+            new_mark = pod_mark(pod, snap.groups, snap.sets)
             for old in sorted(stale[uid]):
                 if old in (new_mark, MARK_UNSTAMPED, MARK_TOMBSTONE):
                     continue

@@ -18,10 +18,11 @@ A sync:
    failure the committed state is forgotten, the next sync is a full resync, retried
    with exponential backoff;
 5. after the commit only, deletes the conntrack entries of pod IPs that went away
-   (:mod:`~secgroups_agent.conntrack`), then sweeps the inbound flows of pods whose epoch
-   the commit raised (:mod:`~secgroups_agent.sweeping`: still allowed → the new mark,
-   denied → the tombstone whose replies the table drops); failures are retried, and a
-   sweep yields to a waiting policy change (what is left is swept after it);
+   (:mod:`~secgroups_agent.conntrack`), then sweeps the inbound flows of pods whose mark
+   the commit changed — an epoch, or a group's or set's re-check counter
+   (:mod:`~secgroups_agent.sweeping`: still allowed → the new mark, denied → the
+   tombstone whose replies the table drops); failures are retried, and a sweep yields to
+   a waiting policy change (what is left is swept after it);
 6. reports status (:mod:`~secgroups_agent.status`) and metrics.
 
 Every ``drift_period`` seconds a separate task (:class:`~secgroups_agent.drift.DriftChecker`,
@@ -132,6 +133,29 @@ class Placeholder(Protocol):
     def committed(self, snap: Snapshot, state: TableState) -> None: ...
 
 
+# What the pods' marks are computed from (``epochs.pod_mark``): the node object, the group
+# objects (by identity: an unchanged object is the same one, ``sources.intern``) and the
+# raised set counters.
+_MarkInputs = tuple[CompiledNodeSpec, tuple[tuple[str, object], ...], tuple[tuple[str, int], ...]]
+
+
+def _mark_inputs(snap: Snapshot) -> _MarkInputs:
+    return (
+        snap.node,
+        tuple(snap.groups.items()),
+        tuple((k, s.recheck) for k, s in snap.sets.items() if s.recheck),
+    )
+
+
+def _same_inputs(a: _MarkInputs, b: _MarkInputs) -> bool:
+    return (
+        a[0] is b[0]
+        and len(a[1]) == len(b[1])
+        and all(x[0] == y[0] and x[1] is y[1] for x, y in zip(a[1], b[1], strict=True))
+        and a[2] == b[2]
+    )
+
+
 class SyncLoop:
     def __init__(
         self,
@@ -182,7 +206,7 @@ class SyncLoop:
         # before the first commit, when the kernel's in_epoch maps are read instead),
         # old marks still to sweep per UID, and the snapshot they are judged against.
         self.sweeper = Sweeper(conntrack)
-        self._marks: tuple[CompiledNodeSpec, dict[str, int]] | None = None
+        self._marks: tuple[_MarkInputs, dict[str, int]] | None = None
         self._kernel_epochs: dict[str, int] | None = None
         self._stale: dict[str, set[int]] = {}
         self._swept_snap: Snapshot | None = None
@@ -484,12 +508,15 @@ class SyncLoop:
         return out
 
     def _note_epochs(self, snap: Snapshot) -> None:
-        """After a commit: which pods got a new mark, with the old one, to sweep."""
+        """After a commit: which pods got a new mark, with the old one, to sweep. A mark
+        changes with the pod's epoch (the node object) or with a re-check counter of its
+        groups or of the sets they name inbound (the group and set objects)."""
         node = snap.node
         self._swept_snap = snap  # pending sweeps are judged against the latest commit
-        if self._marks is not None and self._marks[0] is node:
+        inputs = _mark_inputs(snap)
+        if self._marks is not None and _same_inputs(self._marks[0], inputs):
             return
-        marks = pod_marks(node)
+        marks = pod_marks(node, snap.groups, snap.sets)
         if self._marks is None:
             found = kernel_stale_marks(self._kernel_epochs or {}, node, marks)
             self._kernel_epochs = None
@@ -499,7 +526,7 @@ class SyncLoop:
             self._stale.setdefault(uid, set()).update(olds)
         for uid in [u for u in self._stale if u not in marks]:
             del self._stale[uid]  # gone: its IPs' entries are deleted instead
-        self._marks = (node, marks)
+        self._marks = (inputs, marks)
 
     async def _sweep(self) -> None:
         """Sweep the pending old marks against the last committed snapshot (sweeping.py)."""

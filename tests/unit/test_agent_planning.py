@@ -9,6 +9,7 @@ pods, chain rewrites for rules).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -16,6 +17,7 @@ from tests import agentcases as ac
 from tests import nftcases as nc
 from tests.nftmodel import NftModel
 
+from secgroups import naming
 from secgroups.compiled import CompiledPolicy
 from secgroups.nft.dispatch import Limits
 from secgroups.nft.reading import canonical
@@ -214,6 +216,44 @@ def test_epoch_bump_rewrites_only_that_pods_marks() -> None:
     assert "chain" not in text and "100.64.1.2" not in text
 
 
+def test_a_raised_counter_rewrites_only_the_marks_of_the_pods_it_rechecks() -> None:
+    """A group's or an inbound set's re-check counter raised (the node object unchanged)
+    changes its pods' in_epoch/in_valid elements in one incremental transaction, and no
+    chain; an egress-only set's counter changes nothing. The Driver checks every step
+    against a fresh render."""
+    policy, ifaces = _web_db()
+    d = Driver()
+    d.step(policy, ifaces)
+    web = naming.compiled_group_name("shop", "web")
+    db = naming.compiled_group_name("shop", "db")
+    web_set, db_set = naming.sg_set_name("shop", "web"), naming.sg_set_name("shop", "db")
+    blocked = naming.ipag_set_name("shop", "blocked")
+
+    def marks_of(text: str) -> set[str]:
+        return set(re.findall(r"100\.64\.1\.\d+(?= :)", text))
+
+    policy = ac.with_group(policy, db, recheck=1)
+    text = d.step(policy, ifaces)
+    assert marks_of(text) == {"100.64.1.4"} and "in_valid4" in text  # db-1 only
+    assert "chain" not in text and "flush" not in text
+    assert d.planner.plan(slice_policy(policy, NODE), ifaces).noop
+    policy = ac.with_group(policy, web, recheck=3)  # web-1, web-2 and db-1
+    text = d.step(policy, ifaces)
+    assert marks_of(text) == {"100.64.1.2", "100.64.1.3", "100.64.1.4"}
+    assert "fd64:5ec:0:1::2 :" in text and "chain" not in text
+    policy = ac.with_set(policy, blocked, recheck=1)  # named by web's inbound deny
+    text = d.step(policy, ifaces)
+    assert marks_of(text) == {"100.64.1.2", "100.64.1.3", "100.64.1.4"}
+    assert "198.51.100" not in text and "chain" not in text  # the members stay
+    policy = ac.with_set(policy, web_set, recheck=2)  # named by db's inbound rule
+    assert marks_of(d.step(policy, ifaces)) == {"100.64.1.4"}
+    policy = ac.with_set(policy, db_set, recheck=5)  # named by web's egress rule only
+    assert d.step(policy, ifaces) == ""
+    # A counter back at 0 (a re-created object): the mark follows, whatever the way.
+    policy = ac.with_group(policy, db, recheck=0)
+    assert marks_of(d.step(policy, ifaces)) == {"100.64.1.4"}
+
+
 def test_pod_add_and_delete_with_a_new_group_list() -> None:
     policy, ifaces = _web_db()
     d = Driver()
@@ -294,7 +334,7 @@ def test_after_forget_the_next_plan_is_full_and_still_reports_removed_pods() -> 
 def test_random_walk_of_changes_keeps_the_kernel_equal_to_the_renderer(
     options: RenderOptions,
 ) -> None:
-    """Members, epochs, pods, rules and interfaces change in turn; after every
+    """Members, epochs, re-check counters, pods, rules and interfaces change in turn; after every
     incremental transaction the model kernel equals a fresh render. Also with every
     group chain dispatched by protocol and port (rule changes then replace sub-chains and
     dispatch maps, created one transaction ahead)."""
@@ -307,7 +347,7 @@ def test_random_walk_of_changes_keeps_the_kernel_equal_to_the_renderer(
     d.step(policy, ifaces)
     for _ in range(60):
         node = policy.nodes[NODE]
-        what = rng.choice(["member", "epoch", "pod-out", "pod-in", "rules", "iface"])
+        what = rng.choice(["member", "epoch", "pod-out", "pod-in", "rules", "iface", "recheck"])
         if what == "member":
             key = rng.choice(sorted(policy.sets))
             members = list(policy.sets[key].ipv4)
@@ -349,6 +389,13 @@ def test_random_walk_of_changes_keeps_the_kernel_equal_to_the_renderer(
                     }
                 }
             )
+        elif what == "recheck":  # a group's or a set's re-check counter (S-CT-2)
+            if rng.random() < 0.5:
+                g = rng.choice(sorted(policy.groups))
+                policy = ac.with_group(policy, g, recheck=policy.groups[g].recheck + 1)
+            else:
+                k = rng.choice(sorted(policy.sets))
+                policy = ac.with_set(policy, k, recheck=policy.sets[k].recheck + 1)
         elif what == "iface" and ifaces:
             ip = rng.choice(sorted(ifaces))
             ifaces = {k: v for k, v in ifaces.items() if k != ip}

@@ -13,17 +13,22 @@ from typing import Any, TypeVar
 import yaml
 from tests import nftcases as nc
 
+from secgroups import naming
 from secgroups.compiled import (
     COMPILED_GROUP_KIND,
     COMPILED_NODE_KIND,
     COMPILED_SET_KIND,
+    CompiledGroupSpec,
+    CompiledNodeSpec,
     CompiledPolicy,
+    ObjectKey,
 )
 from secgroups_agent.sources import (
     FakeKubeApi,
     FileSource,
     KubeSource,
     parse_policy_document,
+    required_generations,
     slice_policy,
 )
 
@@ -302,6 +307,61 @@ def test_kube_source_waits_for_the_generations_the_node_requires() -> None:
             await asyncio.gather(task, return_exceptions=True)
 
     run(body())
+
+
+def test_kube_source_waits_for_the_generations_a_referenced_group_requires() -> None:
+    """db's re-check counter raised for a change of web's members (db names them inbound):
+    the group object requires the set's new generation, and the agent applies neither
+    before it holds both — the node object, unchanged, requires nothing."""
+
+    async def body() -> None:
+        policy = _policy()
+        api = FakeKubeApi()
+        _load(api, policy)
+        src = KubeSource(api, NODE)
+        task = asyncio.create_task(src.run(lambda: None))
+        try:
+            await wait_until(lambda: src.snapshot() is not None, "ready")
+            db = naming.compiled_group_name("shop", "db")
+            web = naming.sg_set_name("shop", "web")
+            raised = policy.groups[db].model_copy(
+                update={"recheck": 1, "requires": {f"set/{web}": 2}}
+            )
+            api.put(
+                COMPILED_GROUP_KIND, db, raised.model_dump(by_alias=True, mode="json"), 2, [NODE]
+            )
+            await wait_until(lambda: src.snapshot() is None, "waiting for the set")
+            problem = src.problem()
+            assert problem is not None and problem.reason == "WaitingForReferences"
+            assert problem.message == f"waiting for set/{web} generation 2"
+            fewer = policy.sets[web].model_copy(update={"ipv4": policy.sets[web].ipv4[:1]})
+            api.put(COMPILED_SET_KIND, web, fewer.model_dump(by_alias=True, mode="json"), 2, [NODE])
+            await wait_until(lambda: src.snapshot() is not None, "ready again")
+            snap = src.snapshot()
+            assert snap is not None and snap.groups[db].recheck == 1
+            assert snap.sets[web].ipv4 == fewer.ipv4 and src.problem() is None
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())
+
+
+def test_required_generations_are_the_highest_of_the_node_and_its_groups() -> None:
+    node = CompiledNodeSpec(node=NODE, requires={"set/a": 4, "set/b": 1, "group/g": 2})
+    groups = [
+        CompiledGroupSpec(group=ObjectKey(namespace="x", name="g"), requires={"set/a": 3}),
+        CompiledGroupSpec(group=ObjectKey(namespace="x", name="h"), requires={"set/b": 5}),
+        CompiledGroupSpec(group=ObjectKey(namespace="x", name="i"), requires={"set/c": 0}),
+        None,  # an invalid object: no spec
+    ]
+    assert required_generations(node, groups) == {
+        "set/a": 4,
+        "set/b": 5,
+        "group/g": 2,
+        "set/c": 0,
+    }
+    assert required_generations(node, []) == node.requires
 
 
 def test_kube_source_missing_node_object_means_no_pods_and_resumes_after_errors() -> None:

@@ -13,6 +13,7 @@ import pytest
 from tests import agentcases as ac
 from tests import nftcases as nc
 
+from secgroups import naming
 from secgroups.evaluating import ICMP, TCP, UDP
 from secgroups.nft.epochs import MARK_TOMBSTONE, epoch_mark
 from secgroups_agent.conntrack import CtFlow, FakeConntrack
@@ -177,21 +178,49 @@ def test_a_stop_request_defers_the_next_pods() -> None:
     assert result.kept == 1 and result.remaining == {"uid-shop-web-2": {web2_old}}
 
 
+def test_kept_flows_get_the_mark_with_the_raised_counters() -> None:
+    """web's re-check counter raised (web-1's epoch as before): the kept flows get the mark
+    the table now holds for web-1 — its epoch and web's counter — not the epoch-only one."""
+    web = naming.compiled_group_name("shop", "web")
+    raised = slice_policy(ac.with_group(ac.web_http_revoked(), web, recheck=1), nc.NODE, 3)
+    ct = FakeConntrack(flows=[SSH, HTTP])
+    Sweeper(ct).sweep(raised, {"uid-shop-web-1": {OLD1}})
+    with_counter = epoch_mark("uid-shop-web-1", 3, [(f"group/{web}", 1)])
+    assert with_counter != NEW1
+    assert mark_of(ct, SSH) == with_counter and mark_of(ct, HTTP) == MARK_TOMBSTONE
+
+
 # ----------------------------------------------------------------------------- old marks
 def test_stale_marks_between_two_commits() -> None:
-    before = pod_marks(nc.web_and_db().policy.nodes[nc.NODE])
-    after = pod_marks(SNAP.node)
+    was = slice_policy(nc.web_and_db().policy, nc.NODE)
+    before = pod_marks(was.node, was.groups, was.sets)
+    after = pod_marks(SNAP.node, SNAP.groups, SNAP.sets)
     assert after["uid-shop-web-1"] == NEW1
     assert stale_marks(before, after) == {"uid-shop-web-1": {OLD1}}
     assert stale_marks(after, after) == {}
     assert stale_marks({"uid-gone": 5}, after) == {}
 
 
+def test_a_raised_counter_makes_the_marks_of_the_pods_it_rechecks_stale() -> None:
+    """db's counter (db-1), then the counter of web's member set, which db names inbound
+    (db-1 again); the pods outside db keep their marks."""
+    before = pod_marks(SNAP.node, SNAP.groups, SNAP.sets)
+    db = naming.compiled_group_name("shop", "db")
+    for policy in (
+        ac.with_group(ac.web_http_revoked(), db, recheck=1),
+        ac.with_set(ac.web_http_revoked(), naming.sg_set_name("shop", "web"), recheck=1),
+    ):
+        snap = slice_policy(policy, nc.NODE, 3)
+        after = pod_marks(snap.node, snap.groups, snap.sets)
+        assert stale_marks(before, after) == {"uid-shop-db-1": {before["uid-shop-db-1"]}}
+
+
 def test_kernel_stale_marks_at_the_first_commit() -> None:
     """The agent (re)started: the kernel's in_epoch maps hold the marks before it."""
     kernel = {WEB1: OLD1, WEB1_6: OLD1, WEB2: MARK_WEB2, DB1: MARK_TOMBSTONE, "100.64.9.9": 5}
     node = SNAP.node
-    assert kernel_stale_marks(kernel, node, pod_marks(node)) == {"uid-shop-web-1": {OLD1}}
+    marks = pod_marks(node, SNAP.groups, SNAP.sets)
+    assert kernel_stale_marks(kernel, node, marks) == {"uid-shop-web-1": {OLD1}}
 
 
 @pytest.mark.parametrize(

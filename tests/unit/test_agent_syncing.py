@@ -8,6 +8,7 @@ their ports. Every wait has a deadline; nothing asserts on elapsed time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -17,13 +18,14 @@ from tests import agentcases as ac
 from tests import nftcases as nc
 from tests.nftmodel import ModelError, NftModel
 
+from secgroups import naming
 from secgroups.compiled import (
     COMPILED_GROUP_KIND,
     COMPILED_NODE_KIND,
     COMPILED_SET_KIND,
     CompiledPolicy,
 )
-from secgroups.nft.epochs import MARK_TOMBSTONE, epoch_mark
+from secgroups.nft.epochs import MARK_TOMBSTONE, epoch_mark, pod_mark
 from secgroups.nft.rendering import render
 from secgroups.nft.sealing import SEAL
 from secgroups.nft.transactions import full_transaction
@@ -484,3 +486,57 @@ def test_a_restart_without_raised_epochs_sweeps_nothing() -> None:
             assert ct.dumped_marks == [] and _marks(ct) == [OLD1, OLD1]
 
     run(body())
+
+
+# ----------------------------------------------------------------------------- re-check counters
+DB1 = nc.DB1[0]
+DB_KEY = naming.compiled_group_name("shop", "db")
+WEB_SET = naming.sg_set_name("shop", "web")
+DB1_MARK = epoch_mark("uid-shop-db-1", 0)
+WEB1_MARK = epoch_mark("uid-shop-web-1", 2)
+PG_FROM_WEB = CtFlow(4, 6, WEB1, DB1, DB1, WEB1, 40003, 5432, 5432, mark=DB1_MARK)
+PG_FROM_OUTSIDE = CtFlow(4, 6, "192.0.2.99", DB1, DB1, "192.0.2.99", 40004, 5432, 5432)
+SSH_WEB1 = dataclasses.replace(SSH, mark=WEB1_MARK)
+
+
+async def _recheck(change: Callable[[CompiledPolicy], CompiledPolicy], counter: str) -> None:
+    """db-1 has two inbound flows on 5432 stamped with its mark — one from web-1, which db's
+    rule still allows, and one from outside the web group (as if admitted by a rule since
+    gone) — and web-1 one. ``change`` raises only the counter ``counter`` of a group or set
+    object (same node object, same epochs): the commit rewrites db-1's ``in_epoch`` and
+    ``in_valid`` elements (nothing else), then db-1's flows with its old mark are re-judged;
+    web-1's are not read."""
+    policy, ifaces = _policy()
+    outside = dataclasses.replace(PG_FROM_OUTSIDE, mark=DB1_MARK)
+    ct = FakeConntrack(flows=[PG_FROM_WEB, outside, SSH_WEB1])
+    src = StaticSource(_snap(policy))
+    async with Rig(src, interfaces=FakeInterfaces(ifaces), conntrack=ct) as rig:
+        await rig.until_status(lambda s: s.applied_generation == 1, "generation 1")
+        assert ct.dumped_marks == []
+        raised = change(policy)
+        assert raised.nodes[NODE] is policy.nodes[NODE]  # the node object is unchanged
+        src.set(_snap(raised, 2))
+        await rig.until_status(lambda s: s.applied_generation == 2, "generation 2")
+        new = pod_mark(raised.nodes[NODE].pods[0], raised.groups, raised.sets)
+        assert raised.nodes[NODE].pods[0].name == "db-1" and new != DB1_MARK
+        assert new == epoch_mark("uid-shop-db-1", 0, [(counter, 1)])
+        text = rig.applied[-1]
+        assert f"delete element inet secgroups in_epoch4 {{ {DB1} }}" in text
+        assert f"delete element inet secgroups in_valid4 {{ {DB1} . 0x{DB1_MARK:08x} }}" in text
+        assert f"{DB1} : 0x{new:08x}" in text and f"{DB1} . 0x{new:08x}" in text
+        assert "chain" not in text and WEB1 not in text  # nothing else was rewritten
+        result = rig.loop.results[-1]
+        assert result.plan is not None
+        assert sorted(result.plan.changed) == ["in_epoch4", "in_valid4"]
+        assert ct.dumped_marks == [DB1_MARK]  # db-1's old mark only
+        assert _marks(ct) == [new, MARK_TOMBSTONE, WEB1_MARK]
+
+
+def test_a_raised_group_counter_alone_rechecks_the_groups_members() -> None:
+    """S-CT-2 without a node object write: db's counter raised, nothing else changed."""
+    run(_recheck(lambda p: ac.with_group(p, DB_KEY, recheck=1), f"group/{DB_KEY}"))
+
+
+def test_a_raised_set_counter_rechecks_the_pods_whose_groups_name_it_inbound() -> None:
+    """web's member set is named by db's inbound rule: its counter re-checks db-1 only."""
+    run(_recheck(lambda p: ac.with_set(p, WEB_SET, recheck=1), f"set/{WEB_SET}"))

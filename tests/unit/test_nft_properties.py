@@ -41,7 +41,7 @@ from secgroups.compiling import compile_policy
 from secgroups.evaluating import Evaluator, Packet
 from secgroups.nft import names
 from secgroups.nft.dispatch import Limits
-from secgroups.nft.epochs import MARK_TOMBSTONE, epoch_mark
+from secgroups.nft.epochs import MARK_TOMBSTONE, pod_mark
 from secgroups.nft.rendering import RenderOptions, render
 from secgroups.nft.tracing import Trace, TracePacket, Tracer
 from secgroups.rechecking import InboundFlow, still_allowed
@@ -101,7 +101,7 @@ def check_node(
         got = tracer.trace(tp)
         context = f"{packet} on {node}: {want.explain()}\n{got.explain()}"
         if established:
-            _check_established(got, want, dst_local, local, context)
+            _check_established(got, want, dst_local, local, policy, context)
             if dst_local and packet.from_node is None:
                 # The agent's sweep decides as the kernel's re-check does (rechecking.py).
                 flow = InboundFlow(
@@ -146,7 +146,7 @@ def check_node(
 
 
 def _check_established(
-    got: Trace, want: object, dst_local: bool, local: dict, context: str
+    got: Trace, want: object, dst_local: bool, local: dict, policy: CompiledPolicy, context: str
 ) -> None:  # type: ignore[type-arg]
     ingress = getattr(want, "ingress", None)
     if not dst_local or ingress is None:
@@ -155,7 +155,7 @@ def _check_established(
     assert (got.verdict == "accept") == ingress.allowed, context  # S-CT-2: re-checked
     pod = local[got.packet.dst]
     if ingress.allowed and ingress.rule is not None:
-        assert got.ct_mark == epoch_mark(pod.uid, pod.epoch), context
+        assert got.ct_mark == pod_mark(pod, policy.groups, policy.sets), context
 
 
 def _from_node(packet: Packet, node: str) -> Packet:

@@ -15,11 +15,14 @@ import re
 from pathlib import Path
 
 import pytest
+from tests import agentcases as ac
 from tests import nftcases as nc
 
 from secgroups import naming
 from secgroups.compiled import CompiledNodeSpec, CompiledPolicy
 from secgroups.nft import names
+from secgroups.nft.elements import Mark
+from secgroups.nft.epochs import epoch_mark
 from secgroups.nft.objects import Chain, Map, Ruleset, Set
 from secgroups.nft.reading import canonical
 from secgroups.nft.rendering import RenderError, RenderOptions, render
@@ -260,3 +263,71 @@ def test_every_group_rule_of_every_scenario_is_a_chain_object() -> None:
         rs = _render(make())
         assert all(isinstance(c, Chain) for c in rs.chains)
         assert rs.rule_count == sum(len(c.rules) for c in rs.chains)
+
+
+# ----------------------------------------------------------------------------- re-check counters
+WEB_KEY = naming.compiled_group_name("shop", "web")
+DB_KEY = naming.compiled_group_name("shop", "db")
+BLOCKED_SET = naming.ipag_set_name("shop", "blocked")  # named by web's inbound deny
+WEB_SET = naming.sg_set_name("shop", "web")  # named by db's inbound rule
+DB_SET = naming.sg_set_name("shop", "db")  # named by web's egress rule only
+
+
+def _in_epochs(policy: CompiledPolicy) -> dict[str, int]:
+    """Pod IP → its ``in_epoch*`` mark, checked against the pod's ``in_valid*`` element."""
+    rs = render(policy, nc.NODE, {})
+    out: dict[str, int] = {}
+    for f in (4, 6):
+        epochs = rs.set(f"in_epoch{f}")
+        for el in epochs.elements:
+            assert isinstance(el.value, Mark)
+            out[el.key_text()] = el.value.value
+        valid = {el.key_text() for el in rs.set(f"in_valid{f}").elements}
+        assert valid == {f"{ip} . {Mark(m)}" for ip, m in out.items() if (":" in ip) == (f == 6)}
+    return out
+
+
+def _pod_ips(policy: CompiledPolicy, *names_: str) -> set[str]:
+    return {ip for p in policy.nodes[nc.NODE].pods if p.name in names_ for ip in p.ips}
+
+
+def test_with_every_counter_at_zero_a_mark_is_the_pods_epoch_alone() -> None:
+    """No needless re-check after an upgrade: counters at 0 leave the epoch-only mark."""
+    policy = nc.web_and_db().policy
+    marks = _in_epochs(policy)
+    for pod in policy.nodes[nc.NODE].pods:
+        for ip in pod.ips:
+            assert marks[ip] == epoch_mark(pod.uid, pod.epoch)
+
+
+def test_a_raised_group_counter_changes_the_marks_of_its_members_only() -> None:
+    """S-CT-2: raising web's counter re-checks every web member (db-1 is one) at once,
+    without touching the node object; the epochs stay."""
+    policy = nc.web_and_db().policy
+    before = _in_epochs(policy)
+    raised = ac.with_group(policy, WEB_KEY, recheck=1)
+    after = _in_epochs(raised)
+    changed = {ip for ip in before if before[ip] != after[ip]}
+    assert changed == _pod_ips(policy, "web-1", "web-2", "db-1")
+    web1 = next(p for p in policy.nodes[nc.NODE].pods if p.name == "web-1")
+    assert after[web1.ips[0]] == epoch_mark(web1.uid, 2, [(f"group/{WEB_KEY}", 1)])
+    # db's counter: db-1 alone (web-1 and web-2 are not in db).
+    db_raised = _in_epochs(ac.with_group(policy, DB_KEY, recheck=4))
+    assert {ip for ip in before if before[ip] != db_raised[ip]} == _pod_ips(policy, "db-1")
+
+
+def test_a_raised_set_counter_changes_the_marks_of_pods_whose_groups_name_it_inbound() -> None:
+    policy = nc.web_and_db().policy
+    before = _in_epochs(policy)
+
+    def changed(key: str) -> set[str]:
+        after = _in_epochs(ac.with_set(policy, key, recheck=1))
+        return {ip for ip in before if before[ip] != after[ip]}
+
+    # web names the blocked group inbound: every web member (db-1 too).
+    assert changed(BLOCKED_SET) == _pod_ips(policy, "web-1", "web-2", "db-1")
+    # db names web's members inbound: db-1 alone.
+    assert changed(WEB_SET) == _pod_ips(policy, "db-1")
+    # db's members are named by web's egress only: an egress remote is never re-checked
+    # by a mark (outbound flows are not stamped, S-CT-1).
+    assert changed(DB_SET) == set()

@@ -21,8 +21,9 @@ the node agent, which turns the result into an nft transaction
 * egress (``filter + 10``) and ingress (``filter + 20``) as separate base chains on
   ``forward``, so same-node pod→pod traffic is checked by both
   (docs/nftables.md#an-accept-ends-only-its-base-chain);
-* stateful (S-X-3) with the epoch stamp for S-CT-2 (docs/nftables.md, "Epochs") and the TCP
-  non-SYN guard; ``ct timeout`` objects for S-CT-3 on new pod flows.
+* stateful (S-X-3) with the epoch stamp for S-CT-2 (docs/nftables.md, "Epochs": a pod's
+  mark is ``epochs.pod_mark`` of its epoch and of its groups' and sets' re-check counters)
+  and the TCP non-SYN guard; ``ct timeout`` objects for S-CT-3 on new pod flows.
 
 Neighbours: ``basechains`` (the static part), ``names`` (object names), ``epochs``
 (mark values), ``dispatch`` (group chains by protocol and port), ``statements``,
@@ -54,7 +55,7 @@ from secgroups.nft import names
 from secgroups.nft.basechains import FAMILIES, static_objects
 from secgroups.nft.dispatch import Classified, Limits, dispatch_chain
 from secgroups.nft.elements import DataType, Element, Ifname, Mark, element
-from secgroups.nft.epochs import epoch_mark
+from secgroups.nft.epochs import pod_mark
 from secgroups.nft.names import fam
 from secgroups.nft.objects import (
     Chain,
@@ -389,6 +390,7 @@ def _pod_objects(
     owner: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, CompiledPod] = {}
     lists: dict[tuple[str, ...], tuple[str, str]] = {}
     chains: list[Chain] = []
+    marks: dict[tuple[str, str], Mark] = {}
 
     for pod in pods:
         for text in pod.ips:
@@ -407,7 +409,10 @@ def _pod_objects(
                 jumps = [Rule((jump(group_chain[(g, d)]),)) for g in groups]
                 chains.append(Chain(gl[d], (*jumps, Rule((DROP,), "no rule matched (S-X-2)"))))
         gl_in, gl_eg = lists[groups]
-        mark = Mark(epoch_mark(pod.uid, pod.epoch))
+        key = (pod.namespace, pod.name)
+        if key not in marks:  # its epoch and its groups' and sets' re-check counters
+            marks[key] = Mark(pod_mark(pod, policy.groups, policy.sets))
+        mark = marks[key]
         f: Family = 4 if ip.version == 4 else 6
         el.setdefault(fam("pods", f), []).append(element(ip))
         el.setdefault(fam("eg_disp", f), []).append(element(ip, value=jump(gl_eg)))
