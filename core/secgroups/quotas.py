@@ -146,7 +146,7 @@ def too_many_rules_error(group: GroupKey, count: int) -> str:
 def spec_text(spec: BaseModel) -> bytes:
     """A compiled spec as the JSON text the operator writes, compares and measures:
     pydantic's own serializer (fast, in Rust), defaults left out, never ``requires``
-    (the publisher adds it when writing a node object)."""
+    (the publisher adds it when writing a node or group object)."""
     text = spec.model_dump_json(by_alias=True, exclude_defaults=True, exclude={"requires"})
     return text.encode()
 

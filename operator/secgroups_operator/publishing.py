@@ -14,8 +14,11 @@ due object whose spec was dropped is asked for again (:attr:`Publisher.need_spec
 **A round** (:meth:`Publisher.publish`) looks at the objects marked dirty and writes, in
 this order:
 
-1. the specs of groups and sets (server-side apply, field manager
-   ``secgroups-operator``);
+1. the specs of sets, then of groups (server-side apply, field manager
+   ``secgroups-operator``): a group object ``requires`` the generations of the sets it
+   names, as stored when it is written, and waits while one of their specs is still due
+   — a group's re-check counter (S-CT-2) must never be applied against older set members
+   (docs/architecture.md, "Ordering");
 2. their node labels (field manager ``secgroups-operator-placement``, so a label change
    never rewrites a spec): a node's agent watches the objects labelled with its node
    (``naming.node_label``), so an object must carry the label *before* a node object
@@ -405,7 +408,7 @@ class Publisher:
         busy = self.tail_running()
         keys = sorted(k for k in self.dirty if self._ready(k, now) and k not in self._tail_keys)
 
-        # 1-2. groups and sets: specs, then labels
+        # 1-2. sets, then groups: specs, then labels
         specs, labels = [], []
         for k in keys:
             if k[0] == COMPILED_NODE_KIND or k not in self.wanted:
@@ -416,7 +419,12 @@ class Publisher:
                     self.need_spec.add(k)
                 else:
                     specs.append(k)
-        await self._run(specs, self._write_spec, sem, stats)
+        await self._run(
+            [k for k in specs if k[0] == COMPILED_SET_KIND], self._write_spec, sem, stats
+        )
+        groups = [k for k in specs if k[0] == COMPILED_GROUP_KIND and not self._sets_due(k[1])]
+        stats.deferred += sum(1 for k in specs if k[0] == COMPILED_GROUP_KIND) - len(groups)
+        await self._run(groups, self._write_spec, sem, stats)
         for k in keys:
             if k[0] == COMPILED_NODE_KIND or k not in self.wanted:
                 continue
@@ -618,14 +626,39 @@ class Publisher:
             self.stored[key] = st
         return st
 
+    def _sets_due(self, group: str) -> bool:
+        """Whether a set ``group`` names has a spec still to write (its write failed, or
+        waits for its retry): the group waits for it (module docstring)."""
+        for name in self.group_sets.get(group, ()):
+            key = (COMPILED_SET_KIND, name)
+            w = self.wanted.get(key)
+            if w is not None and not w.gone and w.held is None and self.spec_due(key, w):
+                return True
+        return False
+
+    def group_requires(self, group: str) -> dict[str, int]:
+        """``spec.requires`` of group object ``group``: the stored generations of the sets
+        it names (a set never published — held — is not waited for)."""
+        out = {}
+        for name in self.group_sets.get(group, ()):
+            st = self.stored.get((COMPILED_SET_KIND, name))
+            if st is not None:
+                out[f"set/{name}"] = st.generation
+        return dict(sorted(out.items()))
+
     async def _write_spec(self, key: ObjKey, stats: RoundStats) -> None:
         w = self.wanted[key]
         assert w.spec is not None
+        spec = json.loads(w.spec)
+        if key[0] == COMPILED_GROUP_KIND:
+            requires = self.group_requires(key[1])
+            if requires:
+                spec["requires"] = requires
         body = {
             "apiVersion": API_VERSION,
             "kind": key[0],
             "metadata": {"name": key[1], "labels": dict(MANAGED_BY)},
-            "spec": json.loads(w.spec),
+            "spec": spec,
         }
         stored = await self.cluster.apply(body, field_manager=FIELD_MANAGER)
         labels = [

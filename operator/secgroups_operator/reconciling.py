@@ -8,10 +8,13 @@ epochs → publish, one object at a time → statuses and Events.
   worker thread (``asyncio.to_thread``): the loop keeps serving watches, health and
   writes while it runs. One event reaches only what it changes: a pod's churn recompiles
   its node object and the address sets it is in.
-* **Epochs** (S-CT-2; docs/architecture.md, "Existing connections: epochs"). The
-  compiler's flush names the pods whose inbound connections must be re-checked; the
-  leader raises their epochs in the same round and marks their nodes, whose objects
-  then wait for and ``require`` the groups and sets they reference (``publishing``).
+* **Epochs and re-check counters** (S-CT-2; docs/architecture.md, "Existing
+  connections: epochs"). The compiler's flush names the pods whose inbound connections
+  must be re-checked and how to reach them: the leader raises, in the same round, the
+  counters of the groups and address sets that reach most of them (one write each,
+  whatever the number of nodes) and the epochs of the few others (pods that joined or
+  left a group), marking their nodes, whose objects then wait for and ``require`` the
+  groups and sets they reference (``publishing``).
 * **Publish** (``publishing``): specs, node labels, node objects, deletions; each
   object's failure is retried alone, oversized objects are held and reported.
 * **Status** (``statuses``) of the objects a batch reached, and the realization of
@@ -22,11 +25,11 @@ epochs → publish, one object at a time → statuses and Events.
   quota) is retried alone, with an Event.
 
 **Leader and standby.** Both replicas run everything above except the writes: the
-standby compiles with the epochs the leader publishes (mirrored from the node objects
-it watches), so on takeover (``leader``) it only writes what the old leader had not —
-and re-checks, conservatively, every pod whose groups, sets or node object differ from
-what is published (a re-check is always safe; a missed one is not). A fresh start is a
-takeover from nobody.
+standby compiles with the epochs and counters the leader publishes (mirrored from the
+compiled objects it watches), so on takeover (``leader``) it only writes what the old
+leader had not — and re-checks, conservatively, every pod whose groups, sets or node
+object differ from what is published (a re-check is always safe; a missed one is not).
+A fresh start is a takeover from nobody.
 """
 
 from __future__ import annotations
@@ -110,9 +113,11 @@ class Options:
 
 @dataclass
 class _Floor:
-    """Epochs published by another replica: never go below them."""
+    """Epochs and counters published by another replica: never go below them."""
 
     epochs: Mapping[PodKey, int]
+    groups: Mapping[str, int] = field(default_factory=dict)
+    sets: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,6 +180,10 @@ class Reconciler:
         self._takeover = False
         # loop-owned views
         self._published_epochs: dict[PodKey, int] = {}
+        self._published_rechecks: dict[str, dict[str, int]] = {
+            COMPILED_GROUP_KIND: {},
+            COMPILED_SET_KIND: {},
+        }
         self._group_nodes: dict[str, frozenset[str]] = {}
         self._node_groups: dict[str, set[str]] = {}
         self._group_key_of: dict[str, tuple[str, str]] = {}  # compiled name → (ns, name)
@@ -408,12 +417,19 @@ class Reconciler:
     async def _initial_build(self) -> None:
         events, self._queue = self._queue, []
         epochs = dict(self._published_epochs)
+        group_rechecks = dict(self._published_rechecks[COMPILED_GROUP_KIND])
+        set_rechecks = dict(self._published_rechecks[COMPILED_SET_KIND])
         refused = frozenset(self.intake.refused)
         t0 = time.monotonic()
 
         def build() -> _Result:
             inc = IncrementalCompiler(
-                options=CompileOptions(scope=self.options.scope, epochs=epochs)
+                options=CompileOptions(
+                    scope=self.options.scope,
+                    epochs=epochs,
+                    group_rechecks=group_rechecks,
+                    set_rechecks=set_rechecks,
+                )
             )
             self._refused = refused
             facts_events = [e for e in events if not isinstance(e, _Floor)]
@@ -469,21 +485,42 @@ class Reconciler:
         events: list[Event] = []
         for e in batch:
             if isinstance(e, _Floor):
-                raised = {p: v for p, v in e.epochs.items() if v > inc.epoch(p)}
-                if raised:
-                    events.append(SetEpochs(raised))
+                floor = SetEpochs(
+                    {p: v for p, v in e.epochs.items() if v > inc.epoch(p)},
+                    {g: v for g, v in e.groups.items() if v > inc.group_recheck(g)},
+                    {x: v for x, v in e.sets.items() if v > inc.set_recheck(x)},
+                )
+                if floor.epochs or floor.groups or floor.sets:
+                    events.append(floor)
             else:
                 events.append(e)
         out = _Result(events=len(batch))
         changes = inc.apply_all(events)
-        recheck = set(changes.recheck) if leading else set()
+        direct: set[PodKey] = set()
+        groups: set[str] = set()
+        sets: set[str] = set()
+        if leading:
+            direct = set(changes.recheck_direct)
+            groups = {naming.compiled_group_name(*g) for g in changes.recheck_groups}
+            sets = set(changes.recheck_sets)
+            out.rechecked = len(changes.recheck)
         if due is not None:
-            recheck |= self._catch_up(inc, due)
-        if recheck:
-            epochs = {p: inc.epoch(p) + 1 for p in recheck}
-            changes.merge(inc.set_epochs(epochs))
-            out.bumped_nodes = {n for p in recheck if (n := inc.node_of(p)) is not None}
-            out.rechecked = len(recheck)
+            caught = self._catch_up(inc, due)
+            direct |= caught[0]
+            groups |= caught[1]
+            sets |= caught[2]
+        if direct or groups or sets:
+            changes.merge(
+                inc.apply(
+                    SetEpochs(
+                        {p: inc.epoch(p) + 1 for p in direct},
+                        {g: inc.group_recheck(g) + 1 for g in groups},
+                        {x: inc.set_recheck(x) + 1 for x in sets},
+                    )
+                )
+            )
+            out.bumped_nodes = {n for p in direct if (n := inc.node_of(p)) is not None}
+            out.rechecked = max(out.rechecked, len(direct))
         touched = self._track(events)
         self._changed(inc, changes, out)
         for key in sorted(need):
@@ -494,23 +531,24 @@ class Reconciler:
         out.compile_s = time.perf_counter() - t0
         return out
 
-    def _catch_up(self, inc: IncrementalCompiler, due: Iterable[ObjKey]) -> set[PodKey]:
-        """Pods to re-check after a takeover: on node objects that differ from what is
-        published, or using a group or set whose published spec differs."""
+    def _catch_up(
+        self, inc: IncrementalCompiler, due: Iterable[ObjKey]
+    ) -> tuple[set[PodKey], set[str], set[str]]:
+        """What to re-check after a takeover — pods on node objects that differ from what
+        is published, groups and sets whose published spec differs — as the pods whose
+        epochs and the groups and sets whose counters go up."""
         pods: set[PodKey] = set()
+        groups: set[str] = set()
+        sets: set[str] = set()
         for kind, name in due:
             if kind == COMPILED_NODE_KIND:
                 pods |= inc.pods_on(name)
             elif kind == COMPILED_GROUP_KIND:
-                spec = inc.compiled_group(name)
-                if spec is not None:
-                    pods |= inc.members((spec.group.namespace, spec.group.name))
-            else:
-                for g in inc.set_users(name):
-                    spec = inc.compiled_group(g)
-                    if spec is not None:
-                        pods |= inc.members((spec.group.namespace, spec.group.name))
-        return pods
+                if inc.compiled_group(name) is not None:
+                    groups.add(name)
+            elif inc.compiled_set(name) is not None:
+                sets.add(name)
+        return pods, groups, sets
 
     def _wanted_of(self, kind: str, name: str, model: Any) -> Wanted:
         w = wanted_spec(kind, model)
@@ -865,6 +903,20 @@ class Reconciler:
 
     # ------------------------------------------------------------------ standby mirror
 
+    def mirror_counter(self, kind: str, obj: Mapping[str, Any]) -> None:
+        """A group's or set's re-check counter another replica published: the compiler
+        never goes below it."""
+        name = (obj.get("metadata") or {}).get("name")
+        n = int((obj.get("spec") or {}).get("recheck") or 0)
+        published = self._published_rechecks[kind]
+        if not name or n <= published.get(name, 0):
+            return
+        published[name] = n
+        if self.compiler is not None:
+            field_name = "groups" if kind == COMPILED_GROUP_KIND else "sets"
+            self._queue.append(_Floor({}, **{field_name: {name: n}}))
+            self._wake.set()
+
     def mirror_node(self, obj: Mapping[str, Any]) -> None:
         """Epochs another replica published: the compiler never goes below them."""
         raised: dict[PodKey, int] = {}
@@ -1025,8 +1077,11 @@ class _CompiledSink:
                 st.applied_revision,
             ):
                 self.rec.node_reported(name)
-        elif kind == COMPILED_GROUP_KIND:
-            self.rec.group_republished(name)
+        else:
+            if before is None or before.generation != st.generation:
+                self.rec.mirror_counter(kind, obj)
+            if kind == COMPILED_GROUP_KIND:
+                self.rec.group_republished(name)
         if pub.dirty and self.rec.leading:
             self.rec._wake.set()
 

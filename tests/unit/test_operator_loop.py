@@ -199,33 +199,42 @@ def test_one_pod_churn_writes_its_node_and_its_sets_only() -> None:
     run(go)
 
 
-def test_a_removed_inbound_allow_raises_the_epoch_after_the_group_is_written() -> None:
+def test_a_removed_inbound_allow_raises_the_groups_counter_in_one_write() -> None:
+    """Row 4 re-checks every member of the group: its counter goes up in the same write
+    as the rule's removal — no node object is written, whatever the number of nodes —
+    and the group ``requires`` the sets it names as stored."""
+
     async def go() -> None:
         fake = FakeCluster()
         world(fake)
+        fake.put(rule("a", "db-from-lab", "db", ports="22", remote={"cidr": "100.64.9.0/24"}))
         async with Running(fake) as op:
             await wait_until("settled", lambda: settled(op) and node_pods(fake, "n2"))
             epoch = node_pods(fake, "n2")["a/d1"].get("epoch", 0)
+            recheck = must(fake, "CompiledSecurityGroup", "sg.a.db")["spec"].get("recheck", 0)
             before = len(fake.writes)
-            fake.remove("SecurityGroupRule", "db-from-web", "a")
-            await wait_until(
-                "epoch raised", lambda: node_pods(fake, "n2")["a/d1"].get("epoch", 0) > epoch
-            )
-            order = [(k, n) for _, k, n in fake.writes[before:]]
-            assert order.index(("CompiledSecurityGroup", "sg.a.db")) < order.index(
-                ("CompiledNodePolicy", "n2")
-            )
-            group = fake.get_obj("CompiledSecurityGroup", "sg.a.db")
-            n2 = must(fake, "CompiledNodePolicy", "n2")
-            assert group is not None and n2 is not None
-            assert n2["spec"]["requires"]["group/sg.a.db"] == group["metadata"]["generation"]
+            fake.remove("SecurityGroupRule", "db-from-lab", "a")
+
+            def counter() -> int:
+                spec = must(fake, "CompiledSecurityGroup", "sg.a.db")["spec"]
+                return int(spec.get("recheck", 0))
+
+            await wait_until("counter raised", lambda: counter() == recheck + 1)
+            await wait_until("settled", lambda: settled(op))
+            group = must(fake, "CompiledSecurityGroup", "sg.a.db")
+            assert [r["id"] for r in group["spec"]["ingress"]] == ["a/db-from-web"]
+            compiled = {(k, n) for _, k, n in fake.writes[before:] if k.startswith("Compiled")}
+            assert compiled == {("CompiledSecurityGroup", "sg.a.db")}
+            assert node_pods(fake, "n2")["a/d1"].get("epoch", 0) == epoch
+            web = must(fake, "CompiledAddressSet", "sg.a.web")
+            assert group["spec"]["requires"] == {"set/sg.a.web": web["metadata"]["generation"]}
 
     run(go)
 
 
 def test_a_group_change_does_not_wait_behind_slow_node_objects_and_keeps_the_order() -> None:
     """Node objects are written in the background: while one is stuck on a slow API
-    server, the next change's group is published; a re-check raised meanwhile still
+    server, the next change's group is published; a pod's epoch raised meanwhile still
     reaches the node object with ``requires`` of the group it was raised for."""
 
     async def go() -> None:
@@ -233,24 +242,30 @@ def test_a_group_change_does_not_wait_behind_slow_node_objects_and_keeps_the_ord
         world(fake)
         async with Running(fake) as op:
             await wait_until("settled", lambda: settled(op) and node_pods(fake, "n2"))
-            epoch = node_pods(fake, "n2")["a/d1"].get("epoch", 0)
             slow = fake.hold["CompiledNodePolicy"] = asyncio.Event()
 
             def db_rules() -> list[str]:
                 spec = must(fake, "CompiledSecurityGroup", "sg.a.db")["spec"]
                 return [r["id"] for r in spec.get("ingress", ())]
 
-            fake.remove("SecurityGroupRule", "db-from-web", "a")  # row 4: d1 re-checked
-            await wait_until("the group without the rule", lambda: not db_rules())
+            fake.put(pod("a", "d2", "n2", "100.64.2.3", groups="db"))  # row 1: d2's epoch
             fake.put(rule("a", "db-from-b", "db", ports="5432", remote={"cidr": "100.64.9.0/24"}))
             await wait_until("the next change's group, beside the stuck node object", db_rules)
+            await wait_until("d2's node object in flight", op.reconciler.publisher.tail_running)
+            assert not slow.is_set() and "a/d2" not in node_pods(fake, "n2")
+            fake.remove("SecurityGroupRule", "db-from-web", "a")  # row 4: db's counter
+            await wait_until("the group without it", lambda: "a/db-from-web" not in db_rules())
+            fake.put(pod("a", "d3", "n2", "100.64.2.4", groups="db"))  # raised meanwhile
+            rec = op.reconciler
+            await wait_until(
+                "d3's epoch raised while d2's write is in flight",
+                lambda: rec.compiler is not None and rec.compiler.epoch(("a", "d3")) >= 1,
+            )
             assert not slow.is_set()
-            assert node_pods(fake, "n2")["a/d1"].get("epoch", 0) == epoch  # still in flight
-            fake.remove("SecurityGroupRule", "db-from-b", "a")  # another re-check meanwhile
-            await wait_until("the group without it", lambda: not db_rules())
             slow.set()
-            await wait_until("settled", lambda: settled(op))
-            assert node_pods(fake, "n2")["a/d1"].get("epoch", 0) >= epoch + 2
+            await wait_until("settled", lambda: settled(op) and "a/d3" in node_pods(fake, "n2"))
+            pods = node_pods(fake, "n2")
+            assert pods["a/d2"].get("epoch", 0) >= 1 and pods["a/d3"].get("epoch", 0) >= 1
             group = must(fake, "CompiledSecurityGroup", "sg.a.db")
             n2 = must(fake, "CompiledNodePolicy", "n2")
             assert n2["spec"]["requires"]["group/sg.a.db"] == group["metadata"]["generation"]
@@ -281,11 +296,18 @@ def test_an_object_the_api_server_refuses_stalls_only_itself() -> None:
             assert "injected" in cond["message"]
             retry = op.reconciler.publisher.retry[("CompiledAddressSet", "sg.a.web")]
             assert retry.failures >= 1
+            # The group naming the set waits for it: never published against older members.
+            assert fake.get_obj("CompiledSecurityGroup", "sg.a.db") is None
             del fake.fail[("CompiledAddressSet", "sg.a.web")]
             await wait_until(
                 "written after the backoff",
                 lambda: fake.get_obj("CompiledAddressSet", "sg.a.web") is not None,
             )
+            group = await wait_until(
+                "then the group", lambda: fake.get_obj("CompiledSecurityGroup", "sg.a.db")
+            )
+            web = must(fake, "CompiledAddressSet", "sg.a.web")
+            assert group["spec"]["requires"] == {"set/sg.a.web": web["metadata"]["generation"]}
 
     run(go)
 
@@ -587,13 +609,19 @@ def test_a_restart_rechecks_what_changed_while_the_operator_was_down() -> None:
             await wait_until("settled", lambda: settled(op) and node_pods(fake, "n2"))
         epochs = {k: p.get("epoch", 0) for k, p in node_pods(fake, "n1").items()}
         d1 = node_pods(fake, "n2")["a/d1"].get("epoch", 0)
+        recheck = must(fake, "CompiledSecurityGroup", "sg.a.db")["spec"].get("recheck", 0)
         fake.put(rule("a", "db-deny", "db", action="Deny", protocol="All"))
         async with Running(fake) as op:
             await wait_until("settled", lambda: settled(op))
             await wait_until(
-                "d1 re-checked", lambda: node_pods(fake, "n2")["a/d1"].get("epoch", 0) == d1 + 1
+                "db's members re-checked",
+                lambda: (
+                    must(fake, "CompiledSecurityGroup", "sg.a.db")["spec"].get("recheck", 0)
+                    == recheck + 1
+                ),
             )
             # nothing else was re-checked
+            assert node_pods(fake, "n2")["a/d1"].get("epoch", 0) == d1
             assert {k: p.get("epoch", 0) for k, p in node_pods(fake, "n1").items()} == epochs
 
     run(go)
