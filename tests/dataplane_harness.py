@@ -4,7 +4,8 @@
 one real ``secgroups-agent`` process per node (``tests/agent_harness.py``), all driven by
 :class:`Operator`, which does in a few lines what the operator's reconciler does
 (``operator/secgroups_operator/reconciling.py``): old facts → new facts →
-``plan_clearing`` (S-CT-2) → ``bump_epochs`` → ``compile_policy(…, epochs)`` → the whole
+``plan_clearing`` (S-CT-2) → its carriers raised (``Rechecks.bumped``: group and set
+counters, the epochs of the pods they do not reach) → ``compile_policy(…)`` → the whole
 compiled policy to every node's agent, each of which takes its node's slice, and waits
 until every agent applied it.
 
@@ -30,12 +31,11 @@ from typing import Any
 from tests.agent_harness import AgentProcess
 from tests.dataplanecases import OUTSIDE_ALIASES, Manifest, facts_of, node_name
 
-from secgroups.clearing import ClearingPlan, bump_epochs, plan_clearing
+from secgroups.clearing import ClearingPlan, Rechecks, plan_clearing
 from secgroups.compiled import CompiledPolicy
 from secgroups.compiling import CompileOptions, Problem, compile_policy
 from secgroups.evaluating import Evaluator, Packet, Verdict
 from secgroups.facts import ClusterFacts
-from secgroups.membership import PodKey
 from secgroups_lab.matrix import Case, Family, MatrixResult, Target, run_matrix
 from secgroups_lab.network import (
     Lab,
@@ -88,13 +88,14 @@ class Step:
 
     facts: ClusterFacts
     plan: ClearingPlan
-    epochs: Mapping[PodKey, int]
+    rechecks: Rechecks
     policy: CompiledPolicy
     problems: tuple[Problem, ...]
 
     @property
     def rechecked(self) -> set[str]:
-        """``namespace/name`` of the pods whose epoch was raised (S-CT-2)."""
+        """``namespace/name`` of the pods the plan re-checks (S-CT-2), by their epoch or
+        a counter."""
         return {f"{ns}/{name}" for ns, name in self.plan.pods}
 
 
@@ -105,15 +106,18 @@ class Operator:
         self.agents = agents  # not copied: the lab fills it after creating the operator
         self.nodes = tuple(nodes)
         self.facts: ClusterFacts | None = None
-        self.epochs: dict[PodKey, int] = {}
+        self.rechecks = Rechecks({}, {}, {})
         self.policy: CompiledPolicy | None = None
 
     def plan(self, facts: ClusterFacts) -> Step:
         """What the operator would publish for ``facts`` (nothing is applied)."""
         plan = ClearingPlan({}) if self.facts is None else plan_clearing(self.facts, facts)
-        epochs = bump_epochs(self.epochs, plan)
-        compilation = compile_policy(facts, CompileOptions(epochs=epochs))
-        return Step(facts, plan, epochs, compilation.policy, compilation.problems)
+        rechecks = self.rechecks.bumped(plan)
+        options = CompileOptions(
+            epochs=rechecks.epochs, group_rechecks=rechecks.groups, set_rechecks=rechecks.sets
+        )
+        compilation = compile_policy(facts, options)
+        return Step(facts, plan, rechecks, compilation.policy, compilation.problems)
 
     def apply(self, docs: Sequence[Manifest] | ClusterFacts) -> Step:
         """Compile the manifests (or facts), give every agent the policy and wait until all
@@ -131,7 +135,7 @@ class Operator:
                 running.append(agent)
         with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:
             list(pool.map(lambda a: a.apply(step.policy), running))
-        self.facts, self.epochs, self.policy = facts, dict(step.epochs), step.policy
+        self.facts, self.rechecks, self.policy = facts, step.rechecks, step.policy
         return step
 
 

@@ -2,7 +2,8 @@
 and neighbour discovery, with real agents on both nodes of a lab (``ksgctk``).
 
 For each row of the S-CT-2 table a scenario (manifests of namespace ``ct``, compiled by the
-real compiler, epochs raised by ``plan_clearing`` + ``bump_epochs`` as the operator does)
+real compiler, re-checks raised by ``plan_clearing`` + its carriers as the operator does:
+group and set counters, and the epochs of pods they do not reach)
 opens long-lived TCP, UDP and ICMP flows — IPv4 and IPv6, same node, across nodes, from
 several outside addresses — BEFORE the change. After every agent applied the change:
 
@@ -19,7 +20,7 @@ several outside addresses — BEFORE the change. After every agent applied the c
 Then, the agent's post-commit sweep (``secgroups_agent/sweeping.py``): after a revocation
 nothing the pod sends on the cut flow reaches the client any more — not even a one-way UDP
 stream from the pod — and the entry carries the tombstone, unflipped; an inbound flow the
-change still allows keeps both directions, re-stamped with the pod's new epoch before any
+change still allows keeps both directions, re-stamped with the pod's new mark before any
 packet, so a pod that only sends keeps reaching its client; outbound flows of a re-checked
 pod keep mark 0 and both directions (S-CT-1). And: S-CT-3 timeouts read back from
 ``conntrack -L``; a deleted entry never comes back flipped (the TCP non-SYN guard); forged
@@ -62,7 +63,7 @@ from tests.dataplanecases import (
 )
 
 from secgroups.compiled import CompiledPod
-from secgroups.nft.epochs import MARK_TOMBSTONE, epoch_mark
+from secgroups.nft.epochs import MARK_TOMBSTONE, pod_mark
 from secgroups_lab.matrix import Case, Family, Target, run_matrix
 from secgroups_lab.network import PodNet, run_in
 from secgroups_lab.probes import Endpoint, Flow, ProbeClient, ProbeResult, Proto, Seen
@@ -608,6 +609,11 @@ def compiled_pod(step: Step, name: str) -> CompiledPod:
     return next(p for p in pods if (p.namespace, p.name) == (CT, name))
 
 
+def mark_of(step: Step, name: str) -> int:
+    """The epoch mark of pod ``name`` after ``step`` (its epoch and counters)."""
+    return pod_mark(compiled_pod(step, name), step.policy.groups, step.policy.sets)
+
+
 def arrivals(client: ProbeClient, before: set[str], src: str) -> list[Seen]:
     """What ``client`` received from ``src`` since ``before`` (tokens seen until then)."""
     return [s for s in client.seen() if s.token not in before and s.src == src]
@@ -622,13 +628,13 @@ def test_a_revoked_client_receives_nothing_more_from_the_pod(
     one-way stream from the pod), after the client's own packet was dropped, and again. The
     agent's sweep gave the entry the tombstone, whose replies ``pod_egress`` drops; the entry
     is neither deleted nor flipped."""
-    base = compiled_pod(dp.operator.apply(svc_open_to_outside(dp)), "srv-1")
+    base_step = dp.operator.apply(svc_open_to_outside(dp))
     outside = ProbeClient(dp.outside)
     srv = dp.pods["srv-1"]
     with closing_flows([]) as opened:
         live = open_flow(dp, FlowSpec(OUT, "srv-1", proto))
         opened.append(live)
-        assert entry_of(dp, live).mark == epoch_mark(base.uid, base.epoch)
+        assert entry_of(dp, live).mark == mark_of(base_step, "srv-1")
         step = dp.operator.apply(ct_manifests(dp.pods, {"srv-1": "svc"}, ()))  # allow deleted
         assert step.rechecked == {f"{CT}/srv-1"}
         assert entry_of(dp, live).mark == MARK_TOMBSTONE
@@ -659,8 +665,7 @@ def test_an_allowed_flow_keeps_both_directions_after_a_recheck(
         opened.append(live)
         step = dp.operator.apply([*svc_open_to_outside(dp), *deny_other])
         assert step.rechecked == {f"{CT}/srv-1"}
-        pod = compiled_pod(step, "srv-1")
-        new_mark = epoch_mark(pod.uid, pod.epoch)
+        new_mark = mark_of(step, "srv-1")
         assert entry_of(dp, live).mark == new_mark  # swept: nothing has crossed yet
         for _ in range(2):
             seen_before = {s.token for s in outside.seen()}
