@@ -78,6 +78,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 API = "secgroups.dev/v1alpha1"
 NS = "rz"
+# --compare's baselines: label, and the operator flag that turns the default behaviour off.
+BASELINES = {
+    "serial": ("serial rounds", "--serial-rounds"),
+    "epochs": ("epochs only", "--recheck-by-epochs"),
+}
+
 PORTS = {"label": 7000, "ipag": 7001, "rule": 7002}
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 CLONE_NEWNET = 0x40000000
@@ -472,12 +478,14 @@ async def bench(args: argparse.Namespace) -> None:
         nets = await kubelet.pods(specs)
         log(f"{len(nets)} pods with netns and IPs ({time.monotonic() - t:.1f} s)")
 
-        def start_operator(serial: bool) -> subprocess.Popen[bytes]:
+        def start_operator(baseline: bool) -> subprocess.Popen[bytes]:
             argv = [sys.executable, "-m", "secgroups_operator.main"]
             argv += ["--kubeconfig", str(cp.kubeconfig), "--liveness", "", "--no-webhook"]
-            return spawn("operator", argv + (["--serial-rounds"] if serial else []), logs)
+            if baseline:
+                argv.append(BASELINES[args.compare][1])
+            return spawn("operator", argv, logs)
 
-        operator = start_operator(serial=False)
+        operator = start_operator(baseline=False)
         procs.append(operator)
         for i, name in enumerate(nodes, start=1):
             procs.append(
@@ -541,21 +549,22 @@ async def bench(args: argparse.Namespace) -> None:
         trace: list[dict[str, Any]] = []  # per change, for --json: when, what, how long
         allowed: list[float] = []  # the changes that open the stream
         denied: list[float] = []  # and those that close it (an established flow re-checked)
-        # --compare: blocks of changes with the operator serial, pipelined, serial,
-        # pipelined (restarted between blocks: a restart on a published cluster writes
-        # nothing), so both are measured side by side on the same lab and load.
+        # --compare: blocks of changes with the baseline operator, the default, the
+        # baseline, the default (restarted between blocks: a restart on a published
+        # cluster writes nothing), so both are measured side by side on the same lab and
+        # load.
         block = max(3, args.changes // 4 // 3 * 3) if args.compare else args.changes + 1
-        mode = "pipelined"
-        by_mode: dict[str, list[float]] = {"serial": [], "pipelined": []}
+        mode = "default"
+        by_mode: dict[str, list[float]] = {"baseline": [], "default": []}
         for i in range(args.changes):
             if args.compare and i % block == 0:
-                mode = "serial" if (i // block) % 2 == 0 else "pipelined"
+                mode = "baseline" if (i // block) % 2 == 0 else "default"
                 oplog = logs / "operator.log"
                 ready = oplog.read_text().count("all compiled objects published")
                 operator.terminate()
                 operator.wait(15)
                 procs.remove(operator)
-                operator = start_operator(serial=mode == "serial")
+                operator = start_operator(baseline=mode == "baseline")
                 procs.append(operator)
                 t = time.monotonic()  # its lists and initial build (it writes nothing)
                 while oplog.read_text().count("all compiled objects published") <= ready:
@@ -564,7 +573,7 @@ async def bench(args: argparse.Namespace) -> None:
                     await asyncio.sleep(0.2)
                 while not await all_applied():
                     await asyncio.sleep(0.5)
-                log(f"  operator restarted, {mode} rounds")
+                log(f"  operator restarted: {mode}")
             kind = ("rule", "label", "ipag")[i % 3]
             stream.switch(PORTS[kind])
             await asyncio.sleep(0.15)
@@ -660,13 +669,14 @@ async def bench(args: argparse.Namespace) -> None:
         print(f"ratio p50 / floor p50: {pct(everything, 50) / pct(floor, 50):.1f}")
         print(f"API server writes, floor and changes (count × mean; most time first): {costs}")
         if args.compare:
-            serial, piped = by_mode["serial"], by_mode["pipelined"]
+            base, new = by_mode["baseline"], by_mode["default"]
+            label = BASELINES[args.compare][0]
             print("side by side, the same lab and changes in alternating blocks:")
-            print(row("  serial rounds", serial))
-            print(row("  pipelined", piped))
+            print(row(f"  {label}", base))
+            print(row("  default", new))
             print(
-                f"  pipelined / serial: p50 {pct(piped, 50) / pct(serial, 50):.2f}, "
-                f"p99 {pct(piped, 99) / pct(serial, 99):.2f}"
+                f"  default / {label}: p50 {pct(new, 50) / pct(base, 50):.2f}, "
+                f"p99 {pct(new, 99) / pct(base, 99):.2f}"
             )
         if args.json:
             Path(args.json).write_text(
@@ -709,8 +719,11 @@ def main() -> int:
     p.add_argument("--json", help="also write the raw figures here")
     p.add_argument(
         "--compare",
-        action="store_true",
-        help="operator with serial rounds vs pipelined, in alternating blocks of changes",
+        nargs="?",
+        const="serial",
+        choices=sorted(BASELINES),
+        help="the default operator vs a baseline, in alternating blocks of changes: "
+        "'serial' rounds (no pipelining) or 'epochs' (no re-check counters); default serial",
     )
     args = p.parse_args()
     if args.quick:

@@ -218,7 +218,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--serial-rounds",
         action="store_true",
         help="write a round's node objects before the next round starts (the behaviour "
-        "before pipelining; for comparisons: bench/realization.py --compare)",
+        "before pipelining; for comparisons: bench/realization.py --compare serial)",
+    )
+    p.add_argument(
+        "--recheck-by-epochs",
+        action="store_true",
+        help="re-check every pod through its own epoch, never a group's or set's counter "
+        "(the behaviour before counters; for comparisons: bench/realization.py --compare "
+        "epochs)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     admission.add_arguments(p)
@@ -232,6 +239,7 @@ async def run(args: argparse.Namespace) -> None:
         create_defaults=not args.no_default_groups,
         debounce_s=args.debounce,
         pipelined=not args.serial_rounds,
+        recheck_counters=not args.recheck_by_epochs,
     )
     lease = None
     if args.leader_election_lease:

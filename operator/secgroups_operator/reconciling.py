@@ -109,6 +109,9 @@ class Options:
     status_interval_s: float = 1.0
     #: Node objects and deletions written in the background (``Publisher.publish``).
     pipelined: bool = True
+    #: Re-checks carried by group and set counters where they reach (else every planned
+    #: pod's epoch: the behaviour before counters, kept for comparisons).
+    recheck_counters: bool = True
 
 
 @dataclass
@@ -499,7 +502,10 @@ class Reconciler:
         direct: set[PodKey] = set()
         groups: set[str] = set()
         sets: set[str] = set()
-        if leading:
+        if leading and not self.options.recheck_counters:
+            direct = set(changes.recheck)
+            out.rechecked = len(changes.recheck)
+        elif leading:
             direct = set(changes.recheck_direct)
             groups = {naming.compiled_group_name(*g) for g in changes.recheck_groups}
             sets = set(changes.recheck_sets)
