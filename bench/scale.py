@@ -332,10 +332,12 @@ async def apiserver_metrics(kube: AsyncKube) -> dict[str, float]:
 # --------------------------------------------------------------------------- main
 
 
-async def start_and_publish(op: Operator, figure: Any, name: str, timeout: float) -> None:
+async def start_and_publish(
+    op: Operator, figure: Any, name: str, timeout: float, *flags: str
+) -> None:
     """Start the operator and report its start-up figure: the initial lists, and when
     everything was published after them (with the writes that took)."""
-    op.start()
+    op.start(*flags)
     m = await op.wait_log(
         r"all compiled objects published: (\d+) objects \((\d+) writes\) ([\d.]+) s after",
         timeout,
@@ -360,7 +362,7 @@ class Operator:
         self.proc: subprocess.Popen[bytes] | None = None
         self.n = 0
 
-    def start(self) -> Path:
+    def start(self, *flags: str) -> Path:
         self.n += 1
         path = self.logs / f"operator-{self.n}.log"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -374,6 +376,7 @@ class Operator:
                 "--liveness",
                 "",
                 "--no-webhook",
+                *flags,
             ],
             stdout=path.open("wb"),
             stderr=subprocess.STDOUT,
@@ -665,20 +668,36 @@ async def bench(args: argparse.Namespace) -> None:
             await asyncio.sleep(1)
         timeline = Timeline(kube)
         await timeline.start(["churn", facts.namespaces[0].name])
-        for variant, ns, labels, groups in (
+        variants = [
             (
                 "a pod of churn/web (50 members that allow each other)",
                 "churn",
                 {"app": "web"},
                 None,
+                "",
             ),
             (
                 "a synthetic pod (ns-00: app a0, group g10)",
                 facts.namespaces[0].name,
                 {"app": "a0"},
                 "g10",
+                "",
             ),
-        ):
+        ]
+        if args.compare_epochs:
+            # The same pods with the operator re-checking through pod epochs only (as
+            # before re-check counters), restarted between the blocks (a restart on a
+            # published cluster writes nothing): side by side in one run.
+            variants += [(*v[:4], "--recheck-by-epochs") for v in variants]
+        for title, ns, labels, groups, flag in variants:
+            variant = title
+            if args.compare_epochs:
+                op.stop()
+                mode = "epochs only" if flag else "counters"
+                await start_and_publish(
+                    op, figure, f"operator restarted ({mode})", 900, *([flag] if flag else [])
+                )
+                variant = f"{title} [{mode}]"
             lat: list[float] = []
             writes: list[int] = []
             sent: list[float] = []
@@ -889,6 +908,12 @@ def main() -> int:
         type=int,
         help="simulate the agents of the first N nodes only (default: every node); the "
         "bytes per change are then those N agents'",
+    )
+    p.add_argument(
+        "--compare-epochs",
+        action="store_true",
+        help="measure the churn also with the operator's --recheck-by-epochs (re-checks "
+        "through pod epochs only, as before counters), side by side",
     )
     p.add_argument("--quick", action="store_true", help="100 nodes, 5 namespaces, 3,000 pods")
     args = p.parse_args()
