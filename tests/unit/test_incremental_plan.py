@@ -96,9 +96,9 @@ def test_a_flush_reports_what_the_full_functions_say(
         )
         inc.apply(bumped)
         new_marks = _marks(inc.policy)
-        for pod in plan.pods:
-            if pod in old_marks and pod in new_marks and old_marks[pod][0] == new_marks[pod][0]:
-                assert new_marks[pod] != old_marks[pod], (pod, plan.reasons[pod], batch)
+        for key in plan.pods:
+            if key in old_marks and key in new_marks and old_marks[key][0] == new_marks[key][0]:
+                assert new_marks[key] != old_marks[key], (key, plan.reasons[key], batch)
         groups, sets = _where(inc.policy)
         for name in groups.keys() | old_groups.keys():
             assert inc.nodes_of_group(name) == groups.get(name, set())

@@ -142,10 +142,10 @@ def test_a_group_the_models_refuse_for_another_reason_is_left_out_too(
 
     real = compiling.compile_group
 
-    def refuse_after(key: Any, rules: Any) -> Any:
+    def refuse_after(key: Any, rules: Any, recheck: int = 0) -> Any:
         if key == ("demo", "after"):
             raise ValueError("1 validation error for CompiledGroupSpec\n  something")
-        return real(key, rules)
+        return real(key, rules, recheck)
 
     monkeypatch.setattr(compiling, "compile_group", refuse_after)
     full = compiling.compile_policy(cluster([]))
