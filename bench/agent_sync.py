@@ -12,7 +12,8 @@ reference node"):
   (the periodic resync);
 * hot path: one member added to / removed from a 6,000-member set, from the change to
   the commit, through the sync loop (planner + worker), p50/p99;
-* pod add, epoch bump and group rule rewrite, same path.
+* pod add, epoch bump, group and set re-check counters raised, and group rule
+  rewrite, same path.
 
 ``--json`` adds one last line ``JSON {...}`` with the figures in seconds (what
 ``bench/dataplane.py`` reads).
@@ -167,6 +168,23 @@ def sync_figures(repeat: int) -> None:
             bumps.append(await change(cur))
         print(f"epoch bump of one pod: {ms(bumps)}")
         print(phase_line("epoch bump of one pod", bumps))
+        # Re-check counters: every member of a group, or every pod whose groups name a
+        # set inbound, re-checked through the group's or the set's object alone.
+        counted = []
+        for i in range(min(repeat, 50)):
+            g = sorted(cur.groups)[i % 20]
+            spec_g = cur.groups[g].model_copy(update={"recheck": cur.groups[g].recheck + 1})
+            cur = cur.model_copy(update={"groups": {**cur.groups, g: spec_g}})
+            counted.append(await change(cur))
+        print(f"group counter raised (its members re-checked): {ms(counted)}")
+        print(phase_line("group counter raised", counted))
+        counted = []
+        for _ in range(min(repeat, 50)):
+            spec_s = cur.sets[key].model_copy(update={"recheck": cur.sets[key].recheck + 1})
+            cur = cur.model_copy(update={"sets": {**cur.sets, key: spec_s}})
+            counted.append(await change(cur))
+        print(f"set counter raised (pods naming it inbound re-checked): {ms(counted)}")
+        print(phase_line("set counter raised", counted))
         adds = []
         groups = sorted(cur.groups)
         for i in range(min(repeat, 50)):
