@@ -10,6 +10,27 @@ one at a time and ten at once (ten nodes' objects, as one re-check of a group sp
 over ten nodes writes them), beside a ConfigMap of a few bytes written the same way.
 For each: p50/p90 of one write and writes per second. Measured side by side in one run.
 
+Then (the second table, "by method and schema") what part of that cost is whose: node
+objects of 1, 10, 30 and 100 pods written, in the same run, by
+
+* ``apply``: server-side apply, as the operator writes them (the current way);
+* ``update``: PUT of the whole object with the resourceVersion of the previous write's
+  response (no apply merge; a stale version would be a 409);
+* ``merge``: JSON merge patch of ``spec`` only; ``create``: a new object each time;
+* the same against scratch CRDs the bench derives from the generated one
+  (``bench.secgroups.dev``): ``nocel`` (minus the CEL rules), ``loose`` (minus CEL rules,
+  regex patterns, defaults and length/count bounds: types and required fields only),
+  ``open`` (``x-kubernetes-preserve-unknown-fields`` on spec: no structural schema
+  below it);
+* a ConfigMap carrying the same spec as JSON text in one data value (the floor for the
+  same bytes), by apply and by update;
+
+with, per row, the API server's own mean time for the request (its
+``apiserver_request_duration_seconds``), the size of ``metadata.managedFields`` and of
+the stored value in etcd, and the ratio of writes/s to the current way's.
+``--profile``: also a CPU profile of the API server (10 s, ``go tool pprof``) while it
+serves 30-pod objects ten at a time, by apply and by update.
+
 Why it matters (docs/performance.md, "Realization"): a node object is rewritten whole
 for every epoch its pods get, and an agent's status report rewrites it too (a status
 patch is a write of the whole object), so the cost of a re-check on the API server is
@@ -20,21 +41,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import copy
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from secgroups.compiled import COMPILED_NODE_KIND
 from secgroups.models import API_VERSION
 from secgroups_kube import AsyncKube
 from secgroups_kube.resources import api_path
 from secgroups_lab import binaries, controlplane
+from secgroups_lab._cmd import in_netns
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from apibench import APPLY, pct, req  # type: ignore[import-not-found]
+from apibench import (  # type: ignore[import-not-found]
+    APPLY,
+    MERGE,
+    pct,
+    req,
+    request_totals,
+    totals_since,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,22 +150,363 @@ async def measure(
     return label, size, conc, pct(times, 50) * 1000, pct(times, 90) * 1000, len(times) / wall
 
 
+# ------------------------------------------------ the second table: by method and schema
+
+SCRATCH_GROUP = "bench.secgroups.dev"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "secgroups-operator"}  # as the operator
+# What "loose" drops from the generated schema: everything but types and required fields.
+LOOSE_DROPS = frozenset(
+    {
+        "x-kubernetes-validations",
+        "pattern",
+        "default",
+        "maxLength",
+        "minLength",
+        "maxItems",
+        "maxProperties",
+        "minimum",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Where node objects of one schema live: the generated CRD or a scratch one."""
+
+    key: str  # cnp (the generated CRD), nocel, loose, open; cm for the ConfigMap
+    api_version: str
+    kind: str
+    path: str  # collection path
+    etcd_prefix: str  # key prefix of its objects in etcd
+
+
+def _scratch(key: str, suffix: str) -> Schema:
+    plural = f"compilednodepolicies{suffix.lower()}"
+    return Schema(
+        key,
+        f"{SCRATCH_GROUP}/v1alpha1",
+        f"{COMPILED_NODE_KIND}{suffix}",
+        f"/apis/{SCRATCH_GROUP}/v1alpha1/{plural}",
+        f"/registry/{SCRATCH_GROUP}/{plural}/",
+    )
+
+
+SCHEMAS = {
+    "cnp": Schema(
+        "cnp",
+        API_VERSION,
+        COMPILED_NODE_KIND,
+        api_path(COMPILED_NODE_KIND),
+        f"/registry/{API_VERSION.split('/')[0]}/compilednodepolicies/",
+    ),
+    "nocel": _scratch("nocel", "NoCel"),
+    "loose": _scratch("loose", "Loose"),
+    "open": _scratch("open", "Open"),
+    "cm": Schema(
+        "cm",
+        "v1",
+        "ConfigMap",
+        "/api/v1/namespaces/default/configmaps",
+        "/registry/configmaps/default/",
+    ),
+}
+
+# (label, schema, method): the current way first (the ratios are to it).
+VARIANTS: tuple[tuple[str, str, str], ...] = (
+    ("apply (current)", "cnp", "apply"),
+    ("update (PUT)", "cnp", "update"),
+    ("merge patch spec", "cnp", "merge"),
+    ("create new", "cnp", "create"),
+    ("apply, no CEL", "nocel", "apply"),
+    ("apply, loose", "loose", "apply"),
+    ("update, loose", "loose", "update"),
+    ("apply, open spec", "open", "apply"),
+    ("update, open spec", "open", "update"),
+    ("ConfigMap apply", "cm", "apply"),
+    ("ConfigMap update", "cm", "update"),
+)
+VARIANT_PODS = (1, 10, 30, 100)
+
+
+def _strip(node: Any, drops: frozenset[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip(v, drops) for k, v in node.items() if k not in drops}
+    if isinstance(node, list):
+        return [_strip(v, drops) for v in node]
+    return node
+
+
+def scratch_crds(directory: Path) -> list[Path]:
+    """The scratch CRDs derived from the generated CompiledNodePolicy one, written to
+    ``directory``: same versions, names and status; the spec schema reduced."""
+    generated = yaml.safe_load(
+        (REPO / "crds" / "secgroups.dev_compilednodepolicies.yaml").read_text(encoding="utf-8")
+    )
+    out = []
+    for key in ("nocel", "loose", "open"):
+        crd = copy.deepcopy(generated)
+        schema = SCHEMAS[key]
+        plural = schema.path.rsplit("/", 1)[1]
+        crd["metadata"] = {"name": f"{plural}.{SCRATCH_GROUP}"}
+        crd["spec"]["group"] = SCRATCH_GROUP
+        crd["spec"]["names"] = {
+            "kind": schema.kind,
+            "listKind": f"{schema.kind}List",
+            "plural": plural,
+            "singular": schema.kind.lower(),
+        }
+        for version in crd["spec"]["versions"]:
+            props = version["schema"]["openAPIV3Schema"]["properties"]
+            if key == "nocel":
+                props["spec"] = _strip(props["spec"], frozenset({"x-kubernetes-validations"}))
+            elif key == "loose":
+                props["spec"] = _strip(props["spec"], LOOSE_DROPS)
+            else:
+                props["spec"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        path = directory / f"{plural}.yaml"
+        path.write_text(yaml.safe_dump(crd, sort_keys=False), encoding="utf-8")
+        out.append(path)
+    return out
+
+
+def variant_body(schema: Schema, name: str, pods: int, k: int) -> dict[str, Any]:
+    """Node object ``name`` of ``pods`` pods at epoch ``k`` in ``schema`` (for the
+    ConfigMap: the same spec as JSON text in one data value)."""
+    spec = node_body(name, pods, k)["spec"]
+    meta: dict[str, Any] = {"name": name, "labels": dict(MANAGED_BY)}
+    if schema.key == "cm":
+        meta["namespace"] = "default"
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta,
+            "data": {"spec": json.dumps(spec, separators=(",", ":"))},
+        }
+    return {"apiVersion": schema.api_version, "kind": schema.kind, "metadata": meta, "spec": spec}
+
+
+@dataclass
+class Row:
+    label: str
+    pods: int
+    size: int  # bytes of the body the current way sends
+    conc: int
+    p50: float  # ms, client side
+    p90: float
+    rate: float  # writes/s
+    server_ms: float  # the API server's mean for the request
+    managed_fields: int  # bytes of metadata.managedFields (JSON) after the writes
+    stored: int  # bytes of the value in etcd (-1: not read)
+
+
+def etcd_value_size(cp: controlplane.ControlPlane, key: str) -> int:
+    """Bytes of the value under ``key`` in etcd, through its JSON gateway (-1 if unread)."""
+    body = json.dumps({"key": base64.b64encode(key.encode()).decode()})
+    url = f"{controlplane.ETCD_CLIENT_URL}/v3/kv/range"
+    cmd = in_netns(cp.netns, ["curl", "-sf", "-m", "5", "-X", "POST", url, "-d", body])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=15, check=False)
+    try:
+        kvs = json.loads(proc.stdout).get("kvs") or []
+        return len(base64.b64decode(kvs[0]["value"])) if kvs else -1
+    except (ValueError, KeyError):
+        return -1
+
+
+async def measure_variant(
+    kube: AsyncKube,
+    cp: controlplane.ControlPlane,
+    label: str,
+    schema: Schema,
+    method: str,
+    pods: int,
+    conc: int,
+    rounds: int,
+) -> Row:
+    """``rounds`` writes of each of ``conc`` objects by ``method``, the ``conc`` at once;
+    each object first made the variant's way (apply for apply, create otherwise),
+    uncounted."""
+    base = f"v{schema.key}-{method}-{pods}-{conc}"
+    rv: dict[int, str] = {}
+    times: list[float] = []
+    last = [f"{base}-0"]
+
+    async def one(j: int, k: int, setup: bool = False) -> None:
+        name = f"{base}-{j}"
+        bd = variant_body(schema, name, pods, k)
+        t = time.perf_counter()
+        if method == "apply":
+            params = {"fieldManager": "bench", "force": "true"}
+            out = await req(kube, "PATCH", f"{schema.path}/{name}", bd, params=params, ctype=APPLY)
+        elif setup or method == "create":
+            if method == "create":
+                name = bd["metadata"]["name"] = f"{name}-{k}"
+                last[0] = name
+            out = await req(kube, "POST", schema.path, bd, params={"fieldManager": "bench"})
+        elif method == "update":
+            bd["metadata"]["resourceVersion"] = rv[j]
+            out = await req(
+                kube, "PUT", f"{schema.path}/{name}", bd, params={"fieldManager": "bench"}
+            )
+        else:  # merge: spec (data) only
+            patch = {"data": bd["data"]} if schema.key == "cm" else {"spec": bd["spec"]}
+            path = f"{schema.path}/{name}"
+            out = await req(
+                kube, "PATCH", path, patch, params={"fieldManager": "bench"}, ctype=MERGE
+            )
+        if not setup:
+            times.append(time.perf_counter() - t)
+        rv[j] = out["metadata"]["resourceVersion"]
+
+    if method != "create":
+        await asyncio.gather(*(one(j, 0, setup=True) for j in range(conc)))
+    before = await request_totals(kube)
+    t0 = time.perf_counter()
+    for k in range(1, rounds + 1):
+        await asyncio.gather(*(one(j, k) for j in range(conc)))
+    wall = time.perf_counter() - t0
+    served = totals_since(before, await request_totals(kube))
+    resource = schema.path.rsplit("/", 1)[1]
+    n = sum(c for (_, res, sub), (c, _) in served.items() if res == resource and not sub)
+    secs = sum(s for (_, res, sub), (_, s) in served.items() if res == resource and not sub)
+    obj = await req(kube, "GET", f"{schema.path}/{last[0]}")
+    mf = len(json.dumps(obj["metadata"].get("managedFields") or [], separators=(",", ":")))
+    stored = await asyncio.to_thread(etcd_value_size, cp, schema.etcd_prefix + last[0])
+    size = len(json.dumps(variant_body(SCHEMAS["cnp"], base, pods, 1)))
+    return Row(
+        label,
+        pods,
+        size,
+        conc,
+        pct(times, 50) * 1000,
+        pct(times, 90) * 1000,
+        len(times) / wall,
+        1000 * secs / n if n else float("nan"),
+        mf,
+        stored,
+    )
+
+
+def print_variants(rows: list[Row]) -> None:
+    print()
+    print(
+        "Compiled-object writes by method and schema (same run; x = writes/s / the current way's)"
+    )
+    head = f"{'variant':<20} {'pods':>4} {'bytes':>7} {'in flight':>9} {'p50 ms':>7} {'p90 ms':>7}"
+    print(f"{head} {'server ms':>9} {'writes/s':>8} {'x':>5} {'mgdFields B':>11} {'etcd B':>7}")
+    current = {(r.pods, r.conc): r.rate for r in rows if r.label == VARIANTS[0][0]}
+    for r in rows:
+        ratio = r.rate / current[(r.pods, r.conc)] if (r.pods, r.conc) in current else float("nan")
+        print(
+            f"{r.label:<20} {r.pods:>4} {r.size:>7,} {r.conc:>9} {r.p50:>7.1f} {r.p90:>7.1f}"
+            f" {r.server_ms:>9.1f} {r.rate:>8.0f} {ratio:>5.2f} {r.managed_fields:>11,}"
+            f" {r.stored:>7,}"
+        )
+
+
+async def profile(
+    kube: AsyncKube, schema: Schema, method: str, pods: int, seconds: int, out: Path
+) -> None:
+    """A CPU profile of the API server while it serves ``method`` writes of ``pods``-pod
+    objects ten at a time, saved to ``out`` and summed up by ``go tool pprof``."""
+    stop = asyncio.Event()
+    base = f"prof-{schema.key}-{method}-{pods}"
+
+    async def writer(j: int) -> None:
+        name = f"{base}-{j}"
+        bd = variant_body(schema, name, pods, 0)
+        out_ = await req(kube, "POST", schema.path, bd, params={"fieldManager": "bench"})
+        k = 0
+        while not stop.is_set():
+            k += 1
+            bd = variant_body(schema, name, pods, k)
+            if method == "apply":
+                params = {"fieldManager": "bench", "force": "true"}
+                path = f"{schema.path}/{name}"
+                out_ = await req(kube, "PATCH", path, bd, params=params, ctype=APPLY)
+            else:
+                bd["metadata"]["resourceVersion"] = out_["metadata"]["resourceVersion"]
+                path = f"{schema.path}/{name}"
+                out_ = await req(kube, "PUT", path, bd, params={"fieldManager": "bench"})
+
+    tasks = [asyncio.create_task(writer(j)) for j in range(10)]
+    try:
+        await asyncio.sleep(2)
+        resp = await kube._http().get(
+            "/debug/pprof/profile", params={"seconds": seconds}, timeout=seconds + 60
+        )
+        resp.raise_for_status()
+        out.write_bytes(resp.content)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    top = subprocess.run(
+        ["go", "tool", "pprof", "-top", "-cum", "-nodecount=45", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    print(f"\nAPI server CPU profile, {method} of {pods}-pod objects, 10 in flight ({out}):")
+    print(top.stdout or top.stderr)
+
+
+async def bench_variants(
+    kube: AsyncKube, cp: controlplane.ControlPlane, rounds: int, only: set[str] | None
+) -> list[Row]:
+    rows = []
+    for conc in (1, 10):
+        for pods in VARIANT_PODS:
+            for label, key, method in VARIANTS:
+                if only and key not in only and method not in only and label != VARIANTS[0][0]:
+                    continue
+                schema = SCHEMAS[key]
+                rows.append(
+                    await measure_variant(kube, cp, label, schema, method, pods, conc, rounds)
+                )
+            print(f"  variants, {pods} pods, {conc} in flight: done", flush=True)
+    return rows
+
+
 async def bench(args: argparse.Namespace) -> None:
-    cp = controlplane.ControlPlane(args.prefix, bins=binaries.ensure(binaries.CONTROL_PLANE))
+    cp = controlplane.ControlPlane(
+        args.prefix,
+        bins=binaries.ensure(binaries.CONTROL_PLANE),
+        apiserver_args=["--profiling=true"] if args.profile else [],
+    )
     kube: AsyncKube | None = None
     rows = []
+    variants: list[Row] = []
+    load0 = os.getloadavg()
+    print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
     try:
         cp.start()
-        cp.apply_manifests(sorted((REPO / "crds").glob("*.yaml")))
+        with tempfile.TemporaryDirectory() as tmp:
+            crds = sorted((REPO / "crds").glob("*.yaml")) + scratch_crds(Path(tmp))
+            cp.apply_manifests(crds)
         kube = AsyncKube.connect(cp.kubeconfig, field_manager="bench")
-        for conc in (1, 10):
-            for pods in (None, 1, 10, 100, 1000):
-                rows.append(await measure(kube, pods, conc, args.rounds))
-                print(f"  {rows[-1][0]}, {conc} in flight: done", flush=True)
+        if not args.skip_sizes:
+            for conc in (1, 10):
+                for pods in (None, 1, 10, 100, 1000):
+                    rows.append(await measure(kube, pods, conc, args.rounds))
+                    print(f"  {rows[-1][0]}, {conc} in flight: done", flush=True)
+        if not args.skip_variants:
+            only = set(args.only.split(",")) if args.only else None
+            variants = await bench_variants(kube, cp, args.rounds, only)
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            for method in ("apply", "update"):
+                out = args.profile / f"apiserver-{method}-30.pprof"
+                await profile(kube, SCHEMAS["cnp"], method, 30, 10, out)
     finally:
         if kube is not None:
             await kube.close()
         cp.stop()
+    load1 = os.getloadavg()
+    print(f"load average at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    if variants:
+        print_variants(variants)
+    if not rows:
+        return
     print()
     head = f"{'object':<24} {'bytes':>8} {'in flight':>9} {'p50 ms':>8} {'p90 ms':>8}"
     print(f"{head} {'writes/s':>9}")
@@ -141,6 +519,23 @@ def main() -> int:
     p.add_argument("--prefix", default="ksgaw")
     p.add_argument("--rounds", type=int, default=30, help="writes per object (default 30)")
     p.add_argument("--quick", action="store_true", help="5 rounds")
+    p.add_argument(
+        "--skip-sizes", action="store_true", help="not the first table (size and concurrency)"
+    )
+    p.add_argument(
+        "--skip-variants", action="store_true", help="not the second table (method and schema)"
+    )
+    p.add_argument(
+        "--only",
+        help="second table: only these schemas/methods, comma-separated (cnp, nocel, loose,"
+        " open, cm; apply, update, merge, create), beside the current way",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="also profile the API server's CPU (apply and update of 30-pod objects); save here",
+    )
     args = p.parse_args()
     if args.quick:
         args.rounds = 5
