@@ -704,7 +704,8 @@ async def bench(args: argparse.Namespace) -> None:
             del_writes: list[int] = []
             del_sent: list[float] = []
             for i in range(args.churn):
-                name = f"churn-{i}"
+                # Names unique per block: the timeline keeps the first time it saw one.
+                name = f"churn-{i}" + ("-e" if flag else "")
                 node = base_nodes[i % len(base_nodes)]
                 r0 = len(op.rounds())
                 b0 = watchers.bytes
