@@ -750,6 +750,9 @@ async def bench(args: argparse.Namespace) -> None:
                 f"p50 {pct(sent, 50) / 1e3:.0f} kB / {pct(del_sent, 50) / 1e3:.0f} kB",
             )
         await timeline.stop()
+        if args.compare_epochs:  # what follows measures the default operator
+            op.stop()
+            await start_and_publish(op, figure, "operator restarted (counters)", 900)
         compile_ms = [r[1] for r in op.rounds()[-args.churn * 4 :] if r[2]]
         figure(
             "  operator compile per churn round",
