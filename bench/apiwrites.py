@@ -16,6 +16,8 @@ objects of 1, 10, 30 and 100 pods written, in the same run, by
 * ``apply``: server-side apply, as the operator writes them (the current way);
 * ``update``: PUT of the whole object with the resourceVersion of the previous write's
   response (no apply merge; a stale version would be a 409);
+* either with ``fieldValidation=Ignore`` (no strict second decode of the body looking
+  for unknown or duplicate fields);
 * ``merge``: JSON merge patch of ``spec`` only; ``create``: a new object each time;
 * the same against scratch CRDs the bench derives from the generated one
   (``bench.secgroups.dev``): ``nocel`` (minus the CEL rules), ``loose`` (minus CEL rules,
@@ -25,11 +27,13 @@ objects of 1, 10, 30 and 100 pods written, in the same run, by
 * a ConfigMap carrying the same spec as JSON text in one data value (the floor for the
   same bytes), by apply and by update;
 
-with, per row, the API server's own mean time for the request (its
-``apiserver_request_duration_seconds``), the size of ``metadata.managedFields`` and of
-the stored value in etcd, and the ratio of writes/s to the current way's.
-``--profile``: also a CPU profile of the API server (10 s, ``go tool pprof``) while it
-serves 30-pod objects ten at a time, by apply and by update.
+in blocks, the variants of a size taking turns; with, per row, the API server's own
+mean time for the request (its ``apiserver_request_duration_seconds``), the size of
+``metadata.managedFields`` and of the stored value in etcd, and the ratio of writes/s
+to the current way's.
+``--profile DIR``: also CPU profiles of the API server (10 s each, ``go tool pprof``)
+while it serves 100-pod objects ten at a time by apply, apply without field validation,
+update, update of the open-spec CRD and ConfigMap apply: its CPU per write, in parts.
 
 Why it matters (docs/performance.md, "Realization"): a node object is rewritten whole
 for every epoch its pods get, and an agent's status report rewrites it too (a status
@@ -45,6 +49,7 @@ import base64
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -67,6 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apibench import (  # type: ignore[import-not-found]
     APPLY,
     MERGE,
+    WRITES,
     pct,
     req,
     request_totals,
@@ -214,7 +220,9 @@ SCHEMAS = {
 # (label, schema, method): the current way first (the ratios are to it).
 VARIANTS: tuple[tuple[str, str, str], ...] = (
     ("apply (current)", "cnp", "apply"),
+    ("apply, fieldVal=Ignore", "cnp", "apply-ignore"),
     ("update (PUT)", "cnp", "update"),
+    ("update, fieldVal=Ignore", "cnp", "update-ignore"),
     ("merge patch spec", "cnp", "merge"),
     ("create new", "cnp", "create"),
     ("apply, no CEL", "nocel", "apply"),
@@ -226,6 +234,7 @@ VARIANTS: tuple[tuple[str, str, str], ...] = (
     ("ConfigMap update", "cm", "update"),
 )
 VARIANT_PODS = (1, 10, 30, 100)
+PROFILE_PODS = 100  # about 16 kB: the size of the scale benchmark's 30-pod node objects
 
 
 def _strip(node: Any, drops: frozenset[str]) -> Any:
@@ -285,6 +294,30 @@ def variant_body(schema: Schema, name: str, pods: int, k: int) -> dict[str, Any]
     return {"apiVersion": schema.api_version, "kind": schema.kind, "metadata": meta, "spec": spec}
 
 
+async def write(
+    kube: AsyncKube, schema: Schema, method: str, name: str, pods: int, k: int, rv: str | None
+) -> Any:
+    """One write of node object ``name`` (``pods`` pods, epoch ``k``) by ``method``
+    (``apply``, ``update`` with resourceVersion ``rv``, ``merge``, ``create``; an
+    ``-ignore`` suffix: with ``fieldValidation=Ignore``); the server's response."""
+    bd = variant_body(schema, name, pods, k)
+    params = {"fieldManager": "bench"}
+    if method.endswith("-ignore"):
+        params["fieldValidation"] = "Ignore"
+        method = method.removesuffix("-ignore")
+    path = f"{schema.path}/{name}"
+    if method == "apply":
+        return await req(kube, "PATCH", path, bd, params={**params, "force": "true"}, ctype=APPLY)
+    if method == "create":
+        return await req(kube, "POST", schema.path, bd, params=params)
+    if method == "update":
+        bd["metadata"]["resourceVersion"] = rv
+        return await req(kube, "PUT", path, bd, params=params)
+    assert method == "merge", method  # spec (the ConfigMap's data) only
+    patch = {"data": bd["data"]} if schema.key == "cm" else {"spec": bd["spec"]}
+    return await req(kube, "PATCH", path, patch, params=params, ctype=MERGE)
+
+
 @dataclass
 class Row:
     label: str
@@ -312,78 +345,72 @@ def etcd_value_size(cp: controlplane.ControlPlane, key: str) -> int:
         return -1
 
 
-async def measure_variant(
-    kube: AsyncKube,
-    cp: controlplane.ControlPlane,
-    label: str,
-    schema: Schema,
-    method: str,
-    pods: int,
-    conc: int,
-    rounds: int,
-) -> Row:
-    """``rounds`` writes of each of ``conc`` objects by ``method``, the ``conc`` at once;
-    each object first made the variant's way (apply for apply, create otherwise),
-    uncounted."""
-    base = f"v{schema.key}-{method}-{pods}-{conc}"
-    rv: dict[int, str] = {}
-    times: list[float] = []
-    last = [f"{base}-0"]
+class Cell:
+    """The writes of one variant at one size and concurrency: ``conc`` objects written by
+    ``method``, the ``conc`` at once, in blocks (the variants of a size take turns, so a
+    burst of load elsewhere on the machine falls on all of them alike)."""
 
-    async def one(j: int, k: int, setup: bool = False) -> None:
-        name = f"{base}-{j}"
-        bd = variant_body(schema, name, pods, k)
+    def __init__(
+        self, kube: AsyncKube, label: str, schema: Schema, method: str, pods: int, conc: int
+    ) -> None:
+        self.kube, self.label, self.schema, self.method = kube, label, schema, method
+        self.pods, self.conc = pods, conc
+        self.base = f"v{schema.key}-{method}-{pods}-{conc}"
+        self.rv: dict[int, str] = {}
+        self.times: list[float] = []
+        self.wall = self.server_n = self.server_s = 0.0
+        self.k = 0
+        self.last = f"{self.base}-0"
+
+    async def _one(self, j: int, k: int, setup: bool = False) -> None:
+        name = f"{self.base}-{j}"
+        if self.method == "create":
+            name = self.last = f"{name}-{k}"
+        how = self.method
+        if setup:  # each object first made the variant's way, uncounted
+            how = "apply" if self.method.startswith("apply") else "create"
         t = time.perf_counter()
-        if method == "apply":
-            params = {"fieldManager": "bench", "force": "true"}
-            out = await req(kube, "PATCH", f"{schema.path}/{name}", bd, params=params, ctype=APPLY)
-        elif setup or method == "create":
-            if method == "create":
-                name = bd["metadata"]["name"] = f"{name}-{k}"
-                last[0] = name
-            out = await req(kube, "POST", schema.path, bd, params={"fieldManager": "bench"})
-        elif method == "update":
-            bd["metadata"]["resourceVersion"] = rv[j]
-            out = await req(
-                kube, "PUT", f"{schema.path}/{name}", bd, params={"fieldManager": "bench"}
-            )
-        else:  # merge: spec (data) only
-            patch = {"data": bd["data"]} if schema.key == "cm" else {"spec": bd["spec"]}
-            path = f"{schema.path}/{name}"
-            out = await req(
-                kube, "PATCH", path, patch, params={"fieldManager": "bench"}, ctype=MERGE
-            )
+        out = await write(self.kube, self.schema, how, name, self.pods, k, self.rv.get(j))
         if not setup:
-            times.append(time.perf_counter() - t)
-        rv[j] = out["metadata"]["resourceVersion"]
+            self.times.append(time.perf_counter() - t)
+        self.rv[j] = out["metadata"]["resourceVersion"]
 
-    if method != "create":
-        await asyncio.gather(*(one(j, 0, setup=True) for j in range(conc)))
-    before = await request_totals(kube)
-    t0 = time.perf_counter()
-    for k in range(1, rounds + 1):
-        await asyncio.gather(*(one(j, k) for j in range(conc)))
-    wall = time.perf_counter() - t0
-    served = totals_since(before, await request_totals(kube))
-    resource = schema.path.rsplit("/", 1)[1]
-    n = sum(c for (_, res, sub), (c, _) in served.items() if res == resource and not sub)
-    secs = sum(s for (_, res, sub), (_, s) in served.items() if res == resource and not sub)
-    obj = await req(kube, "GET", f"{schema.path}/{last[0]}")
-    mf = len(json.dumps(obj["metadata"].get("managedFields") or [], separators=(",", ":")))
-    stored = await asyncio.to_thread(etcd_value_size, cp, schema.etcd_prefix + last[0])
-    size = len(json.dumps(variant_body(SCHEMAS["cnp"], base, pods, 1)))
-    return Row(
-        label,
-        pods,
-        size,
-        conc,
-        pct(times, 50) * 1000,
-        pct(times, 90) * 1000,
-        len(times) / wall,
-        1000 * secs / n if n else float("nan"),
-        mf,
-        stored,
-    )
+    async def setup(self) -> None:
+        if self.method != "create":
+            await asyncio.gather(*(self._one(j, 0, setup=True) for j in range(self.conc)))
+
+    async def run(self, rounds: int) -> None:
+        """``rounds`` more writes of each object, timed, with the server's own time."""
+        before = await request_totals(self.kube, verbs=WRITES)
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            self.k += 1
+            await asyncio.gather(*(self._one(j, self.k) for j in range(self.conc)))
+        self.wall += time.perf_counter() - t0
+        served = totals_since(before, await request_totals(self.kube, verbs=WRITES))
+        resource = self.schema.path.rsplit("/", 1)[1]
+        for (_, res, sub), (n, secs) in served.items():
+            if res == resource and not sub:
+                self.server_n += n
+                self.server_s += secs
+
+    async def row(self, cp: controlplane.ControlPlane) -> Row:
+        schema = self.schema
+        obj = await req(self.kube, "GET", f"{schema.path}/{self.last}")
+        mf = len(json.dumps(obj["metadata"].get("managedFields") or [], separators=(",", ":")))
+        stored = await asyncio.to_thread(etcd_value_size, cp, schema.etcd_prefix + self.last)
+        return Row(
+            self.label,
+            self.pods,
+            len(json.dumps(variant_body(SCHEMAS["cnp"], self.base, self.pods, 1))),
+            self.conc,
+            pct(self.times, 50) * 1000,
+            pct(self.times, 90) * 1000,
+            len(self.times) / self.wall,
+            1000 * self.server_s / self.server_n if self.server_n else float("nan"),
+            mf,
+            stored,
+        )
 
 
 def print_variants(rows: list[Row]) -> None:
@@ -391,46 +418,97 @@ def print_variants(rows: list[Row]) -> None:
     print(
         "Compiled-object writes by method and schema (same run; x = writes/s / the current way's)"
     )
-    head = f"{'variant':<20} {'pods':>4} {'bytes':>7} {'in flight':>9} {'p50 ms':>7} {'p90 ms':>7}"
+    head = f"{'variant':<23} {'pods':>4} {'bytes':>7} {'in flight':>9} {'p50 ms':>7} {'p90 ms':>7}"
     print(f"{head} {'server ms':>9} {'writes/s':>8} {'x':>5} {'mgdFields B':>11} {'etcd B':>7}")
     current = {(r.pods, r.conc): r.rate for r in rows if r.label == VARIANTS[0][0]}
     for r in rows:
         ratio = r.rate / current[(r.pods, r.conc)] if (r.pods, r.conc) in current else float("nan")
         print(
-            f"{r.label:<20} {r.pods:>4} {r.size:>7,} {r.conc:>9} {r.p50:>7.1f} {r.p90:>7.1f}"
+            f"{r.label:<23} {r.pods:>4} {r.size:>7,} {r.conc:>9} {r.p50:>7.1f} {r.p90:>7.1f}"
             f" {r.server_ms:>9.1f} {r.rate:>8.0f} {ratio:>5.2f} {r.managed_fields:>11,}"
             f" {r.stored:>7,}"
         )
 
 
+# What the profile summary sums up: (what, regex of the function whose cumulative CPU it
+# is). Nested, not additive: read each against the total.
+PROFILE_PARTS: tuple[tuple[str, str], ...] = (
+    ("request body decode, YAML (apply)", r"^sigs\.k8s\.io/yaml\.unmarshal$"),
+    ("  strict re-decode (fieldValidation)", r"^sigs\.k8s\.io/(yaml|json)\.UnmarshalStrict$"),
+    ("schema coercion (meta, pruning, defaults)", r"unstructuredSchemaCoercer\)\.apply$"),
+    ("OpenAPI schema validation", r"validation\.ValidateCustomResource(Update)?$"),
+    ("  CEL rules", r"schema/cel\.\(\*Validator\)\.Validate$"),
+    ("field manager (managedFields)", r"\(\*FieldManager\)\.(Apply|UpdateNoErrors)$"),
+    ("decode of the stored object", r"etcd3\.\(\*defaultDecoder\)\.Decode$"),
+    ("encode (etcd value, response)", r"serializer/versioning\.\(\*codec\)\.Encode$"),
+    ("deep copies", r"runtime\.DeepCopyJSON$"),
+    ("watch events from etcd", r"etcd3\.\(\*watchChan\)\.serialProcessEvents$"),
+    ("GC, background marking", r"^runtime\.gcBgMarkWorker$"),
+    ("GC, assists (inside the above)", r"^runtime\.gcAssistAlloc$"),
+)
+PROFILED: tuple[tuple[str, str, str], ...] = (
+    ("apply", "cnp", "apply"),
+    ("apply Ign.", "cnp", "apply-ignore"),
+    ("update", "cnp", "update"),
+    ("upd. open", "open", "update"),
+    ("CM apply", "cm", "apply"),
+)
+
+
+def _seconds(text: str) -> float:
+    for unit, scale in (("ms", 0.001), ("us", 1e-6), ("µs", 1e-6), ("s", 1.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    return float(text)
+
+
+def profile_parts(path: Path) -> dict[str, float]:
+    """CPU seconds of ``path`` (a pprof CPU profile): ``total`` and each of
+    :data:`PROFILE_PARTS` (the largest cumulative time of a function it names)."""
+    top = subprocess.run(
+        ["go", "tool", "pprof", "-top", "-cum", "-nodecount=100000", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    total = re.search(r"Total samples = (\S+)", top)
+    out = {"total": _seconds(total.group(1)) if total else float("nan")}
+    rows = [
+        m.groups() for m in re.finditer(r"^\s*\S+\s+\S+%\s+\S+%\s+(\S+)\s+\S+%\s+(.+)$", top, re.M)
+    ]
+    for what, pattern in PROFILE_PARTS:
+        rx = re.compile(pattern)
+        out[what] = max(
+            (_seconds(cum) for cum, fn in rows if rx.search(fn.split(" (")[0])), default=0.0
+        )
+    return out
+
+
 async def profile(
     kube: AsyncKube, schema: Schema, method: str, pods: int, seconds: int, out: Path
-) -> None:
+) -> tuple[int, dict[str, float]]:
     """A CPU profile of the API server while it serves ``method`` writes of ``pods``-pod
-    objects ten at a time, saved to ``out`` and summed up by ``go tool pprof``."""
+    objects ten at a time, saved to ``out``: (writes served while profiled, CPU seconds
+    by part)."""
     stop = asyncio.Event()
-    base = f"prof-{schema.key}-{method}-{pods}"
+    done: list[float] = []
 
     async def writer(j: int) -> None:
-        name = f"{base}-{j}"
-        bd = variant_body(schema, name, pods, 0)
-        out_ = await req(kube, "POST", schema.path, bd, params={"fieldManager": "bench"})
+        name = f"prof-{schema.key}-{method}-{pods}-{j}"
+        first = "apply" if method.startswith("apply") else "create"
+        rv = (await write(kube, schema, first, name, pods, 0, None))["metadata"]
         k = 0
         while not stop.is_set():
             k += 1
-            bd = variant_body(schema, name, pods, k)
-            if method == "apply":
-                params = {"fieldManager": "bench", "force": "true"}
-                path = f"{schema.path}/{name}"
-                out_ = await req(kube, "PATCH", path, bd, params=params, ctype=APPLY)
-            else:
-                bd["metadata"]["resourceVersion"] = out_["metadata"]["resourceVersion"]
-                path = f"{schema.path}/{name}"
-                out_ = await req(kube, "PUT", path, bd, params={"fieldManager": "bench"})
+            obj = await write(kube, schema, method, name, pods, k, rv["resourceVersion"])
+            rv = obj["metadata"]
+            done.append(time.perf_counter())
 
     tasks = [asyncio.create_task(writer(j)) for j in range(10)]
     try:
         await asyncio.sleep(2)
+        t0 = time.perf_counter()
         resp = await kube._http().get(
             "/debug/pprof/profile", params={"seconds": seconds}, timeout=seconds + 60
         )
@@ -438,31 +516,53 @@ async def profile(
         out.write_bytes(resp.content)
     finally:
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    top = subprocess.run(
-        ["go", "tool", "pprof", "-top", "-cum", "-nodecount=45", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        failed = [r for r in await asyncio.gather(*tasks, return_exceptions=True) if r]
+    if failed:
+        raise RuntimeError(f"profiled writes failed: {failed[0]!r}")
+    writes = sum(1 for t in done if t0 <= t <= t0 + seconds)
+    return writes, await asyncio.to_thread(profile_parts, out)
+
+
+def print_profiles(results: list[tuple[str, int, dict[str, float]]], seconds: int) -> None:
+    print()
+    print(
+        f"API server CPU per write, ms (pprof, {seconds} s each, {PROFILE_PODS}-pod objects"
+        ", 10 in flight; parts nested, not additive)"
     )
-    print(f"\nAPI server CPU profile, {method} of {pods}-pod objects, 10 in flight ({out}):")
-    print(top.stdout or top.stderr)
+    print(f"{'':<42}" + "".join(f" {label:>10}" for label, _, _ in results))
+    print(
+        f"{'writes/s while profiled':<42}"
+        + "".join(f" {n / seconds:>10.0f}" for _, n, _ in results)
+    )
+    for what in ("total", *(w for w, _ in PROFILE_PARTS)):
+        cells = "".join(
+            f" {1000 * parts[what] / n if n else float('nan'):>10.2f}" for _, n, parts in results
+        )
+        print(f"{'API server CPU, all' if what == 'total' else what:<42}{cells}")
 
 
 async def bench_variants(
-    kube: AsyncKube, cp: controlplane.ControlPlane, rounds: int, only: set[str] | None
+    kube: AsyncKube,
+    cp: controlplane.ControlPlane,
+    rounds: int,
+    blocks: int,
+    only: set[str] | None,
 ) -> list[Row]:
     rows = []
     for conc in (1, 10):
         for pods in VARIANT_PODS:
-            for label, key, method in VARIANTS:
-                if only and key not in only and method not in only and label != VARIANTS[0][0]:
-                    continue
-                schema = SCHEMAS[key]
-                rows.append(
-                    await measure_variant(kube, cp, label, schema, method, pods, conc, rounds)
-                )
+            cells = [
+                Cell(kube, label, SCHEMAS[key], method, pods, conc)
+                for label, key, method in VARIANTS
+                if not only or key in only or method in only or label == VARIANTS[0][0]
+            ]
+            for cell in cells:
+                await cell.setup()
+            for b in range(blocks):
+                share = rounds // blocks + (1 if b < rounds % blocks else 0)
+                for cell in cells:
+                    await cell.run(share)
+            rows += [await cell.row(cp) for cell in cells]
             print(f"  variants, {pods} pods, {conc} in flight: done", flush=True)
     return rows
 
@@ -476,6 +576,7 @@ async def bench(args: argparse.Namespace) -> None:
     kube: AsyncKube | None = None
     rows = []
     variants: list[Row] = []
+    profiles: list[tuple[str, int, dict[str, float]]] = []
     load0 = os.getloadavg()
     print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
     try:
@@ -491,12 +592,14 @@ async def bench(args: argparse.Namespace) -> None:
                     print(f"  {rows[-1][0]}, {conc} in flight: done", flush=True)
         if not args.skip_variants:
             only = set(args.only.split(",")) if args.only else None
-            variants = await bench_variants(kube, cp, args.rounds, only)
+            variants = await bench_variants(kube, cp, args.variant_rounds, args.blocks, only)
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
-            for method in ("apply", "update"):
-                out = args.profile / f"apiserver-{method}-30.pprof"
-                await profile(kube, SCHEMAS["cnp"], method, 30, 10, out)
+            for label, key, method in PROFILED:
+                out = args.profile / f"apiserver-{key}-{method}-{PROFILE_PODS}.pprof"
+                n, parts = await profile(kube, SCHEMAS[key], method, PROFILE_PODS, 10, out)
+                profiles.append((label, n, parts))
+                print(f"  profiled {label}: {n} writes", flush=True)
     finally:
         if kube is not None:
             await kube.close()
@@ -505,6 +608,8 @@ async def bench(args: argparse.Namespace) -> None:
     print(f"load average at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     if variants:
         print_variants(variants)
+    if profiles:
+        print_profiles(profiles, 10)
     if not rows:
         return
     print()
@@ -518,7 +623,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prefix", default="ksgaw")
     p.add_argument("--rounds", type=int, default=30, help="writes per object (default 30)")
-    p.add_argument("--quick", action="store_true", help="5 rounds")
+    p.add_argument(
+        "--variant-rounds",
+        type=int,
+        default=100,
+        help="second table: writes per object (default 100)",
+    )
+    p.add_argument(
+        "--blocks",
+        type=int,
+        default=4,
+        help="second table: the rounds in this many blocks, the variants taking turns",
+    )
+    p.add_argument("--quick", action="store_true", help="5 rounds (second table: 10)")
     p.add_argument(
         "--skip-sizes", action="store_true", help="not the first table (size and concurrency)"
     )
@@ -539,6 +656,7 @@ def main() -> int:
     args = p.parse_args()
     if args.quick:
         args.rounds = 5
+        args.variant_rounds = 10
     asyncio.run(bench(args))
     return 0
 
