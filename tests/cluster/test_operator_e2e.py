@@ -148,22 +148,40 @@ spec: {{securityGroup: db, direction: Ingress, protocol: TCP, ports: "22",
     scenario.kubectl("delete", "sgr", "-n", NS, "db-from-office")
 
 
-def test_inbound_allow_deleted_raises_epoch_after_the_rule_change(scenario: LabCluster) -> None:
-    """S-CT-2 row 4 through the operator: d1's epoch goes up, and its node object requires
-    the group generation that no longer has the rule
+def test_inbound_allow_deleted_raises_the_groups_counter_with_the_rule_change(
+    scenario: LabCluster,
+) -> None:
+    """S-CT-2 row 4 through the operator: db's re-check counter goes up in the same write
+    as the rule's removal (every member re-checked, no node object written for it: d1's
+    epoch stays), and d1's agent applies that generation
     (docs/architecture.md#existing-connections-epochs)."""
     _, n2, _ = scenario.node_names()
-    before = pod_entry(scenario, n2, "d1").epoch
+    epoch = pod_entry(scenario, n2, "d1").epoch
+    recheck = get(scenario, "compiledsecuritygroup", f"sg.{NS}.db")["spec"].get("recheck", 0)
     scenario.kubectl("delete", "sgr", "-n", NS, "db-from-web")
-    after = wait_until(
-        "epoch raised", lambda: (e := pod_entry(scenario, n2, "d1")) and e.epoch > before and e
+    group = wait_until(
+        "db's counter raised",
+        lambda: (
+            (g := get(scenario, "compiledsecuritygroup", f"sg.{NS}.db"))
+            and g["spec"].get("recheck", 0) > recheck
+            and g
+        ),
     )
-    spec = node_spec(scenario, n2)
-    group = get(scenario, "compiledsecuritygroup", f"sg.{NS}.db")
     assert group["spec"].get("ingress", []) == []
-    assert spec is not None
-    assert spec.requires[f"group/sg.{NS}.db"] >= group["metadata"]["generation"]
-    assert after.epoch == before + 1
+    assert group["spec"]["recheck"] == recheck + 1
+    assert pod_entry(scenario, n2, "d1").epoch == epoch
+    wait_until(
+        "d1's agent applied it",
+        lambda: (
+            int(
+                (get(scenario, "compilednodepolicy", n2).get("status") or {}).get(
+                    "appliedGroupRevision"
+                )
+                or 0
+            )
+            >= int(group["metadata"]["resourceVersion"])
+        ),
+    )
 
 
 def test_relabelled_pod_moves_between_groups_live(scenario: LabCluster) -> None:
