@@ -49,21 +49,19 @@ async def req(
     return resp.json() if resp.content else None
 
 
-MUTATING = ("APPLY", "PATCH", "UPDATE", "CREATE", "DELETE")
 # The verbs the API server's metrics give writes: a PUT and a POST are labelled so (not
-# UPDATE and CREATE, which MUTATING names), for built-in and custom resources alike.
+# UPDATE and CREATE), for built-in and custom resources alike.
 WRITES = ("APPLY", "PATCH", "PUT", "POST", "DELETE")
 Totals = dict[tuple[str, str, str], tuple[float, float]]
 
 
 async def request_totals(
-    kube: AsyncKube, timeout: float = 60, verbs: tuple[str, ...] = MUTATING
+    kube: AsyncKube, timeout: float = 60, verbs: tuple[str, ...] = WRITES
 ) -> Totals:
     """The API server's own count of mutating requests so far: per (verb, resource,
     subresource), (requests, seconds spent) from ``apiserver_request_duration_seconds``
     — what a write costs on the server, and which writes a run made (the difference of
-    two calls). ``verbs``: the metric's verb labels counted (:data:`WRITES` for every
-    write)."""
+    two calls). ``verbs``: the metric's verb labels counted (default: every write)."""
     resp = await kube._http().get("/metrics", timeout=timeout)
     out: dict[tuple[str, str, str], list[float]] = {}
     for line in resp.text.splitlines():
