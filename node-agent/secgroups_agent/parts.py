@@ -291,18 +291,7 @@ class PartRenderer:
     def twin_skeletons(self, key: str, spec: CompiledAddressSetSpec) -> dict[Family, Set]:
         """The declarations (no elements) of both families of a compiled address set."""
         hollow = spec.model_copy(update={"ipv4": (), "ipv6": ()})
-        rules = tuple(
-            CompiledRule(
-                id=f"{_PROBE_NS}/probe-{f.value}",
-                direction=Direction.INGRESS,
-                action=Action.ALLOW,
-                priority=1,
-                family=f,
-                protocol=Protocol.ALL,
-                remote=CompiledRemote(kind=RemoteKind.SET, set=key),
-            )
-            for f in IPFamily
-        )
+        rules = tuple(_naming_rule(f"probe-{f.value}", f, key) for f in IPFamily)
         probe = CompiledGroupSpec(group=ObjectKey(namespace=_PROBE_NS, name="probe"), ingress=rules)
         rs = self._render(pods=(_PROBE_POD,), groups={_PROBE_GROUP: probe}, sets={key: hollow})
         out: dict[Family, Set] = {}
@@ -364,20 +353,26 @@ def marked_group(
     so that the renderer computes the same marks as from the whole policy."""
     prefix = "set/"
     rules = tuple(
-        CompiledRule(
-            id=f"{_PROBE_NS}/recheck-{name[len(prefix) :]}",
-            direction=Direction.INGRESS,
-            action=Action.ALLOW,
-            priority=1,
-            family=IPFamily.IPV4,
-            protocol=Protocol.ALL,
-            remote=CompiledRemote(kind=RemoteKind.SET, set=name[len(prefix) :]),
-        )
+        _naming_rule(f"recheck-{name[len(prefix) :]}", IPFamily.IPV4, name[len(prefix) :])
         for name, _ in mark_counters(key, spec, sets)
         if name.startswith(prefix)
     )
     return CompiledGroupSpec(
         group=spec.group, synthesized=spec.synthesized, recheck=spec.recheck, ingress=rules
+    )
+
+
+def _naming_rule(suffix: str, family: IPFamily, set_name: str) -> CompiledRule:
+    """An inbound any-protocol Allow from ``set_name``: what makes the renderer declare the
+    set (and count its re-check counter in a member's mark) in a probe policy."""
+    return CompiledRule(
+        id=f"{_PROBE_NS}/{suffix}",
+        direction=Direction.INGRESS,
+        action=Action.ALLOW,
+        priority=1,
+        family=family,
+        protocol=Protocol.ALL,
+        remote=CompiledRemote(kind=RemoteKind.SET, set=set_name),
     )
 
 
