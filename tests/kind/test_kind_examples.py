@@ -5,8 +5,9 @@ test bodies on both e2e providers (``[kind]``: the chart's pods on a 3-node kind
 * the reachability truth table from inside the real pods, on three nodes, equals the core
   evaluator's over what the API server holds (printed side by side on a mismatch);
 * one S-CT-2 row with live TCP connections (row 5: an inbound rule of Sg-A modified, so
-  every pod of Sg-A is re-checked — the operator raises the epochs of exactly a1 and a2 in
-  the compiled node objects): the connection the new rule still allows carries on
+  every pod of Sg-A is re-checked — the operator raises Sg-A's re-check counter in its
+  compiled group, which changes the epoch marks of exactly a1 and a2): the connection
+  the new rule still allows carries on
   (the same socket, twice), the one it denies stops at its next packet — from either end,
   with no conntrack entry flipped to the pod's side — a connection to a pod of another
   group is untouched, and new connections follow the evaluator.
@@ -19,6 +20,8 @@ from typing import Any
 from tests.kind.conftest import NS, PODS, Examples, wait_until
 from tests.kind.providers import apply, get
 
+from secgroups.compiled import CompiledAddressSetSpec, CompiledGroupSpec, CompiledPod
+from secgroups.nft.epochs import pod_mark
 from secgroups_lab import demo
 from secgroups_lab.matrix import Case, cases, run_matrix
 from secgroups_lab.probes import Flow, ProbeClient
@@ -78,12 +81,23 @@ def flipped(examples: Examples, server: str, client: str, port: int) -> list[str
     return [line for line in proc.stdout.splitlines() if line.startswith("tcp")]
 
 
-def epochs(examples: Examples) -> dict[str, int]:
-    """Each demo pod's ingress epoch in its node's CompiledNodePolicy (the operator raises
-    it for the pods S-CT-2 re-checks; the agents re-check connections older than it)."""
+def marks(examples: Examples) -> dict[str, int]:
+    """Each demo pod's epoch mark, from the compiled objects the API server holds: its
+    epoch and the re-check counters of its groups and of the sets they name inbound (what
+    the operator raises for the pods S-CT-2 re-checks; the agents re-check the connections
+    stamped with an older mark)."""
+    c = examples.cluster
+    groups = {
+        o["metadata"]["name"]: CompiledGroupSpec.model_validate(o["spec"])
+        for o in get(c, "compiledsecuritygroups")["items"]
+    }
+    sets = {
+        o["metadata"]["name"]: CompiledAddressSetSpec.model_validate(o["spec"])
+        for o in get(c, "compiledaddresssets")["items"]
+    }
     return {
-        p["name"]: int(p.get("epoch", 0))
-        for o in get(examples.cluster, "compilednodepolicies")["items"]
+        p["name"]: pod_mark(CompiledPod.model_validate(p), groups, sets)
+        for o in get(c, "compilednodepolicies")["items"]
         for p in (o["spec"].get("pods") or [])
         if p["namespace"] == NS
     }
@@ -103,7 +117,7 @@ def test_s_ct_2_row_5_live_tcp_connections(examples: Examples) -> None:
     }
     keep, cut, other = flows.values()
     assert get(c, "sgr", "-n", NS, "a02")["spec"]["protocol"] == "All"
-    before = epochs(examples)
+    before = marks(examples)
     try:
         assert all(f.check(timeout=ALLOWED).ok for f in flows.values())
         apply(c, [a02("TCP", "80")])
@@ -113,8 +127,8 @@ def test_s_ct_2_row_5_live_tcp_connections(examples: Examples) -> None:
             60,
         )
         after = wait_until(
-            "the epochs of Sg-A's pods raised",
-            lambda: (e := epochs(examples))["a1"] != before["a1"] and e["a2"] != before["a2"] and e,
+            "the marks of Sg-A's pods changed",
+            lambda: (e := marks(examples))["a1"] != before["a1"] and e["a2"] != before["a2"] and e,
             60,
         )
         raised = sorted(p for p in PODS if after[p] != before[p])

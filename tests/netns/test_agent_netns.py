@@ -20,7 +20,6 @@ import subprocess
 import sys
 import termios
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ _why = netns_unavailable()
 if _why:
     pytest.skip(_why, allow_module_level=True)
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("fresh_conntrack")]
 
 NODE = "n1"
 DENIED_TIMEOUT = 1.0
@@ -136,18 +135,6 @@ def check_matrix(lab: Lab, pods: dict[str, PodNet], policy: CompiledPolicy) -> N
             sources, gre, expected, destinations=destinations, timeout=DENIED_TIMEOUT
         )
         result.assert_matches()
-
-
-@pytest.fixture(autouse=True)
-def fresh_conntrack(lab: Lab) -> None:
-    """Flows left by earlier tests would make first packets look like replies."""
-    run_in(lab.node_netns(1), ["conntrack", "-F"], check=False)
-
-
-@pytest.fixture
-def agent(lab: Lab, tmp_path: Path) -> Iterator[AgentProcess]:
-    with AgentProcess(lab.node_netns(1), NODE, tmp_path) as a:
-        yield a
 
 
 def conntrack_lines(lab: Lab, ip: str) -> list[str]:

@@ -20,8 +20,6 @@ packets and at conntrack.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from tests import nftcases as nc
@@ -36,7 +34,7 @@ _why = netns_unavailable()
 if _why:
     pytest.skip(_why, allow_module_level=True)
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("fresh_conntrack")]
 
 NODE = "n1"
 DENIED_TIMEOUT = 1.0
@@ -81,18 +79,6 @@ def policy(
         ],
         node=NODE,
     )
-
-
-@pytest.fixture(autouse=True)
-def fresh_conntrack(lab: Lab) -> None:
-    """Flows left by earlier tests would make first packets look like replies."""
-    run_in(lab.node_netns(1), ["conntrack", "-F"], check=False)
-
-
-@pytest.fixture
-def agent(lab: Lab, tmp_path: Path) -> Iterator[AgentProcess]:
-    with AgentProcess(lab.node_netns(1), NODE, tmp_path) as a:
-        yield a
 
 
 def mark_of(lab: Lab, flow: FlowHandle) -> int | None:
