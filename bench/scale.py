@@ -3,7 +3,9 @@
 
 Run as root: ``sudo .venv/bin/python bench/scale.py`` (``--quick`` for a small smoke run;
 ``--nodes/--pods/--namespaces`` to change the shape; ``--pods-first`` to create every pod
-before the operator starts — no RSS steps, and its first start is the cold start). A
+before the operator starts — no RSS steps, and its first start is the cold start;
+``--compare-epochs`` to measure the churn also with the operator's
+``--recheck-by-epochs``, side by side). A
 script, not a test: it prints the figures with their goals (docs/performance.md,
 "Operator at scale") and asserts nothing.
 Needs kwok: ``hack/build-binaries.sh kwok`` (v0.8.0 from the Go module proxy, cached like
