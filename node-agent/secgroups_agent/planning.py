@@ -105,7 +105,7 @@ from secgroups_agent.parts import (
     set_identity,
     used_sets,
 )
-from secgroups_agent.sources import Snapshot
+from secgroups_agent.sources import PodInputs, Snapshot, pod_inputs, same_pod_inputs
 
 
 # --------------------------------------------------------------------------- state
@@ -239,16 +239,7 @@ class _Caches:
     )
     pod_ips: tuple[CompiledNodeSpec, dict[str, str]] | None = None
     pending: tuple[frozenset[str], dict[str, dict[str, Element]]] | None = None
-    pod_section: (
-        tuple[
-            CompiledNodeSpec,
-            tuple[tuple[str, CompiledGroupSpec], ...],
-            list[Chain],
-            dict[str, dict[str, Element]],
-            tuple[tuple[str, int], ...],
-        ]
-        | None
-    ) = None
+    pod_section: tuple[PodInputs, list[Chain], dict[str, dict[str, Element]]] | None = None
     # Per group: (its spec, the raised set counters, what its members' pod parts depend on).
     marks: dict[str, tuple[CompiledGroupSpec, tuple[tuple[str, int], ...], tuple[object, ...]]] = (
         field(default_factory=dict)
@@ -378,18 +369,11 @@ class Planner:
     def _pod_section(self, snap: Snapshot) -> tuple[list[Chain], dict[str, dict[str, Element]]]:
         """Group-list chains and container elements of all pods (cached on its inputs: the
         node, the group objects and the raised set counters, which are in the marks)."""
-        node = snap.node
-        groups = tuple(snap.groups.items())
-        counters = tuple((k, s.recheck) for k, s in snap.sets.items() if s.recheck)
+        inputs = pod_inputs(snap)
+        node, groups, counters = inputs
         hit = self._cache.pod_section
-        if (
-            hit is not None
-            and hit[0] is node
-            and len(hit[1]) == len(groups)
-            and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(hit[1], groups, strict=True))
-            and hit[4] == counters
-        ):
-            return hit[2], hit[3]
+        if hit is not None and same_pod_inputs(hit[0], inputs):
+            return hit[1], hit[2]
         claimed: dict[str, int] = {}
         for pod in node.pods:
             for ip in pod.ips:
@@ -416,7 +400,7 @@ class Planner:
                 for el in els:
                     box[el.key_text()] = el  # texts are canonical, and cheap to hash
         out = list(chains.values())
-        self._cache.pod_section = (node, groups, out, containers, counters)
+        self._cache.pod_section = (inputs, out, containers)
         return out, containers
 
     def _claim(

@@ -87,6 +87,32 @@ class Snapshot:
         )
 
 
+# What every pod's table part and epoch mark (``epochs.pod_mark``) derive from: the node
+# object, the group objects (by identity: an unchanged object is the same one,
+# :func:`intern`) and the raised set counters.
+PodInputs = tuple[
+    CompiledNodeSpec, tuple[tuple[str, CompiledGroupSpec], ...], tuple[tuple[str, int], ...]
+]
+
+
+def pod_inputs(snap: Snapshot) -> PodInputs:
+    return (
+        snap.node,
+        tuple(snap.groups.items()),
+        tuple((k, s.recheck) for k, s in snap.sets.items() if s.recheck),
+    )
+
+
+def same_pod_inputs(a: PodInputs, b: PodInputs) -> bool:
+    """Whether nothing a pod's part or mark depends on changed between ``a`` and ``b``."""
+    return (
+        a[0] is b[0]
+        and len(a[1]) == len(b[1])
+        and all(x[0] == y[0] and x[1] is y[1] for x, y in zip(a[1], b[1], strict=True))
+        and a[2] == b[2]
+    )
+
+
 @dataclass(frozen=True)
 class SourceProblem:
     """Why a source is not ready or why its last input was rejected (for status)."""

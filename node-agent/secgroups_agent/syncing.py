@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from secgroups.compiled import CompiledNodeSpec, NodeAgentStatus
+from secgroups.compiled import NodeAgentStatus
 from secgroups.nft.rendering import RenderError
 from secgroups.nft.sealing import SEAL, read_seal, seal_text, unseal_text
 from secgroups.nft.transactions import Inventory
@@ -55,7 +55,7 @@ from secgroups_agent.metrics import Metrics
 from secgroups_agent.nftables import NftBackend, NftError
 from secgroups_agent.planning import Plan, Planner, TableState
 from secgroups_agent.server import Health
-from secgroups_agent.sources import Snapshot, Source
+from secgroups_agent.sources import PodInputs, Snapshot, Source, pod_inputs, same_pod_inputs
 from secgroups_agent.status import StatusReporter
 from secgroups_agent.sweeping import (
     Sweeper,
@@ -133,29 +133,6 @@ class Placeholder(Protocol):
     def committed(self, snap: Snapshot, state: TableState) -> None: ...
 
 
-# What the pods' marks are computed from (``epochs.pod_mark``): the node object, the group
-# objects (by identity: an unchanged object is the same one, ``sources.intern``) and the
-# raised set counters.
-_MarkInputs = tuple[CompiledNodeSpec, tuple[tuple[str, object], ...], tuple[tuple[str, int], ...]]
-
-
-def _mark_inputs(snap: Snapshot) -> _MarkInputs:
-    return (
-        snap.node,
-        tuple(snap.groups.items()),
-        tuple((k, s.recheck) for k, s in snap.sets.items() if s.recheck),
-    )
-
-
-def _same_inputs(a: _MarkInputs, b: _MarkInputs) -> bool:
-    return (
-        a[0] is b[0]
-        and len(a[1]) == len(b[1])
-        and all(x[0] == y[0] and x[1] is y[1] for x, y in zip(a[1], b[1], strict=True))
-        and a[2] == b[2]
-    )
-
-
 class SyncLoop:
     def __init__(
         self,
@@ -206,7 +183,7 @@ class SyncLoop:
         # before the first commit, when the kernel's in_epoch maps are read instead),
         # old marks still to sweep per UID, and the snapshot they are judged against.
         self.sweeper = Sweeper(conntrack)
-        self._marks: tuple[_MarkInputs, dict[str, int]] | None = None
+        self._marks: tuple[PodInputs, dict[str, int]] | None = None
         self._kernel_epochs: dict[str, int] | None = None
         self._stale: dict[str, set[int]] = {}
         self._swept_snap: Snapshot | None = None
@@ -513,8 +490,8 @@ class SyncLoop:
         groups or of the sets they name inbound (the group and set objects)."""
         node = snap.node
         self._swept_snap = snap  # pending sweeps are judged against the latest commit
-        inputs = _mark_inputs(snap)
-        if self._marks is not None and _same_inputs(self._marks[0], inputs):
+        inputs = pod_inputs(snap)
+        if self._marks is not None and same_pod_inputs(self._marks[0], inputs):
             return
         marks = pod_marks(node, snap.groups, snap.sets)
         if self._marks is None:
