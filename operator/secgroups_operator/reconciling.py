@@ -919,8 +919,10 @@ class Reconciler:
             return
         published[name] = n
         if self.compiler is not None:
-            field_name = "groups" if kind == COMPILED_GROUP_KIND else "sets"
-            self._queue.append(_Floor({}, **{field_name: {name: n}}))
+            if kind == COMPILED_GROUP_KIND:
+                self._queue.append(_Floor({}, groups={name: n}))
+            else:
+                self._queue.append(_Floor({}, sets={name: n}))
             self._wake.set()
 
     def mirror_node(self, obj: Mapping[str, Any]) -> None:
