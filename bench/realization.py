@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from secgroups.compiled import COMPILED_NODE_KIND, NODE_REPORT_KIND, applied_nodes
 from secgroups_kube import AsyncKube
 from secgroups_lab import binaries, controlplane, network, underlay
 from secgroups_lab._cmd import in_netns
@@ -511,9 +512,9 @@ async def bench(args: argparse.Namespace) -> None:
 
         async def all_applied() -> bool:
             for name in nodes:
-                obj = await kube.get("CompiledNodePolicy", name)
-                st = (obj or {}).get("status") or {}
-                if not obj or (st.get("appliedGeneration") or 0) < obj["metadata"]["generation"]:
+                obj = await kube.get(COMPILED_NODE_KIND, name)
+                report = await kube.get(NODE_REPORT_KIND, name)
+                if not obj or not report or not applied_nodes([obj], [report]):
                     return False
             return True
 

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from secgroups.compiled import COMPILED_NODE_KIND, NODE_REPORT_KIND, applied_nodes
 from secgroups_kube import AsyncKube
 from secgroups_lab import binaries, controlplane, underlay
 from secgroups_lab._cmd import in_netns
@@ -828,11 +829,10 @@ async def bench(args: argparse.Namespace) -> None:
         )
         status: dict[str, Any] = {}
         while time.monotonic() - t < 600:
-            cnp = await kube.get("CompiledNodePolicy", "big-node")
-            status = (cnp or {}).get("status") or {}
-            if (status.get("appliedGeneration") or 0) >= (cnp or {}).get("metadata", {}).get(
-                "generation", 1
-            ):
+            cnp = await kube.get(COMPILED_NODE_KIND, "big-node")
+            report = await kube.get(NODE_REPORT_KIND, "big-node")
+            status = (report or {}).get("status") or {}
+            if cnp and report and applied_nodes([cnp], [report]):
                 break
             await asyncio.sleep(1)
         figure(

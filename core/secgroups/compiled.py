@@ -29,6 +29,7 @@ write (which keeps every object under the size etcd accepts).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -51,6 +52,9 @@ from secgroups.sharing import share_fields_set
 COMPILED_GROUP_KIND = "CompiledSecurityGroup"
 COMPILED_SET_KIND = "CompiledAddressSet"
 COMPILED_NODE_KIND = "CompiledNodePolicy"
+#: What a node's agent applied, one small object per node written by that agent alone
+#: (the operator reads it for realization; see NodeAgentReport).
+NODE_REPORT_KIND = "NodeAgentReport"
 
 # Bounds of the schema (see the module docstring). The operator's own limits are lower:
 # quotas.MAX_RULES_PER_GROUP rules per group, quotas.MAX_ADDRESS_GROUP_CIDRS CIDRs per
@@ -388,7 +392,7 @@ class CompiledAddressSet(_Model):
 
 
 class NodeAgentStatus(_Model):
-    """What the node agent last applied, reported on its CompiledNodePolicy."""
+    """What the node agent last applied, reported in its node's NodeAgentReport."""
 
     applied_generation: int | None = Field(
         default=None, ge=0, description="metadata.generation applied."
@@ -421,4 +425,35 @@ class CompiledNodePolicy(_Model):
     kind: Literal["CompiledNodePolicy"] = "CompiledNodePolicy"
     metadata: CompiledMeta
     spec: CompiledNodeSpec
-    status: NodeAgentStatus | None = None
+
+
+class NodeAgentReport(_Model):
+    """A node agent's report of what it applied: named after the node, written by that
+    node's agent only (server-side apply of the whole object), owned by the node's
+    CompiledNodePolicy (deleted with it). It lives apart from the node object so that a
+    report is a write of a few hundred bytes, not a rewrite of the node's whole policy,
+    and so that every object has one writer: the operator the node object, the agent
+    its report."""
+
+    api_version: Literal["secgroups.dev/v1alpha1"] = "secgroups.dev/v1alpha1"
+    kind: Literal["NodeAgentReport"] = "NodeAgentReport"
+    metadata: CompiledMeta
+    status: NodeAgentStatus = Field(default_factory=NodeAgentStatus)
+
+
+def applied_nodes(
+    node_objects: Iterable[Mapping[str, Any]], reports: Iterable[Mapping[str, Any]]
+) -> set[str]:
+    """The nodes whose agent reported (``NodeAgentReport.status.appliedGeneration``)
+    applying their ``CompiledNodePolicy`` at its current generation, from the objects
+    as the API server returns them."""
+    applied = {
+        str(r["metadata"]["name"]): (r.get("status") or {}).get("appliedGeneration")
+        for r in reports
+    }
+    return {
+        name
+        for o in node_objects
+        if (name := str(o["metadata"]["name"])) in applied
+        and (applied[name] or 0) >= int(o["metadata"].get("generation") or 0)
+    }

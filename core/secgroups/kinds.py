@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from secgroups.compiled import COMPILED_GROUP_KIND, COMPILED_NODE_KIND, COMPILED_SET_KIND
+from secgroups.compiled import (
+    COMPILED_GROUP_KIND,
+    COMPILED_NODE_KIND,
+    COMPILED_SET_KIND,
+    NODE_REPORT_KIND,
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ KINDS: dict[str, Kind] = {
         Kind(COMPILED_GROUP_KIND, "compiledsecuritygroups", False),
         Kind(COMPILED_SET_KIND, "compiledaddresssets", False),
         Kind(COMPILED_NODE_KIND, "compilednodepolicies", False),
+        Kind(NODE_REPORT_KIND, "nodeagentreports", False),
     )
 }
 

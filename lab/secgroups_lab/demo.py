@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from secgroups.compiled import COMPILED_NODE_KIND, NODE_REPORT_KIND, applied_nodes
 from secgroups.compiling import compile_policy
 from secgroups.evaluating import Evaluator, Packet
 from secgroups.facts import ClusterFacts
@@ -79,17 +80,14 @@ def pods_running(lab: LabCluster, namespace: str) -> bool:
 
 def agents_applied(lab: LabCluster) -> bool:
     """Every node's CompiledNodePolicy has been applied by its agent at its current generation."""
-    out = lab.kubectl("get", "compilednodepolicies", "-o", "json", check=False)
+    out = lab.kubectl("get", "compilednodepolicies,nodeagentreports", "-o", "json", check=False)
     try:
         items = json.loads(out)["items"]
     except ValueError:
         return False
-    if len(items) < lab.nodes:
-        return False
-    return all(
-        (i.get("status") or {}).get("appliedGeneration") == i["metadata"].get("generation")
-        for i in items
-    )
+    nodes = [i for i in items if i.get("kind") == COMPILED_NODE_KIND]
+    reports = [i for i in items if i.get("kind") == NODE_REPORT_KIND]
+    return len(nodes) >= lab.nodes and len(applied_nodes(nodes, reports)) == len(nodes)
 
 
 def matrix(lab: LabCluster, namespace: str = "demo") -> MatrixResult:

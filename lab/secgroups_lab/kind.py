@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from secgroups.compiled import applied_nodes
 from secgroups.facts import ClusterFacts
 from secgroups_lab import binaries
 from secgroups_lab.probes import ProbeClient
@@ -230,15 +231,10 @@ def agents_applied(kind: Kind) -> bool:
     """Every node has a CompiledNodePolicy, applied by its agent at its current generation."""
     try:
         items = kind.get("compilednodepolicies")["items"]
+        reports = kind.get("nodeagentreports")["items"]
     except (KindError, ValueError):
         return False
-    nodes = set(kind.nodes())
-    applied = {
-        i["metadata"]["name"]
-        for i in items
-        if (i.get("status") or {}).get("appliedGeneration") == i["metadata"].get("generation")
-    }
-    return nodes <= applied
+    return set(kind.nodes()) <= applied_nodes(items, reports)
 
 
 def published_pods(kind: Kind, namespace: str) -> set[str]:

@@ -32,7 +32,7 @@ from secgroups_agent.nftables import NftBackend, NftCli, make_backend
 from secgroups_agent.planning import Planner
 from secgroups_agent.server import DEFAULT_ADDR, Health, Server
 from secgroups_agent.sources import FileSource, KubeSource, Source
-from secgroups_agent.status import FileStatus, KubeStatus, StatusReporter, StatusWriter
+from secgroups_agent.status import FileStatus, KubeReport, StatusReporter, StatusWriter
 from secgroups_agent.syncing import SyncConfig, SyncLoop
 from secgroups_agent.tamper import TableMonitor
 from secgroups_agent.trust import OPERATOR_MANAGERS, writer_problem
@@ -156,8 +156,8 @@ async def run(args: argparse.Namespace) -> int:
     writer: StatusWriter
     if args.status_file is not None:
         writer = FileStatus(args.status_file)
-    elif client is not None:
-        writer = KubeStatus(client, args.node)
+    elif client is not None and isinstance(source, KubeSource):
+        writer = KubeReport(client, args.node, source.node_uid)
     else:
         writer = _NoStatus()
     reporter = StatusReporter(writer, min_interval=0.0 if args.status_file else 1.0)

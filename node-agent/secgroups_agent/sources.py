@@ -315,6 +315,7 @@ class _Entry:
     """One object a reflector holds."""
 
     generation: int | None = None
+    uid: str | None = None  # a deleted and re-created object is another object
     spec: Any = None  # the parsed spec model, or None when invalid
     error: str | None = None
     gone: bool = False  # deleted or no longer selected: kept while the node references it
@@ -408,15 +409,21 @@ class Reflector:
         if self.trust is not None and self._refused(name, obj):
             return
         generation = meta.get("generation")
+        uid = meta.get("uid")
         old = self.entries.get(name)
-        if old is not None and old.generation == generation and generation is not None:
+        if (
+            old is not None
+            and old.generation == generation
+            and generation is not None
+            and old.uid == uid
+        ):
             if old.gone:  # selected again, same spec: keep the parsed model
                 old.gone = False
                 self.on_change()
             elif self.kind != COMPILED_NODE_KIND:
                 self.on_change()  # a label change: nothing to parse, the revision moved
             return
-        entry = _Entry(generation=generation)
+        entry = _Entry(generation=generation, uid=uid)
         try:
             entry.spec, entry.generation = self.parse(obj)
         except (ValidationError, ValueError, KeyError, TypeError) as exc:
@@ -623,6 +630,12 @@ class KubeSource:
             tuple(missing),
             group_revision=self._groups.revision,
         )
+
+    def node_uid(self) -> str | None:
+        """The uid of this node's CompiledNodePolicy as last seen (None: there is none):
+        the owner of the agent's NodeAgentReport."""
+        node = self._node.entries.get(self.node)
+        return None if node is None or node.gone or node.untrusted else node.uid
 
     def snapshot(self) -> Snapshot | None:
         state = self._state()

@@ -1,4 +1,4 @@
-"""The status port: report what the agent applied, on the node object or in a file.
+"""The status port: report what the agent applied, in its NodeAgentReport or in a file.
 
 The sync loop builds a :class:`~secgroups.compiled.NodeAgentStatus` after every sync
 (applied generation, time, pods, rules, set elements, error and reason) and hands it
@@ -8,9 +8,9 @@ a burst of member changes does not become a burst of API writes.
 
 Writers (:class:`StatusWriter`):
 
-* :class:`KubeStatus` — merge patch of the ``status`` subresource of this node's
-  ``CompiledNodePolicy`` (through :class:`secgroups_kube.AsyncKube`); a missing object
-  is not an error;
+* :class:`KubeReport` — server-side apply of this node's ``NodeAgentReport`` (a few
+  hundred bytes, owned by the node's ``CompiledNodePolicy`` so that it goes when the node
+  object goes); nothing is written while there is no node object;
 * :class:`FileStatus` — a JSON file replaced atomically (what the netns tests read);
 * :class:`FakeStatus` — records every write, for unit tests.
 """
@@ -22,11 +22,12 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from secgroups.compiled import COMPILED_NODE_KIND, NodeAgentStatus
+from secgroups.compiled import COMPILED_NODE_KIND, NODE_REPORT_KIND, NodeAgentStatus
 from secgroups_agent import logs
 
 if TYPE_CHECKING:  # an agent reading a policy file never loads the Kubernetes client
@@ -43,16 +44,44 @@ def status_body(status: NodeAgentStatus) -> dict[str, Any]:
     return status.model_dump(by_alias=True, mode="json")
 
 
-class KubeStatus:
-    """Merge-patches ``CompiledNodePolicy/<node>/status`` (the client's field manager)."""
+def report_body(node: str, owner_uid: str, status: NodeAgentStatus) -> dict[str, Any]:
+    """The ``NodeAgentReport`` of ``node``, owned by its node object ``owner_uid``."""
+    return {
+        "apiVersion": "secgroups.dev/v1alpha1",
+        "kind": NODE_REPORT_KIND,
+        "metadata": {
+            "name": node,
+            "ownerReferences": [
+                {
+                    "apiVersion": "secgroups.dev/v1alpha1",
+                    "kind": COMPILED_NODE_KIND,
+                    "name": node,
+                    "uid": owner_uid,
+                }
+            ],
+        },
+        # None fields left out: apply then drops what an earlier report set (an error).
+        "status": status.model_dump(by_alias=True, mode="json", exclude_none=True),
+    }
 
-    def __init__(self, client: AsyncKube, node: str) -> None:
+
+class KubeReport:
+    """Applies ``NodeAgentReport/<node>`` (the client's field manager).
+
+    ``owner``: the uid of the node's ``CompiledNodePolicy`` as the agent's watch has it,
+    or None when there is none — then there is nothing to report on and nothing is
+    written. A report whose owner is deleted is deleted by the garbage collector; the
+    reporter writes again when the owner changes (:meth:`StatusReporter.update`)."""
+
+    def __init__(self, client: AsyncKube, node: str, owner: Callable[[], str | None]) -> None:
         self.client = client
         self.node = node
+        self.owner = owner
 
     async def write(self, status: NodeAgentStatus) -> None:
-        # No node object (yet) is not an error: there is nothing to report on.
-        await self.client.patch_status(COMPILED_NODE_KIND, self.node, None, status_body(status))
+        uid = self.owner()
+        if uid is not None:
+            await self.client.apply(report_body(self.node, uid, status))
 
 
 class FileStatus:
@@ -112,16 +141,26 @@ class StatusReporter:
         self.min_interval = min_interval
         self._pending: NodeAgentStatus | None = None
         self._written: NodeAgentStatus | None = None
+        self._written_owner: str | None = None
         self._wake = asyncio.Event()
         self.writes = 0
         self.errors = 0
 
     def update(self, status: NodeAgentStatus) -> None:
-        if self._written is not None and _material(status) == _material(self._written):
+        if (
+            self._written is not None
+            and _material(status) == _material(self._written)
+            and self._owner() == self._written_owner
+        ):
             self._pending = None
             return
         self._pending = status
         self._wake.set()
+
+    def _owner(self) -> str | None:
+        """The object the writer reports on (a new node object gets the report again)."""
+        owner: Callable[[], str | None] | None = getattr(self.writer, "owner", None)
+        return owner() if owner is not None else None
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Write the pending status now (at shutdown)."""
@@ -130,9 +169,10 @@ class StatusReporter:
                 await asyncio.wait_for(self._write(self._pending), timeout)
 
     async def _write(self, status: NodeAgentStatus) -> None:
+        owner = self._owner()
         await self.writer.write(status)
         self.writes += 1
-        self._written = status
+        self._written, self._written_owner = status, owner
         if self._pending is status:
             self._pending = None
 

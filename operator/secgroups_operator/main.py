@@ -23,7 +23,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from secgroups.compiled import COMPILED_GROUP_KIND, COMPILED_NODE_KIND, COMPILED_SET_KIND
+from secgroups.compiled import (
+    COMPILED_GROUP_KIND,
+    COMPILED_NODE_KIND,
+    COMPILED_SET_KIND,
+    NODE_REPORT_KIND,
+)
 from secgroups.membership import Scope
 from secgroups.models import ENFORCE_LABEL
 from secgroups_kube import AsyncKube
@@ -37,7 +42,9 @@ from secgroups_operator.watching import Reflector
 
 log = logging.getLogger("secgroups_operator")
 
-COMPILED_KINDS = (COMPILED_GROUP_KIND, COMPILED_SET_KIND, COMPILED_NODE_KIND)
+#: What the operator watches of its own output: the compiled objects, and the agents'
+#: reports of what they applied.
+COMPILED_KINDS = (COMPILED_GROUP_KIND, COMPILED_SET_KIND, COMPILED_NODE_KIND, NODE_REPORT_KIND)
 
 
 @dataclass

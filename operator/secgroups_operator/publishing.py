@@ -133,8 +133,15 @@ class Stored:
     rv: int
     labels: bytes = NO_LABELS  # groups and sets: digest of the node label keys
     requires: Mapping[str, int] = field(default_factory=dict)  # node objects
-    applied: int | None = None  # node objects: the agent's status.appliedGeneration
-    applied_revision: int | None = None  # node objects: the agent's group revision
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a node's agent reported in its NodeAgentReport."""
+
+    rv: int
+    applied: int | None = None  # the node object's generation it applied
+    applied_revision: int | None = None  # the group objects' revision it had then
 
 
 @dataclass
@@ -228,6 +235,8 @@ class Publisher:
     report: Callable[[ObjKey, str | None], None] = lambda _k, _e: None
     concurrency: int = 16
     stored: dict[ObjKey, Stored] = field(default_factory=dict)
+    #: Per node, its agent's NodeAgentReport (the watch's latest).
+    reports: dict[str, Report] = field(default_factory=dict)
     wanted: dict[ObjKey, Wanted] = field(default_factory=dict)
     dirty: set[ObjKey] = field(default_factory=set)
     #: Due objects whose spec (or labels, or references) must be produced again.
@@ -272,10 +281,7 @@ class Publisher:
         label_keys = [k for k in meta.get("labels") or {} if k.startswith(naming.NODE_LABEL_PREFIX)]
         st = Stored(dig, generation, rv, labels_digest(label_keys))
         if kind == COMPILED_NODE_KIND:
-            status = obj.get("status") or {}
             st.requires = dict(spec.get("requires") or {})
-            st.applied = status.get("appliedGeneration")
-            st.applied_revision = status.get("appliedGroupRevision")
         self.stored[key] = st
         w = self.wanted.get(key)
         if w is not None and not w.gone:
@@ -285,6 +291,35 @@ class Publisher:
                 self.dirty.discard(key)
                 self._drop_bodies(key, w)
         return st
+
+    def observe_report(self, obj: Mapping[str, Any]) -> bool:
+        """A NodeAgentReport as listed or watched; True if what it says changed."""
+        meta = obj.get("metadata") or {}
+        node = str(meta["name"])
+        rv = int(meta.get("resourceVersion") or 0)
+        old = self.reports.get(node)
+        if old is not None and rv <= old.rv:
+            return False
+        status = obj.get("status") or {}
+        new = Report(rv, status.get("appliedGeneration"), status.get("appliedGroupRevision"))
+        self.reports[node] = new
+        return old is None or (old.applied, old.applied_revision) != (
+            new.applied,
+            new.applied_revision,
+        )
+
+    def observe_report_deleted(self, node: str, rv: int) -> bool:
+        old = self.reports.get(node)
+        if old is not None and rv >= old.rv:
+            del self.reports[node]
+            return True
+        return False
+
+    def applied(self, node: str, st: Stored) -> bool:
+        """Whether ``node``'s agent reported applying the node object ``st`` (its
+        generation or a later one)."""
+        r = self.reports.get(node)
+        return r is not None and (r.applied or 0) >= st.generation
 
     def observe_deleted(self, kind: str, name: str, rv: int) -> None:
         key = (kind, name)
@@ -561,7 +596,7 @@ class Publisher:
         refs = set(refs)
         st = self.stored.get((COMPILED_NODE_KIND, node))
         out: dict[str, int] = {}
-        if st is not None and (st.applied or 0) < st.generation:
+        if st is not None and not self.applied(node, st):
             out = {k: v for k, v in st.requires.items() if k in refs}
         for ref in (self.new_refs.get(node, set()) | set(bumped_refs)) & refs:
             ref_st = self.stored.get(ref_key(ref))
@@ -619,8 +654,6 @@ class Publisher:
             int(meta.get("resourceVersion") or 0),
             update.get("labels", old.labels if old else NO_LABELS),
             update.get("requires", old.requires if old else {}),
-            old.applied if old else None,
-            old.applied_revision if old else None,
         )
         if old is None or st.rv >= old.rv:
             self.stored[key] = st

@@ -47,6 +47,7 @@ from secgroups.compiled import (
     COMPILED_GROUP_KIND,
     COMPILED_NODE_KIND,
     COMPILED_SET_KIND,
+    NODE_REPORT_KIND,
     SourceKind,
 )
 from secgroups.compiling import CompileOptions, uncompilable_group_problem
@@ -849,10 +850,12 @@ class Reconciler:
         if st is not None:
             for node in desired:
                 nst = self.publisher.stored.get((COMPILED_NODE_KIND, node))
+                report = self.publisher.reports.get(node)
                 if (
                     nst is not None
-                    and (nst.applied or 0) >= nst.generation
-                    and (nst.applied_revision or 0) >= st.rv
+                    and report is not None
+                    and self.publisher.applied(node, nst)
+                    and (report.applied_revision or 0) >= st.rv
                 ):
                     realized += 1
         out = with_realization(
@@ -1064,6 +1067,12 @@ class _CompiledSink:
 
     def end_list(self, kind: str) -> None:
         seen = self._seen.pop(kind, set())
+        if kind == NODE_REPORT_KIND:
+            pub = self.rec.publisher
+            for node in [n for n in pub.reports if n not in seen]:
+                if pub.observe_report_deleted(node, pub.reports[node].rv):
+                    self.rec.node_reported(node)
+            return
         for key in [k for k in self.rec.publisher.stored if k[0] == kind and k[1] not in seen]:
             st = self.rec.publisher.stored[key]
             self.rec.publisher.observe_deleted(kind, key[1], st.rv)
@@ -1073,6 +1082,10 @@ class _CompiledSink:
         if kind in self._seen:
             self._seen[kind].add(name)
         pub = self.rec.publisher
+        if kind == NODE_REPORT_KIND:
+            if pub.observe_report(obj):
+                self.rec.node_reported(name)
+            return
         before = pub.stored.get((kind, name))
         st = pub.observe(obj)
         if st is None:
@@ -1080,11 +1093,6 @@ class _CompiledSink:
         if kind == COMPILED_NODE_KIND:
             if before is None or before.generation != st.generation:
                 self.rec.mirror_node(obj)
-            if before is None or (before.applied, before.applied_revision) != (
-                st.applied,
-                st.applied_revision,
-            ):
-                self.rec.node_reported(name)
         else:
             if before is None or before.generation != st.generation:
                 self.rec.mirror_counter(kind, obj)
@@ -1095,8 +1103,11 @@ class _CompiledSink:
 
     def delete(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
-        self.rec.publisher.observe_deleted(
-            kind, meta["name"], int(meta.get("resourceVersion") or 0)
-        )
+        rv = int(meta.get("resourceVersion") or 0)
+        if kind == NODE_REPORT_KIND:
+            if self.rec.publisher.observe_report_deleted(meta["name"], rv):
+                self.rec.node_reported(meta["name"])
+            return
+        self.rec.publisher.observe_deleted(kind, meta["name"], rv)
         if self.rec.leading:
             self.rec._wake.set()

@@ -3,8 +3,9 @@
 :class:`~secgroups_agent.sources.KubeSource` lists and watches its node's
 ``CompiledNodePolicy`` (by field selector) and the groups and sets labelled for its node
 (one label-selected watch per kind: another node's objects never reach it); the
-generations it requires gate readiness; :class:`~secgroups_agent.status.KubeStatus`
-writes the status subresource. Then the whole agent process runs in a node-like netns on
+generations it requires gate readiness; :class:`~secgroups_agent.status.KubeReport`
+writes the node's ``NodeAgentReport``, owned by the node object (the garbage collector
+deletes it with that object). Then the whole agent process runs in a node-like netns on
 the underlay, with the node kubeconfig, and programs its table from the API server.
 """
 
@@ -26,6 +27,7 @@ from secgroups.compiled import (
     COMPILED_GROUP_KIND,
     COMPILED_NODE_KIND,
     COMPILED_SET_KIND,
+    NODE_REPORT_KIND,
     CompiledPolicy,
     NodeAgentStatus,
 )
@@ -33,7 +35,7 @@ from secgroups.kinds import plural
 from secgroups.models import API_VERSION
 from secgroups.naming import node_label
 from secgroups_agent.sources import KubeSource
-from secgroups_agent.status import KubeStatus
+from secgroups_agent.status import KubeReport
 from secgroups_kube import AsyncKube
 from secgroups_lab import controlplane, underlay
 from secgroups_lab._cmd import in_netns
@@ -121,6 +123,10 @@ class Api:
     def get(self, kind: str, name: str) -> dict[str, Any]:
         out = self.cp.kubectl("get", f"{plural(kind)}.secgroups.dev", name, "-o", "json").stdout
         return dict(json.loads(out))
+
+    def names(self, kind: str) -> set[str]:
+        out = self.cp.kubectl("get", f"{plural(kind)}.secgroups.dev", "-o", "json").stdout
+        return {i["metadata"]["name"] for i in json.loads(out)["items"]}
 
 
 @pytest.fixture
@@ -225,8 +231,9 @@ def test_kube_source_watches_its_labelled_objects_and_gates_on_required_generati
                 error=None,
                 reason=None,
             )
-            await KubeStatus(client, node).write(status)
-            await KubeStatus(client, "no-such-node").write(status)  # a missing object is fine
+            await KubeReport(client, node, src.node_uid).write(status)
+            # No node object: nothing to report on, nothing written.
+            await KubeReport(client, "no-such-node", lambda: None).write(status)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -235,8 +242,19 @@ def test_kube_source_watches_its_labelled_objects_and_gates_on_required_generati
     try:
         run(body())
         stored = api.get(COMPILED_NODE_KIND, node)
-        assert stored["status"]["appliedGeneration"] == 3 and stored["status"]["rules"] == 9
-        assert stored["metadata"]["generation"] == 3  # status writes do not bump it
+        report = api.get(NODE_REPORT_KIND, node)
+        assert report["status"]["appliedGeneration"] == 3 and report["status"]["rules"] == 9
+        assert "error" not in report["status"]
+        (owner,) = report["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"]) == (COMPILED_NODE_KIND, stored["metadata"]["uid"])
+        assert stored["metadata"]["generation"] == 3  # the report does not touch the node object
+        assert "no-such-node" not in api.names(NODE_REPORT_KIND)
+        # The node object deleted: the garbage collector deletes its report.
+        api.delete(COMPILED_NODE_KIND, node)
+        deadline = time.monotonic() + 60
+        while node in api.names(NODE_REPORT_KIND) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert node not in api.names(NODE_REPORT_KIND)
     finally:
         _cleanup(api, policy)
         _cleanup(api, decoy)
@@ -278,12 +296,13 @@ def test_the_agent_process_programs_its_table_from_the_api_server(
         deadline = time.monotonic() + 60.0
         status: dict[str, Any] = {}
         while time.monotonic() < deadline and proc.poll() is None:
-            status = api.get(COMPILED_NODE_KIND, node).get("status") or {}
-            if status.get("appliedGeneration") == 1:
-                break
+            if node in api.names(NODE_REPORT_KIND):
+                status = api.get(NODE_REPORT_KIND, node).get("status") or {}
+                if status.get("appliedGeneration") == 1:
+                    break
             time.sleep(0.2)
         assert status.get("appliedGeneration") == 1, status
-        assert status["pods"] == 2 and status.get("error") is None  # merge patch: null clears
+        assert status["pods"] == 2 and status.get("error") is None
         listing = subprocess.run(
             in_netns(node_netns, ["nft", "list", "set", "inet", "secgroups", "pods4"]),
             capture_output=True,

@@ -43,6 +43,7 @@ from tests.cluster.chart_pods import ChartPods
 from tests.cluster.conftest import TEST_PREFIX
 from tests.cluster.kube import apply, get, wait_until
 
+from secgroups.compiled import applied_nodes
 from secgroups_lab import binaries
 from secgroups_lab._cmd import in_netns
 from secgroups_lab.cluster import LabCluster
@@ -351,7 +352,7 @@ def test_helm_installs_the_crds(release: Release) -> None:
         for p in sorted(
             [
                 "compiledaddresssets", "compilednodepolicies", "compiledsecuritygroups",
-                "ipaddressgroups", "securitygrouprules", "securitygroups",
+                "ipaddressgroups", "nodeagentreports", "securitygrouprules", "securitygroups",
             ]
         )
     ]  # fmt: skip
@@ -394,10 +395,8 @@ def pod_json(name: str, node: str, tier: str) -> str:
 
 def agents_applied(lab: LabCluster) -> bool:
     items = get(lab, "compilednodepolicies")["items"]
-    return len(items) == lab.nodes and all(
-        (i.get("status") or {}).get("appliedGeneration") == i["metadata"]["generation"]
-        for i in items
-    )
+    reports = get(lab, "nodeagentreports")["items"]
+    return len(items) == lab.nodes and len(applied_nodes(items, reports)) == lab.nodes
 
 
 class Smoke:
@@ -494,6 +493,8 @@ CAN_I: list[tuple[str, str, str, str, bool]] = [
     (OPERATOR, "patch", "compiledsecuritygroups.secgroups.dev", "", True),
     (OPERATOR, "delete", "compiledaddresssets.secgroups.dev", "", True),
     (OPERATOR, "patch", "compilednodepolicies.secgroups.dev/status", "", False),
+    (OPERATOR, "watch", "nodeagentreports.secgroups.dev", "", True),
+    (OPERATOR, "patch", "nodeagentreports.secgroups.dev", "", False),
     (OPERATOR, "create", "securitygroups.secgroups.dev", SMOKE, True),
     (OPERATOR, "patch", "securitygrouprules.secgroups.dev/status", SMOKE, True),
     (OPERATOR, "delete", "securitygroups.secgroups.dev", SMOKE, False),
@@ -514,12 +515,15 @@ CAN_I: list[tuple[str, str, str, str, bool]] = [
     (OPERATOR, "create", "clusterrolebindings", "", False),
     (OPERATOR, "create", "customresourcedefinitions", "", False),
     (OPERATOR, "create", "serviceaccounts/token", NS, False),
-    # The agent: reads compiled objects, writes node status (admission narrows it to its
-    # own node); no user objects, no core objects, no secrets.
+    # The agent: reads compiled objects, writes its node's report (admission narrows it to
+    # its own node); no user objects, no core objects, no secrets.
     (AGENT, "watch", "compilednodepolicies.secgroups.dev", "", True),
     (AGENT, "watch", "compiledsecuritygroups.secgroups.dev", "", True),
     (AGENT, "watch", "compiledaddresssets.secgroups.dev", "", True),
-    (AGENT, "patch", "compilednodepolicies.secgroups.dev/status", "", True),
+    (AGENT, "patch", "nodeagentreports.secgroups.dev", "", True),
+    (AGENT, "create", "nodeagentreports.secgroups.dev", "", True),
+    (AGENT, "delete", "nodeagentreports.secgroups.dev", "", False),
+    (AGENT, "patch", "compilednodepolicies.secgroups.dev/status", "", False),
     (AGENT, "patch", "compilednodepolicies.secgroups.dev", "", False),
     (AGENT, "create", "compilednodepolicies.secgroups.dev", "", False),
     (AGENT, "delete", "compilednodepolicies.secgroups.dev", "", False),
@@ -587,42 +591,51 @@ def test_can_i_matrix(release: Release, namespace_users: None) -> None:
     assert not wrong, "\n".join(wrong)
 
 
-def patch_status(kubeconfig: Path, node: str, *, where: str) -> tuple[int, str]:
-    """(HTTP status, body) of a merge patch of ``node``'s CompiledNodePolicy status with the
+def apply_report(kubeconfig: Path, node: str, *, where: str) -> tuple[int, str]:
+    """(HTTP status, body) of a server-side apply of ``node``'s NodeAgentReport with the
     token of ``kubeconfig`` — the request the agent makes — from the netns ``where``."""
     cfg = yaml.safe_load(kubeconfig.read_text())
     cluster, user = cfg["clusters"][0]["cluster"], cfg["users"][0]["user"]
     ca = kubeconfig.with_suffix(".ca")
     ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
-    url = f"{cluster['server']}/apis/secgroups.dev/v1alpha1/compilednodepolicies/{node}/status"
+    url = (
+        f"{cluster['server']}/apis/secgroups.dev/v1alpha1/nodeagentreports/{node}"
+        "?fieldManager=chart-test&force=true"
+    )
+    body = {
+        "apiVersion": "secgroups.dev/v1alpha1",
+        "kind": "NodeAgentReport",
+        "metadata": {"name": node},
+        "status": {"reason": "WrittenByTheChartTest"},
+    }
     cmd = [
         "curl", "-sS", "-m", "10", "--cacert", str(ca), "-X", "PATCH", "-w", "\n%{http_code}",
         "-H", f"Authorization: Bearer {user['token']}",
-        "-H", "Content-Type: application/merge-patch+json",
-        "-d", json.dumps({"status": {"reason": "written by the chart test"}}), url,
+        "-H", "Content-Type: application/apply-patch+yaml",
+        "-d", json.dumps(body), url,
     ]  # fmt: skip
     out = subprocess.run(in_netns(where, cmd), capture_output=True, text=True, check=True).stdout
     body, _, code = out.rpartition("\n")
     return int(code), body
 
 
-def test_an_agent_may_write_only_its_own_nodes_status(release: Release, smoke: Smoke) -> None:
-    """The ValidatingAdmissionPolicy: the agent's token (bound to its pod on n1) patches
-    n1's status, and is refused n2's — RBAC alone would allow both."""
+def test_an_agent_may_write_only_its_own_nodes_report(release: Release, smoke: Smoke) -> None:
+    """The ValidatingAdmissionPolicy: the agent's token (bound to its pod on n1) writes
+    n1's NodeAgentReport, and is refused n2's — RBAC alone would allow both."""
     lab = release.lab
     n1, n2 = lab.lab.node_names()
     kc = release.agent_kubeconfig(n1)
-    assert patch_status(kc, n1, where=n1)[0] == 200
-    code, body = patch_status(kc, n2, where=n1)
+    assert apply_report(kc, n1, where=n1)[0] in (200, 201)
+    code, body = apply_report(kc, n2, where=n1)
     assert code == 403, body
-    assert f"the agent of node {n1} may only write CompiledNodePolicy {n1}, not {n2}" in body
+    assert f"the agent of node {n1} may only write NodeAgentReport {n1}, not {n2}" in body
     # A token of the agent's ServiceAccount that is not bound to a pod names no node.
     token = lab.kubectl("create", "token", f"{RELEASE}-agent", "-n", NS).strip()
     cfg = yaml.safe_load(kc.read_text())
     cfg["users"][0]["user"] = {"token": token}
     unbound = release.pods.workdir / "agent-unbound.kubeconfig"
     unbound.write_text(yaml.safe_dump(cfg))
-    code, body = patch_status(unbound, n1, where=n1)
+    code, body = apply_report(unbound, n1, where=n1)
     assert code == 403, body
     assert "not bound to a pod on a node" in body
 
@@ -830,6 +843,8 @@ def test_uninstall_leaves_only_what_the_docs_say(release: Release, smoke: Smoke)
     assert ours(lab) == []
     for kind in ("compilednodepolicies", "compiledsecuritygroups", "compiledaddresssets"):
         assert get(lab.lab, kind)["items"] == [], kind
+    # The reports go with their node objects (the garbage collector) or the cleanup job.
+    wait_until("no NodeAgentReport", lambda: not get(lab.lab, "nodeagentreports")["items"], 60)
     left = lab.kubectl("get", "leases,secrets,pods,jobs,daemonsets", "-n", NS, "-o", "name")
     assert left.split() == [], left
     # What stays, as documented: the CRDs and users' objects.

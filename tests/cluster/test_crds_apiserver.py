@@ -316,28 +316,43 @@ def test_status_is_validated_too(control_plane: ControlPlane, namespace: str) ->
     assert "status.conditions[0].reason: Required value" in proc.stderr
 
 
-def test_compiled_node_policy_has_a_status_subresource(
+def test_node_agent_report_is_its_own_small_object(
     control_plane: ControlPlane, crds_installed: list[str]
 ) -> None:
+    """What an agent applied goes into its NodeAgentReport, validated by the schema and
+    shown by ``kubectl get``; the node object has no status to write any more."""
     name = f"node-{uuid.uuid4().hex[:6]}"
-    doc = {
+    node = {
         "apiVersion": models.API_VERSION,
         "kind": "CompiledNodePolicy",
         "metadata": {"name": name},
         "spec": {"node": name},
     }
+    report = {
+        "apiVersion": models.API_VERSION,
+        "kind": "NodeAgentReport",
+        "metadata": {"name": name},
+        "status": {"appliedGeneration": 1, "pods": 2, "rules": 10},
+    }
     cp = control_plane
-    cp.kubectl("create", "-f", "-", input_text=json.dumps(doc))
+    with_status = {**node, "status": {"appliedGeneration": 1}}
+    refused = cp.kubectl("create", "-f", "-", input_text=json.dumps(with_status), check=False)
+    assert refused.returncode != 0 and 'unknown field "status"' in refused.stderr
+    cp.kubectl("create", "-f", "-", input_text=json.dumps(node))
     try:
-        cp.kubectl(
-            "patch", "compilednodepolicy", name, "--subresource=status", "--type=merge",
-            "-p", json.dumps({"status": {"appliedGeneration": 1, "pods": 2, "rules": 10}}),
-        )  # fmt: skip
-        got = kubectl_json(cp, "get", "cnp", name)
-        assert got["status"]["appliedGeneration"] == 1
-        assert got["spec"] == {"node": name, "pods": [], "groups": [], "sets": []}
+        cp.kubectl("apply", "--server-side", "-f", "-", input_text=json.dumps(report))
+        got = kubectl_json(cp, "get", "nodeagentreport", name)
+        assert got["status"] == {"appliedGeneration": 1, "pods": 2, "rules": 10, "setElements": 0}
+        table = cp.kubectl("get", "nar", name).stdout.split()
+        assert table[:6] == ["NAME", "APPLIED", "PODS", "RULES", "ERROR", "AGE"]
+        assert table[6:10] == [name, "1", "2", "10"]
+        bad = {**report, "status": {"appliedGeneration": -1}}
+        refused = cp.kubectl(
+            "apply", "--server-side", "-f", "-", input_text=json.dumps(bad), check=False
+        )
+        assert refused.returncode != 0 and "appliedGeneration" in refused.stderr
     finally:
-        cp.kubectl("delete", "cnp", name, "--wait=false", check=False)
+        cp.kubectl("delete", "cnp,nar", name, "--wait=false", check=False)
 
 
 # ----------------------------------------------------------------------------- watch, finalizers

@@ -542,7 +542,7 @@ def _writers(lab: LabCluster, group: str) -> set[str]:
 
 
 def _status(lab: LabCluster, node: str) -> dict[str, Any] | None:
-    """The node object's status while it reports an untrusted writer, else None."""
-    obj = get(lab, "compilednodepolicies.secgroups.dev", node)
+    """The agent's report while it says an untrusted writer, else None."""
+    obj = get(lab, "nodeagentreports.secgroups.dev", node)
     status: dict[str, Any] = obj.get("status") or {}
     return status if status.get("reason") == "UntrustedWriter" else None

@@ -209,7 +209,7 @@ def test_group_status_shows_where_its_rules_are_enforced(scenario: LabCluster) -
         return compiled if r.get("nodes") == "1/1" and current else None
 
     compiled = wait_until("db realized on its one node at its current generation", realization, 60)
-    agent = get(scenario, "compilednodepolicy", n2)["status"]
+    agent = get(scenario, "nodeagentreport", n2)["status"]
     assert agent["appliedGroupRevision"] >= int(compiled["metadata"]["resourceVersion"])
     table = scenario.kubectl("get", "sg", "-n", NS, "db")
     assert "REALIZED" in table and "1/1" in table

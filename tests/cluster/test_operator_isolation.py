@@ -25,6 +25,7 @@ import pytest
 from tests.cluster.conftest import TEST_PREFIX
 from tests.cluster.kube import wait_until
 
+from secgroups.compiled import applied_nodes
 from secgroups.quotas import MAX_COMPILED_OBJECT_BYTES, MAX_RULES_PER_GROUP
 from secgroups_kube import Kube
 from secgroups_lab import binaries, controlplane
@@ -123,11 +124,11 @@ def events(lab: LabCluster, ns: str, name: str, reason: str) -> list[dict[str, A
 def enforced(lab: LabCluster, ns: str, name: str, node: str) -> bool:
     """On its node object, and that object's generation applied by the node's agent."""
     obj = get(lab, "compilednodepolicy", node)
-    if not obj:
+    report = get(lab, "nodeagentreport", node)
+    if not obj or not report:
         return False
     listed = any((p["namespace"], p["name"]) == (ns, name) for p in obj["spec"].get("pods", ()))
-    applied = (obj.get("status") or {}).get("appliedGeneration") or 0
-    return listed and applied >= obj["metadata"]["generation"]
+    return listed and node in applied_nodes([obj], [report])
 
 
 _count = [0]

@@ -252,7 +252,14 @@ def test_names_scopes_and_categories() -> None:
             "Cluster",
             ("cnp",),
             ("secgroups-internal",),
-            True,
+            False,
+        ),
+        "NodeAgentReport": (
+            "nodeagentreports.secgroups.dev",
+            "Cluster",
+            ("nar",),
+            ("secgroups-internal",),
+            False,
         ),
     }
 

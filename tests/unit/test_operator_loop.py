@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from secgroups.compiled import NodeAgentStatus
 from secgroups.quotas import MAX_RULES_PER_GROUP, too_many_rules_error
+from secgroups_agent.status import report_body
 from secgroups_operator.fake import FakeCluster
 from secgroups_operator.main import Operator
 from secgroups_operator.ports import RequestError
@@ -550,11 +552,15 @@ def test_group_status_reports_members_rules_quota_and_realization() -> None:
             gen = must(fake, "CompiledSecurityGroup", "sg.a.db")["metadata"]["generation"]
             rev = int(must(fake, "CompiledSecurityGroup", "sg.a.db")["metadata"]["resourceVersion"])
             n2 = must(fake, "CompiledNodePolicy", "n2")
-            await fake.patch_status(
-                "CompiledNodePolicy",
-                "n2",
-                None,
-                {"appliedGeneration": n2["metadata"]["generation"], "appliedGroupRevision": rev},
+            fake.put(  # what n2's agent writes once it applied (status.KubeReport)
+                report_body(
+                    "n2",
+                    n2["metadata"]["uid"],
+                    NodeAgentStatus(
+                        applied_generation=n2["metadata"]["generation"],
+                        applied_group_revision=rev,
+                    ),
+                )
             )
             realized = await wait_until(
                 "realized",
