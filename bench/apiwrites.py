@@ -62,7 +62,8 @@ from typing import Any
 
 import yaml
 
-from secgroups.compiled import COMPILED_NODE_KIND
+from secgroups.compiled import COMPILED_NODE_KIND, NODE_REPORT_KIND, NodeAgentReport
+from secgroups.crdgen import resource_schema
 from secgroups.models import API_VERSION
 from secgroups_kube import AsyncKube
 from secgroups_kube.resources import api_path
@@ -210,6 +211,14 @@ SCHEMAS = {
     "loose": _scratch("loose", "Loose"),
     "open": _scratch("open", "Open"),
     "podsopen": _scratch("podsopen", "PodsOpen"),
+    "withstatus": _scratch("withstatus", "WithStatus"),
+    "nar": Schema(
+        "nar",
+        API_VERSION,
+        NODE_REPORT_KIND,
+        api_path(NODE_REPORT_KIND),
+        f"/registry/{API_VERSION.split('/')[0]}/nodeagentreports/",
+    ),
     "cm": Schema(
         "cm",
         "v1",
@@ -236,6 +245,11 @@ VARIANTS: tuple[tuple[str, str, str], ...] = (
     ("update, open pods", "podsopen", "update"),
     ("ConfigMap apply", "cm", "apply"),
     ("ConfigMap update", "cm", "update"),
+    # An agent's report of what it applied: before, a status merge patch of its node
+    # object (a scratch CRD: the generated one with the old status subresource); now an
+    # apply of its own NodeAgentReport. "pods" is the node object's size in both.
+    ("report: node obj. status", "withstatus", "status"),
+    ("report: NodeAgentReport", "nar", "report"),
 )
 VARIANT_PODS = (1, 10, 30, 100)
 PROFILE_PODS = 100  # about 16 kB: the size of the scale benchmark's 30-pod node objects
@@ -256,7 +270,7 @@ def scratch_crds(directory: Path) -> list[Path]:
         (REPO / "crds" / "secgroups.dev_compilednodepolicies.yaml").read_text(encoding="utf-8")
     )
     out = []
-    for key in ("nocel", "loose", "open", "podsopen"):
+    for key in ("nocel", "loose", "open", "podsopen", "withstatus"):
         crd = copy.deepcopy(generated)
         schema = SCHEMAS[key]
         plural = schema.path.rsplit("/", 1)[1]
@@ -276,6 +290,9 @@ def scratch_crds(directory: Path) -> list[Path]:
                 props["spec"] = _strip(props["spec"], LOOSE_DROPS)
             elif key == "open":
                 props["spec"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+            elif key == "withstatus":  # as the node object was: the agent's status on it
+                props["status"] = resource_schema(NodeAgentReport)["properties"]["status"]
+                version["subresources"] = {"status": {}}
             else:  # the schema kept but for the pod entries
                 pods = props["spec"]["properties"]["pods"]
                 pods["items"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
@@ -290,6 +307,13 @@ def variant_body(schema: Schema, name: str, pods: int, k: int) -> dict[str, Any]
     ConfigMap: the same spec as JSON text in one data value)."""
     spec = node_body(name, pods, k)["spec"]
     meta: dict[str, Any] = {"name": name, "labels": dict(MANAGED_BY)}
+    if schema.key == "nar":  # the report of a node whose object has ``pods`` pods
+        return {
+            "apiVersion": schema.api_version,
+            "kind": schema.kind,
+            "metadata": meta,
+            "status": report_status(pods, k),
+        }
     if schema.key == "cm":
         meta["namespace"] = "default"
         return {
@@ -299,6 +323,18 @@ def variant_body(schema: Schema, name: str, pods: int, k: int) -> dict[str, Any]
             "data": {"spec": json.dumps(spec, separators=(",", ":"))},
         }
     return {"apiVersion": schema.api_version, "kind": schema.kind, "metadata": meta, "spec": spec}
+
+
+def report_status(pods: int, k: int) -> dict[str, Any]:
+    """An agent's report after its ``k``-th apply (what KubeReport writes)."""
+    return {
+        "appliedGeneration": k + 1,
+        "appliedGroupRevision": 1000 + k,
+        "appliedAt": f"2026-12-07T00:00:{k % 60:02d}.000Z",
+        "pods": pods,
+        "rules": 10 * pods,
+        "setElements": 20 * pods,
+    }
 
 
 async def write(
@@ -313,8 +349,11 @@ async def write(
         params["fieldValidation"] = "Ignore"
         method = method.removesuffix("-ignore")
     path = f"{schema.path}/{name}"
-    if method == "apply":
+    if method in ("apply", "report"):
         return await req(kube, "PATCH", path, bd, params={**params, "force": "true"}, ctype=APPLY)
+    if method == "status":  # the agent's old report: a merge patch of the status
+        patch = {"status": report_status(pods, k)}
+        return await req(kube, "PATCH", f"{path}/status", patch, params=params, ctype=MERGE)
     if method == "create":
         return await req(kube, "POST", schema.path, bd, params=params)
     if method == "update":
@@ -375,7 +414,7 @@ class Cell:
             name = self.last = f"{name}-{k}"
         how = self.method
         if setup:  # each object first made the variant's way, uncounted
-            how = "apply" if self.method.startswith("apply") else "create"
+            how = "apply" if self.method.startswith(("apply", "report")) else "create"
         t = time.perf_counter()
         out = await write(self.kube, self.schema, how, name, self.pods, k, self.rv.get(j))
         if not setup:
@@ -396,8 +435,9 @@ class Cell:
         self.wall += time.perf_counter() - t0
         served = totals_since(before, await request_totals(self.kube, verbs=WRITES))
         resource = self.schema.path.rsplit("/", 1)[1]
+        want_sub = "status" if self.method == "status" else ""
         for (_, res, sub), (n, secs) in served.items():
-            if res == resource and not sub:
+            if res == resource and sub == want_sub:
                 self.server_n += n
                 self.server_s += secs
 

@@ -269,7 +269,16 @@ RESOURCES: tuple[Resource, ...] = (
         namespaced=False,
         category=INTERNAL_CATEGORY,
         status_subresource=False,
-        columns=(_col("Node", "string", ".spec.node", "The node."), AGE),
+        columns=(
+            _col("Node", "string", ".spec.node", "The node."),
+            _col(
+                "Generation",
+                "integer",
+                ".metadata.generation",
+                "Its agent's NodeAgentReport says which it applied.",
+            ),
+            AGE,
+        ),
     ),
     Resource(
         model=compiled.NodeAgentReport,

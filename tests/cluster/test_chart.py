@@ -44,6 +44,7 @@ from tests.cluster.conftest import TEST_PREFIX
 from tests.cluster.kube import apply, get, wait_until
 
 from secgroups.compiled import applied_nodes
+from secgroups.kinds import KINDS
 from secgroups_lab import binaries
 from secgroups_lab._cmd import in_netns
 from secgroups_lab.cluster import LabCluster
@@ -848,9 +849,9 @@ def test_uninstall_leaves_only_what_the_docs_say(release: Release, smoke: Smoke)
     left = lab.kubectl("get", "leases,secrets,pods,jobs,daemonsets", "-n", NS, "-o", "name")
     assert left.split() == [], left
     # What stays, as documented: the CRDs and users' objects.
-    assert (
-        len([n for n in lab.kubectl("get", "crd", "-o", "name").split() if "secgroups" in n]) == 6
-    )
+    assert len(
+        [n for n in lab.kubectl("get", "crd", "-o", "name").split() if "secgroups" in n]
+    ) == len(KINDS)
     assert {
         g["metadata"]["name"] for g in get(lab.lab, "securitygroups", "-n", SMOKE)["items"]
     } >= {

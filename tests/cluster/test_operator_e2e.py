@@ -174,7 +174,7 @@ def test_inbound_allow_deleted_raises_the_groups_counter_with_the_rule_change(
         "d1's agent applied it",
         lambda: (
             int(
-                (get(scenario, "compilednodepolicy", n2).get("status") or {}).get(
+                (get(scenario, "nodeagentreport", n2).get("status") or {}).get(
                     "appliedGroupRevision"
                 )
                 or 0
