@@ -136,6 +136,11 @@ class Resource:
     # in 1.31): the admission webhook lists only the rules of one group, or those naming
     # one remote, instead of a namespace or the whole cluster.
     selectable_fields: tuple[str, ...] = field(default=())
+    # The spec not described to the API server (``x-kubernetes-preserve-unknown-fields``):
+    # for the node objects, which only the operator writes and only the agents read (they
+    # parse them with the model, strictly); the API server's schema work was most of what
+    # a write of one cost (docs/performance.md, "What one write costs the API server").
+    open_spec: str = ""
 
     @property
     def crd_name(self) -> str:
@@ -269,6 +274,13 @@ RESOURCES: tuple[Resource, ...] = (
         namespaced=False,
         category=INTERNAL_CATEGORY,
         status_subresource=False,
+        open_spec=(
+            "What the node's agent enforces: its managed pods (IPs, groups in sequence order, "
+            "epochs), the group and set objects they use and the generations of those the "
+            "agent must hold first. Written by the operator only; not validated by the API "
+            "server: the agent parses it with the model (docs/api.md) and refuses an invalid "
+            "object, keeping what it enforces."
+        ),
         columns=(
             _col("Node", "string", ".spec.node", "The node."),
             _col(
@@ -414,11 +426,18 @@ def resource_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 def crd(resource: Resource) -> dict[str, Any]:
     """The CustomResourceDefinition object of ``resource``."""
+    schema = resource_schema(resource.model)
+    if resource.open_spec:
+        schema["properties"]["spec"] = {
+            "type": "object",
+            "description": resource.open_spec,
+            "x-kubernetes-preserve-unknown-fields": True,
+        }
     version: dict[str, Any] = {
         "name": models.VERSION,
         "served": True,
         "storage": True,
-        "schema": {"openAPIV3Schema": resource_schema(resource.model)},
+        "schema": {"openAPIV3Schema": schema},
         "additionalPrinterColumns": [c.as_dict() for c in resource.columns],
     }
     if resource.status_subresource:

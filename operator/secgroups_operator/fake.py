@@ -221,6 +221,9 @@ class FakeCluster:
 
     async def replace(self, body: Mapping[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(0)
+        gate = self.hold.get(str(body.get("kind")))
+        if gate is not None:
+            await gate.wait()
         key = _key(body)
         self._check(key, body)
         old = self.objects.get(key)

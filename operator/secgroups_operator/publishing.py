@@ -85,7 +85,13 @@ from secgroups.quotas import (
     too_large_error,
     too_many_rules_error,
 )
-from secgroups_operator.ports import FIELD_MANAGER, PLACEMENT_MANAGER, Cluster, RequestError
+from secgroups_operator.ports import (
+    FIELD_MANAGER,
+    PLACEMENT_MANAGER,
+    Cluster,
+    ConflictError,
+    RequestError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +139,9 @@ class Stored:
     rv: int
     labels: bytes = NO_LABELS  # groups and sets: digest of the node label keys
     requires: Mapping[str, int] = field(default_factory=dict)  # node objects
+    #: The version is one this process wrote (its response), not one a list or watch
+    #: brought: a node object is then written by update (``Publisher.update_nodes``).
+    ours: bool = False
 
 
 @dataclass(frozen=True)
@@ -235,6 +244,12 @@ class Publisher:
     report: Callable[[ObjKey, str | None], None] = lambda _k, _e: None
     concurrency: int = 16
     stored: dict[ObjKey, Stored] = field(default_factory=dict)
+    #: Node objects by update (PUT with the resourceVersion of this process's last
+    #: write) rather than server-side apply, where that version is the latest: the
+    #: operator is their only writer, and an update costs the API server less (no merge
+    #: of the applied configuration). Any other version — listed, watched, a 409 — is
+    #: written by apply, which also takes the spec back from another writer.
+    update_nodes: bool = True
     #: Per node, its agent's NodeAgentReport (the watch's latest).
     reports: dict[str, Report] = field(default_factory=dict)
     wanted: dict[ObjKey, Wanted] = field(default_factory=dict)
@@ -654,6 +669,7 @@ class Publisher:
             int(meta.get("resourceVersion") or 0),
             update.get("labels", old.labels if old else NO_LABELS),
             update.get("requires", old.requires if old else {}),
+            ours=True,
         )
         if old is None or st.rv >= old.rv:
             self.stored[key] = st
@@ -775,7 +791,7 @@ class Publisher:
         }
         if w.size + len(canonical(requires)) > MAX_COMPILED_OBJECT_BYTES:
             raise RequestError(413, "the node object would exceed the size bound")
-        stored_obj = await self.cluster.apply(body, field_manager=FIELD_MANAGER)
+        stored_obj = await self._put_node(key, body)
         if held_back:
             digest = stored_digest(COMPILED_NODE_KIND, spec)
             self.gated[node] = (w.digest, pending)
@@ -790,6 +806,20 @@ class Publisher:
                 self.new_refs[node] = left
         self._stored_after(key, stored_obj, digest=digest, requires=requires)
         stats.writes += 1
+
+    async def _put_node(self, key: ObjKey, body: dict[str, Any]) -> dict[str, Any]:
+        """Write a node object: by update when the stored version is this process's own
+        last write (``update_nodes``), else — or when that version moved (409) — by
+        server-side apply."""
+        st = self.stored.get(key)
+        if self.update_nodes and st is not None and st.ours:
+            try:
+                return await self.cluster.replace(
+                    {**body, "metadata": {**body["metadata"], "resourceVersion": str(st.rv)}}
+                )
+            except ConflictError:
+                log.info("node object %s changed under us (409): writing it by apply", key[1])
+        return await self.cluster.apply(body, field_manager=FIELD_MANAGER)
 
     async def _delete(self, key: ObjKey, stats: RoundStats) -> None:
         await self.cluster.delete(key[0], key[1])

@@ -310,6 +310,25 @@ def test_the_agent_process_programs_its_table_from_the_api_server(
             check=True,
         ).stdout
         assert "100.64.1.2" in listing and "100.64.1.3" in listing
+
+        # The node object's spec is not validated by the API server (open schema, for the
+        # cost of a write): an invalid one is accepted there, refused by the agent, which
+        # says why in its report and keeps enforcing what it had.
+        node_obj = next(o for o in _objects(policy) if o["kind"] == COMPILED_NODE_KIND)
+        api.apply([{**node_obj, "spec": {**node_obj["spec"], "pods": "not a list"}}])
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline and status.get("reason") != "SourceInvalid":
+            status = api.get(NODE_REPORT_KIND, node).get("status") or {}
+            time.sleep(0.2)
+        assert status.get("reason") == "SourceInvalid", status
+        assert "pods" in status["error"]
+        kept = subprocess.run(
+            in_netns(node_netns, ["nft", "list", "set", "inet", "secgroups", "pods4"]),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert kept == listing
     finally:
         proc.terminate()
         try:
