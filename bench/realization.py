@@ -642,7 +642,10 @@ async def bench(args: argparse.Namespace) -> None:
         load = os.getloadavg()
         served = totals_since(applies0, await request_totals(kube))
         costs = describe_totals(
-            served, lambda k: k[1].startswith("compiled") or k[1] in ("configmaps", "pods")
+            served,
+            lambda k: (
+                k[1].startswith("compiled") or k[1] in ("configmaps", "pods", "nodeagentreports")
+            ),
         )
 
         def row(name: str, vals: list[float]) -> str:
