@@ -83,7 +83,6 @@ NS = "rz"
 BASELINES = {
     "serial": ("serial rounds", "--serial-rounds"),
     "epochs": ("epochs only", "--recheck-by-epochs"),
-    "apply": ("node objects by apply", "--apply-node-objects"),
 }
 
 PORTS = {"label": 7000, "ipag": 7001, "rule": 7002}
@@ -728,8 +727,7 @@ def main() -> int:
         const="serial",
         choices=sorted(BASELINES),
         help="the default operator vs a baseline, in alternating blocks of changes: "
-        "'serial' rounds (no pipelining), 'epochs' (no re-check counters) or 'apply' (node "
-        "objects never by update); default serial",
+        "'serial' rounds (no pipelining) or 'epochs' (no re-check counters); default serial",
     )
     args = p.parse_args()
     if args.quick:

@@ -228,12 +228,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "before pipelining; for comparisons: bench/realization.py --compare serial)",
     )
     p.add_argument(
-        "--apply-node-objects",
-        action="store_true",
-        help="write node objects by server-side apply only, never by update (the behaviour "
-        "before; for comparisons: bench/realization.py --compare apply)",
-    )
-    p.add_argument(
         "--recheck-by-epochs",
         action="store_true",
         help="re-check every pod through its own epoch, never a group's or set's counter "
@@ -253,7 +247,6 @@ async def run(args: argparse.Namespace) -> None:
         debounce_s=args.debounce,
         pipelined=not args.serial_rounds,
         recheck_counters=not args.recheck_by_epochs,
-        update_nodes=not args.apply_node_objects,
     )
     lease = None
     if args.leader_election_lease:

@@ -139,9 +139,6 @@ class Stored:
     rv: int
     labels: bytes = NO_LABELS  # groups and sets: digest of the node label keys
     requires: Mapping[str, int] = field(default_factory=dict)  # node objects
-    #: The version is one this process wrote (its response), not one a list or watch
-    #: brought: a node object is then written by update (``Publisher.update_nodes``).
-    ours: bool = False
 
 
 @dataclass(frozen=True)
@@ -244,12 +241,6 @@ class Publisher:
     report: Callable[[ObjKey, str | None], None] = lambda _k, _e: None
     concurrency: int = 16
     stored: dict[ObjKey, Stored] = field(default_factory=dict)
-    #: Node objects by update (PUT with the resourceVersion of this process's last
-    #: write) rather than server-side apply, where that version is the latest: the
-    #: operator is their only writer, and an update costs the API server less (no merge
-    #: of the applied configuration). Any other version — listed, watched, a 409 — is
-    #: written by apply, which also takes the spec back from another writer.
-    update_nodes: bool = True
     #: Per node, its agent's NodeAgentReport (the watch's latest).
     reports: dict[str, Report] = field(default_factory=dict)
     wanted: dict[ObjKey, Wanted] = field(default_factory=dict)
@@ -669,7 +660,6 @@ class Publisher:
             int(meta.get("resourceVersion") or 0),
             update.get("labels", old.labels if old else NO_LABELS),
             update.get("requires", old.requires if old else {}),
-            ours=True,
         )
         if old is None or st.rv >= old.rv:
             self.stored[key] = st
@@ -808,18 +798,31 @@ class Publisher:
         stats.writes += 1
 
     async def _put_node(self, key: ObjKey, body: dict[str, Any]) -> dict[str, Any]:
-        """Write a node object: by update when the stored version is this process's own
-        last write (``update_nodes``), else — or when that version moved (409) — by
-        server-side apply."""
+        """Write a node object whole: update (PUT) with the version last seen as a
+        precondition, create when there is none; a 409 (someone else wrote it, or our
+        version is behind the watch) reads the current version and writes again.
+
+        Not server-side apply, as for groups and sets: the operator is the node objects'
+        only writer, and an update costs the API server less (no merge of an applied
+        configuration; docs/performance.md). Never mixed with apply on one object: fields
+        an update set are owned by the manager's "Update" entry, and an apply that leaves
+        them out does not remove them (a node's last pods would stay)."""
         st = self.stored.get(key)
-        if self.update_nodes and st is not None and st.ours:
-            try:
-                return await self.cluster.replace(
-                    {**body, "metadata": {**body["metadata"], "resourceVersion": str(st.rv)}}
-                )
-            except ConflictError:
-                log.info("node object %s changed under us (409): writing it by apply", key[1])
-        return await self.cluster.apply(body, field_manager=FIELD_MANAGER)
+        rv = None if st is None else str(st.rv)
+        for _ in range(3):
+            if rv is None:
+                created = await self.cluster.create(body)
+                if created is not None:
+                    return created
+            else:
+                meta = {**body["metadata"], "resourceVersion": rv}
+                try:
+                    return await self.cluster.replace({**body, "metadata": meta})
+                except ConflictError:
+                    log.info("node object %s changed under us (409): reading it again", key[1])
+            current = await self.cluster.get(key[0], key[1])
+            rv = None if current is None else str(current["metadata"]["resourceVersion"])
+        raise RequestError(409, f"node object {key[1]} kept changing while it was written")
 
     async def _delete(self, key: ObjKey, stats: RoundStats) -> None:
         await self.cluster.delete(key[0], key[1])

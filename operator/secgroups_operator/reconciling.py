@@ -113,9 +113,6 @@ class Options:
     #: Re-checks carried by group and set counters where they reach (else every planned
     #: pod's epoch: the behaviour before counters, kept for comparisons).
     recheck_counters: bool = True
-    #: Node objects by update where possible (``Publisher.update_nodes``; else always by
-    #: server-side apply: the behaviour before, kept for comparisons).
-    update_nodes: bool = True
 
 
 @dataclass
@@ -168,9 +165,7 @@ class Reconciler:
         self.identity = identity or "secgroups-operator"
         self.events = EventRecorder(cluster, instance=self.identity, enabled=False)
         self.statuses = StatusWriter(cluster, interval_s=self.options.status_interval_s)
-        self.publisher = Publisher(
-            cluster, report=self._write_failed, update_nodes=self.options.update_nodes
-        )
+        self.publisher = Publisher(cluster, report=self._write_failed)
         self.publisher.on_tail_done = self._tail_done
         self.intake = Intake(emit=self._emit, report=self._problem)
         self.compiler: IncrementalCompiler | None = None
