@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from secgroups.compiled import COMPILED_NODE_KIND, NODE_REPORT_KIND, NodeAgentStatus
+from secgroups.models import API_VERSION
 from secgroups_agent import logs
 
 if TYPE_CHECKING:  # an agent reading a policy file never loads the Kubernetes client
@@ -47,13 +48,13 @@ def status_body(status: NodeAgentStatus) -> dict[str, Any]:
 def report_body(node: str, owner_uid: str, status: NodeAgentStatus) -> dict[str, Any]:
     """The ``NodeAgentReport`` of ``node``, owned by its node object ``owner_uid``."""
     return {
-        "apiVersion": "secgroups.dev/v1alpha1",
+        "apiVersion": API_VERSION,
         "kind": NODE_REPORT_KIND,
         "metadata": {
             "name": node,
             "ownerReferences": [
                 {
-                    "apiVersion": "secgroups.dev/v1alpha1",
+                    "apiVersion": API_VERSION,
                     "kind": COMPILED_NODE_KIND,
                     "name": node,
                     "uid": owner_uid,

@@ -321,11 +321,11 @@ class Publisher:
             return True
         return False
 
-    def applied(self, node: str, st: Stored) -> bool:
-        """Whether ``node``'s agent reported applying the node object ``st`` (its
-        generation or a later one)."""
+    def applied(self, node: str, st: Stored) -> Report | None:
+        """``node``'s report if its agent applied the node object ``st`` (its generation
+        or a later one), else None."""
         r = self.reports.get(node)
-        return r is not None and (r.applied or 0) >= st.generation
+        return r if r is not None and (r.applied or 0) >= st.generation else None
 
     def observe_deleted(self, kind: str, name: str, rv: int) -> None:
         key = (kind, name)
@@ -602,7 +602,7 @@ class Publisher:
         refs = set(refs)
         st = self.stored.get((COMPILED_NODE_KIND, node))
         out: dict[str, int] = {}
-        if st is not None and not self.applied(node, st):
+        if st is not None and self.applied(node, st) is None:
             out = {k: v for k, v in st.requires.items() if k in refs}
         for ref in (self.new_refs.get(node, set()) | set(bumped_refs)) & refs:
             ref_st = self.stored.get(ref_key(ref))

@@ -850,13 +850,8 @@ class Reconciler:
         if st is not None:
             for node in desired:
                 nst = self.publisher.stored.get((COMPILED_NODE_KIND, node))
-                report = self.publisher.reports.get(node)
-                if (
-                    nst is not None
-                    and report is not None
-                    and self.publisher.applied(node, nst)
-                    and (report.applied_revision or 0) >= st.rv
-                ):
+                report = self.publisher.applied(node, nst) if nst is not None else None
+                if report is not None and (report.applied_revision or 0) >= st.rv:
                     realized += 1
         out = with_realization(
             status, len(desired), realized, st.generation if st is not None else None
