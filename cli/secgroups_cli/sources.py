@@ -201,8 +201,8 @@ def _with_namespace(doc: Document, namespace: str) -> Document:
     meta = doc.data.get("metadata")
     if doc.data.get("kind") not in NAMESPACED_KINDS or not isinstance(meta, dict):
         return doc
-    if meta.get("namespace"):
-        return doc
+    if meta.get("namespace") not in (None, ""):
+        return doc  # given (a value of the wrong type stays, and is refused as such)
     data = {**doc.data, "metadata": {**meta, "namespace": namespace}}
     return Document(data, doc.source, doc.node, doc.line)
 

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from pydantic import ValidationError
 from tests.manifeststrategies import labelled_manifests
 
@@ -149,6 +149,17 @@ def test_rule_and_address_group_names_may_have_dots_group_names_not() -> None:
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(labelled_manifests())
+@example(  # the CLI took an empty list for "no namespace" and filled in its own
+    (
+        ("wrong-type",),
+        {
+            "apiVersion": "secgroups.dev/v1alpha1",
+            "kind": "SecurityGroupRule",
+            "metadata": {"name": "web", "namespace": []},
+            "spec": {"securityGroup": "web", "direction": "Ingress", "protocol": "TCP"},
+        },
+    )
+)
 def test_any_generated_manifest_is_accepted_or_rejected_cleanly(
     labelled: tuple[tuple[str, ...], dict[str, Any]],
 ) -> None:
