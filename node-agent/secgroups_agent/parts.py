@@ -10,9 +10,8 @@ gives them:
   containers, empty);
 * a group — a node whose only pod has no IP and is in that group, with the sets the
   group references emptied of members (names and declarations do not depend on them);
-* a pod — a node with that pod alone and its groups without rules (but with what its
-  mark depends on: each group's re-check counter, and a rule naming each set whose
-  counter is raised — ``marked_group``);
+* a pod — the renderer's own ``pod_objects`` (its group-list chains and its elements
+  of the pod containers), the one piece ``render`` composes that it also offers alone;
 * the anti-spoofing elements — ``rendering.antispoof_sets`` of the node's routes;
 * an address set's declarations — a probe group whose IPv4 and IPv6 rules reference it;
 * member elements — built here with ``objects.element`` following the renderer's rule
@@ -55,6 +54,7 @@ from secgroups.nft.rendering import (
     RenderError,
     RenderOptions,
     antispoof_sets,
+    pod_objects,
     render,
 )
 from secgroups.nft.statements import Family, RefKind
@@ -308,27 +308,16 @@ class PartRenderer:
         groups: Mapping[str, CompiledGroupSpec],
         sets: Mapping[str, CompiledAddressSetSpec],
     ) -> PodPart:
-        """The group-list chains and container elements of ``pods`` (one pod, or all)."""
-        used = {g for p in pods for g in p.groups if g in groups}
-        bare = {g: marked_group(g, groups[g], sets) for g in used}
-        counted = {
-            r.remote.set: sets[r.remote.set].model_copy(update={"ipv4": (), "ipv6": ()})
-            for spec in bare.values()
-            for r in spec.ingress
-            if r.remote.set is not None
-        }
-        rs = self._render(pods=pods, groups=bare, sets=counted)
-        static = self.static()
-        group_chains = {
-            names.group_chain(g, spec.group.namespace, spec.group.name, d)
-            for g, spec in bare.items()
-            for d in Direction
-        }
-        elements = {s.name: s.elements for s in rs.sets if s.name in static.containers}
-        chains = tuple(
-            c for c in rs.chains if c.name not in static.names and c.name not in group_chains
-        )
-        return PodPart(chains, elements)
+        """The group-list chains and container elements of ``pods`` (one pod, or all):
+        the renderer's ``pod_objects``, without rendering a table around them."""
+        chains: list[Chain] = []
+        elements: dict[str, tuple[Element, ...]] = {}
+        for obj in pod_objects(groups, sets, pods):
+            if isinstance(obj, Chain):
+                chains.append(obj)
+            elif isinstance(obj, Set | Map):
+                elements[obj.name] = obj.elements
+        return PodPart(tuple(chains), elements)
 
     def antispoof(self, interfaces: Mapping[str, str]) -> dict[str, tuple[Element, ...]]:
         """The anti-spoofing containers' elements (``rendering.antispoof_sets``) of every
@@ -342,24 +331,6 @@ def mark_counters(
     """What group ``key`` puts in its members' marks: its raised re-check counter and
     those of the sets it names inbound (``epochs.recheck_counters`` of the group alone)."""
     return recheck_counters((key,), {key: spec}, sets)
-
-
-def marked_group(
-    key: str, spec: CompiledGroupSpec, sets: Mapping[str, CompiledAddressSetSpec]
-) -> CompiledGroupSpec:
-    """``spec`` reduced to what a pod part depends on: its name (group-list chains) and
-    the inputs of its members' marks (``epochs.pod_mark``) — its counter, and one
-    any-protocol rule per set it names inbound whose counter is raised (none usually),
-    so that the renderer computes the same marks as from the whole policy."""
-    prefix = "set/"
-    rules = tuple(
-        _naming_rule(f"recheck-{name[len(prefix) :]}", IPFamily.IPV4, name[len(prefix) :])
-        for name, _ in mark_counters(key, spec, sets)
-        if name.startswith(prefix)
-    )
-    return CompiledGroupSpec(
-        group=spec.group, synthesized=spec.synthesized, recheck=spec.recheck, ingress=rules
-    )
 
 
 def _naming_rule(suffix: str, family: IPFamily, set_name: str) -> CompiledRule:

@@ -41,6 +41,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from secgroups.compiled import (
+    CompiledAddressSetSpec,
     CompiledGroupSpec,
     CompiledNodeSpec,
     CompiledPod,
@@ -208,12 +209,8 @@ def _render(
 
     pods = sorted(spec.pods, key=lambda p: (p.namespace, p.name))
     used_groups = sorted({g for pod in pods for g in pod.groups if g in policy.groups})
-    group_chain: dict[tuple[str, Direction], str] = {}
     for key in used_groups:
-        group = policy.groups[key]
-        objects.extend(_group_objects(key, group, ctx))
-        for direction in Direction:
-            group_chain[(key, direction)] = _group_chain_name(key, group, direction)
+        objects.extend(_group_objects(key, policy.groups[key], ctx))
 
     used = {r.name for obj in objects for r in obj.refs()}  # dispatched rules drop port sets
     objects.extend(_address_sets(ctx))
@@ -227,7 +224,7 @@ def _render(
         for ranges, name in ctx.port_sets.items()
         if name in used
     )
-    objects.extend(_pod_objects(policy, pods, group_chain))
+    objects.extend(pod_objects(policy.groups, policy.sets, pods))
     objects.extend(antispoof_sets(pod_interfaces))
     objects.append(seal_set())  # empty: the agent writes the seal (sealing.py)
     objects.extend(pending_sets(pending))
@@ -381,11 +378,20 @@ def _hosts(
 # ----------------------------------------------------------------------------- pods
 
 
-def _pod_objects(
-    policy: CompiledPolicy,
-    pods: list[CompiledPod],
-    group_chain: Mapping[tuple[str, Direction], str],
+def pod_objects(
+    groups: Mapping[str, CompiledGroupSpec],
+    sets: Mapping[str, CompiledAddressSetSpec],
+    pods: Iterable[CompiledPod],
 ) -> Iterable[TableObject]:
+    """What ``pods`` put in the table: their group-list chains, and the pod containers
+    (``pods4/6``, the dispatch maps, ``in_epoch4/6``, ``in_valid4/6``) holding their
+    elements only. ``groups`` and ``sets`` are the node's compiled objects (a group's
+    name and chains, the re-check counters in a pod's mark); the groups' own chains and
+    the address sets are not rendered here. ``render`` calls it for all of a node's pods;
+    the agent for one pod whose part changed (its marks after a counter was raised), which
+    costs a fraction of a whole render. Two pods with one IP: the later in (namespace,
+    name) order owns it. Raises :class:`RenderError` for a malformed pod IP."""
+    pods = sorted(pods, key=lambda p: (p.namespace, p.name))
     el: dict[str, list[Element]] = {}
     owner: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, CompiledPod] = {}
     lists: dict[tuple[str, ...], tuple[str, str]] = {}
@@ -400,18 +406,18 @@ def _pod_objects(
                 raise RenderError(f"pod {pod.namespace}/{pod.name}: bad IP {text!r}") from None
 
     for ip, pod in sorted(owner.items(), key=lambda item: (item[0].version, int(item[0]))):
-        groups = tuple(g for g in pod.groups if g in policy.groups)
-        if groups not in lists:
-            readable = [policy.groups[g].group.name for g in groups] or ["none"]
-            gl = {d: names.group_list_chain(groups, readable, d) for d in Direction}
-            lists[groups] = (gl[Direction.INGRESS], gl[Direction.EGRESS])
+        used = tuple(g for g in pod.groups if g in groups)
+        if used not in lists:
+            readable = [groups[g].group.name for g in used] or ["none"]
+            gl = {d: names.group_list_chain(used, readable, d) for d in Direction}
+            lists[used] = (gl[Direction.INGRESS], gl[Direction.EGRESS])
             for d in Direction:
-                jumps = [Rule((jump(group_chain[(g, d)]),)) for g in groups]
+                jumps = [Rule((jump(_group_chain_name(g, groups[g], d)),)) for g in used]
                 chains.append(Chain(gl[d], (*jumps, Rule((DROP,), "no rule matched (S-X-2)"))))
-        gl_in, gl_eg = lists[groups]
+        gl_in, gl_eg = lists[used]
         key = (pod.namespace, pod.name)
         if key not in marks:  # its epoch and its groups' and sets' re-check counters
-            marks[key] = Mark(pod_mark(pod, policy.groups, policy.sets))
+            marks[key] = Mark(pod_mark(pod, groups, sets))
         mark = marks[key]
         f: Family = 4 if ip.version == 4 else 6
         el.setdefault(fam("pods", f), []).append(element(ip))
