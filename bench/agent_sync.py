@@ -10,6 +10,8 @@ reference node"):
 * full sync of a realistic node (100 pods, 20 groups x 50 rules, 20 x 6,000 set
   members = 120k elements): planner + apply, cold (empty caches, empty kernel) and warm
   (the periodic resync);
+* a sweep's conntrack reads for 30 re-checked pods: a dump per old mark against one
+  ``dump_marks`` (2,000 entries in the table);
 * hot path: one member added to / removed from a 6,000-member set, from the change to
   the commit, through the sync loop (planner + worker), p50/p99;
 * pod add, epoch bump, group and set re-check counters raised, and group rule
@@ -66,6 +68,45 @@ def backends(repeat: int) -> None:
         FIGURES[f"small transaction, {name}"] = {"p50": pct(times, 50), "p99": pct(times, 99)}
     worker.apply("delete table inet benchx\n")
     worker.close()
+
+
+def sweep_reads(repeat: int) -> None:
+    """A sweep's conntrack reads: the old marks of 30 re-checked pods, one exact dump each
+    (as before) against ``dump_marks`` (one walk when the table is small enough), side by
+    side; 2,000 unrelated entries in the namespace's table (the scratch netns)."""
+    import random
+
+    from secgroups_agent.conntrack import NetlinkConntrack, table_entries
+    from secgroups_agent.ctnetlink import CtNetlink
+
+    lines = "".join(
+        f"-I -s 100.64.200.{i % 250 + 1} -d 100.64.201.1 -p udp --sport {10000 + i}"
+        f" --dport 53 -t 600 -m {i % 7 + 1}\n"
+        for i in range(2000)
+    )
+    for line in lines.splitlines():
+        subprocess.run(["conntrack", *line.split()], capture_output=True, check=False)
+    marks = [random.randrange(1 << 20, 1 << 31) for _ in range(30)]
+    port = NetlinkConntrack()
+    each: list[float] = []
+    once: list[float] = []
+    for _ in range(max(3, min(repeat, 20))):
+        t = time.perf_counter()
+        with CtNetlink() as nl:
+            for m in marks:
+                nl.dump_mark(m)
+        each.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        port.dump_marks(marks)
+        once.append(time.perf_counter() - t)
+    a, b = statistics.median(each), statistics.median(once)
+    print(
+        f"sweep reads, 30 re-checked pods, {table_entries()} entries in the table: "
+        f"a dump per mark {a * 1e3:.1f} ms, one dump_marks {b * 1e3:.1f} ms (x{a / b:.1f})"
+    )
+    FIGURES["sweep reads, 30 marks: a dump each"] = a
+    FIGURES["sweep reads, 30 marks: dump_marks"] = b
+    subprocess.run(["conntrack", "-F"], capture_output=True, check=False)
 
 
 def sync_figures(repeat: int) -> None:
@@ -249,6 +290,7 @@ def main() -> int:
             subprocess.run(["ip", "netns", "del", NETNS], check=False)
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     backends(args.repeat)
+    sweep_reads(args.repeat)
     sync_figures(args.repeat)
     if args.json:
         print("JSON " + json.dumps(FIGURES), flush=True)

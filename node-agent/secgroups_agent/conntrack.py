@@ -29,9 +29,11 @@ handled here):
 
 The sweep's two operations go through :mod:`~secgroups_agent.ctnetlink` instead (pyroute2
 costs ~1.4 ms per entry read and re-marked; the sweep touches every inbound flow of a
-re-checked pod): a dump filtered by mark in the kernel (every kernel), one
-``AF_UNSPEC`` walk for both families, and mark updates by original tuple and zone, each
-in its family, batched; :meth:`dump_mark` refuses mark 0 (no filter: every entry).
+re-checked pod): dumps filtered by mark in the kernel (every kernel), one
+``AF_UNSPEC`` walk for both families — one walk for all the old marks of a sweep when
+their shared bits filter out enough (:func:`dump_filters`) —, and mark updates by
+original tuple and zone, each in its family, batched; :meth:`dump_marks` refuses mark 0
+(no filter: every entry).
 
 :class:`FakeConntrack` records calls for unit tests.
 """
@@ -42,7 +44,7 @@ import errno
 import ipaddress
 import socket
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -98,8 +100,9 @@ class ConntrackPort(Protocol):
         """Delete every entry with ``ct mark & mask == mark`` (one kernel-side pass)."""
         ...
 
-    def dump_mark(self, mark: int) -> list[CtFlow]:
-        """Every entry (IPv4 and IPv6) whose ``ct mark`` is ``mark`` (kernel-side filter)."""
+    def dump_marks(self, marks: Collection[int]) -> dict[int, list[CtFlow]]:
+        """Every entry (IPv4 and IPv6) whose ``ct mark`` is one of ``marks``, by mark
+        (kernel-side filters: :func:`dump_filters`)."""
         ...
 
     def set_marks(self, updates: Sequence[tuple[CtFlow, int]]) -> list[bool]:
@@ -109,6 +112,42 @@ class ConntrackPort(Protocol):
 
 class ConntrackError(RuntimeError):
     reason = "ConntrackFailed"
+
+
+# A dump walks every bucket of the kernel's conntrack hash (shared by all network
+# namespaces), whatever it returns: 9.8 ms with 262,144 buckets (a 24 GiB machine's
+# default), even with no entry in the namespace. Each entry it returns costs ~13 µs more
+# (2,000 entries: 35.6 ms). So a walk that returns up to this many entries costs less
+# than one more walk (docs/agent.md, "Conntrack").
+ENTRIES_PER_WALK = 750
+
+
+def dump_filters(marks: Collection[int], entries: int | None) -> list[tuple[int, int]]:
+    """The (mark, mask) kernel filters that find every entry carrying one of ``marks``
+    (non-zero) in the fewest walks: one dump filtered by the bits all of them share, when
+    the entries of the table it lets through (``entries`` × 2^-shared bits; the table's
+    size unknown: many) cost less than a walk per mark; else one exact dump per mark."""
+    ordered = sorted(set(marks))
+    if len(ordered) <= 1:
+        return [(m, MARK_MASK) for m in ordered]
+    first = ordered[0]
+    differ = 0
+    for m in ordered[1:]:
+        differ |= m ^ first
+    mask = MARK_MASK & ~differ
+    through = float("inf") if entries is None else entries / (1 << mask.bit_count())
+    if through <= (len(ordered) - 1) * ENTRIES_PER_WALK:
+        return [(first & mask, mask)]
+    return [(m, MARK_MASK) for m in ordered]
+
+
+def table_entries(path: str = "/proc/sys/net/netfilter/nf_conntrack_count") -> int | None:
+    """How many conntrack entries this network namespace holds (None: not known)."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _family(ip: str) -> int:
@@ -209,15 +248,21 @@ class NetlinkConntrack:
             finally:
                 sock.close()
 
-    def dump_mark(self, mark: int) -> list[CtFlow]:
-        if not mark:
+    def dump_marks(self, marks: Collection[int]) -> dict[int, list[CtFlow]]:
+        wanted = set(marks)
+        if not wanted or 0 in wanted:
             raise ValueError("refusing a conntrack dump by mark 0 (it would read every entry)")
+        out: dict[int, list[CtFlow]] = {m: [] for m in wanted}
         with self._lock:
             try:
                 with CtNetlink() as nl:
-                    return [f for f in nl.dump_mark(mark) if f.mark == mark]
+                    for value, mask in dump_filters(wanted, table_entries()):
+                        for f in nl.dump_mark(value, mask):
+                            if f.mark in out:
+                                out[f.mark].append(f)
             except OSError as exc:
-                raise ConntrackError(f"conntrack dump by mark {mark:#x} failed: {exc}") from exc
+                raise ConntrackError(f"conntrack dump by mark failed: {exc}") from exc
+        return out
 
     def set_marks(self, updates: Sequence[tuple[CtFlow, int]]) -> list[bool]:
         for _, mark in updates:
@@ -244,6 +289,7 @@ class FakeConntrack:
     deleted_ips: list[str] = field(default_factory=list)
     flushed_marks: list[int] = field(default_factory=list)
     dumped_marks: list[int] = field(default_factory=list)
+    dumps: int = 0  # calls of dump_marks
     marked: list[tuple[CtFlow, int]] = field(default_factory=list)
     fail_next: list[Exception] = field(default_factory=list)
     vanish: set[tuple[object, ...]] = field(default_factory=set)
@@ -266,12 +312,14 @@ class FakeConntrack:
         self.flushed_marks.append(mark)
         self.flows = [f for f in self.flows if f.mark & mask != mark]
 
-    def dump_mark(self, mark: int) -> list[CtFlow]:
-        if not mark:
+    def dump_marks(self, marks: Collection[int]) -> dict[int, list[CtFlow]]:
+        wanted = sorted(set(marks))
+        if not wanted or 0 in wanted:
             raise ValueError("refusing a conntrack dump by mark 0")
         self._fail()
-        self.dumped_marks.append(mark)
-        return [f for f in self.flows if f.mark == mark]
+        self.dumps += 1
+        self.dumped_marks.extend(wanted)
+        return {m: [f for f in self.flows if f.mark == m] for m in wanted}
 
     def set_marks(self, updates: Sequence[tuple[CtFlow, int]]) -> list[bool]:
         self._fail()

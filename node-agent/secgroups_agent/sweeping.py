@@ -10,7 +10,9 @@ name inbound raised on that group or set object (``secgroups.nft.epochs.pod_mark
 agent sweeps that pod's flows:
 
 1. the entries still carrying one of the pod's **old** marks (a kernel-side mark filter:
-   an inbound flow of the pod is stamped with the pod's mark, so nothing else is read);
+   an inbound flow of the pod is stamped with the pod's mark, so little else is read;
+   one dump for the old marks of every pod the sweep re-checks, because each dump walks
+   the kernel's whole table: ``conntrack.dump_filters``);
 2. each is judged by the pod's ingress under the committed policy
    (:func:`secgroups.rechecking.still_allowed`: remote = original source, port = reply
    source port) — exactly what the kernel's re-check of the remote's next packet decides;
@@ -215,27 +217,44 @@ class Sweeper:
         pods = {p.uid: p for p in snap.node.pods}
         policy = snap.policy()
         evaluator = Evaluator(policy)
-        progressed = False
+        todo: list[tuple[CompiledPod, int, int]] = []  # (pod, old mark, new mark)
         for uid in sorted(stale):
             pod = pods.get(uid)
             if pod is None:
                 continue  # gone: its IPs' entries are deleted (conntrack.delete_ips)
             new_mark = pod_mark(pod, snap.groups, snap.sets)
-            for old in sorted(stale[uid]):
-                if old in (new_mark, MARK_UNSTAMPED, MARK_TOMBSTONE):
-                    continue
-                if progressed and should_stop():
-                    result.remaining.setdefault(uid, set()).add(old)
-                    continue
-                try:
-                    done = self._one(policy, pod, old, new_mark, evaluator, result, should_stop)
-                except Exception as exc:  # netlink errors, a bug: retried later
-                    result.remaining.setdefault(uid, set()).add(old)
-                    result.error = f"sweeping {pod.namespace}/{pod.name} ({old:#010x}): {exc}"
-                    continue
-                progressed = True
-                if not done:
-                    result.remaining.setdefault(uid, set()).add(old)
+            todo += [
+                (pod, old, new_mark)
+                for old in sorted(stale[uid])
+                if old not in (new_mark, MARK_UNSTAMPED, MARK_TOMBSTONE)
+            ]
+        if not todo:
+            result.seconds = self.clock() - started
+            return result
+        try:
+            # One dump for every old mark: each dump walks the whole kernel table.
+            found = self.conntrack.dump_marks({old for _, old, _ in todo})
+        except Exception as exc:  # netlink errors, a bug: retried later
+            for pod, old, _ in todo:
+                result.remaining.setdefault(pod.uid, set()).add(old)
+            result.error = f"reading conntrack entries by mark: {exc}"
+            result.seconds = self.clock() - started
+            return result
+        progressed = False
+        for pod, old, new_mark in todo:
+            if progressed and should_stop():
+                result.remaining.setdefault(pod.uid, set()).add(old)
+                continue
+            try:
+                flows = found.get(old, [])
+                done = self._one(policy, pod, flows, new_mark, evaluator, result, should_stop)
+            except Exception as exc:  # netlink errors, a bug: retried later
+                result.remaining.setdefault(pod.uid, set()).add(old)
+                result.error = f"sweeping {pod.namespace}/{pod.name} ({old:#010x}): {exc}"
+                continue
+            progressed = True
+            if not done:
+                result.remaining.setdefault(pod.uid, set()).add(old)
         result.seconds = self.clock() - started
         return result
 
@@ -243,14 +262,14 @@ class Sweeper:
         self,
         policy: CompiledPolicy,
         pod: CompiledPod,
-        old: int,
+        flows: list[CtFlow],
         new_mark: int,
         evaluator: Evaluator,
         result: SweepResult,
         should_stop: Callable[[], bool],
     ) -> bool:
-        """Sweep one old mark of one pod; False if it stopped before the end."""
-        flows = self.conntrack.dump_mark(old)
+        """Sweep the ``flows`` of one old mark of one pod; False if it stopped before the
+        end."""
         updates, foreign = decide(policy, pod, flows, new_mark, evaluator)
         result.foreign += foreign
         for i in range(0, len(updates), self.batch):

@@ -454,16 +454,19 @@ PORT_SNIPPET = """
 import dataclasses, json
 from secgroups_agent.conntrack import NetlinkConntrack
 ct = NetlinkConntrack(batch=3)  # several batches, the vanished entry in the last one
-flows = ct.dump_mark(5)
+flows = ct.dump_marks([5])[5]
+both = ct.dump_marks([5, 6])  # one walk (a filter on the bits they share) finds both
 gone = dataclasses.replace(flows[0], orig_src="10.77.0.99" if flows[0].family == 4 else "fd77::99")
 done = ct.set_marks([(f, 0xFFFFFFFF if i % 2 else 9) for i, f in enumerate(flows)] + [(gone, 9)])
+after = ct.dump_marks([5, 6, 9, 0xFFFFFFFF])
 print(json.dumps({"flows": [dataclasses.asdict(f) for f in flows], "done": done,
-                  "after": [len(ct.dump_mark(m)) for m in (5, 6, 9, 0xFFFFFFFF)]}))
+                  "both": {m: len(fs) for m, fs in both.items()},
+                  "after": [len(after[m]) for m in (5, 6, 9, 0xFFFFFFFF)]}))
 """
 
 
 def test_the_conntrack_port_reads_and_marks_entries_by_mark(lab: Lab) -> None:
-    """dump_mark: one kernel-side filter returns both families, every protocol's tuple (TCP,
+    """dump_marks: one kernel-side filter returns both families, every protocol's tuple (TCP,
     UDP, ICMP, GRE keys, ICMPv6) and the zone; set_marks finds each entry by its original
     tuple and zone (the pitfalls of docs/nftables.md#conntrack-over-netlink-filters-pitfalls-speed)
     and reports an entry that is gone."""
@@ -486,6 +489,7 @@ def test_the_conntrack_port_reads_and_marks_entries_by_mark(lab: Lab) -> None:
         tcp = next(f for f in flows if f["orig_sport"] == 40003)
         assert (tcp["reply_src"], tcp["reply_sport"]) == ("fd77::2", 443)
         assert next(f for f in flows if f["orig_src"] == "10.77.0.3")["zone"] == 7
+        assert got["both"] == {"5": 7, "6": 1}
         assert got["done"] == [True] * 7 + [False]
         assert got["after"] == [0, 1, 4, 3]  # mark 5 gone, 6 untouched, 9 and the tombstone
     finally:

@@ -9,6 +9,9 @@ outside is not.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import pytest
 from tests import agentcases as ac
 from tests import nftcases as nc
@@ -16,7 +19,13 @@ from tests import nftcases as nc
 from secgroups import naming
 from secgroups.evaluating import ICMP, TCP, UDP
 from secgroups.nft.epochs import MARK_TOMBSTONE, epoch_mark
-from secgroups_agent.conntrack import CtFlow, FakeConntrack
+from secgroups_agent.conntrack import (
+    ENTRIES_PER_WALK,
+    CtFlow,
+    FakeConntrack,
+    dump_filters,
+    table_entries,
+)
 from secgroups_agent.sources import Snapshot, slice_policy
 from secgroups_agent.sweeping import (
     Sweeper,
@@ -143,17 +152,49 @@ def test_every_old_mark_of_a_pod_is_swept() -> None:
 
 
 # ----------------------------------------------------------------------------- failures, stops
-def test_a_failed_dump_is_left_for_later_and_other_pods_are_swept() -> None:
+def test_one_dump_reads_the_old_marks_of_every_re_checked_pod() -> None:
+    """Each dump walks the whole kernel table: a sweep of two pods reads once."""
+    web2_old = epoch_mark("uid-shop-web-2", 7)
+    web2_flow = inbound(OFFICE_HOST, WEB2, TCP, 22, web2_old)
+    ct = FakeConntrack(flows=[SSH, web2_flow])
+    result = Sweeper(ct).sweep(SNAP, {"uid-shop-web-1": {OLD1}, "uid-shop-web-2": {web2_old}})
+    assert ct.dumps == 1 and sorted(ct.dumped_marks) == sorted([OLD1, web2_old])
+    assert result.error is None and result.remaining == {}
+    assert (mark_of(ct, SSH), mark_of(ct, web2_flow)) == (NEW1, MARK_WEB2)
+
+
+def test_a_failed_dump_is_left_for_later() -> None:
     web2_old = epoch_mark("uid-shop-web-2", 7)
     web2_flow = inbound(OFFICE_HOST, WEB2, TCP, 22, web2_old)
     ct = FakeConntrack(flows=[SSH, web2_flow], fail_next=[RuntimeError("netlink said no")])
+    stale = {"uid-shop-web-1": {OLD1}, "uid-shop-web-2": {web2_old}}
+    result = Sweeper(ct).sweep(SNAP, stale)
+    assert result.remaining == stale
+    assert result.error is not None and "netlink said no" in result.error
+    assert (mark_of(ct, SSH), mark_of(ct, web2_flow)) == (OLD1, web2_old)  # untouched
+    again = Sweeper(ct).sweep(SNAP, result.remaining)
+    assert again.error is None and again.remaining == {}
+    assert (mark_of(ct, SSH), mark_of(ct, web2_flow)) == (NEW1, MARK_WEB2)
+
+
+class _FailingMarks(FakeConntrack):
+    """Refuses to re-mark the flows of one pod IP."""
+
+    def set_marks(self, updates: Sequence[tuple[CtFlow, int]]) -> list[bool]:
+        if any(f.reply_src == WEB1 for f, _ in updates):
+            raise RuntimeError("netlink said no")
+        return super().set_marks(updates)
+
+
+def test_a_failed_update_is_left_for_later_and_other_pods_are_swept() -> None:
+    web2_old = epoch_mark("uid-shop-web-2", 7)
+    web2_flow = inbound(OFFICE_HOST, WEB2, TCP, 22, web2_old)
+    ct = _FailingMarks(flows=[SSH, web2_flow])
     result = Sweeper(ct).sweep(SNAP, {"uid-shop-web-1": {OLD1}, "uid-shop-web-2": {web2_old}})
     assert result.remaining == {"uid-shop-web-1": {OLD1}}
     assert result.error is not None and "netlink said no" in result.error
     assert mark_of(ct, SSH) == OLD1  # untouched: retried later
     assert mark_of(ct, web2_flow) == MARK_WEB2  # web-2 swept to its current mark
-    again = Sweeper(ct).sweep(SNAP, result.remaining)
-    assert again.error is None and again.remaining == {} and mark_of(ct, SSH) == NEW1
 
 
 def test_a_waiting_change_stops_the_sweep_after_some_progress() -> None:
@@ -251,3 +292,38 @@ def test_kernel_stale_marks_at_the_first_commit() -> None:
 )
 def test_epoch_elements(doc: dict[str, object] | None, want: dict[str, int]) -> None:
     assert epoch_elements(doc) == want
+
+
+# ----------------------------------------------------------------------------- dump filters
+def _matches(filters: list[tuple[int, int]], mark: int) -> bool:
+    return any(mark & mask == value for value, mask in filters)
+
+
+def test_one_mark_is_one_exact_dump() -> None:
+    assert dump_filters([0x1234], 10**6) == [(0x1234, 0xFFFFFFFF)]
+    assert dump_filters([], 0) == []
+
+
+def test_marks_sharing_bits_are_read_in_one_walk_that_finds_each() -> None:
+    marks = [0xABCD0001, 0xABCD0102, 0xABCD0004]
+    filters = dump_filters(marks, entries=50_000)
+    assert len(filters) == 1
+    _, mask = filters[0]
+    assert all(_matches(filters, m) for m in marks)
+    assert mask.bit_count() >= 16  # the other entries are mostly filtered in the kernel
+    assert not _matches(filters, 0x12340001)
+
+
+def test_a_walk_per_mark_when_one_walk_would_read_too_many_entries() -> None:
+    marks = [0x00000001, 0xFFFFFFFE]  # no bit shared: one walk would read every entry
+    assert len(dump_filters(marks, entries=ENTRIES_PER_WALK // 2)) == 1
+    exact = dump_filters(marks, entries=ENTRIES_PER_WALK * 10)
+    assert exact == [(m, 0xFFFFFFFF) for m in marks]
+    assert dump_filters(marks, entries=None) == exact  # the table's size unknown
+
+
+def test_the_tables_size_is_read_from_proc(tmp_path: Path) -> None:
+    count = tmp_path / "nf_conntrack_count"
+    count.write_text("1234\n")
+    assert table_entries(str(count)) == 1234
+    assert table_entries(str(tmp_path / "missing")) is None
