@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
-IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET = 0, 1
+IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x2, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLA_F_NESTED, NLA_TYPE_MASK = 0x8000, 0x3FFF
@@ -281,17 +281,33 @@ class CtNetlink:
     def set_marks(self, updates: Sequence[tuple[CtFlow, int]]) -> list[bool]:
         """Set each entry's mark; per update, whether the entry existed (ENOENT: False).
         Any other error raises after the whole batch was answered."""
-        done = [False] * len(updates)
-        for first in range(0, len(updates), self.batch):
-            chunk = updates[first : first + self.batch]
+        return self._each(
+            IPCTNL_MSG_CT_NEW,
+            [(flow, _attr(CTA_MARK, _U32BE.pack(mark))) for flow, mark in updates],
+            "setting a conntrack mark",
+        )
+
+    def delete(self, flows: Sequence[CtFlow]) -> list[bool]:
+        """Delete each entry (by its original tuple and zone); per entry, whether it still
+        existed (ENOENT: False). Any other error raises after the whole batch was answered."""
+        return self._each(
+            IPCTNL_MSG_CT_DELETE, [(flow, b"") for flow in flows], "deleting a conntrack entry"
+        )
+
+    def _each(self, msg_type: int, items: Sequence[tuple[CtFlow, bytes]], what: str) -> list[bool]:
+        """One request per entry (its tuple, zone and ``extra`` attributes), up to
+        ``batch`` per ``sendmsg``, each acknowledged."""
+        done = [False] * len(items)
+        for first in range(0, len(items), self.batch):
+            chunk = items[first : first + self.batch]
             wanted: dict[int, int] = {}
             parts: list[bytes] = []
-            for j, (flow, mark) in enumerate(chunk):
-                body = tuple_attr(flow) + _attr(CTA_MARK, _U32BE.pack(mark))
+            for j, (flow, extra) in enumerate(chunk):
+                body = tuple_attr(flow) + extra
                 if flow.zone:
                     body += _attr(CTA_ZONE, _U16BE.pack(flow.zone))
                 family = socket.AF_INET if flow.family == 4 else socket.AF_INET6
-                seq, msg = self._message(IPCTNL_MSG_CT_NEW, NLM_F_REQUEST | NLM_F_ACK, family, body)
+                seq, msg = self._message(msg_type, NLM_F_REQUEST | NLM_F_ACK, family, body)
                 wanted[seq] = first + j
                 parts.append(msg)
             self.sock.send(b"".join(parts))
@@ -305,9 +321,7 @@ class CtNetlink:
                     if code == 0:
                         done[index] = True
                     elif code != errno.ENOENT and failure is None:
-                        failure = CtNetlinkError(
-                            code, f"setting a conntrack mark: {os.strerror(code)}"
-                        )
+                        failure = CtNetlinkError(code, f"{what}: {os.strerror(code)}")
             if failure is not None:
                 raise failure
         return done

@@ -496,3 +496,43 @@ def test_the_conntrack_port_reads_and_marks_entries_by_mark(lab: Lab) -> None:
         for family, src in (("ipv4", "10.77.0.1"), ("ipv4", "10.77.0.3"), ("ipv6", "fd77::1")):
             run_in(netns, ["conntrack", "-D", "-f", family, "-s", src], check=False)
             run_in(netns, ["conntrack", "-D", "-f", family, "-s", src, "-w", "7"], check=False)
+
+
+DELETE_ENTRIES = [  # conntrack -I arguments: entries of 100.64.77.2 / fd77::2 as orig or reply
+    "-s 100.64.77.1 -d 100.64.77.2 -p tcp --sport 41000 --dport 80 --state ESTABLISHED",
+    "-s 100.64.77.2 -d 100.64.77.9 -p udp --sport 41001 --dport 53",
+    "-s 100.64.77.1 -d 100.64.77.2 -p icmp --icmp-type 8 --icmp-code 0 --icmp-id 3",
+    "-s 100.64.77.1 -d 100.64.77.2 -p tcp --sport 41002 --dport 80 --state ESTABLISHED -w 7",
+    "-s fd77::1 -d fd77::2 -p tcp --sport 41003 --dport 443 --state ESTABLISHED",
+    "-s 100.64.77.1 -d 100.64.77.3 -p tcp --sport 41004 --dport 80 --state ESTABLISHED",
+]
+DELETE_SNIPPET = """
+import json, sys
+from secgroups_agent import conntrack
+if sys.argv[1] == "filters":
+    conntrack.ENTRIES_PER_WALK = 0  # as in a large table: two tuple-filtered dumps per IP
+print(json.dumps(conntrack.NetlinkConntrack().delete_ips(["100.64.77.2", "fd77::2"])))
+"""
+
+
+@pytest.mark.parametrize("way", ["one walk", "filters"])
+def test_the_conntrack_port_deletes_an_ips_entries_either_way(lab: Lab, way: str) -> None:
+    """delete_ips: every entry whose original or reply source is one of the IPs (both
+    families, every protocol, any zone), and nothing else — in one walk of the table
+    that reads the namespace's entries, or by kernel-side tuple filters (a large table)."""
+    netns = lab.node_netns(2)
+    try:
+        for args in DELETE_ENTRIES:
+            run_in(netns, ["conntrack", "-I", *args.split(), "-t", "120"])
+        proc = run_in(
+            netns, [sys.executable, "-c", DELETE_SNIPPET, "filters" if way == "filters" else "-"]
+        )
+        assert json.loads(proc.stdout) == 5
+        left = run_in(netns, ["conntrack", "-L", "-o", "extended"], check=False).stdout
+        left += run_in(netns, ["conntrack", "-L", "-w", "7"], check=False).stdout
+        assert "100.64.77.3" in left  # unrelated: kept
+        assert "100.64.77.2" not in left and "fd77::2" not in left
+    finally:
+        for family, src in (("ipv4", "100.64.77.1"), ("ipv4", "100.64.77.2"), ("ipv6", "fd77::1")):
+            run_in(netns, ["conntrack", "-D", "-f", family, "-s", src], check=False)
+            run_in(netns, ["conntrack", "-D", "-f", family, "-s", src, "-w", "7"], check=False)
