@@ -32,8 +32,10 @@ namespace: a node using 1,000 groups and the sets they reference.
    causes, and the bytes the API server sends to the agents because of it;
 4. the watches: ``--nodes`` simulated agents (``--agents N``: the first N nodes' only;
    a thousand listing at once swamp this machine's API server) (the three watches of
-   ``secgroups_agent.sources.KubeSource`` each, raw streams counting bytes, no nftables)
-   → the API server's watch count; bytes per change for a rule edit too;
+   ``secgroups_agent.sources.KubeSource`` each, raw streams counting bytes, no nftables;
+   each reports its node object applied in its ``NodeAgentReport`` as soon as it sees it,
+   as an agent does after its sync) → the API server's watch count; bytes per change for
+   a rule edit too;
 5. the big node: a real agent in a netns on the lab underlay — time to apply, rules and
    set elements, its RSS.
 
@@ -54,6 +56,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,12 +191,15 @@ def plural_path(kind: str, ns: str | None = None) -> str:
 
 @dataclass
 class Watchers:
-    """``n`` simulated agents: each the three watches of KubeSource, bytes counted."""
+    """``n`` simulated agents: each the three watches of KubeSource, bytes counted, and
+    its node's NodeAgentReport (``report``)."""
 
     kubeconfig: Path
     nodes: list[str]
+    report: bool = True  # each reports what it "applied", as an agent does
     bytes: int = 0
     events: int = 0
+    reports: int = 0  # NodeAgentReport applies
     listed: int = 0  # initial lists done
     failures: int = 0  # lists or watches that failed (retried after 1-5 s)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -212,7 +218,8 @@ class Watchers:
                 ("CompiledAddressSet", label, None),
                 ("CompiledNodePolicy", None, f"metadata.name={node}"),
             ):
-                self.tasks.append(asyncio.create_task(self._watch(kube, kind, labels, fields)))
+                own = node if kind == "CompiledNodePolicy" and self.report else None
+                self.tasks.append(asyncio.create_task(self._watch(kube, kind, labels, fields, own)))
             if (i + 1) % 25 == 0 or i + 1 == len(self.nodes):
                 # 25 agents at a time, as agents starting over minutes would: a thousand
                 # agents' initial lists at once time out on 2 cores and retry for ever.
@@ -220,9 +227,31 @@ class Watchers:
                 while self.listed < len(self.tasks) and time.monotonic() < deadline:
                     await asyncio.sleep(0.1)
 
+    async def _applied(self, kube: AsyncKube, node: str, obj: Mapping[str, Any]) -> None:
+        """Report ``obj`` (this node's object) applied at once, as the agent's
+        ``KubeReport`` does after its sync (a failed report is counted and dropped)."""
+        from secgroups.compiled import NodeAgentStatus
+        from secgroups_agent.status import report_body
+
+        meta = obj.get("metadata") or {}
+        pods = len((obj.get("spec") or {}).get("pods") or ())
+        status = NodeAgentStatus(applied_generation=int(meta.get("generation") or 0), pods=pods)
+        try:
+            await kube.apply(report_body(node, str(meta["uid"]), status))
+            self.reports += 1
+        except Exception:
+            self.failures += 1
+
     async def _watch(
-        self, kube: AsyncKube, kind: str, labels: str | None, fields: str | None
+        self,
+        kube: AsyncKube,
+        kind: str,
+        labels: str | None,
+        fields: str | None,
+        reporting: str | None = None,
     ) -> None:
+        """List and watch ``kind``; ``reporting``: the node whose object this is (its
+        events are parsed and reported applied)."""
         path = plural_path(kind)
         while True:
             try:
@@ -240,6 +269,9 @@ class Watchers:
                 rv = found[-1].decode()
                 self.bytes += len(resp.content)
                 self.listed += 1
+                if reporting is not None:  # one small object
+                    for item in json.loads(resp.content).get("items") or ():
+                        await self._applied(kube, reporting, item)
                 del resp, found  # a thousand agents' lists held while watching: gigabytes
                 params = {k: v for k, v in params.items() if k != "limit"}
                 params.update(
@@ -249,9 +281,17 @@ class Watchers:
                     timeoutSeconds=3600,
                 )
                 async with kube._http().stream("GET", path, params=params, timeout=None) as st:
-                    async for chunk in st.aiter_bytes():
-                        self.bytes += len(chunk)
-                        self.events += chunk.count(b"\n")
+                    if reporting is None:
+                        async for chunk in st.aiter_bytes():
+                            self.bytes += len(chunk)
+                            self.events += chunk.count(b"\n")
+                        continue
+                    async for line in st.aiter_lines():
+                        self.bytes += len(line) + 1
+                        self.events += 1
+                        event = json.loads(line)
+                        if event.get("type") in ("ADDED", "MODIFIED"):
+                            await self._applied(kube, reporting, event["object"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -586,7 +626,9 @@ async def bench(args: argparse.Namespace) -> None:
 
         # Simulated agents: the watch count.
         before = await apiserver_metrics(kube)
-        simulated = node_names if args.agents is None else node_names[: args.agents]
+        # Not the big node: it gets a real agent (its report must be that agent's).
+        others = [n for n in node_names if n != "big-node"]
+        simulated = others if args.agents is None else others[: args.agents]
         watchers = Watchers(cp.kubeconfig, simulated)
         t = time.monotonic()
         await watchers.start()
@@ -604,7 +646,8 @@ async def bench(args: argparse.Namespace) -> None:
             f"{now['watches']:.0f} ({now['watches'] - before['watches']:.0f} from "
             f"{len(simulated)} simulated agents of {len(node_names)} nodes: 3 each; initial lists "
             f"{watchers.bytes / 1e6:.0f} MB in {time.monotonic() - t:.0f} s, 25 agents at a "
-            f"time; {watchers.failures} failed and retried)",
+            f"time; {watchers.failures} failed and retried; each reports its node object "
+            f"applied: {watchers.reports} reports so far)",
             "linear in nodes",
         )
         per_name, cont = 1, None  # the old agent: its node object + one watch per reference

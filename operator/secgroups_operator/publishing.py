@@ -62,7 +62,7 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +130,43 @@ def ref_key(ref: str) -> ObjKey:
     return (COMPILED_GROUP_KIND if prefix == "group" else COMPILED_SET_KIND, name)
 
 
+class Requires:
+    """A node object's ``spec.requires`` as kept in :class:`Stored`: names (interned: 1,000
+    node objects name the same groups and sets) beside their generations, in two tuples.
+    At 1,000 nodes and 30,000 pods a cold start's node objects require ~500 refs each; as
+    dicts of the strings decoded from the watch they held ~90 MB, as this ~8 MB."""
+
+    __slots__ = ("generations", "names")
+
+    def __init__(self, items: Mapping[str, int] | None = None) -> None:
+        pairs = sorted((items or {}).items())
+        self.names = tuple(sys.intern(str(k)) for k, _ in pairs)
+        self.generations = tuple(int(v) for _, v in pairs)
+
+    def items(self) -> Iterator[tuple[str, int]]:
+        return zip(self.names, self.generations, strict=True)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other)
+        return isinstance(other, Requires) and (self.names, self.generations) == (
+            other.names,
+            other.generations,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.names, self.generations))
+
+    def __repr__(self) -> str:
+        return f"Requires({dict(self.items())!r})"
+
+
+NO_REQUIRES = Requires()
+
+
 @dataclass
 class Stored:
     """A compiled object as the API server has it."""
@@ -138,7 +175,8 @@ class Stored:
     generation: int
     rv: int
     labels: bytes = NO_LABELS  # groups and sets: digest of the node label keys
-    requires: Mapping[str, int] = field(default_factory=dict)  # node objects
+    # node objects, until their agent reports them applied (then nothing needs them)
+    requires: Requires = NO_REQUIRES
 
 
 @dataclass(frozen=True)
@@ -286,8 +324,8 @@ class Publisher:
             dig = stored_digest(kind, spec)
         label_keys = [k for k in meta.get("labels") or {} if k.startswith(naming.NODE_LABEL_PREFIX)]
         st = Stored(dig, generation, rv, labels_digest(label_keys))
-        if kind == COMPILED_NODE_KIND:
-            st.requires = dict(spec.get("requires") or {})
+        if kind == COMPILED_NODE_KIND and self.applied(key[1], st) is None:
+            st.requires = Requires(spec.get("requires"))
         self.stored[key] = st
         w = self.wanted.get(key)
         if w is not None and not w.gone:
@@ -309,6 +347,9 @@ class Publisher:
         status = obj.get("status") or {}
         new = Report(rv, status.get("appliedGeneration"), status.get("appliedGroupRevision"))
         self.reports[node] = new
+        st = self.stored.get((COMPILED_NODE_KIND, node))
+        if st is not None and st.requires and self.applied(node, st) is not None:
+            st.requires = NO_REQUIRES  # applied: requires_of carries nothing over
         return old is None or (old.applied, old.applied_revision) != (
             new.applied,
             new.applied_revision,
@@ -659,7 +700,7 @@ class Publisher:
             int(meta.get("generation") or 0),
             int(meta.get("resourceVersion") or 0),
             update.get("labels", old.labels if old else NO_LABELS),
-            update.get("requires", old.requires if old else {}),
+            update.get("requires", old.requires if old else NO_REQUIRES),
         )
         if old is None or st.rv >= old.rv:
             self.stored[key] = st
@@ -794,7 +835,7 @@ class Publisher:
             left = self.new_refs.pop(node, set()) - refs  # refs gained meanwhile stay
             if left:
                 self.new_refs[node] = left
-        self._stored_after(key, stored_obj, digest=digest, requires=requires)
+        self._stored_after(key, stored_obj, digest=digest, requires=Requires(requires))
         stats.writes += 1
 
     async def _put_node(self, key: ObjKey, body: dict[str, Any]) -> dict[str, Any]:
