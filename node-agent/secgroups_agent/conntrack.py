@@ -204,6 +204,8 @@ class NetlinkConntrack:
         # Two tuple-filtered dumps per IP, each a walk of the kernel's whole table, or
         # one walk that reads every entry of the namespace: the cheaper (dump_filters).
         entries = table_entries()
+        if entries == 0:
+            return 0  # the namespace holds no entry: no walk
         if entries is not None and entries <= (2 * len(wanted) - 1) * ENTRIES_PER_WALK:
             with self._lock:
                 try:
@@ -277,13 +279,16 @@ class NetlinkConntrack:
 
     def dump_marks(self, marks: Collection[int]) -> dict[int, list[CtFlow]]:
         wanted = set(marks)
-        if not wanted or 0 in wanted:
+        if 0 in wanted:
             raise ValueError("refusing a conntrack dump by mark 0 (it would read every entry)")
         out: dict[int, list[CtFlow]] = {m: [] for m in wanted}
+        entries = table_entries()
+        if not wanted or entries == 0:
+            return out  # nothing to find: no walk
         with self._lock:
             try:
                 with CtNetlink() as nl:
-                    for value, mask in dump_filters(wanted, table_entries()):
+                    for value, mask in dump_filters(wanted, entries):
                         for f in nl.dump_mark(value, mask):
                             if f.mark in out:
                                 out[f.mark].append(f)
@@ -341,7 +346,7 @@ class FakeConntrack:
 
     def dump_marks(self, marks: Collection[int]) -> dict[int, list[CtFlow]]:
         wanted = sorted(set(marks))
-        if not wanted or 0 in wanted:
+        if 0 in wanted:
             raise ValueError("refusing a conntrack dump by mark 0")
         self._fail()
         self.dumps += 1

@@ -327,3 +327,21 @@ def test_the_tables_size_is_read_from_proc(tmp_path: Path) -> None:
     count.write_text("1234\n")
     assert table_entries(str(count)) == 1234
     assert table_entries(str(tmp_path / "missing")) is None
+
+
+def test_an_empty_namespace_table_is_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No entry in the namespace (``nf_conntrack_count`` 0): nothing to read or delete, and
+    no dump walks the kernel's whole table for it."""
+    from secgroups_agent import conntrack
+
+    def no_socket(*_: object, **__: object) -> None:
+        raise AssertionError("a netlink socket was opened")
+
+    monkeypatch.setattr(conntrack, "table_entries", lambda: 0)
+    monkeypatch.setattr(conntrack, "CtNetlink", no_socket)
+    port = conntrack.NetlinkConntrack()
+    assert port.dump_marks([OLD1, NEW1]) == {OLD1: [], NEW1: []}
+    assert port.dump_marks([]) == {}
+    assert port.delete_ips(["100.64.1.2"]) == 0
+    with pytest.raises(ValueError, match="mark 0"):
+        port.dump_marks([0])
