@@ -125,6 +125,12 @@ class ConntrackError(RuntimeError):
 ENTRIES_PER_WALK = 750
 
 
+def one_walk_pays(entries_read: float | None, walks_saved: int) -> bool:
+    """Whether one walk that reads ``entries_read`` entries (None: not known, many) costs
+    less than the ``walks_saved`` more walks it replaces."""
+    return entries_read is not None and entries_read <= walks_saved * ENTRIES_PER_WALK
+
+
 def dump_filters(marks: Collection[int], entries: int | None) -> list[tuple[int, int]]:
     """The (mark, mask) kernel filters that find every entry carrying one of ``marks``
     (non-zero) in the fewest walks: one dump filtered by the bits all of them share, when
@@ -138,8 +144,8 @@ def dump_filters(marks: Collection[int], entries: int | None) -> list[tuple[int,
     for m in ordered[1:]:
         differ |= m ^ first
     mask = MARK_MASK & ~differ
-    through = float("inf") if entries is None else entries / (1 << mask.bit_count())
-    if through <= (len(ordered) - 1) * ENTRIES_PER_WALK:
+    through = None if entries is None else entries / (1 << mask.bit_count())
+    if one_walk_pays(through, len(ordered) - 1):
         return [(first & mask, mask)]
     return [(m, MARK_MASK) for m in ordered]
 
@@ -202,11 +208,11 @@ class NetlinkConntrack:
         if not wanted:
             return 0
         # Two tuple-filtered dumps per IP, each a walk of the kernel's whole table, or
-        # one walk that reads every entry of the namespace: the cheaper (dump_filters).
+        # one walk that reads every entry of the namespace: the cheaper.
         entries = table_entries()
         if entries == 0:
             return 0  # the namespace holds no entry: no walk
-        if entries is not None and entries <= (2 * len(wanted) - 1) * ENTRIES_PER_WALK:
+        if one_walk_pays(entries, 2 * len(wanted) - 1):
             with self._lock:
                 try:
                     return self._delete_in_one_walk(set(wanted))
