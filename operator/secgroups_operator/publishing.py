@@ -130,38 +130,26 @@ def ref_key(ref: str) -> ObjKey:
     return (COMPILED_GROUP_KIND if prefix == "group" else COMPILED_SET_KIND, name)
 
 
+@dataclass(frozen=True, slots=True)
 class Requires:
     """A node object's ``spec.requires`` as kept in :class:`Stored`: names (interned: 1,000
     node objects name the same groups and sets) beside their generations, in two tuples.
     At 1,000 nodes and 30,000 pods a cold start's node objects require ~500 refs each; as
     dicts of the strings decoded from the watch they held ~90 MB, as this ~8 MB."""
 
-    __slots__ = ("generations", "names")
+    names: tuple[str, ...] = ()
+    generations: tuple[int, ...] = ()
 
-    def __init__(self, items: Mapping[str, int] | None = None) -> None:
+    @classmethod
+    def of(cls, items: Mapping[str, int] | None) -> Requires:
         pairs = sorted((items or {}).items())
-        self.names = tuple(sys.intern(str(k)) for k, _ in pairs)
-        self.generations = tuple(int(v) for _, v in pairs)
+        return cls(tuple(sys.intern(str(k)) for k, _ in pairs), tuple(int(v) for _, v in pairs))
 
     def items(self) -> Iterator[tuple[str, int]]:
         return zip(self.names, self.generations, strict=True)
 
     def __len__(self) -> int:
         return len(self.names)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return dict(self.items()) == dict(other)
-        return isinstance(other, Requires) and (self.names, self.generations) == (
-            other.names,
-            other.generations,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.names, self.generations))
-
-    def __repr__(self) -> str:
-        return f"Requires({dict(self.items())!r})"
 
 
 NO_REQUIRES = Requires()
@@ -325,7 +313,7 @@ class Publisher:
         label_keys = [k for k in meta.get("labels") or {} if k.startswith(naming.NODE_LABEL_PREFIX)]
         st = Stored(dig, generation, rv, labels_digest(label_keys))
         if kind == COMPILED_NODE_KIND and self.applied(key[1], st) is None:
-            st.requires = Requires(spec.get("requires"))
+            st.requires = Requires.of(spec.get("requires"))
         self.stored[key] = st
         w = self.wanted.get(key)
         if w is not None and not w.gone:
@@ -835,7 +823,7 @@ class Publisher:
             left = self.new_refs.pop(node, set()) - refs  # refs gained meanwhile stay
             if left:
                 self.new_refs[node] = left
-        self._stored_after(key, stored_obj, digest=digest, requires=Requires(requires))
+        self._stored_after(key, stored_obj, digest=digest, requires=Requires.of(requires))
         stats.writes += 1
 
     async def _put_node(self, key: ObjKey, body: dict[str, Any]) -> dict[str, Any]:
