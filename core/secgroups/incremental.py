@@ -159,7 +159,9 @@ class Changes:
     ``placed_groups`` / ``placed_sets`` — compiled objects whose set of nodes changed
     (:meth:`IncrementalCompiler.nodes_of_group`); ``member_groups`` — groups whose
     member count changed; ``new_refs`` — per node, the groups and sets its object
-    references now and did not before (``group/<name>``, ``set/<name>``); ``failed`` —
+    references now and did not before (``group/<name>``, ``set/<name>``); ``first_ips``
+    — managed pods that got their first IPs (none before, or not there at all): no flow
+    of theirs exists yet, so nothing of theirs waits to be re-checked; ``failed`` —
     objects that could not be built, or (None) can again
     (:meth:`IncrementalCompiler.failures`).
     """
@@ -175,6 +177,7 @@ class Changes:
     placed_sets: set[str] = field(default_factory=set, compare=False)
     member_groups: set[GroupKey] = field(default_factory=set, compare=False)
     new_refs: dict[str, set[str]] = field(default_factory=dict, compare=False)
+    first_ips: set[PodKey] = field(default_factory=set, compare=False)
     failed: dict[tuple[str, str], str | None] = field(default_factory=dict, compare=False)
 
     def __bool__(self) -> bool:
@@ -195,6 +198,7 @@ class Changes:
         self.placed_groups |= later.placed_groups
         self.placed_sets |= later.placed_sets
         self.member_groups |= later.member_groups
+        self.first_ips |= later.first_ips
         for node, refs in later.new_refs.items():
             self.new_refs.setdefault(node, set()).update(refs)
         self.failed.update(later.failed)
@@ -834,6 +838,8 @@ class IncrementalCompiler:
         removed: dict[GroupKey, set[PodKey]] = defaultdict(set)
         for pod, old_groups, new_groups, old_place, new_place in deltas:
             before, after = old_groups or (), new_groups or ()
+            if new_place is not None and new_place[0] and (old_place is None or not old_place[0]):
+                changes.first_ips.add(pod)
             for g in before:
                 assert old_place is not None
                 if g not in after:

@@ -25,21 +25,25 @@ this order:
    references it (an agent keeps an object it still references when the object leaves
    its selection, so removing labels early is harmless);
 3. node objects, **pod by pod**: a pod's new entry goes out only once every group and
-   set it uses is in place (its latest spec published, its labels written); until then
-   the node object keeps the pod's published entry (a new pod waits out of it). A pod
-   whose epoch was raised then takes its new epoch with the rules it was raised for:
-   the node object ``requires`` the generations of the groups and sets its pods use, so
-   an agent never applies an epoch before the change (docs/architecture.md,
-   "Ordering");
+   set it uses is in place (stored with its labels written; on a *bumped* node — pods
+   whose epoch was raised — its latest spec published too); until then the node object
+   keeps the pod's published entry (a new pod waits out of it). A pod whose epoch was
+   raised then takes its new epoch with the rules it was raised for: the node object
+   ``requires`` the generations of the groups and sets its pods use, so an agent never
+   applies an epoch before the change (docs/architecture.md, "Ordering"). A new pod's
+   first IPs raise its epoch without bumping its node: no flow of it exists to re-check;
 4. deletions of groups and sets no longer wanted.
 
-**Pipelined** (the operator's loop): steps 3-4 run as a background task, and the next
-round may write its groups and sets (1-2) while they run — most changes take effect
-through a group or a set, and a round's node objects (re-checks on every node that hosts
-a member) took up to a second on a loaded API server. Node objects and deletions wait
-for the task to end, so no object ever has two writes in flight; the order above holds
-because a node object is gated and given its ``requires`` at its own write time, from
-what is stored then.
+**Pipelined** (the operator's loop): steps 3-4 run as a background task, started with
+the round: node objects that wait for nothing (not bumped, every ref placed: a new pod
+on a node that already uses its groups) are written at once, beside steps 1-2 — a new
+pod's churn is then one write's latency, not its set's write and then its node
+object's — and the rest once 1-2 are done. The next round may write its groups and sets
+while the task runs — most changes take effect through a group or a set, and a round's
+node objects (re-checks on every node that hosts a member) took up to a second on a
+loaded API server. Node objects and deletions wait for the task to end, so no object
+ever has two writes in flight; the order above holds because a node object is gated and
+given its ``requires`` at its own write time, from what is stored then.
 
 **Isolation.** A failed write is retried for that object alone, with backoff (1 s
 doubling to 5 min, jittered); only the pods that use it wait — other tenants' pods on the
@@ -477,8 +481,35 @@ class Publisher:
         sem = asyncio.Semaphore(self.concurrency)
         busy = self.tail_running()
         keys = sorted(k for k in self.dirty if self._ready(k, now) and k not in self._tail_keys)
+        first: list[ObjKey] = []
+        later: list[ObjKey] = []  # node objects and deletions
+        for k in keys:
+            gone = k in self.wanted and self.wanted[k].gone
+            (later if k[0] == COMPILED_NODE_KIND or gone else first).append(k)
+        specs_written = asyncio.Event()
+        if pipelined and later and not busy:
+            # The tail starts now: node objects whose pods wait for nothing go out beside
+            # this round's groups and sets; the rest after them (``_tail_writes``).
+            self._tail_keys = frozenset(later)
+            self._tail = asyncio.create_task(
+                self._tail_writes(later, specs_written), name="publish-tail"
+            )
+        try:
+            await self._groups_and_sets(keys, now, sem, stats)
+        finally:
+            specs_written.set()
+        if busy or (pipelined and later):  # node objects and deletions: the task's
+            self._settle(first, stats)
+            stats.background = 0 if busy else len(later)
+            return stats
+        await self._nodes_and_deletions(later, sem, stats)
+        self._settle(keys, stats)
+        return stats
 
-        # 1-2. sets, then groups: specs, then labels
+    async def _groups_and_sets(
+        self, keys: list[ObjKey], now: float, sem: asyncio.Semaphore, stats: RoundStats
+    ) -> None:
+        """Steps 1-2 of a round: sets, then groups: specs, then labels."""
         specs, labels = [], []
         for k in keys:
             if k[0] == COMPILED_NODE_KIND or k not in self.wanted:
@@ -506,29 +537,26 @@ class Publisher:
                     labels.append(k)
         await self._run(labels, self._write_labels, sem, stats)
 
-        first: list[ObjKey] = []
-        later: list[ObjKey] = []  # node objects and deletions
-        for k in keys:
-            gone = k in self.wanted and self.wanted[k].gone
-            (later if k[0] == COMPILED_NODE_KIND or gone else first).append(k)
-        if busy:  # node objects and deletions wait for the running task
-            self._settle(first, stats)
-            return stats
-        if pipelined and later:
-            self._settle(first, stats)
-            self._tail_keys = frozenset(later)
-            self._tail = asyncio.create_task(self._tail_writes(later), name="publish-tail")
-            stats.background = len(later)
-            return stats
-        await self._nodes_and_deletions(later, sem, stats)
-        self._settle(keys, stats)
-        return stats
-
-    async def _tail_writes(self, keys: list[ObjKey]) -> RoundStats:
+    async def _tail_writes(self, keys: list[ObjKey], specs_written: asyncio.Event) -> RoundStats:
+        """Node objects and deletions of a pipelined round, in the background. Node objects
+        of nodes that are not bumped and whose pods wait for no ref are written at once,
+        beside the round's groups and sets (a new pod's entry needs its groups and sets
+        placed, not their latest specs: ``_pending_refs``); the others and the deletions
+        once those are written, each gated and given its ``requires`` at its own write."""
         stats = RoundStats()
         t0 = time.monotonic()
+        sem = asyncio.Semaphore(self.concurrency)
         try:
-            await self._nodes_and_deletions(keys, asyncio.Semaphore(self.concurrency), stats)
+            now = time.monotonic()
+            early = [k for k in keys if self._free_now(k, now)]
+            early_writes = asyncio.ensure_future(self._run(early, self._write_node, sem, stats))
+            try:
+                await specs_written.wait()
+                await early_writes
+            except BaseException:
+                early_writes.cancel()
+                raise
+            await self._nodes_and_deletions(keys, sem, stats)
             self._settle(keys, stats)
         finally:
             self._tail_keys = frozenset()
@@ -569,6 +597,16 @@ class Publisher:
         ]
         await self._run(gone, self._delete, sem, stats)
 
+    def _free_now(self, key: ObjKey, now: float) -> bool:
+        """A due node object that need not wait for this round's groups and sets: its node
+        is not bumped and none of its pods waits for a ref (``_pending_refs``)."""
+        if key[0] != COMPILED_NODE_KIND or key[1] in self.bumped or not self._ready(key, now):
+            return False
+        w = self.wanted.get(key)
+        if w is None or w.gone or w.spec is None or w.refs is None or not self.spec_due(key, w):
+            return False
+        return not self._pending_refs(key[1], w)
+
     def _settle(self, keys: Iterable[ObjKey], stats: RoundStats) -> None:
         """What is in place leaves the dirty set; the rest stays for the next round."""
         done: set[ObjKey] = set()
@@ -599,17 +637,26 @@ class Publisher:
         w.labels = None
         w.refs = None
 
-    def _pending(self, ref: str) -> bool:
-        """Whether a group or set is not (yet) in the state node objects may reference."""
+    def _pending(self, ref: str, latest: bool) -> bool:
+        """Whether a group or set is not (yet) in the state node objects may reference:
+        stored with its node labels written, and with ``latest`` its latest spec too."""
         key = ref_key(ref)
         ref_w = self.wanted.get(key)
         if key not in self.stored:
             return ref_w is not None and not ref_w.gone and ref_w.held is None
-        return ref_w is not None and (self.spec_due(key, ref_w) or self.labels_due(key, ref_w))
+        if ref_w is None:
+            return False
+        return self.labels_due(key, ref_w) or (latest and self.spec_due(key, ref_w))
 
     def _pending_refs(self, node: str, w: Wanted) -> frozenset[str]:
+        """The refs of node object ``w`` that its pods must wait for. A bumped node's pods
+        carry epochs computed for the latest specs, so they wait for those (S-CT-2
+        ordering); other pods need their groups and sets only *placed* — an agent that
+        applies a pod's entry against an older spec of them re-checks nothing it should
+        not: any later change that needs a re-check carries its own counter or epoch."""
         assert w.refs is not None
-        return frozenset(r for r in w.refs if self._pending(r))
+        latest = node in self.bumped
+        return frozenset(r for r in w.refs if self._pending(r, latest))
 
     def _pod_refs(self, pod: Mapping[str, Any]) -> set[str]:
         # Interned: a node's stored ``requires`` keeps these names, and 1,000 nodes name

@@ -526,7 +526,13 @@ class Reconciler:
                     )
                 )
             )
-            out.bumped_nodes = {n for p in direct if (n := inc.node_of(p)) is not None}
+            # A pod that just got its first IPs has its epoch raised too (row 1), but no
+            # flow of its own to re-check: its node object need not wait for the new
+            # group and set specs (publishing: "bumped"), which keeps a new pod's churn
+            # to one write after its set's instead of two in series.
+            out.bumped_nodes = {
+                n for p in direct - changes.first_ips if (n := inc.node_of(p)) is not None
+            }
             out.rechecked = max(out.rechecked, len(direct))
         touched = self._track(events)
         self._changed(inc, changes, out)

@@ -93,6 +93,23 @@ def test_new_pod_rewrites_its_node_and_the_sets_it_joins() -> None:
     _check(inc)
 
 
+def test_first_ips_name_the_pods_that_had_none() -> None:
+    """A pod's first IPs (created with them, or given them later) are first_ips: no flow of
+    it exists yet. A pod that gains a second IP, or joins a group, is not."""
+    inc = _compiler()
+    assert inc.upsert(pod("w3", "10.0.0.3", labels={"app": "web"}, node="n2")).first_ips == {
+        ("demo", "w3")
+    }
+    assert inc.upsert(pod("w4", labels={"app": "web"}, node="n2")).first_ips == set()
+    given = inc.upsert(pod("w4", "10.0.0.4", labels={"app": "web"}, node="n2"))
+    assert given.first_ips == {("demo", "w4")} and ("demo", "w4") in given.recheck_direct
+    second = inc.upsert(pod("w4", "10.0.0.4", "fd00::4", labels={"app": "web"}, node="n2"))
+    assert second.first_ips == set() and ("demo", "w4") in second.recheck_direct
+    joined = inc.upsert(pod("w1", "10.0.0.1", labels={"app": "web"}, groups="db", node="n1"))
+    assert joined.first_ips == set() and ("demo", "w1") in joined.recheck_direct
+    _check(inc)
+
+
 def test_last_member_leaving_deletes_the_group() -> None:
     inc = _compiler()
     changes = inc.delete(Kind.POD, "d1", "demo")

@@ -269,14 +269,23 @@ def test_a_removed_inbound_allow_raises_the_groups_counter_in_one_write() -> Non
 def test_a_group_change_does_not_wait_behind_slow_node_objects_and_keeps_the_order() -> None:
     """Node objects are written in the background: while one is stuck on a slow API
     server, the next change's group is published; a pod's epoch raised meanwhile still
-    reaches the node object with ``requires`` of the group it was raised for."""
+    reaches the node object with ``requires`` of the group it was raised for. (The pods
+    are running ones that join ``db``: a new pod's first IPs raise its epoch too, but it
+    has no flow to re-check and is not held to that order.)"""
 
     async def go() -> None:
         fake = FakeCluster()
         world(fake)
+        fake.put(pod("a", "d2", "n2", "100.64.2.3", app="web"))
+        fake.put(pod("a", "d3", "n2", "100.64.2.4", app="web"))
         async with Running(fake) as op:
-            await wait_until("settled", lambda: settled(op) and node_pods(fake, "n2"))
+
+            def epoch(name: str) -> int:
+                return int(node_pods(fake, "n2").get(f"a/{name}", {}).get("epoch", 0))
+
+            await wait_until("settled", lambda: settled(op) and "a/d3" in node_pods(fake, "n2"))
             slow = fake.hold["CompiledNodePolicy"] = asyncio.Event()
+            e2, e3 = epoch("d2"), epoch("d3")  # their first IPs raised them once already
 
             def db_rules() -> list[str]:
                 spec = must(fake, "CompiledSecurityGroup", "sg.a.db")["spec"]
@@ -286,23 +295,69 @@ def test_a_group_change_does_not_wait_behind_slow_node_objects_and_keeps_the_ord
             fake.put(rule("a", "db-from-b", "db", ports="5432", remote={"cidr": "100.64.9.0/24"}))
             await wait_until("the next change's group, beside the stuck node object", db_rules)
             await wait_until("d2's node object in flight", op.reconciler.publisher.tail_running)
-            assert not slow.is_set() and "a/d2" not in node_pods(fake, "n2")
+            assert not slow.is_set() and epoch("d2") == e2
             fake.remove("SecurityGroupRule", "db-from-web", "a")  # row 4: db's counter
             await wait_until("the group without it", lambda: "a/db-from-web" not in db_rules())
             fake.put(pod("a", "d3", "n2", "100.64.2.4", groups="db"))  # raised meanwhile
             rec = op.reconciler
             await wait_until(
                 "d3's epoch raised while d2's write is in flight",
-                lambda: rec.compiler is not None and rec.compiler.epoch(("a", "d3")) >= 1,
+                lambda: rec.compiler is not None and rec.compiler.epoch(("a", "d3")) > e3,
             )
             assert not slow.is_set()
             slow.set()
-            await wait_until("settled", lambda: settled(op) and "a/d3" in node_pods(fake, "n2"))
-            pods = node_pods(fake, "n2")
-            assert pods["a/d2"].get("epoch", 0) >= 1 and pods["a/d3"].get("epoch", 0) >= 1
+            await wait_until("settled", lambda: settled(op) and epoch("d3") > e3)
+            assert epoch("d2") > e2
             group = must(fake, "CompiledSecurityGroup", "sg.a.db")
             n2 = must(fake, "CompiledNodePolicy", "n2")
             assert n2["spec"]["requires"]["group/sg.a.db"] == group["metadata"]["generation"]
+
+    run(go)
+
+
+def test_a_new_pods_node_object_goes_out_beside_its_set_an_existing_pods_epoch_after() -> None:
+    """A new pod's entry needs its groups and sets placed, not their latest specs: its
+    node object is written while its group's member set is still being written (one
+    write's latency, not two in series). A running pod that joins a group has flows to
+    re-check: its new epoch waits for the set and requires its generation."""
+
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        fake.put(pod("a", "w2", "n2", "100.64.2.5", app="web"))  # web is placed on n2
+        async with Running(fake) as op:
+            await wait_until("settled", lambda: settled(op) and "a/w2" in node_pods(fake, "n2"))
+
+            def web_set_generation() -> int:
+                return int(must(fake, "CompiledAddressSet", "sg.a.web")["metadata"]["generation"])
+
+            slow = fake.hold["CompiledAddressSet"] = asyncio.Event()
+            generation = web_set_generation()
+            fake.put(pod("a", "w3", "n2", "100.64.2.6", app="web"))  # new: its first IPs
+            await wait_until(
+                "w3 in n2's object while web's set is held", lambda: "a/w3" in node_pods(fake, "n2")
+            )
+            assert not slow.is_set() and web_set_generation() == generation
+            slow.set()
+            await wait_until("settled", lambda: settled(op) and web_set_generation() > generation)
+
+            def d1_epoch() -> int:
+                return int(node_pods(fake, "n2")["a/d1"].get("epoch", 0))
+
+            slow = fake.hold["CompiledAddressSet"] = asyncio.Event()
+            before = d1_epoch()
+            fake.put(pod("a", "d1", "n2", "100.64.2.2", groups="db", app="web"))  # joins web
+            rec = op.reconciler
+            await wait_until(
+                "d1's epoch raised",
+                lambda: rec.compiler is not None and rec.compiler.epoch(("a", "d1")) > before,
+            )
+            await asyncio.sleep(0.3)
+            assert d1_epoch() == before, "d1's new epoch was published before web's set"
+            slow.set()
+            await wait_until("d1's epoch published", lambda: settled(op) and d1_epoch() > before)
+            n2 = must(fake, "CompiledNodePolicy", "n2")
+            assert n2["spec"]["requires"]["set/sg.a.web"] == web_set_generation()
 
     run(go)
 
