@@ -626,8 +626,8 @@ async def bench(args: argparse.Namespace) -> None:
     profiles: list[tuple[str, int, dict[str, float]]] = []
     load0 = os.getloadavg()
     print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
+    cp.start()  # before the try: a refused start (another run's live) must not tear it down
     try:
-        cp.start()
         with tempfile.TemporaryDirectory() as tmp:
             crds = sorted((REPO / "crds").glob("*.yaml")) + scratch_crds(Path(tmp))
             cp.apply_manifests(crds)

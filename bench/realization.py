@@ -457,9 +457,9 @@ async def bench(args: argparse.Namespace) -> None:
     stream: Stream | None = None
     kube: AsyncKube | None = None
     logs = cp.workdir / "logs"
+    t = time.monotonic()
+    cp.start()  # before the try: a refused start (another run's live) must not tear it down
     try:
-        t = time.monotonic()
-        cp.start()
         cp.apply_manifests(sorted((REPO / "crds").glob("*.yaml")))
         lab.up()
         log(f"control plane and {args.nodes} nodes up ({time.monotonic() - t:.1f} s)")

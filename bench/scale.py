@@ -4,8 +4,8 @@
 Run as root: ``sudo .venv/bin/python bench/scale.py`` (``--quick`` for a small smoke run;
 ``--nodes/--pods/--namespaces`` to change the shape; ``--pods-first`` to create every pod
 before the operator starts — no RSS steps, and its first start is the cold start;
-``--compare-epochs`` to measure the churn also with the operator's
-``--recheck-by-epochs``, side by side). A
+``--compare epochs`` / ``--compare new-pods`` to measure the churn also with the
+operator's ``--recheck-by-epochs`` / ``--new-pods-wait``, side by side). A
 script, not a test: it prints the figures with their goals (docs/performance.md,
 "Operator at scale") and asserts nothing.
 Needs kwok: ``hack/build-binaries.sh kwok`` (v0.8.0 from the Go module proxy, cached like
@@ -77,6 +77,11 @@ req = functools.partial(apibench.req, timeout=120, conflict_ok=True)
 pct = apibench.pct
 
 API = "secgroups.dev/v1alpha1"
+# --compare: the operator flag, the mode's name with it and without it.
+COMPARISONS = {
+    "epochs": ("--recheck-by-epochs", "epochs only", "counters"),
+    "new-pods": ("--new-pods-wait", "new pods wait", "new pods early"),
+}
 KWOK_STAGES = (
     "node/fast/node-initialize.yaml",
     "pod/fast/pod-ready.yaml",
@@ -525,8 +530,10 @@ async def bench(args: argparse.Namespace) -> None:
         figures.append((name, value, goal))
         log(f"FIGURE {name}: {value} {('(goal ' + goal + ')') if goal else ''}")
 
+    # Before the try: a start that fails leaves nothing behind, and one refused because
+    # another run of this prefix is live must not tear that run down.
+    cp.start()
     try:
-        cp.start()
         cp.apply_manifests(sorted((REPO / "crds").glob("*.yaml")))
         kube = AsyncKube.connect(cp.kubeconfig, field_manager="bench")
         logs.mkdir(parents=True, exist_ok=True)
@@ -730,16 +737,17 @@ async def bench(args: argparse.Namespace) -> None:
                 "",
             ),
         ]
-        if args.compare_epochs:
-            # The same pods with the operator re-checking through pod epochs only (as
-            # before re-check counters), restarted between the blocks (a restart on a
-            # published cluster writes nothing): side by side in one run.
-            variants += [(*v[:4], "--recheck-by-epochs") for v in variants]
+        compare = COMPARISONS.get(args.compare or "")
+        if compare is not None:
+            # The same pods with the operator flag on and off (each variant both ways, in
+            # turn), restarted between the blocks (a restart on a published cluster writes
+            # nothing): side by side in one run.
+            variants = [w for v in variants for w in (v, (*v[:4], compare[0]))]
         for title, ns, labels, groups, flag in variants:
             variant = title
-            if args.compare_epochs:
+            if compare is not None:
                 op.stop()
-                mode = "epochs only" if flag else "counters"
+                mode = compare[1] if flag else compare[2]
                 await start_and_publish(
                     op, figure, f"operator restarted ({mode})", 900, *([flag] if flag else [])
                 )
@@ -796,9 +804,9 @@ async def bench(args: argparse.Namespace) -> None:
                 f"p50 {pct(sent, 50) / 1e3:.0f} kB / {pct(del_sent, 50) / 1e3:.0f} kB",
             )
         await timeline.stop()
-        if args.compare_epochs:  # what follows measures the default operator
+        if compare is not None:  # what follows measures the default operator
             op.stop()
-            await start_and_publish(op, figure, "operator restarted (counters)", 900)
+            await start_and_publish(op, figure, f"operator restarted ({compare[2]})", 900)
         compile_ms = [r[1] for r in op.rounds()[-args.churn * 4 :] if r[2]]
         figure(
             "  operator compile per churn round",
@@ -959,10 +967,12 @@ def main() -> int:
         "bytes per change are then those N agents'",
     )
     p.add_argument(
-        "--compare-epochs",
-        action="store_true",
-        help="measure the churn also with the operator's --recheck-by-epochs (re-checks "
-        "through pod epochs only, as before counters), side by side",
+        "--compare",
+        choices=sorted(COMPARISONS),
+        help="measure the churn with an operator flag on and off, side by side: epochs — "
+        "--recheck-by-epochs (re-checks through pod epochs only, as before counters); "
+        "new-pods — --new-pods-wait (a new pod's node object waits for its sets' latest "
+        "specs, as before)",
     )
     p.add_argument("--quick", action="store_true", help="100 nodes, 5 namespaces, 3,000 pods")
     args = p.parse_args()

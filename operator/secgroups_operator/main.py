@@ -234,6 +234,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "(the behaviour before counters; for comparisons: bench/realization.py --compare "
         "epochs)",
     )
+    p.add_argument(
+        "--new-pods-wait",
+        action="store_true",
+        help="hold a new pod's node object until its groups' and sets' latest specs are "
+        "written, as a re-checked pod's (the behaviour before; for comparisons: "
+        "bench/scale.py --compare-new-pods)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     admission.add_arguments(p)
     return p.parse_args(argv)
@@ -247,6 +254,7 @@ async def run(args: argparse.Namespace) -> None:
         debounce_s=args.debounce,
         pipelined=not args.serial_rounds,
         recheck_counters=not args.recheck_by_epochs,
+        new_pods_early=not args.new_pods_wait,
     )
     lease = None
     if args.leader_election_lease:

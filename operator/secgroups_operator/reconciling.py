@@ -113,6 +113,10 @@ class Options:
     #: Re-checks carried by group and set counters where they reach (else every planned
     #: pod's epoch: the behaviour before counters, kept for comparisons).
     recheck_counters: bool = True
+    #: A new pod's node object waits only for its groups and sets to be placed (else for
+    #: their latest specs, as a re-checked pod's does: the behaviour before, kept for
+    #: comparisons).
+    new_pods_early: bool = True
 
 
 @dataclass
@@ -530,9 +534,8 @@ class Reconciler:
             # flow of its own to re-check: its node object need not wait for the new
             # group and set specs (publishing: "bumped"), which keeps a new pod's churn
             # to one write after its set's instead of two in series.
-            out.bumped_nodes = {
-                n for p in direct - changes.first_ips if (n := inc.node_of(p)) is not None
-            }
+            ordered = direct - changes.first_ips if self.options.new_pods_early else direct
+            out.bumped_nodes = {n for p in ordered if (n := inc.node_of(p)) is not None}
             out.rechecked = max(out.rechecked, len(direct))
         touched = self._track(events)
         self._changed(inc, changes, out)

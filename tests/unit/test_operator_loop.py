@@ -362,6 +362,32 @@ def test_a_new_pods_node_object_goes_out_beside_its_set_an_existing_pods_epoch_a
     run(go)
 
 
+def test_with_new_pods_wait_a_new_pods_node_object_waits_for_its_set() -> None:
+    """``--new-pods-wait`` (for comparisons: bench/scale.py --compare new-pods) keeps the
+    behaviour before: the new pod's entry goes out only after its group's set is written."""
+
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        fake.put(pod("a", "w2", "n2", "100.64.2.5", app="web"))
+        options = Options(debounce_s=0.0, status_interval_s=0.05, new_pods_early=False)
+        async with Running(fake, options=options) as op:
+            await wait_until("settled", lambda: settled(op) and "a/w2" in node_pods(fake, "n2"))
+            slow = fake.hold["CompiledAddressSet"] = asyncio.Event()
+            fake.put(pod("a", "w3", "n2", "100.64.2.6", app="web"))
+            rec = op.reconciler
+            await wait_until(
+                "w3 compiled",
+                lambda: rec.compiler is not None and rec.compiler.epoch(("a", "w3")) >= 1,
+            )
+            await asyncio.sleep(0.3)
+            assert "a/w3" not in node_pods(fake, "n2"), "w3 published before web's set"
+            slow.set()
+            await wait_until("w3 published", lambda: "a/w3" in node_pods(fake, "n2"))
+
+    run(go)
+
+
 # ----------------------------------------------------------------------------- isolation
 
 
