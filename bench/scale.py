@@ -743,6 +743,7 @@ async def bench(args: argparse.Namespace) -> None:
             # turn), restarted between the blocks (a restart on a published cluster writes
             # nothing): side by side in one run.
             variants = [w for v in variants for w in (v, (*v[:4], compare[0]))]
+        compile_ms: list[float] = []  # the operator's compile per churn round, every block
         for title, ns, labels, groups, flag in variants:
             variant = title
             if compare is not None:
@@ -752,6 +753,7 @@ async def bench(args: argparse.Namespace) -> None:
                     op, figure, f"operator restarted ({mode})", 900, *([flag] if flag else [])
                 )
                 variant = f"{title} [{mode}]"
+            block_start = len(op.rounds())
             lat: list[float] = []
             writes: list[int] = []
             sent: list[float] = []
@@ -786,6 +788,7 @@ async def bench(args: argparse.Namespace) -> None:
                 await asyncio.sleep(0.5)  # the agents' watches: the last bytes
                 del_writes.append(sum(r[2] for r in op.rounds()[r0:]))
                 del_sent.append(watchers.bytes - b0)
+            compile_ms += [r[1] for r in op.rounds()[block_start:] if r[2]]
             figure(
                 f"one pod's churn, {variant}: IP → its node object",
                 f"p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms "
@@ -807,7 +810,6 @@ async def bench(args: argparse.Namespace) -> None:
         if compare is not None:  # what follows measures the default operator
             op.stop()
             await start_and_publish(op, figure, f"operator restarted ({compare[2]})", 900)
-        compile_ms = [r[1] for r in op.rounds()[-args.churn * 4 :] if r[2]]
         figure(
             "  operator compile per churn round",
             f"p50 {pct(compile_ms, 50):.1f} ms, p99 {pct(compile_ms, 99):.1f} ms",

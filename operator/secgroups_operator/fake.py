@@ -52,7 +52,8 @@ class FakeCluster:
     _labels: dict[Key, dict[str, dict[str, str]]] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     watches_open: int = 0
-    #: kind → writes (applies) of that kind wait until the event is set: a slow API server.
+    #: kind → writes (applies) of that kind wait until the event is set: a slow API server
+    #: (``kind:field-manager``: that manager's applies only).
     hold: dict[str, asyncio.Event] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ test helpers
@@ -175,7 +176,8 @@ class FakeCluster:
         self, body: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER
     ) -> dict[str, Any]:
         await asyncio.sleep(0)
-        gate = self.hold.get(str(body.get("kind")))
+        kind = str(body.get("kind"))
+        gate = self.hold.get(f"{kind}:{field_manager}") or self.hold.get(kind)
         if gate is not None:
             await gate.wait()
         key = _key(body)

@@ -14,16 +14,20 @@ due object whose spec was dropped is asked for again (:attr:`Publisher.need_spec
 **A round** (:meth:`Publisher.publish`) looks at the objects marked dirty and writes, in
 this order:
 
+0. the node labels of groups and sets already stored (see 2: small writes, first, so
+   that a new pod on a node that did not use its groups yet waits only for them);
 1. the specs of sets, then of groups (server-side apply, field manager
    ``secgroups-operator``): a group object ``requires`` the generations of the sets it
    names, as stored when it is written, and waits while one of their specs is still due
    — a group's re-check counter (S-CT-2) must never be applied against older set members
    (docs/architecture.md, "Ordering");
-2. their node labels (field manager ``secgroups-operator-placement``, so a label change
-   never rewrites a spec): a node's agent watches the objects labelled with its node
+2. the node labels of the objects 1 created (field manager
+   ``secgroups-operator-placement`` for 0 and 2, so a label change never rewrites a
+   spec): a node's agent watches the objects labelled with its node
    (``naming.node_label``), so an object must carry the label *before* a node object
    references it (an agent keeps an object it still references when the object leaves
-   its selection, so removing labels early is harmless);
+   its selection, so removing labels early is harmless; one that gains the label before
+   its new spec is written gets the old spec first, then the new one);
 3. node objects, **pod by pod**: a pod's new entry goes out only once every group and
    set it uses is in place (stored with its labels written; on a *bumped* node — pods
    whose epoch was raised — its latest spec published too); until then the node object
@@ -486,17 +490,18 @@ class Publisher:
         for k in keys:
             gone = k in self.wanted and self.wanted[k].gone
             (later if k[0] == COMPILED_NODE_KIND or gone else first).append(k)
-        specs_written = asyncio.Event()
+        placed, specs_written = asyncio.Event(), asyncio.Event()
         if pipelined and later and not busy:
             # The tail starts now: node objects whose pods wait for nothing go out beside
             # this round's groups and sets; the rest after them (``_tail_writes``).
             self._tail_keys = frozenset(later)
             self._tail = asyncio.create_task(
-                self._tail_writes(later, specs_written), name="publish-tail"
+                self._tail_writes(later, placed, specs_written), name="publish-tail"
             )
         try:
-            await self._groups_and_sets(keys, now, sem, stats)
+            await self._groups_and_sets(keys, now, sem, stats, placed)
         finally:
+            placed.set()
             specs_written.set()
         if busy or (pipelined and later):  # node objects and deletions: the task's
             self._settle(first, stats)
@@ -507,10 +512,20 @@ class Publisher:
         return stats
 
     async def _groups_and_sets(
-        self, keys: list[ObjKey], now: float, sem: asyncio.Semaphore, stats: RoundStats
+        self,
+        keys: list[ObjKey],
+        now: float,
+        sem: asyncio.Semaphore,
+        stats: RoundStats,
+        placed: asyncio.Event,
     ) -> None:
-        """Steps 1-2 of a round: sets, then groups: specs, then labels."""
-        specs, labels = [], []
+        """Steps 1-2 of a round: the node labels of objects already stored first (small
+        writes: a new pod on a node that did not use its groups yet needs only those to be
+        *placed*, ``placed`` tells the tail), then sets, then groups: specs, then the
+        labels of the objects they created."""
+        await self._run(self._labels_due(keys, now), self._write_labels, sem, stats)
+        placed.set()
+        specs = []
         for k in keys:
             if k[0] == COMPILED_NODE_KIND or k not in self.wanted:
                 continue
@@ -526,6 +541,11 @@ class Publisher:
         groups = [k for k in specs if k[0] == COMPILED_GROUP_KIND and not self._sets_due(k[1])]
         stats.deferred += sum(1 for k in specs if k[0] == COMPILED_GROUP_KIND) - len(groups)
         await self._run(groups, self._write_spec, sem, stats)
+        await self._run(self._labels_due(keys, now), self._write_labels, sem, stats)
+
+    def _labels_due(self, keys: list[ObjKey], now: float) -> list[ObjKey]:
+        """Groups and sets among ``keys`` whose node labels are to be written now."""
+        labels = []
         for k in keys:
             if k[0] == COMPILED_NODE_KIND or k not in self.wanted:
                 continue
@@ -535,29 +555,39 @@ class Publisher:
                     self.need_spec.add(k)
                 else:
                     labels.append(k)
-        await self._run(labels, self._write_labels, sem, stats)
+        return labels
 
-    async def _tail_writes(self, keys: list[ObjKey], specs_written: asyncio.Event) -> RoundStats:
+    async def _tail_writes(
+        self, keys: list[ObjKey], placed: asyncio.Event, specs_written: asyncio.Event
+    ) -> RoundStats:
         """Node objects and deletions of a pipelined round, in the background. Node objects
         of nodes that are not bumped and whose pods wait for no ref are written at once,
         beside the round's groups and sets (a new pod's entry needs its groups and sets
-        placed, not their latest specs: ``_pending_refs``); the others and the deletions
-        once those are written, each gated and given its ``requires`` at its own write."""
+        placed, not their latest specs: ``_pending_refs``), and again once the round's
+        labels of stored objects are written (``placed``); the others and the deletions
+        once the specs are written, each gated and given its ``requires`` at its own
+        write."""
         stats = RoundStats()
         t0 = time.monotonic()
         sem = asyncio.Semaphore(self.concurrency)
+        early: list[asyncio.Future[None]] = []
         try:
-            now = time.monotonic()
-            early = [k for k in keys if self._free_now(k, now)]
-            early_writes = asyncio.ensure_future(self._run(early, self._write_node, sem, stats))
-            try:
-                await specs_written.wait()
-                await early_writes
-            except BaseException:
-                early_writes.cancel()
-                raise
+            sent: set[ObjKey] = set()
+            for ready in (None, placed):
+                if ready is not None:
+                    await ready.wait()
+                now = time.monotonic()
+                free = [k for k in keys if k not in sent and self._free_now(k, now)]
+                sent.update(free)
+                early.append(asyncio.ensure_future(self._run(free, self._write_node, sem, stats)))
+            await specs_written.wait()
+            await asyncio.gather(*early)
             await self._nodes_and_deletions(keys, sem, stats)
             self._settle(keys, stats)
+        except BaseException:
+            for job in early:
+                job.cancel()
+            raise
         finally:
             self._tail_keys = frozenset()
         self.on_tail_done(stats, time.monotonic() - t0)

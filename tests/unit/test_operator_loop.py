@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from secgroups import naming
 from secgroups.compiled import NodeAgentStatus
 from secgroups.quotas import MAX_RULES_PER_GROUP, too_many_rules_error
 from secgroups_agent.status import report_body
@@ -358,6 +359,35 @@ def test_a_new_pods_node_object_goes_out_beside_its_set_an_existing_pods_epoch_a
             await wait_until("d1's epoch published", lambda: settled(op) and d1_epoch() > before)
             n2 = must(fake, "CompiledNodePolicy", "n2")
             assert n2["spec"]["requires"]["set/sg.a.web"] == web_set_generation()
+
+    run(go)
+
+
+def test_a_new_pod_on_a_node_new_to_its_group_waits_for_labels_not_for_specs() -> None:
+    """The first pod of group web on n2: the group must carry n2's label before n2's object
+    names it, and that label is written first in the round — the pod's entry goes out while
+    the specs (the group's and its set's, slow here) are still being written."""
+
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        async with Running(fake) as op:
+            await wait_until("settled", lambda: settled(op) and "a/d1" in node_pods(fake, "n2"))
+            web = must(fake, "CompiledSecurityGroup", "sg.a.web")
+            assert naming.node_label("n2") not in web["metadata"].get("labels", {})
+            slow = asyncio.Event()
+            fake.hold["CompiledAddressSet:secgroups-operator"] = slow
+            fake.hold["CompiledSecurityGroup:secgroups-operator"] = slow
+            fake.put(pod("a", "w3", "n2", "100.64.2.6", app="web"))  # new: its first IPs
+            await wait_until(
+                "w3 in n2's object while the specs are held",
+                lambda: "a/w3" in node_pods(fake, "n2"),
+            )
+            assert not slow.is_set()
+            web = must(fake, "CompiledSecurityGroup", "sg.a.web")
+            assert naming.node_label("n2") in web["metadata"]["labels"]
+            slow.set()
+            await wait_until("settled", lambda: settled(op))
 
     run(go)
 
