@@ -23,6 +23,7 @@ In one throwaway network namespace, with bare nft (libnftables in-process) and r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -109,21 +110,33 @@ def _rules() -> str:
     )
 
 
-def _until(stop: threading.Event, fn: Callable[[], None]) -> Callable[[], int]:
-    def loop() -> int:
-        n = 0
-        while not stop.is_set():
-            fn()
-            n += 1
-        return n
-
-    return loop
-
-
 def _background(ns: str, fn: Callable[[], int], into: list[int]) -> threading.Thread:
     t = threading.Thread(target=lambda: into.append(in_netns(ns, fn, timeout=TIMEOUT)))
     t.start()
     return t
+
+
+@contextlib.contextmanager
+def _committing(ns: str, text: str) -> Iterator[list[int]]:
+    """Another thread applies ``text`` in a loop, 2 ms apart, while the body runs; the list
+    it yields holds the number of commits once the body is done."""
+    stop = threading.Event()
+    commits: list[int] = []
+
+    def loop() -> int:
+        nft, n = _nft(), 0
+        while not stop.is_set():
+            _apply(nft, text)
+            n += 1
+            time.sleep(0.002)
+        return n
+
+    writer = _background(ns, loop, commits)
+    try:
+        yield commits
+    finally:
+        stop.set()
+        writer.join(TIMEOUT)
 
 
 def test_a_set_and_rules_flushed_and_refilled_in_one_transaction_never_miss(netns: str) -> None:
@@ -206,17 +219,7 @@ def _rule_handles(out: bytes, table: str) -> list[tuple[str, int]]:
 
 def test_commits_to_another_table_do_not_tear_a_listing_of_ours(netns: str) -> None:
     in_netns(netns, lambda: _apply(_nft(), f"add table inet ours\n{OURS}add table ip theirs\n"))
-    stop = threading.Event()
-    commits: list[int] = []
-
-    def theirs() -> int:
-        nft = _nft()
-
-        def one() -> None:
-            _apply(nft, "flush table ip theirs\nadd chain ip theirs c\nadd rule ip theirs c drop\n")
-            time.sleep(0.002)
-
-        return _until(stop, one)()
+    theirs = "flush table ip theirs\nadd chain ip theirs c\nadd rule ip theirs c drop\n"
 
     def listings() -> list[int]:
         nft, counts = _nft(), []
@@ -227,12 +230,8 @@ def test_commits_to_another_table_do_not_tear_a_listing_of_ours(netns: str) -> N
             counts.append(len(handles) if len(set(handles)) == len(handles) else -len(handles))
         return counts
 
-    writer = _background(netns, theirs, commits)
-    try:
+    with _committing(netns, theirs) as commits:
         counts = in_netns(netns, listings, timeout=TIMEOUT)
-    finally:
-        stop.set()
-        writer.join(TIMEOUT)
     assert commits and commits[0] >= 50, f"the other table saw only {commits} commits"
     wrong = [n for n in counts if n != 90]  # negative: a rule repeated
     assert wrong == [], f"{len(wrong)} of {len(counts)} listings of our 90 rules torn: {wrong[:10]}"
@@ -240,17 +239,7 @@ def test_commits_to_another_table_do_not_tear_a_listing_of_ours(netns: str) -> N
 
 def test_a_whole_listing_holds_exactly_the_tables_rules(netns: str) -> None:
     in_netns(netns, lambda: _apply(_nft(), f"add table inet ours\n{OURS}"))
-    stop = threading.Event()
-    commits: list[int] = []
-
-    def ours() -> int:
-        nft = _nft()
-
-        def one() -> None:  # flush and refill our own table, as a full resync does
-            _apply(nft, f"flush table inet ours\n{OURS}")
-            time.sleep(0.002)
-
-        return _until(stop, one)()
+    ours = f"flush table inet ours\n{OURS}"  # our own table refilled, as a full resync does
 
     def listings() -> tuple[int, int, int, list[str]]:
         nft, whole, moved, repeated, bad = _nft(), 0, 0, 0, []
@@ -272,12 +261,8 @@ def test_a_whole_listing_holds_exactly_the_tables_rules(netns: str) -> None:
                 repeated += rc == 0 and repeats_a_rule(out)
         return whole, moved, repeated, bad
 
-    writer = _background(netns, ours, commits)
-    try:
+    with _committing(netns, ours):
         whole, moved, repeated, bad = in_netns(netns, listings, timeout=TIMEOUT)
-    finally:
-        stop.set()
-        writer.join(TIMEOUT)
     assert bad == [], f"{len(bad)} of {whole} whole listings were torn: {bad[:5]}"
     assert moved > 0 and repeated > 0, (
         f"{moved} listings overlapped a commit, {repeated} of 300 raw listings repeated a "
