@@ -738,13 +738,19 @@ async def bench(args: argparse.Namespace) -> None:
             ),
         ]
         compare = COMPARISONS.get(args.compare or "")
+        blocks = [(*v, "", args.churn) for v in variants]
         if compare is not None:
-            # The same pods with the operator flag on and off (each variant both ways, in
-            # turn), restarted between the blocks (a restart on a published cluster writes
-            # nothing): side by side in one run.
-            variants = [w for v in variants for w in (v, (*v[:4], compare[0]))]
+            # The same pods with the operator flag off and on, in the order off, on, on,
+            # off (half the pods each: a drift in the machine's load over the blocks
+            # weighs on both modes alike), restarted between the blocks (a restart on a
+            # published cluster writes nothing): side by side in one run.
+            half = max(1, args.churn // 2)
+            blocks = [
+                (*v, flag, half) for v in variants for flag in ("", compare[0], compare[0], "")
+            ]
         compile_ms: list[float] = []  # the operator's compile per churn round, every block
-        for title, ns, labels, groups, flag in variants:
+        results: dict[str, dict[str, list[float]]] = {}  # variant -> figure -> samples
+        for n_block, (title, ns, labels, groups, flag, count) in enumerate(blocks):
             variant = title
             if compare is not None:
                 op.stop()
@@ -754,14 +760,12 @@ async def bench(args: argparse.Namespace) -> None:
                 )
                 variant = f"{title} [{mode}]"
             block_start = len(op.rounds())
-            lat: list[float] = []
-            writes: list[int] = []
-            sent: list[float] = []
-            del_writes: list[int] = []
-            del_sent: list[float] = []
-            for i in range(args.churn):
+            got = results.setdefault(
+                variant, {k: [] for k in ("lat", "writes", "sent", "del_writes", "del_sent")}
+            )
+            for i in range(count):
                 # Names unique per block: the timeline keeps the first time it saw one.
-                name = f"churn-{i}" + ("-e" if flag else "")
+                name = f"churn-{n_block}-{i}"
                 node = base_nodes[i % len(base_nodes)]
                 r0 = len(op.rounds())
                 b0 = watchers.bytes
@@ -773,10 +777,10 @@ async def bench(args: argparse.Namespace) -> None:
                 while key not in timeline.on_node and time.monotonic() < deadline:
                     await asyncio.sleep(0.01)
                 if key in timeline.on_node and key in timeline.ip:
-                    lat.append(timeline.on_node[key] - timeline.ip[key])
+                    got["lat"].append(timeline.on_node[key] - timeline.ip[key])
                 await op.settle(r0)
-                writes.append(sum(r[2] for r in op.rounds()[r0:]))
-                sent.append(watchers.bytes - b0)
+                got["writes"].append(sum(r[2] for r in op.rounds()[r0:]))
+                got["sent"].append(watchers.bytes - b0)
                 r0, b0 = len(op.rounds()), watchers.bytes
                 await req(
                     kube,
@@ -786,9 +790,11 @@ async def bench(args: argparse.Namespace) -> None:
                 )
                 await op.settle(r0)
                 await asyncio.sleep(0.5)  # the agents' watches: the last bytes
-                del_writes.append(sum(r[2] for r in op.rounds()[r0:]))
-                del_sent.append(watchers.bytes - b0)
+                got["del_writes"].append(sum(r[2] for r in op.rounds()[r0:]))
+                got["del_sent"].append(watchers.bytes - b0)
             compile_ms += [r[1] for r in op.rounds()[block_start:] if r[2]]
+        for variant, got in results.items():
+            lat, writes, del_writes = got["lat"], got["writes"], got["del_writes"]
             figure(
                 f"one pod's churn, {variant}: IP → its node object",
                 f"p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms "
@@ -797,14 +803,14 @@ async def bench(args: argparse.Namespace) -> None:
             )
             figure(
                 "  objects written: the pod created / deleted",
-                f"p50 {pct([float(w) for w in writes], 50):.0f} / "
-                f"{pct([float(w) for w in del_writes], 50):.0f}, "
-                f"max {max(writes, default=0)} / {max(del_writes, default=0)}",
+                f"p50 {pct(writes, 50):.0f} / {pct(del_writes, 50):.0f}, "
+                f"max {max(writes, default=0):.0f} / {max(del_writes, default=0):.0f}",
                 "O(1)",
             )
             figure(
                 f"  bytes sent to the {len(simulated)} simulated agents: created / deleted",
-                f"p50 {pct(sent, 50) / 1e3:.0f} kB / {pct(del_sent, 50) / 1e3:.0f} kB",
+                f"p50 {pct(got['sent'], 50) / 1e3:.0f} kB / "
+                f"{pct(got['del_sent'], 50) / 1e3:.0f} kB",
             )
         await timeline.stop()
         if compare is not None:  # what follows measures the default operator
