@@ -738,7 +738,7 @@ async def bench(args: argparse.Namespace) -> None:
             ),
         ]
         compare = COMPARISONS.get(args.compare or "")
-        blocks = [(*v, "", args.churn) for v in variants]
+        blocks = [(*v[:4], "", args.churn) for v in variants]
         if compare is not None:
             # The same pods with the operator flag off and on, in the order off, on, on,
             # off (half the pods each: a drift in the machine's load over the blocks
@@ -746,7 +746,7 @@ async def bench(args: argparse.Namespace) -> None:
             # published cluster writes nothing): side by side in one run.
             half = max(1, args.churn // 2)
             blocks = [
-                (*v, flag, half) for v in variants for flag in ("", compare[0], compare[0], "")
+                (*v[:4], flag, half) for v in variants for flag in ("", compare[0], compare[0], "")
             ]
         compile_ms: list[float] = []  # the operator's compile per churn round, every block
         results: dict[str, dict[str, list[float]]] = {}  # variant -> figure -> samples
