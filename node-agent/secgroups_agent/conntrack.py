@@ -288,9 +288,11 @@ class NetlinkConntrack:
         if 0 in wanted:
             raise ValueError("refusing a conntrack dump by mark 0 (it would read every entry)")
         out: dict[int, list[CtFlow]] = {m: [] for m in wanted}
+        if not wanted:
+            return out
         entries = table_entries()
-        if not wanted or entries == 0:
-            return out  # nothing to find: no walk
+        if entries == 0:
+            return out  # the namespace holds no entry: no walk
         with self._lock:
             try:
                 with CtNetlink() as nl:

@@ -239,7 +239,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="hold a new pod's node object until its groups' and sets' latest specs are "
         "written, as a re-checked pod's (the behaviour before; for comparisons: "
-        "bench/scale.py --compare-new-pods)",
+        "bench/scale.py --compare new-pods)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     admission.add_arguments(p)

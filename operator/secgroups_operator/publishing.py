@@ -571,15 +571,18 @@ class Publisher:
         t0 = time.monotonic()
         sem = asyncio.Semaphore(self.concurrency)
         early: list[asyncio.Future[None]] = []
+        sent: set[ObjKey] = set()
+
+        def write_free() -> None:
+            now = time.monotonic()
+            free = [k for k in keys if k not in sent and self._free_now(k, now)]
+            sent.update(free)
+            early.append(asyncio.ensure_future(self._run(free, self._write_node, sem, stats)))
+
         try:
-            sent: set[ObjKey] = set()
-            for ready in (None, placed):
-                if ready is not None:
-                    await ready.wait()
-                now = time.monotonic()
-                free = [k for k in keys if k not in sent and self._free_now(k, now)]
-                sent.update(free)
-                early.append(asyncio.ensure_future(self._run(free, self._write_node, sem, stats)))
+            write_free()  # those that wait for nothing
+            await placed.wait()
+            write_free()  # those that waited for the labels of stored objects only
             await specs_written.wait()
             await asyncio.gather(*early)
             await self._nodes_and_deletions(keys, sem, stats)

@@ -532,8 +532,8 @@ class Reconciler:
             )
             # A pod that just got its first IPs has its epoch raised too (row 1), but no
             # flow of its own to re-check: its node object need not wait for the new
-            # group and set specs (publishing: "bumped"), which keeps a new pod's churn
-            # to one write after its set's instead of two in series.
+            # group and set specs (publishing: "bumped"), so it is written beside its
+            # set rather than after it.
             ordered = direct - changes.first_ips if self.options.new_pods_early else direct
             out.bumped_nodes = {n for p in ordered if (n := inc.node_of(p)) is not None}
             out.rechecked = max(out.rechecked, len(direct))
