@@ -32,7 +32,6 @@ Pure: no I/O; the operator feeds it from its watches and writes what it returns.
 from __future__ import annotations
 
 import bisect
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -989,6 +988,15 @@ class IncrementalCompiler:
         node = pod.node if pod is not None else None
         if old is not None and cpod is not None and old == (node, cpod):
             return
+        if old is not None and cpod is not None and old[0] == node and old[1].groups == cpod.groups:
+            # Same node, same groups (an epoch bump, a new IP): the node's group and set
+            # counts stay; only its pod entry changes (a re-check bumps every pod of a
+            # group: counting each pod's groups out and in again was most of it).
+            self._node_pods[node][key] = cpod
+            self._dirty_nodes.add(node)
+            self._dirty_node_pods.add(node)
+            self._pod_place[key] = (node, cpod)
+            return
         if old is not None:
             old_node, old_cpod = old
             del self._node_pods[old_node][key]
@@ -1006,12 +1014,12 @@ class IncrementalCompiler:
     def _count_groups(self, node: str, groups: Iterable[str], delta: int) -> None:
         node_groups, node_sets = self._node_groups[node], self._node_sets[node]
         for g in groups:
-            if delta > 0 and node_groups.add((g,)):  # the group appears on the node
+            if delta > 0 and node_groups.add_one(g):  # the group appears on the node
                 self._group_nodes[g].add(node)
                 self._changes.placed_groups.add(g)
                 self._dirty_node_groups.add(node)
                 self._place_sets(node, node_sets.add(self._group_sets.get(g, ())))
-            elif delta < 0 and node_groups.remove((g,)):  # the group leaves the node
+            elif delta < 0 and node_groups.remove_one(g):  # the group leaves the node
                 nodes = self._group_nodes[g]
                 nodes.discard(node)
                 if not nodes:
@@ -1139,11 +1147,9 @@ class IncrementalCompiler:
         if spec != old:
             self._out_nodes[node] = spec
             changes.nodes[node] = spec
-            # interned: the operator keeps them per node (a node object's ``requires``)
-            added = [
-                sys.intern(f"group/{g}") for g in _added(old.groups if old else (), group_names)
-            ]
-            added += [sys.intern(f"set/{x}") for x in _added(old.sets if old else (), set_names)]
+            # interned (naming): the operator keeps them per node (``requires``)
+            added = list(map(naming.group_ref, _added(old.groups if old else (), group_names)))
+            added += map(naming.set_ref, _added(old.sets if old else (), set_names))
             if added:
                 changes.new_refs.setdefault(node, set()).update(added)
 
@@ -1164,23 +1170,38 @@ class _SortedCounts:
         self.names: list[str] = []
 
     def add(self, items: Iterable[str]) -> list[str]:
+        # add_one inlined: a build adds every group's sets on each of its nodes (half a
+        # million names at 1,000 nodes), and a call per name showed
+        counts, names = self.counts, self.names
         appeared = []
         for item in items:
-            n = self.counts.get(item, 0)
-            self.counts[item] = n + 1
-            if n == 0:
-                bisect.insort(self.names, item)
+            n = counts.get(item, 0)
+            counts[item] = n + 1
+            if not n:
+                bisect.insort(names, item)
                 appeared.append(item)
         return appeared
 
     def remove(self, items: Iterable[str]) -> list[str]:
-        gone = []
-        for item in items:
-            n = self.counts[item] - 1
-            if n:
-                self.counts[item] = n
-            else:
-                del self.counts[item]
-                del self.names[bisect.bisect_left(self.names, item)]
-                gone.append(item)
-        return gone
+        return [item for item in items if self.remove_one(item)]
+
+    def add_one(self, item: str) -> bool:
+        """Count ``item`` once more; True when it appeared."""
+        counts = self.counts
+        n = counts.get(item, 0)
+        counts[item] = n + 1
+        if n:
+            return False
+        bisect.insort(self.names, item)
+        return True
+
+    def remove_one(self, item: str) -> bool:
+        """Count ``item`` once less; True when it went."""
+        counts = self.counts
+        n = counts[item] - 1
+        if n:
+            counts[item] = n
+            return False
+        del counts[item]
+        del self.names[bisect.bisect_left(self.names, item)]
+        return True

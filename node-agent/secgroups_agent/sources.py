@@ -165,8 +165,8 @@ def slice_policy(policy: CompiledPolicy, node: str, generation: int | None = Non
     groups = {g: policy.groups[g] for g in sorted(group_names) if g in policy.groups}
     sets = {s: policy.sets[s] for s in sorted(set_names) if s in policy.sets}
     missing = sorted(
-        [f"group/{g}" for g in group_names if g not in groups]
-        + [f"set/{s}" for s in set_names if s not in sets]
+        [naming.group_ref(g) for g in group_names if g not in groups]
+        + [naming.set_ref(s) for s in set_names if s not in sets]
     )
     return Snapshot(spec, groups, sets, generation, tuple(missing))
 

@@ -224,12 +224,7 @@ def wanted_spec(kind: str, model: Any) -> Wanted:
         groups = set(model.groups)
         for pod in model.pods:
             groups.update(pod.groups)
-        # interned: every node object names the same groups and sets (a cold start holds
-        # the refs of all 1,000 node objects until they are written: 750,000 names)
-        refs = frozenset(
-            {sys.intern(f"group/{g}") for g in groups}
-            | {sys.intern(f"set/{x}") for x in model.sets}
-        )
+        refs = frozenset(map(naming.group_ref, groups)).union(map(naming.set_ref, model.sets))
     if held is None and (too_large := too_large_error(len(text))) is not None:
         held = f"TooLarge: {too_large}"
     return Wanted(_digest(text), len(text), spec=text, refs=refs, held=held, sets=sets, owner=owner)
@@ -692,12 +687,12 @@ class Publisher:
         return frozenset(r for r in w.refs if self._pending(r, latest))
 
     def _pod_refs(self, pod: Mapping[str, Any]) -> set[str]:
-        # Interned: a node's stored ``requires`` keeps these names, and 1,000 nodes name
-        # the same groups and sets (1.5 kB per pod at 30,000 pods otherwise).
+        # naming's refs are interned: a node's stored ``requires`` keeps these names (1.5
+        # kB per pod at 30,000 pods otherwise).
         groups = pod.get("groups", ())
-        refs = {sys.intern(f"group/{g}") for g in groups}
+        refs = set(map(naming.group_ref, groups))
         for g in groups:
-            refs.update(sys.intern(f"set/{s}") for s in self.group_sets.get(g, ()))
+            refs.update(map(naming.set_ref, self.group_sets.get(g, ())))
         return refs
 
     def requires_of(
@@ -791,7 +786,7 @@ class Publisher:
         for name in self.group_sets.get(group, ()):
             st = self.stored.get((COMPILED_SET_KIND, name))
             if st is not None:
-                out[f"set/{name}"] = st.generation
+                out[naming.set_ref(name)] = st.generation
         return dict(sorted(out.items()))
 
     async def _write_spec(self, key: ObjKey, stats: RoundStats) -> None:
@@ -878,7 +873,7 @@ class Publisher:
             refs |= pod_refs
             if node in self.bumped and (p["namespace"], p["name"]) not in held_back:
                 bumped_refs |= pod_refs
-        refs |= {f"set/{s}" for s in spec.get("sets", ())}
+        refs.update(map(naming.set_ref, spec.get("sets", ())))
         requires = self.requires_of(node, refs, bumped_refs)
         if requires:
             spec["requires"] = requires

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from secgroups import addresses
@@ -189,3 +191,55 @@ def test_address_group_networks_collapse_ranges_and_cidrs() -> None:
         {"addresses": ["10.0.0.0-10.0.0.127", "10.0.0.128/25", "192.0.2.1"]}
     )
     assert [str(n) for n in spec.networks()] == ["10.0.0.0/24", "192.0.2.1/32"]
+
+
+def _host_key_reference(text: str) -> addresses.HostKey:
+    ip = ipaddress.ip_address(text)
+    return ip.version, int(ip), str(ip)
+
+
+def _agrees_with_ipaddress(text: str) -> None:
+    try:
+        want = _host_key_reference(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            addresses.host_key.__wrapped__(text)
+        return
+    assert addresses.host_key.__wrapped__(text) == want
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "192.0.2.1",
+        "010.0.0.1",  # leading zeros: refused by both
+        "1.2.3",
+        "::ffff:192.0.2.1",  # IPv4-mapped: the C printer says ::ffff:192.0.2.1
+        "::192.0.2.1",
+        "::ffff:c000:201",
+        "FD00::0:1",
+        "fd00:0:0:1:0:0:0:1",
+        "fd00:0:0:0:1:0:0:0",
+        "0:0:1::",
+        "::",
+        "fe80::1%eth0",  # a zone: ipaddress keeps it
+        "",
+        "1.2.3.4\x00",
+    ],
+)
+def test_host_key_agrees_with_ipaddress(text: str) -> None:
+    """host_key parses with the C library first: same (version, value, canonical text)
+    as ipaddress, or the same refusal."""
+    _agrees_with_ipaddress(text)
+
+
+@given(
+    st.one_of(
+        st.ip_addresses().map(str),
+        st.ip_addresses(v=6).map(lambda ip: ip.exploded),
+        st.ip_addresses(v=6).map(lambda ip: ip.exploded.upper()),
+        st.text(alphabet="0123456789abcdefABCDEF:.%", max_size=45),
+    )
+)
+def test_host_key_agrees_with_ipaddress_generated(text: str) -> None:
+    _agrees_with_ipaddress(text)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 
+from secgroups import naming
 from secgroups.compiled import CompiledAddressSetSpec, CompiledGroupSpec, CompiledPod
 
 MARK_UNSTAMPED = 0
@@ -60,12 +61,12 @@ def recheck_counters(
         if spec is None:
             continue
         if spec.recheck:
-            out.append((f"group/{g}", spec.recheck))
+            out.append((naming.group_ref(g), spec.recheck))
         named.update(r.remote.set for r in spec.ingress if r.remote.set is not None)
     for name in sorted(named):
         s = sets.get(name)
         if s is not None and s.recheck:
-            out.append((f"set/{name}", s.recheck))
+            out.append((naming.set_ref(name), s.recheck))
     return tuple(out)
 
 
