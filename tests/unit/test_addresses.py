@@ -243,3 +243,16 @@ def test_host_key_agrees_with_ipaddress(text: str) -> None:
 )
 def test_host_key_agrees_with_ipaddress_generated(text: str) -> None:
     _agrees_with_ipaddress(text)
+
+
+@given(
+    st.one_of(
+        st.ip_addresses(),
+        st.integers(0, 2**32 - 1).map(lambda v: ipaddress.IPv6Address((0xFFFF << 32) | v)),
+        st.integers(0, 2**32 - 1).map(ipaddress.IPv6Address),
+    )
+)
+def test_address_text_is_what_ipaddress_prints(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    assert addresses.address_text(int(ip), ip.version) == str(ip)

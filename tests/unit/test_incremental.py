@@ -7,12 +7,23 @@ the full compiler; these cases pin down that an event reaches only what it must
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from tests.corecases import facts, ipag, ns, pod, rule, sg
 
 from secgroups.compiling import compile_policy
-from secgroups.incremental import Changes, Delete, IncrementalCompiler, Kind, Node, SetEpochs
+from secgroups.incremental import (
+    Changes,
+    Delete,
+    IncrementalCompiler,
+    Kind,
+    Node,
+    SetEpochs,
+    _SortedCounts,
+)
 
 BASE: tuple[Any, ...] = (
     ns(),
@@ -210,3 +221,40 @@ def test_apply_all_flushes_once_and_merge_folds_changes() -> None:
     total.merge(Changes(nodes={"n9": None}))
     assert len(total) == len(changes) + 1
     _check(inc)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "add_one", "remove", "remove_one"]),
+            st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=5),
+        ),
+        max_size=40,
+    )
+)
+def test_sorted_counts_is_a_multiset_with_sorted_names(ops: list[tuple[str, list[str]]]) -> None:
+    """A node's group and set names (_SortedCounts): whatever mix of single inserts in
+    place and batches sorted later, ``names`` is the sorted distinct names and each call
+    returns what appeared or went."""
+    counts = _SortedCounts()
+    ref: Counter[str] = Counter()
+    for op, drawn in ops:
+        items = drawn
+        if op.startswith("remove"):  # only what is there, once each
+            items = [i for i in dict.fromkeys(drawn) if ref[i] > 0]
+        if op.endswith("_one"):
+            items = items[:1]
+            if not items:
+                continue
+            changed = [items[0]] if getattr(counts, op)(items[0]) else []
+        else:
+            changed = getattr(counts, op)(items)
+        before = +ref
+        if op.startswith("add"):
+            ref.update(items)
+        else:
+            ref.subtract(items)
+        ref = +ref
+        assert sorted(changed) == sorted(set(ref) ^ set(before))
+        assert counts.names == sorted(ref)
+        assert counts.counts == dict(ref)
