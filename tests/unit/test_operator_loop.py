@@ -9,6 +9,7 @@ The real API server path (and the size limit of etcd itself) is exercised by
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -179,6 +180,26 @@ def test_publishes_labelled_objects_and_a_restart_writes_nothing() -> None:
             await wait_until("settled again", lambda: settled(op))
             await asyncio.sleep(0.2)
         assert fake.writes[writes:] == [], "a restart rewrote objects"
+
+    run(go)
+
+
+def test_the_build_leaves_the_collector_on_and_its_result_frozen() -> None:
+    """The initial build runs with the garbage collector off (a build makes no cycles; full
+    collections over the growing heap were a fifth of it): it must be on again once the
+    operator is ready, or cyclic garbage would never be freed, with the build frozen out
+    of its walks."""
+
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        gc.unfreeze()
+        assert gc.isenabled()
+        async with Running(fake) as op:
+            assert gc.isenabled()
+            assert gc.get_freeze_count() > 0
+            await wait_until("settled", lambda: settled(op))
+            assert gc.isenabled()
 
     run(go)
 
