@@ -293,6 +293,9 @@ class Publisher:
     #: Told when a round's background writes end (their stats, seconds): due node
     #: objects may have waited for them.
     on_tail_done: Callable[[RoundStats, float], None] = lambda _s, _t: None
+    #: Told when our own write stored a group object's new generation (its group's status
+    #: shows the generation enforced; the watch brings back no newer version of it).
+    on_group_stored: Callable[[str], None] = lambda _name: None
     _tail: asyncio.Task[RoundStats] | None = field(default=None, repr=False)
     _tail_keys: frozenset[ObjKey] = frozenset()
 
@@ -767,6 +770,8 @@ class Publisher:
         )
         if old is None or st.rv >= old.rv:
             self.stored[key] = st
+            if key[0] == COMPILED_GROUP_KIND and (old is None or old.generation != st.generation):
+                self.on_group_stored(key[1])
         return st
 
     def _sets_due(self, group: str) -> bool:

@@ -171,6 +171,7 @@ class Reconciler:
         self.statuses = StatusWriter(cluster, interval_s=self.options.status_interval_s)
         self.publisher = Publisher(cluster, report=self._write_failed)
         self.publisher.on_tail_done = self._tail_done
+        self.publisher.on_group_stored = self.group_republished
         self.intake = Intake(emit=self._emit, report=self._problem)
         self.compiler: IncrementalCompiler | None = None
         self.leading = False
