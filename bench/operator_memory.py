@@ -4,8 +4,10 @@ The operator's own pieces in one process — the reflectors, the intake, the rec
 with its incremental compiler, the publisher and the status writer (``main.Operator``) —
 on a lean in-process API port (:class:`LeanCluster`) instead of an API server: list pages
 and watch events are parsed from JSON text the way the client parses the API server's
-(one ``json.loads`` per page, one per watch event), writes are answered and forgotten.
-So the process holds what the operator holds, plus the interpreter and its imports.
+(one ``json.loads`` per page, one per watch event), writes are answered and forgotten —
+but a status write comes back through the watch as the API server sends it (the object
+with its new status, as a MODIFIED event). So the process holds what the operator holds,
+plus the interpreter and its imports.
 
 The cluster is ``bench/compile.py``'s synthetic one, as ``bench/scale.py`` creates it:
 50 namespaces × 20 groups × 20 rules (1,000 groups, 20,000 rules, 250 IP address groups),
@@ -53,6 +55,7 @@ from typing import IO, Any
 REPO = Path(__file__).resolve().parents[1]
 INPUT_ORDER = ("Namespace", "Node", "SecurityGroup", "SecurityGroupRule", "IPAddressGroup", "Pod")
 COMPILED_ORDER = ("CompiledSecurityGroup", "CompiledAddressSet", "CompiledNodePolicy")
+ECHOED = ("SecurityGroup", "SecurityGroupRule", "IPAddressGroup")  # their status writes
 API = "secgroups.dev/v1alpha1"
 STAMP = "2026-12-07T05:00:00Z"
 
@@ -285,6 +288,18 @@ class LeanCluster:
     ) -> None:
         self.objects = objects
         self.record = record  # each write of a compiled object, as a JSON line (restart)
+        # A status write comes back through the watch, as the API server sends it: the
+        # object (read again from its file) with the new status and resourceVersion.
+        self.offsets: dict[tuple[str, str, str], int] = {}
+        for kind in ECHOED:
+            path = objects / f"{kind}.jsonl"
+            with path.open("rb") as f:
+                while line := f.readline():
+                    meta = json.loads(line)["metadata"]
+                    self.offsets[(kind, meta.get("namespace", ""), meta["name"])] = f.tell() - len(
+                        line
+                    )
+        self.echoes = 0
         self.listed = dict(listed)  # kind → how many of its lines the initial list has
         self.rv = 1000
         self.queues: dict[str, asyncio.Queue[tuple[str, dict[str, Any]]]] = {}
@@ -422,6 +437,17 @@ class LeanCluster:
     ) -> None:
         await asyncio.sleep(0)
         self.status_writes += 1
+        at = self.offsets.get((kind, namespace or "", name))
+        if at is None:  # a default group the operator created: not echoed
+            return
+        with (self.objects / f"{kind}.jsonl").open() as f:
+            f.seek(at)
+            obj = json.loads(f.readline())
+        obj["status"] = dict(status)
+        self.echoes += 1
+        self.queues.setdefault(kind, asyncio.Queue()).put_nowait(
+            ("MODIFIED", {"_text": json.dumps(obj)})
+        )
 
     async def post_event(self, body: Mapping[str, Any]) -> None:
         await asyncio.sleep(0)
