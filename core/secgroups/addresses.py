@@ -15,7 +15,7 @@ import functools
 import ipaddress
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -104,13 +104,14 @@ def contains(networks: Iterable[IPNetwork], ip: IPAddress) -> bool:
     return any(ip.version == n.version and ip in n for n in networks)
 
 
-# A host address as the compiler handles it: (version, integer value, canonical text).
-HostKey = tuple[int, int, str]
+# A host address as the compiler handles it: (version, integer value, canonical text, and
+# that text as a /32 or /128 CIDR — what address sets list for a lone pod IP).
+HostKey = tuple[int, int, str, str]
 
 
 @functools.lru_cache(maxsize=1 << 17)
 def host_key(text: str) -> HostKey:
-    """Parse one pod IP into (version, value, canonical text); memoised.
+    """Parse one pod IP into (version, value, canonical text, host CIDR); memoised.
 
     Pod IPs come back on every compile (each pod in several sets and in its node
     object); ``ipaddress`` parsing and printing dominated the compile profile.
@@ -132,8 +133,10 @@ def host_key(text: str) -> HostKey:
     else:
         ip = ipaddress.ip_address(text)
         canonical, value, version = str(ip), int(ip), ip.version
-    # The cache holds every pod IP: keep one string of each where the text is canonical.
-    return version, value, text if canonical == text else canonical
+    # The cache holds every pod IP: keep one string of each where the text is canonical;
+    # the CIDR text interned, one string for all the sets a pod is in (it is in several).
+    text = text if canonical == text else canonical
+    return version, value, text, sys.intern(f"{text}/{32 if version == 4 else 128}")
 
 
 def address_text(value: int, version: int) -> str:
@@ -151,19 +154,36 @@ def collapse_hosts(ips: Iterable[IPAddress]) -> tuple[tuple[str, ...], tuple[str
 
     Gives what :func:`collapse` gives for the addresses as /32 and /128 networks.
     """
-    return collapse_host_keys((ip.version, int(ip), str(ip)) for ip in ips)
+    return collapse_host_keys(
+        (ip.version, int(ip), str(ip), f"{ip}/{ip.max_prefixlen}") for ip in ips
+    )
 
 
 def collapse_host_keys(hosts: Iterable[HostKey]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """:func:`collapse_hosts` over :func:`host_key` tuples, an order of magnitude faster
     than ``ipaddress.collapse_addresses``: it works on integers and reuses the text."""
     by_version: dict[int, dict[int, str]] = {4: {}, 6: {}}
-    for version, value, text in hosts:
-        by_version[version][value] = text
-    return (
-        _to_cidrs(((v, v) for v in sorted(by_version[4])), 4, by_version[4]),
-        _to_cidrs(((v, v) for v in sorted(by_version[6])), 6, by_version[6]),
-    )
+    for version, value, _, cidr in hosts:
+        by_version[version][value] = cidr
+    return _host_cidrs(by_version[4], 4), _host_cidrs(by_version[6], 6)
+
+
+def _host_cidrs(cidrs: dict[int, str], version: int) -> tuple[str, ...]:
+    """Single addresses (value → its host CIDR text) → the fewest aligned CIDRs, in order:
+    each run of consecutive addresses split into blocks, a lone address as its text."""
+    values = sorted(cidrs)
+    out: list[str] = []
+    i, n = 0, len(values)
+    while i < n:
+        j = i
+        while j + 1 < n and values[j + 1] == values[j] + 1:
+            j += 1
+        if i == j:
+            out.append(cidrs[values[i]])
+        else:
+            out.extend(_blocks(values[i], values[j], version))
+        i = j + 1
+    return tuple(out)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -183,19 +203,13 @@ def collapse_entries(entries: Iterable[str]) -> tuple[tuple[str, ...], tuple[str
         version, lo, hi = _entry_interval(text)
         by_version[version].append((lo, hi))
     return (
-        _to_cidrs(sorted(by_version[4]), 4, {}),
-        _to_cidrs(sorted(by_version[6]), 6, {}),
+        _to_cidrs(sorted(by_version[4]), 4),
+        _to_cidrs(sorted(by_version[6]), 6),
     )
 
 
-def _to_cidrs(
-    intervals: Iterable[tuple[int, int]], version: int, texts: dict[int, str]
-) -> tuple[str, ...]:
-    """Sorted inclusive intervals → the fewest aligned CIDRs covering their union, in order.
-
-    ``texts`` may give the canonical text of single addresses, to skip formatting them.
-    """
-    bits = 32 if version == 4 else 128
+def _to_cidrs(intervals: Iterable[tuple[int, int]], version: int) -> tuple[str, ...]:
+    """Sorted inclusive intervals → the fewest aligned CIDRs covering their union, in order."""
     out: list[str] = []
     merged: list[list[int]] = []
     for lo, hi in intervals:
@@ -204,16 +218,17 @@ def _to_cidrs(
         else:
             merged.append([lo, hi])
     for first, last in merged:
-        if first == last and first in texts:  # the common case: a lone pod IP
-            # one string for all the sets a pod is in (it is in several)
-            out.append(sys.intern(f"{texts[first]}/{bits}"))
-            continue
-        # Split [first, last] into the fewest aligned blocks, largest first.
-        lo = first
-        while lo <= last:
-            size = lo & -lo if lo else 1 << bits
-            while size > last - lo + 1:
-                size >>= 1
-            out.append(f"{address_text(lo, version)}/{bits - size.bit_length() + 1}")
-            lo += size
+        out.extend(_blocks(first, last, version))
     return tuple(out)
+
+
+def _blocks(first: int, last: int, version: int) -> Iterator[str]:
+    """[first, last] split into the fewest aligned blocks, largest first, as CIDR text."""
+    bits = 32 if version == 4 else 128
+    lo = first
+    while lo <= last:
+        size = lo & -lo if lo else 1 << bits
+        while size > last - lo + 1:
+            size >>= 1
+        yield f"{address_text(lo, version)}/{bits - size.bit_length() + 1}"
+        lo += size

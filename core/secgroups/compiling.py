@@ -294,7 +294,7 @@ def compile_pod(pod: PodFacts, groups: Iterable[GroupKey], epoch: int) -> Compil
         namespace=pod.namespace,
         name=pod.name,
         uid=pod.effective_uid,
-        ips=tuple(text for _, _, text in ips),
+        ips=tuple(text for _, _, text, _ in ips),
         groups=tuple(naming.compiled_group_name(*g) for g in groups),
         epoch=epoch,
     )

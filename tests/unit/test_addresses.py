@@ -195,7 +195,7 @@ def test_address_group_networks_collapse_ranges_and_cidrs() -> None:
 
 def _host_key_reference(text: str) -> addresses.HostKey:
     ip = ipaddress.ip_address(text)
-    return ip.version, int(ip), str(ip)
+    return ip.version, int(ip), str(ip), f"{ip}/{ip.max_prefixlen}"
 
 
 def _agrees_with_ipaddress(text: str) -> None:

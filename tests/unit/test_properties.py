@@ -23,7 +23,14 @@ from hypothesis import strategies as st
 from tests import strategies as sgst
 
 from secgroups import quotas
-from secgroups.addresses import collapse, collapse_entries, collapse_hosts, parse_entry
+from secgroups.addresses import (
+    collapse,
+    collapse_entries,
+    collapse_host_keys,
+    collapse_hosts,
+    host_key,
+    parse_entry,
+)
 from secgroups.clearing import plan_clearing
 from secgroups.compiled import CompiledPolicy
 from secgroups.compiling import compile_policy
@@ -267,6 +274,8 @@ def test_fast_host_collapse_equals_ipaddress_collapse(
         tuple(str(n) for n in nets if n.version == 6),
     )
     assert collapse_hosts(ips) == expected
+    # the compiler's path: pod IPs as text through host_key (the C library's parser)
+    assert collapse_host_keys(host_key(str(ip)) for ip in ips) == expected
 
 
 @settings(max_examples=200, deadline=None)
