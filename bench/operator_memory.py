@@ -299,7 +299,6 @@ class LeanCluster:
                     self.offsets[(kind, meta.get("namespace", ""), meta["name"])] = f.tell() - len(
                         line
                     )
-        self.echoes = 0
         self.listed = dict(listed)  # kind → how many of its lines the initial list has
         self.rv = 1000
         self.queues: dict[str, asyncio.Queue[tuple[str, dict[str, Any]]]] = {}
@@ -444,7 +443,6 @@ class LeanCluster:
             f.seek(at)
             obj = json.loads(f.readline())
         obj["status"] = dict(status)
-        self.echoes += 1
         self.queues.setdefault(kind, asyncio.Queue()).put_nowait(
             ("MODIFIED", {"_text": json.dumps(obj)})
         )

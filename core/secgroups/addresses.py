@@ -116,23 +116,19 @@ def host_key(text: str) -> HostKey:
     Pod IPs come back on every compile (each pod in several sets and in its node
     object); ``ipaddress`` parsing and printing dominated the compile profile.
     """
-    # The C library's parser and printer first (7x faster than ipaddress: a restart parses
-    # every pod IP, 0.4 s of its build at 30,000 pods). They agree with ipaddress on what
-    # they accept and on the canonical text, except that they print an IPv6 address
-    # holding an IPv4 one in dotted form (``::ffff:1.2.3.4``): such text, and whatever
-    # they refuse, goes to ipaddress (tests/unit/test_addresses.py compares the two).
-    v6 = ":" in text
-    family = socket.AF_INET6 if v6 else socket.AF_INET
+    # The C library's parser first (7x faster than ipaddress with :func:`address_text`'s
+    # printer: a restart parses every pod IP, 0.4 s of its build at 30,000 pods). It
+    # accepts what ipaddress accepts; what it refuses goes to ipaddress, which raises the
+    # same ValueError as before (tests/unit/test_addresses.py compares the two).
+    version = 6 if ":" in text else 4
     try:
-        packed = socket.inet_pton(family, text)
-        canonical = socket.inet_ntop(family, packed)
-    except (OSError, ValueError):
-        canonical = ""
-    if canonical and not (v6 and "." in canonical):
-        value, version = int.from_bytes(packed, "big"), 6 if v6 else 4
-    else:
+        packed = socket.inet_pton(socket.AF_INET6 if version == 6 else socket.AF_INET, text)
+    except (OSError, ValueError):  # or accepts with a zone (fe80::1%eth0)
         ip = ipaddress.ip_address(text)
         canonical, value, version = str(ip), int(ip), ip.version
+    else:
+        value = int.from_bytes(packed, "big")
+        canonical = address_text(value, version)
     # The cache holds every pod IP: keep one string of each where the text is canonical;
     # the CIDR text interned, one string for all the sets a pod is in (it is in several).
     text = text if canonical == text else canonical
@@ -141,8 +137,8 @@ def host_key(text: str) -> HostKey:
 
 def address_text(value: int, version: int) -> str:
     """The canonical text of an address given as an integer: ``str`` of ipaddress's,
-    printed by the C library where the two agree (all but an IPv6 address holding an
-    IPv4 one, see :func:`host_key`; 5x faster)."""
+    printed by the C library where the two agree — all but an IPv6 address holding an
+    IPv4 one, which the C library prints dotted (``::ffff:1.2.3.4``); 5x faster."""
     if version == 4:
         return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
     text = socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))

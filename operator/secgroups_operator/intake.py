@@ -132,9 +132,12 @@ class Intake:
         self.tombstones.pop(key, None)
         if kind in FINGERPRINTED:
             fp = fingerprint(obj)
-            if fp is not None and self.fingerprints.get(key) == fp:
+            if fp is None:
+                self.fingerprints.pop(key, None)
+            elif self.fingerprints.get(key) == fp:
                 return  # a status write: nothing the compiler reads has changed
-            self.fingerprints[key] = fp if fp is not None else b""
+            else:
+                self.fingerprints[key] = fp
         try:
             event = self._reduce(kind, key, obj)
         except (ValidationError, ValueError, KeyError, TypeError) as exc:

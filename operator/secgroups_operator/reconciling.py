@@ -436,7 +436,7 @@ class Reconciler:
             # follows it (the rule index, the wanted specs, the statuses) allocates
             # enough to trigger full collections, each walking the whole heap for
             # nothing — a build makes no reference cycles (1 s of a 4.8 s build at
-            # 30,000 pods, bench/operator_memory.py --restart). Everything built lives
+            # 30,000 pods: bench/operator_memory.py's restart). Everything built lives
             # as long as the process: frozen before the collector is back, so it never
             # walks it.
             with gc_paused():
