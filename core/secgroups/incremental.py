@@ -631,6 +631,12 @@ class IncrementalCompiler:
 
     def _put_pod(self, pod: PodFacts) -> None:
         key = pod.key  # one tuple for every index that keeps it (a new one per call)
+        if self._pods.get(key) == pod:
+            # Nothing the compiler reads changed: a kubelet's status write (readiness,
+            # conditions, restarts) that left IPs, node, phase, labels and annotation as
+            # they were. Everything the pod's entry depends on besides its facts marks it
+            # dirty where that changes, so its compiled form is what it would be again.
+            return
         self._pods[key] = pod
         self._pods_in_ns[pod.namespace].add(key)
         self._dirty_pods.add(key)
