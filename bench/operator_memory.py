@@ -556,6 +556,8 @@ async def run(args: argparse.Namespace, objects: Path, counts: dict[str, int]) -
     record = (objects / "writes.jsonl").open("w") if args.cold_child else None
     cluster = LeanCluster(objects, listed, record)
     options = Options(debounce_s=0.005, status_interval_s=0.2)
+    if args.no_preload:
+        options.preload_s = 0.0
     # The operator gives freed memory back at most every 30 s after busy rounds; here
     # every 0.4 s, so that each settled phase (0.5 s quiet) is measured after one.
     op = Operator(cluster, options, page=500, trim_s=0.4)  # type: ignore[arg-type]
@@ -583,6 +585,9 @@ async def run(args: argparse.Namespace, objects: Path, counts: dict[str, int]) -
                 rec.published_at - lists,
                 cluster.writes,
                 measure(),
+                lists - op.timings.started,
+                rec.published_at - op.timings.started,
+                rec.preloaded_events,
             )
         }
         stop.set()
@@ -681,6 +686,13 @@ def main() -> int:
     p.add_argument("--no-restart", action="store_true", help="skip the restart")
     p.add_argument("--cold-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--restart-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--compare-preload",
+        action="store_true",
+        help="run the restart with and without compiling the lists as they come in, "
+        "alternated (3 of each)",
+    )
+    p.add_argument("--no-preload", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--write-objects", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
@@ -739,22 +751,26 @@ def _measure(args: argparse.Namespace, objects: Path) -> int:
         pods, rss, peak, took = json.loads(line[5:])
         print(f"  cold start on {pods:,} pods: RSS {rss:.0f} MB, peak {peak:.0f} MB ({took:.1f} s)")
         if not args.no_restart:
-            restart(objects)
+            fold_writes(objects)
+            modes = (False, True) * 3 if args.compare_preload else (False,)
+            for no_preload in modes:
+                restart(objects, no_preload)
     return 0
 
 
-def restart(objects: Path) -> None:
+def restart(objects: Path, no_preload: bool = False) -> None:
     """The restart child on what the cold start wrote (the build's time is the figure)."""
-    fold_writes(objects)
     argv = [sys.executable, __file__, "--objects", str(objects), "--restart-child"]
+    argv += ["--no-preload"] if no_preload else []
     res = subprocess.run(argv, check=True, capture_output=True, text=True)
     line = next(line for line in res.stdout.splitlines() if line.startswith("RESTART "))
-    pods, build, published, writes, rss = json.loads(line[8:])
+    pods, build, published, writes, rss, lists, total, preloaded = json.loads(line[8:])
     compiled = sum(1 for k in COMPILED_ORDER for _ in (objects / f"{k}.jsonl").open())
+    how = "lists compiled at the end" if no_preload else f"{preloaded:,} objects preloaded"
     print(
-        f"  restart on {pods:,} pods and {compiled:,} compiled objects: initial build "
-        f"{build:.2f} s, all published {published:.2f} s after the lists ({writes} writes); "
-        f"RSS {rss:.0f} MB"
+        f"  restart on {pods:,} pods and {compiled:,} compiled objects ({how}): lists "
+        f"{lists:.2f} s, initial build {build:.2f} s, all published {published:.2f} s after "
+        f"the lists, {total:.2f} s after the start ({writes} writes); RSS {rss:.0f} MB"
     )
 
 

@@ -333,7 +333,7 @@ class IncrementalCompiler:
         self._dirty_node_pods: set[str] = set()  # its pod list changed
         self._dirty_node_groups: set[str] = set()  # the groups its pods use changed
         self._dirty_node_sets: set[str] = set()  # the sets those groups use changed
-        self._changes = Changes()  # what the running flush reports beside the objects
+        self._changes = Changes()  # what the next flush reports beside the objects
         # Objects that cannot be built (a compiled model refuses them): what was built
         # before stays, the rest of the cluster compiles on (see ``failures``).
         self._failed: dict[tuple[str, str], str] = {}
@@ -498,13 +498,26 @@ class IncrementalCompiler:
 
     def load(self, events: Iterable[Event]) -> Changes:
         """Apply the first batch (the initial lists): like :meth:`apply_all`, with the
-        collector paused and no S-CT-2 plan (there is no earlier state to compare)."""
+        collector paused and no S-CT-2 plan (there is no earlier state to compare).
+        After :meth:`preload`, what it returns includes what the preloads did."""
         self._loading = True
         try:
             with gc_paused():
                 return self.apply_all(events)
         finally:
             self._loading = False
+
+    def preload(self, events: Iterable[Event]) -> None:
+        """Apply part of the initial lists while the rest is still coming, before
+        :meth:`load`: the inputs, the pods' memberships and places, the effective rules
+        and the compiled groups are brought up to date; the address sets and node
+        objects, which every later pod changes again, wait for :meth:`load`. Any split
+        of the lists into preloads and a load compiles what one load of all of them
+        does (``tests/unit/test_incremental.py``)."""
+        self._loading = True  # load() ends it
+        with gc_paused():
+            self._dispatch(events)
+            self._flush(partial=True)
 
     def memberships(self) -> Memberships:
         keys = sorted(self._groups_of)
@@ -561,6 +574,10 @@ class IncrementalCompiler:
 
     def apply_all(self, events: Iterable[Event]) -> Changes:
         """Apply several events and flush once (e.g. a batch of watch events)."""
+        self._dispatch(events)
+        return self._flush()
+
+    def _dispatch(self, events: Iterable[Event]) -> None:
         for event in events:
             if isinstance(event, SetEpochs):
                 self._set_epochs(event)
@@ -568,7 +585,6 @@ class IncrementalCompiler:
                 self._delete(event)
             else:
                 self._upsert(event.obj)
-        return self._flush()
 
     def upsert(self, obj: Object) -> Changes:
         return self.apply(Upsert(obj))
@@ -730,8 +746,11 @@ class IncrementalCompiler:
 
     # ------------------------------------------------------------------ recompilation
 
-    def _flush(self) -> Changes:
-        changes = self._changes = Changes()
+    def _flush(self, *, partial: bool = False) -> Changes:
+        """Recompile what the events since the last flush made dirty, and return it.
+        ``partial`` (:meth:`preload` only): up to the compiled groups; what it found
+        stays in ``_changes`` for the next flush to return."""
+        changes = self._changes
         deltas: list[_Delta] = []
         for pod in sorted(self._dirty_pods):
             self._refresh_pod(pod, deltas)
@@ -740,6 +759,9 @@ class IncrementalCompiler:
         for group in sorted(self._dirty_groups):
             self._refresh_group(group, changes)
         self._dirty_groups.clear()
+        if partial:
+            assert self._loading, "a partial flush has no S-CT-2 plan: loading only"
+            return changes
         if not self._loading:
             self._plan(deltas, rules, had, changes)
         self._ipag_before.clear()
@@ -752,6 +774,7 @@ class IncrementalCompiler:
         self._dirty_node_pods.clear()
         self._dirty_node_groups.clear()
         self._dirty_node_sets.clear()
+        self._changes = Changes()
         return changes
 
     # ------------------------------------------------------------------ S-CT-2

@@ -53,7 +53,8 @@ class FakeCluster:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     watches_open: int = 0
     #: kind → writes (applies) of that kind wait until the event is set: a slow API server
-    #: (``kind:field-manager``: that manager's applies only).
+    #: (``kind:field-manager``: that manager's applies only; ``list:kind``: the pages of
+    #: that kind's lists after the first).
     hold: dict[str, asyncio.Event] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ test helpers
@@ -105,6 +106,9 @@ class FakeCluster:
         fields: str | None = None,
     ) -> Page:
         await asyncio.sleep(0)
+        gate = self.hold.get(f"list:{kind}") if cont else None
+        if gate is not None:
+            await gate.wait()
         items = [
             copy.deepcopy(o)
             for k, o in sorted(self.objects.items())

@@ -105,6 +105,7 @@ class Operator:
         tasks = [asyncio.create_task(r.run(), name=f"watch {r.kind}") for r in self.compiled]
         tasks += [asyncio.create_task(r.run(), name=f"watch {r.kind}") for r in self.inputs]
         tasks.append(asyncio.create_task(self.reconciler.events.run(), name="events"))
+        tasks.append(asyncio.create_task(self.reconciler.preload(stop), name="preload"))
         try:
             for r in (*self.compiled, *self.inputs):
                 await _until(r.listed, stop)
@@ -241,6 +242,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "written, as a re-checked pod's (the behaviour before; for comparisons: "
         "bench/scale.py --compare new-pods)",
     )
+    p.add_argument(
+        "--no-preload",
+        action="store_true",
+        help="compile the initial lists only once they are all in, not as their pages "
+        "arrive (the behaviour before; for comparisons: bench/operator_memory.py "
+        "--compare preload)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     admission.add_arguments(p)
     return p.parse_args(argv)
@@ -255,6 +263,7 @@ async def run(args: argparse.Namespace) -> None:
         pipelined=not args.serial_rounds,
         recheck_counters=not args.recheck_by_epochs,
         new_pods_early=not args.new_pods_wait,
+        preload_s=0.0 if args.no_preload else Options.preload_s,
     )
     lease = None
     if args.leader_election_lease:

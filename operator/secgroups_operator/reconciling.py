@@ -4,6 +4,12 @@ epochs → publish, one object at a time → statuses and Events.
 * **Input.** Reflectors (``watching``) feed every object through the intake
   (``intake``: slim facts, per-version parse cache, bad objects kept out and reported),
   which queues compiler events. A round takes the whole queue as one batch.
+* **Compile while the lists come in.** Before the initial lists are complete, every
+  ``preload_s`` the events that have arrived go to the compiler in the worker thread
+  (:meth:`IncrementalCompiler.preload`: memberships, node places, compiled groups), so
+  the initial build after the last page compiles only the rest — the address sets, the
+  node objects, what is published and the statuses. Nothing is written before the lists
+  are complete.
 * **Compile.** The batch goes to :class:`secgroups.incremental.IncrementalCompiler` in a
   worker thread (``asyncio.to_thread``): the loop keeps serving watches, health and
   writes while it runs. One event reaches only what it changes: a pod's churn recompiles
@@ -117,6 +123,14 @@ class Options:
     #: their latest specs, as a re-checked pod's does: the behaviour before, kept for
     #: comparisons).
     new_pods_early: bool = True
+    #: While the initial lists come in, compile what has arrived every this many seconds
+    #: (:meth:`Reconciler.preload`); 0: only once they are all in (the behaviour before,
+    #: kept for comparisons).
+    preload_s: float = 0.5
+
+
+#: A preload waits for at least this many events (fewer are left for the build).
+PRELOAD_MIN_EVENTS = 2000
 
 
 @dataclass
@@ -208,6 +222,12 @@ class Reconciler:
         self._set_owner: dict[str, tuple[str, str, str]] = {}  # compiled set → source
         self._rules_by_remote: dict[tuple[str, str, str], set[tuple[str, str]]] = {}
         self._refused: frozenset[tuple[str, str]] = frozenset()
+        # the compiler the initial lists are preloaded into (``preload``), until the build
+        self._preloaded: IncrementalCompiler | None = None
+        self._preload_error: BaseException | None = None
+        self._preload_lock = asyncio.Lock()
+        self.preloads = 0  # batches preloaded (figures for logs and benchmarks)
+        self.preloaded_events = 0
 
     # ------------------------------------------------------------------ sinks
 
@@ -423,11 +443,53 @@ class Reconciler:
 
     # ------------------------------------------------------------------ initial build
 
+    async def preload(self, stop: asyncio.Event) -> None:
+        """While the initial lists come in (until :attr:`lists_done` is set): every
+        ``preload_s``, hand what has arrived to the compiler in the worker thread
+        (module docstring), so that the build after the last page has only the rest to
+        compile. Writes nothing; a failure is raised by the build."""
+        if self.options.preload_s <= 0:
+            return
+        while self.lists_done is None and not stop.is_set():
+            await asyncio.sleep(self.options.preload_s)
+            if self.lists_done is not None or len(self._queue) < PRELOAD_MIN_EVENTS:
+                continue
+            async with self._preload_lock:  # the build waits for a batch under way
+                events, self._queue = self._queue, []
+                options = self._compile_options()
+                try:
+                    await asyncio.to_thread(self._preload_batch, events, options)
+                except Exception as exc:  # the build raises it: nothing half-compiled is used
+                    self._preload_error = exc
+                    return
+                self.preloads += 1
+
+    def _preload_batch(self, events: list[Event | _Floor], options: CompileOptions) -> None:
+        facts_events = [e for e in events if not isinstance(e, _Floor)]
+        with gc_paused():
+            if self._preloaded is None:
+                self._preloaded = IncrementalCompiler(options=options)
+            self._preloaded.preload(facts_events)
+            self._track(facts_events)
+            gc.freeze()  # as the build's result: it lives as long as the process
+        self.preloaded_events += len(facts_events)
+
+    def _compile_options(self) -> CompileOptions:
+        """Compile options with the epochs and counters published so far (copies)."""
+        return CompileOptions(
+            scope=self.options.scope,
+            epochs=dict(self._published_epochs),
+            group_rechecks=dict(self._published_rechecks[COMPILED_GROUP_KIND]),
+            set_rechecks=dict(self._published_rechecks[COMPILED_SET_KIND]),
+        )
+
     async def _initial_build(self) -> None:
-        events, self._queue = self._queue, []
-        epochs = dict(self._published_epochs)
-        group_rechecks = dict(self._published_rechecks[COMPILED_GROUP_KIND])
-        set_rechecks = dict(self._published_rechecks[COMPILED_SET_KIND])
+        async with self._preload_lock:
+            events, self._queue = self._queue, []
+        if self._preload_error is not None:
+            raise self._preload_error
+        options = self._compile_options()
+        preloaded, self._preloaded = self._preloaded, None
         refused = frozenset(self.intake.refused)
         t0 = time.monotonic()
 
@@ -445,19 +507,23 @@ class Reconciler:
             return out
 
         def _build() -> _Result:
-            inc = IncrementalCompiler(
-                options=CompileOptions(
-                    scope=self.options.scope,
-                    epochs=epochs,
-                    group_rechecks=group_rechecks,
-                    set_rechecks=set_rechecks,
-                )
-            )
             self._refused = refused
             facts_events = [e for e in events if not isinstance(e, _Floor)]
-            changes = inc.load(facts_events)
+            if preloaded is None:
+                inc = IncrementalCompiler(options=options)
+                to_load: list[Event] = facts_events
+            else:
+                # Epochs and counters published since the preload began, as a floor.
+                inc = preloaded
+                floor = SetEpochs(
+                    {p: v for p, v in options.epochs.items() if v > inc.epoch(p)},
+                    {g: v for g, v in options.group_rechecks.items() if v > inc.group_recheck(g)},
+                    {x: v for x, v in options.set_rechecks.items() if v > inc.set_recheck(x)},
+                )
+                to_load = [*facts_events, floor]
+            changes = inc.load(to_load)
             self.compiler = inc
-            out = _Result(events=len(facts_events))
+            out = _Result(events=self.preloaded_events + len(facts_events))
             self._track(facts_events)
             for key, text in changes.failed.items():
                 if key[0] != "Pod" and text is not None:
@@ -481,8 +547,11 @@ class Reconciler:
                 result.specs.append((key, None))
         self._take(result)
         log.info(
-            "initial build: %d objects in, %d compiled objects, %.2f s",
+            "initial build: %d objects in (%d of them compiled in %d batches while the "
+            "lists came in), %d compiled objects, %.2f s",
             result.events,
+            self.preloaded_events,
+            self.preloads,
             len(wanted),
             time.monotonic() - t0,
         )

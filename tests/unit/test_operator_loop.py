@@ -204,6 +204,118 @@ def test_the_build_leaves_the_collector_on_and_its_result_frozen() -> None:
     run(go)
 
 
+def test_the_lists_are_compiled_as_they_come_and_nothing_is_written_before_the_last_page(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the pods' list is still coming (its later pages held), what has arrived is
+    compiled (``Reconciler.preload``), nothing is written, and once the last page is in
+    the operator publishes what an operator that compiled everything at the end does."""
+    from secgroups_operator import reconciling
+
+    monkeypatch.setattr(reconciling, "PRELOAD_MIN_EVENTS", 1)
+
+    def many(fake: FakeCluster) -> None:
+        world(fake)
+        for i in range(12):
+            fake.put(pod("a", f"p{i:02d}", f"n{1 + i % 2}", f"100.64.3.{i + 2}", app="web"))
+            fake.put(pod("b", f"q{i:02d}", f"n{1 + i % 2}", f"100.64.4.{i + 2}", groups="app"))
+
+    def published(fake: FakeCluster) -> dict[tuple[str, str, str], Any]:
+        """Compiled objects, and the statuses of users' objects (without timestamps)."""
+        out: dict[tuple[str, str, str], Any] = {}
+        for key, obj in fake.objects.items():
+            if key[0].startswith("Compiled"):
+                out[key] = (obj.get("spec"), obj["metadata"].get("labels"))
+            elif key[0].startswith("Security"):
+                status = dict(obj.get("status") or {})
+                status["conditions"] = [
+                    {k: v for k, v in c.items() if k != "lastTransitionTime"}
+                    for c in status.get("conditions") or ()
+                ]
+                out[key] = status
+        return out
+
+    async def go() -> None:
+        at_end = FakeCluster()
+        many(at_end)
+        async with Running(at_end, options=Options(debounce_s=0.0, preload_s=0.0)) as op:
+            await wait_until("settled", lambda: settled(op) and node_pods(at_end, "n2"))
+            assert op.reconciler.preloads == 0
+        fake = FakeCluster()
+        many(fake)
+        gate = fake.hold["list:Pod"] = asyncio.Event()
+        opts = Options(debounce_s=0.0, status_interval_s=0.05, preload_s=0.01)
+        running = Running(fake, options=opts)
+        running.task = asyncio.create_task(running.op.run(running.stop))
+        rec = running.op.reconciler
+        await wait_until("a preload", lambda: rec.preloads >= 1)
+        assert fake.writes == [], "written before the lists were complete"
+        assert rec.lists_done is None and rec.compiler is None
+        gate.set()
+        await asyncio.wait_for(running.op.ready.wait(), 15)
+        await wait_until("settled", lambda: settled(running.op) and node_pods(fake, "n2"))
+        assert rec.preloaded_events >= 1
+        assert published(fake) == published(at_end)
+        # The rule index was kept by the preload too: a deleted rule updates its group.
+        fake.remove("SecurityGroupRule", "db-from-web", "a")
+        db = ("SecurityGroup", "a", "db")
+        await wait_until("db's status", lambda: fake.objects[db]["status"]["ruleCount"] == 0)
+        await running.__aexit__()
+
+    run(go)
+
+
+def test_epochs_listed_after_the_preload_began_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart whose pods are compiled before the node objects (with their epochs) are
+    all listed: the build raises the preloaded pods to the published epochs, so nothing is
+    written and no epoch goes back (a lower epoch would un-re-check a pod's flows)."""
+    from secgroups_operator import reconciling
+
+    monkeypatch.setattr(reconciling, "PRELOAD_MIN_EVENTS", 1)
+
+    async def go() -> None:
+        fake = FakeCluster()
+        world(fake)
+        for i in (1, 2, 3):  # node objects m1-m3 fill the list's first page (3 a page)
+            fake.put(node(f"m{i}"))
+            fake.put(pod("b", f"m{i}", f"m{i}", f"100.64.5.{i}", groups="app"))
+        async with Running(fake) as op:
+            await wait_until("settled", lambda: settled(op) and node_pods(fake, "m3"))
+            fake.put(pod("a", "w1", "n1", "100.64.1.2", app="other"))  # leaves web
+            await wait_until("w1's epoch", lambda: node_pods(fake, "n1")["a/w1"].get("epoch"))
+            await wait_until(  # w1 is in a's default group now: created, then compiled
+                "settled",
+                lambda: (
+                    settled(op)
+                    and fake.get_obj("SecurityGroup", "default", "a")
+                    and fake.get_obj("CompiledSecurityGroup", "sg.a.web") is None
+                ),
+            )
+            await asyncio.sleep(0.2)
+            await wait_until("settled", lambda: settled(op))
+        epoch = node_pods(fake, "n1")["a/w1"]["epoch"]
+        writes = len(fake.writes)
+        gate = fake.hold["list:CompiledNodePolicy"] = asyncio.Event()
+        opts = Options(debounce_s=0.0, status_interval_s=0.05, preload_s=0.01)
+        running = Running(fake, options=opts)
+        running.task = asyncio.create_task(running.op.run(running.stop))
+        rec = running.op.reconciler
+        await wait_until(
+            "w1 preloaded",
+            lambda: rec.preloads and not rec._queue and ("Pod", "a", "w1") in rec.intake.versions,
+        )
+        assert ("a", "w1") not in rec._published_epochs  # n1's object is on the held page
+        gate.set()
+        await asyncio.wait_for(running.op.ready.wait(), 15)
+        await wait_until("settled", lambda: settled(running.op))
+        await asyncio.sleep(0.2)
+        await running.__aexit__()
+        assert node_pods(fake, "n1")["a/w1"]["epoch"] == epoch
+        assert fake.writes[writes:] == [], "the restart rewrote objects"
+
+    run(go)
+
+
 def test_one_pod_churn_writes_its_node_and_its_sets_only() -> None:
     async def go() -> None:
         fake = FakeCluster()

@@ -36,7 +36,7 @@ from secgroups.compiled import CompiledPolicy
 from secgroups.compiling import compile_policy
 from secgroups.evaluating import Evaluator, Packet
 from secgroups.facts import ClusterFacts
-from secgroups.incremental import Changes, IncrementalCompiler, Kind
+from secgroups.incremental import Changes, IncrementalCompiler, Kind, Node, Upsert
 from secgroups.models import SecurityGroupRule
 from secgroups.ports import merge_ranges, parse_ports
 
@@ -190,6 +190,46 @@ def test_a_batch_of_events_gives_the_same_policy_as_one_at_a_time(
         one.apply(event)
     batch.apply_all(events)
     assert batch.policy == one.policy
+
+
+def _as_lists(facts: ClusterFacts) -> list[Any]:
+    """The facts as the operator's initial lists bring them: one upsert per object."""
+    objects: list[Any] = [*facts.namespaces, *(Node(n) for n in facts.nodes)]
+    objects += [*facts.groups, *facts.rules, *facts.address_groups, *facts.pods]
+    return [Upsert(o) for o in objects]
+
+
+def _written(changes: Changes) -> dict[str, Any]:
+    """What a load's changes give the operator: objects and failures (a None says an
+    earlier preload's object or failure is gone: nothing to write at a start)."""
+    return {
+        attr: {k: v for k, v in getattr(changes, attr).items() if v is not None}
+        for attr in ("groups", "sets", "nodes", "failed")
+    }
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event_sequences(), st.lists(st.integers(0, 40), max_size=4))
+def test_preloading_part_of_the_initial_lists_compiles_what_one_load_does(
+    case: tuple[ClusterFacts, list[Any]], cuts: list[int]
+) -> None:
+    """The operator compiles the initial lists as their pages arrive (``preload``) and
+    ends with one ``load``: wherever the lists are cut, the result is one load's."""
+    facts, events = case
+    lists = [*_as_lists(facts), *events]
+    one = IncrementalCompiler()
+    whole = one.load(lists)
+    split = IncrementalCompiler()
+    start = 0
+    for cut in sorted({min(c, len(lists)) for c in cuts}):
+        split.preload(lists[start:cut])
+        start = cut
+    got = split.load(lists[start:])
+    assert split.policy.model_dump_json() == one.policy.model_dump_json()
+    full = compile_policy(split.facts(), split.options)
+    assert split.policy.model_dump_json() == full.policy.model_dump_json()
+    assert split.problems() == full.problems
+    assert _written(got) == _written(whole)
 
 
 # ----------------------------------------------------------------------------- S-CT-2
