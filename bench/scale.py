@@ -392,12 +392,20 @@ async def start_and_publish(
     )
     text = op.text()
     lists = re.search(r"initial lists in ([\d.]+) s", text)
-    build = re.search(r"initial build: \d+ objects in, \d+ compiled objects, ([\d.]+) s", text)
+    build = re.search(
+        r"initial build: \d+ objects in(?: \((\d+) of them[^)]*\))?, \d+ compiled objects, "
+        r"([\d.]+) s",
+        text,
+    )
+    total = f"{float(lists[1]) + float(m[3]):.2f}" if lists else "?"
+    preloaded = (
+        f", {int(build[1]):,} objects compiled during the lists" if build and build[1] else ""
+    )
     figure(
         name,
-        f"lists {lists[1] if lists else '?'} s; published {m[3]} s after the lists "
-        f"({m[2]} writes; initial build {build[1] if build else '?'} s); "
-        f"RSS {op.rss():.0f} MB",
+        f"lists {lists[1] if lists else '?'} s; published {m[3]} s after the lists, {total} s "
+        f"after the start ({m[2]} writes; initial build {build[2] if build else '?'} s"
+        f"{preloaded}); RSS {op.rss():.0f} MB",
         "<= 3 s after the lists",
     )
 
@@ -909,6 +917,10 @@ async def bench(args: argparse.Namespace) -> None:
         # Restarts: warm (everything published) and cold (compiled objects deleted).
         op.stop()
         await start_and_publish(op, figure, "restart on a published cluster", 900)
+        for i in range(2 if args.compare_preload else 0):  # alternated, the same cluster
+            for flags, mode in ((("--no-preload",), "lists compiled at the end"), ((), "preload")):
+                op.stop()
+                await start_and_publish(op, figure, f"restart {i + 1}, {mode}", 900, *flags)
         if not args.pods_first:
             op.stop()
             for plural in COMPILED:
@@ -984,6 +996,12 @@ def main() -> int:
         "--recheck-by-epochs (re-checks through pod epochs only, as before counters); "
         "new-pods — --new-pods-wait (a new pod's node object waits for its sets' latest "
         "specs, as before)",
+    )
+    p.add_argument(
+        "--compare-preload",
+        action="store_true",
+        help="after the restart, restart twice more in each mode, alternated: with the "
+        "operator's --no-preload (the lists compiled only once all are in) and without",
     )
     p.add_argument("--quick", action="store_true", help="100 nodes, 5 namespaces, 3,000 pods")
     args = p.parse_args()
