@@ -33,11 +33,9 @@ Neighbours: ``basechains`` (the static part), ``names`` (object names), ``epochs
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from secgroups.compiled import (
@@ -50,6 +48,7 @@ from secgroups.compiled import (
     RemoteKind,
     SourceKind,
 )
+from secgroups.compiling import gc_paused
 from secgroups.models import Action, Direction, Protocol
 from secgroups.naming import bounded
 from secgroups.nft import names
@@ -172,28 +171,15 @@ def render(
     force yet; the node agent decides which. Raises :class:`RenderError` only for input
     nft cannot hold (a malformed IP or interface name, an oversized member set).
     """
-    with _gc_paused():
+    # gc paused: a cold render allocates ~10 objects per set member and no cycles; the
+    # collections it triggers walked the heap for ~1/3 of the time (bench/nft_render.py).
+    with gc_paused():
         return _render(policy, node, pod_interfaces, options or RenderOptions(), pending)
 
 
 def clear_cache() -> None:
     """Forget the memoised address sets (benchmarks of a cold render; tests)."""
     _address_set.cache_clear()
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC: a cold render allocates ~10 objects per set member and no
-    cycles, and the collections it triggers walked the heap for ~1/3 of the time
-    (bench/nft_render.py). Reference counting frees everything as usual. Same idea
-    as ``compiling.gc_paused``."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _render(
