@@ -513,7 +513,7 @@ class IncrementalCompiler:
         and the compiled groups are brought up to date; the address sets and node
         objects, which every later pod changes again, wait for :meth:`load`. Any split
         of the lists into preloads and a load compiles what one load of all of them
-        does (``tests/unit/test_incremental.py``)."""
+        does (a property in ``tests/unit/test_properties.py``)."""
         self._loading = True  # load() ends it
         with gc_paused():
             self._dispatch(events)

@@ -246,8 +246,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-preload",
         action="store_true",
         help="compile the initial lists only once they are all in, not as their pages "
-        "arrive (the behaviour before; for comparisons: bench/operator_memory.py "
-        "--compare preload)",
+        "arrive (the behaviour before; for comparisons: --compare-preload of "
+        "bench/operator_memory.py and bench/scale.py)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     admission.add_arguments(p)
