@@ -509,19 +509,15 @@ class Reconciler:
         def _build() -> _Result:
             self._refused = refused
             facts_events = [e for e in events if not isinstance(e, _Floor)]
-            if preloaded is None:
-                inc = IncrementalCompiler(options=options)
-                to_load: list[Event] = facts_events
-            else:
-                # Epochs and counters published since the preload began, as a floor.
-                inc = preloaded
-                floor = SetEpochs(
-                    {p: v for p, v in options.epochs.items() if v > inc.epoch(p)},
-                    {g: v for g, v in options.group_rechecks.items() if v > inc.group_recheck(g)},
-                    {x: v for x, v in options.set_rechecks.items() if v > inc.set_recheck(x)},
-                )
-                to_load = [*facts_events, floor]
-            changes = inc.load(to_load)
+            inc = preloaded if preloaded is not None else IncrementalCompiler(options=options)
+            # Epochs and counters published since the compiler was made (a preload's
+            # first batch), as a floor; empty for a compiler made now.
+            floor = SetEpochs(
+                {p: v for p, v in options.epochs.items() if v > inc.epoch(p)},
+                {g: v for g, v in options.group_rechecks.items() if v > inc.group_recheck(g)},
+                {x: v for x, v in options.set_rechecks.items() if v > inc.set_recheck(x)},
+            )
+            changes = inc.load([*facts_events, floor])
             self.compiler = inc
             out = _Result(events=self.preloaded_events + len(facts_events))
             self._track(facts_events)
